@@ -1,0 +1,110 @@
+//! Switchboard connectors: the contract between a call and a bot, and one
+//! module per bot protocol. Connectors know no SIP: they get a [`CallInfo`]
+//! and caller audio, and return bot audio and events.
+
+use std::collections::BTreeMap;
+
+use switchboard_flows::{Action, BotConfig};
+use switchboard_media::{AudioFormat, AudioFrame};
+use tokio::sync::mpsc;
+
+pub mod echo;
+pub mod twilio_stream;
+
+/// Caller audio frames queued towards one bot. When the bot falls behind the
+/// call task drops frames (`try_send`) rather than stall the media path.
+pub const AUDIO_IN_CAPACITY: usize = 50;
+/// Events queued from a bot towards its call. Bot audio arrives faster than
+/// real time; the connector waits (back-pressure on the bot's socket) when full.
+pub const EVENTS_CAPACITY: usize = 256;
+/// Control messages queued from the call towards the bot.
+pub const CONTROL_CAPACITY: usize = 64;
+
+/// What a bot needs to know about the call it serves.
+#[derive(Clone, Debug, Default)]
+pub struct CallInfo {
+    /// SIP Call-ID of the caller's leg.
+    pub call_id: String,
+    /// Caller (user part of From, or the whole URI when it has none).
+    pub from: String,
+    /// Dialed number or user (Request-URI user part).
+    pub to: String,
+    /// Name of the flow the call was routed to.
+    pub flow: String,
+    /// The flow's `parameters`.
+    pub parameters: BTreeMap<String, String>,
+    /// `X-` headers of the INVITE, in order.
+    pub x_headers: Vec<(String, String)>,
+}
+
+/// Something the bot said or did.
+#[derive(Debug)]
+pub enum BotEvent {
+    /// Audio for the caller, at the session's `audio_format` rate; any length.
+    Audio(AudioFrame),
+    /// Drop all queued audio (barge-in).
+    Clear,
+    /// Report back with [`BotControl::MarkPlayed`] once the audio queued before it has played.
+    Mark(String),
+    /// Text of what someone said, for the logs.
+    Transcript { role: String, text: String },
+    /// Something the bot wants done with the call.
+    Action(Action),
+    /// The bot ended the conversation.
+    Hangup { reason: Option<String> },
+    /// The bot's session ended; `error` says why when it was not a clean close.
+    Closed { error: Option<String> },
+}
+
+/// What the call tells the bot besides caller audio.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BotControl {
+    /// The audio queued before this mark was played (or discarded by a clear).
+    MarkPlayed(String),
+    /// The caller pressed a key.
+    Dtmf(char),
+    /// Outcome of an [`Action`] the bot asked for.
+    ActionResult { action: String, ok: bool, message: String },
+    /// The caller hung up or the call is ending: say goodbye and close.
+    Hangup,
+}
+
+/// A live conversation with a bot.
+pub struct BotSession {
+    /// Rate the bot wants caller audio in and sends its own audio at.
+    pub audio_format: AudioFormat,
+    /// Caller audio towards the bot, frames of 20 ms at `audio_format`.
+    pub audio_in: mpsc::Sender<AudioFrame>,
+    /// Control messages towards the bot.
+    pub control: mpsc::Sender<BotControl>,
+    /// Everything the bot says and does.
+    pub events: mpsc::Receiver<BotEvent>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("connecting to the bot at {url} timed out after {timeout_ms} ms")]
+    ConnectTimeout { url: String, timeout_ms: u64 },
+    #[error("connecting to the bot at {url} failed: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("the bot broke the protocol: {0}")]
+    Protocol(String),
+}
+
+/// Opens bot sessions for calls. One connector per flow, shared by its calls.
+#[async_trait::async_trait]
+pub trait BotConnector: Send + Sync {
+    /// Start a bot session for this call: REST set-up if the protocol needs
+    /// one, then the WebSocket. Returns once the bot is ready for audio.
+    async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError>;
+}
+
+/// The connector a flow's `bot` setting asks for.
+pub fn connector_for(bot: &BotConfig) -> Box<dyn BotConnector> {
+    match bot {
+        BotConfig::Echo(config) => Box::new(echo::EchoConnector::new(config.clone())),
+        BotConfig::TwilioStream(config) => {
+            Box::new(twilio_stream::TwilioStreamConnector::new(config.clone()))
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Flow definitions as they appear under `[[flows]]` in the configuration.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// A flow: the bot a call talks to and what happens when that bot fails.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowConfig {
+    pub name: String,
+    pub bot: BotConfig,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Free-form parameters handed to the bot at call start
+    /// (Twilio's `<Stream><Parameter>`).
+    #[serde(default)]
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// Which bot a flow talks to, tagged by `kind`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BotConfig {
+    /// Built-in bot that plays the caller's audio back after a delay.
+    Echo(EchoBotConfig),
+    /// Any WebSocket bot speaking the Twilio Media Streams protocol.
+    TwilioStream(TwilioStreamConfig),
+}
+
+impl BotConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BotConfig::Echo(_) => "echo",
+            BotConfig::TwilioStream(_) => "twilio_stream",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EchoBotConfig {
+    /// How long the caller's audio takes to come back.
+    #[serde(default = "default_echo_delay_ms")]
+    pub delay_ms: u32,
+    /// Rate the echo bot asks for; 16 kHz exercises the resampler like a real bot.
+    #[serde(default = "default_echo_rate")]
+    pub sample_rate: u32,
+}
+
+impl Default for EchoBotConfig {
+    fn default() -> Self {
+        Self {
+            delay_ms: default_echo_delay_ms(),
+            sample_rate: default_echo_rate(),
+        }
+    }
+}
+
+fn default_echo_delay_ms() -> u32 {
+    200
+}
+
+fn default_echo_rate() -> u32 {
+    16_000
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioStreamConfig {
+    /// `ws://` or `wss://` URL of the bot.
+    pub url: String,
+    /// Give up on the bot if the WebSocket is not up within this time.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    3_000
+}
+
+/// What the call does when its bot cannot be reached or fails.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum OnFailure {
+    /// Reject (before answer) or end (after) the call with this SIP status.
+    Hangup(u16),
+}
+
+impl Default for OnFailure {
+    fn default() -> Self {
+        OnFailure::Hangup(480)
+    }
+}
+
+/// A flow that parsed but makes no sense.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{key}: {reason}")]
+pub struct FlowError {
+    /// Dotted path of the offending key relative to the flow, e.g. `bot.url`.
+    pub key: String,
+    pub reason: String,
+}
+
+impl FlowError {
+    fn new(key: &str, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Sample rates the media pipeline can resample to and from.
+pub const SUPPORTED_RATES: [u32; 4] = [8_000, 16_000, 24_000, 48_000];
+
+impl FlowConfig {
+    /// Checks what serde cannot: names, URLs, rates and status codes.
+    pub fn validate(&self) -> Result<(), FlowError> {
+        if self.name.trim().is_empty() {
+            return Err(FlowError::new("name", "must not be empty"));
+        }
+        match &self.bot {
+            BotConfig::Echo(echo) => {
+                if !SUPPORTED_RATES.contains(&echo.sample_rate) {
+                    return Err(FlowError::new(
+                        "bot.sample_rate",
+                        format!("{} Hz is not one of 8000, 16000, 24000, 48000", echo.sample_rate),
+                    ));
+                }
+                if echo.delay_ms > 10_000 {
+                    return Err(FlowError::new("bot.delay_ms", "must be at most 10000"));
+                }
+            }
+            BotConfig::TwilioStream(stream) => {
+                let url = url::Url::parse(&stream.url)
+                    .map_err(|e| FlowError::new("bot.url", format!("not a URL: {e}")))?;
+                if !matches!(url.scheme(), "ws" | "wss") {
+                    return Err(FlowError::new("bot.url", "scheme must be ws or wss"));
+                }
+                if stream.connect_timeout_ms == 0 || stream.connect_timeout_ms > 60_000 {
+                    return Err(FlowError::new(
+                        "bot.connect_timeout_ms",
+                        "must be between 1 and 60000",
+                    ));
+                }
+            }
+        }
+        match self.on_failure {
+            OnFailure::Hangup(code) if !(400..=699).contains(&code) => Err(FlowError::new(
+                "on_failure.hangup",
+                format!("{code} is not a SIP failure status (400-699)"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct Wrapper {
+        flows: Vec<FlowConfig>,
+    }
+
+    fn parse(text: &str) -> FlowConfig {
+        let wrapper: Wrapper = toml::from_str(text).expect("flow parses");
+        wrapper.flows.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn echo_flow_gets_defaults() {
+        let flow = parse("[[flows]]\nname = \"echo\"\nbot = { kind = \"echo\" }\n");
+        assert!(matches!(flow.bot, BotConfig::Echo(ref e) if e.delay_ms == 200 && e.sample_rate == 16_000));
+        assert_eq!(flow.on_failure, OnFailure::Hangup(480));
+        flow.validate().unwrap();
+    }
+
+    #[test]
+    fn twilio_flow_validates_url_and_failure_code() {
+        let flow = parse(
+            "[[flows]]\nname = \"t\"\nbot = { kind = \"twilio_stream\", url = \"http://x\" }\n",
+        );
+        assert_eq!(flow.validate().unwrap_err().key, "bot.url");
+        let flow = parse(
+            "[[flows]]\nname = \"t\"\nbot = { kind = \"twilio_stream\", url = \"ws://127.0.0.1:1/\" }\non_failure = { hangup = 200 }\n",
+        );
+        assert_eq!(flow.validate().unwrap_err().key, "on_failure.hangup");
+    }
+
+    #[test]
+    fn unknown_bot_kind_is_refused() {
+        let err = toml::from_str::<Wrapper>("[[flows]]\nname = \"x\"\nbot = { kind = \"nope\" }\n")
+            .err()
+            .expect("unknown kind must fail");
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+}

@@ -1,0 +1,11 @@
+//! Switchboard flows: what a call does once routed — which bot it talks to,
+//! with which parameters, what happens when the bot fails — and the actions a
+//! bot (or later TwiML and the API) can ask the gateway to carry out.
+//!
+//! This crate knows no sockets: it is data and validation.
+
+pub mod action;
+pub mod flow;
+
+pub use action::{Action, DialTarget};
+pub use flow::{BotConfig, EchoBotConfig, FlowConfig, FlowError, OnFailure, TwilioStreamConfig};

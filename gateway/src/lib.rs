@@ -1,0 +1,3 @@
+//! Switchboard gateway: SIP signalling, routing and call control.
+
+pub mod sip;
