@@ -7,3 +7,6 @@
 pub mod frame;
 
 pub use frame::{AudioFormat, AudioFrame, FRAME_MS, MAX_FRAME_SAMPLES};
+pub mod g711;
+
+pub use g711::G711;
