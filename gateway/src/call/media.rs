@@ -1,0 +1,196 @@
+//! The per-call media pipeline, without sockets: RTP in → jitter buffer →
+//! G.711 decode → resample to the bot's rate; bot audio → resample to 8 kHz →
+//! pacer → G.711 encode → RTP out. The session feeds it packets and a 20 ms
+//! tick and does the I/O. All buffers are allocated once per call.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use switchboard_media::jitter::{JitterBuffer, JitterConfig, Playout, PushOutcome};
+use switchboard_media::pacer::{FrameKind, Pacer, PacerEvent};
+use switchboard_media::resample::Resampler;
+use switchboard_media::rtp::{is_rtcp, RtpPacket, RtpSender};
+use switchboard_media::sdp::Negotiated;
+use switchboard_media::{AudioFrame, G711};
+
+/// Samples in one 20 ms G.711 frame.
+const FRAME: usize = 160;
+/// Longest bot audio the pacer holds (bots send whole answers at once).
+const MAX_QUEUED_MS: u32 = 120_000;
+
+/// Counters for the call's final log line.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MediaCounters {
+    pub rtp_in: u64,
+    pub rtp_out: u64,
+    pub ignored_in: u64,
+    pub frames_to_bot: u64,
+    pub frames_dropped_to_bot: u64,
+}
+
+pub struct MediaPipeline {
+    codec: G711,
+    payload_type: u8,
+    telephone_event: Option<u8>,
+    jitter: JitterBuffer,
+    to_bot: Resampler,
+    from_bot: Resampler,
+    pacer: Pacer,
+    sender: RtpSender,
+    /// Where the caller's RTP comes from (symmetric RTP), else the SDP address.
+    remote: Option<SocketAddr>,
+    learned_remote: bool,
+    last_packet: Option<Instant>,
+    pcm: [i16; FRAME],
+    resampled: AudioFrame,
+    counters: MediaCounters,
+}
+
+/// What one 20 ms tick produced.
+pub struct Tick {
+    /// Caller audio for the bot, present once the caller's stream started.
+    pub to_bot: Option<AudioFrame>,
+    /// Bytes of an RTP packet written into the caller's buffer, and where to.
+    pub rtp: Option<(usize, SocketAddr)>,
+}
+
+impl MediaPipeline {
+    pub fn new(negotiated: &Negotiated, bot_rate: u32, jitter_depth_ms: u32) -> Result<Self, String> {
+        let jitter = JitterBuffer::new(JitterConfig {
+            clock_rate: 8000,
+            samples_per_packet: FRAME as u32,
+            depth_ms: jitter_depth_ms,
+            ..JitterConfig::default()
+        });
+        Ok(MediaPipeline {
+            codec: negotiated.codec,
+            payload_type: negotiated.payload_type,
+            telephone_event: negotiated.telephone_event,
+            jitter,
+            to_bot: Resampler::new(8000, bot_rate).map_err(|e| e.to_string())?,
+            from_bot: Resampler::new(bot_rate, 8000).map_err(|e| e.to_string())?,
+            pacer: Pacer::new(8000, MAX_QUEUED_MS),
+            sender: RtpSender::random(negotiated.payload_type),
+            remote: negotiated.remote_rtp,
+            learned_remote: false,
+            last_packet: None,
+            pcm: [0; FRAME],
+            resampled: AudioFrame::new(bot_rate),
+            counters: MediaCounters::default(),
+        })
+    }
+
+    /// A re-INVITE may move the caller's media; symmetric RTP keeps the
+    /// learned address until packets come from elsewhere.
+    pub fn update_remote(&mut self, negotiated: &Negotiated) {
+        if !self.learned_remote {
+            self.remote = negotiated.remote_rtp;
+        }
+    }
+
+    /// Takes one datagram from the RTP socket.
+    pub fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
+        if is_rtcp(datagram) {
+            return;
+        }
+        let Ok(packet) = RtpPacket::parse(datagram) else {
+            self.counters.ignored_in += 1;
+            return;
+        };
+        if packet.payload_type != self.payload_type {
+            // telephone-event is handled by the media-engine work; other
+            // payload types were never negotiated.
+            let _ = self.telephone_event;
+            self.counters.ignored_in += 1;
+            return;
+        }
+        self.counters.rtp_in += 1;
+        self.last_packet = Some(now);
+        if self.remote != Some(from) {
+            self.remote = Some(from);
+            self.learned_remote = true;
+        }
+        if !matches!(self.jitter.push(&packet, now), PushOutcome::Accepted | PushOutcome::Reset) {
+            self.counters.ignored_in += 1;
+        }
+    }
+
+    /// When the caller last sent RTP.
+    pub fn last_packet(&self) -> Option<Instant> {
+        self.last_packet
+    }
+
+    /// Advances 20 ms: one frame of caller audio towards the bot and one RTP
+    /// packet towards the caller (bot audio, or silence to keep the stream
+    /// and NAT bindings alive).
+    pub fn tick(&mut self, now: Instant, rtp_out: &mut [u8]) -> Tick {
+        let to_bot = match self.jitter.pop(now) {
+            Playout::Waiting => None,
+            Playout::Packet { payload, .. } => {
+                let decoded = self.codec.decode(payload, &mut self.pcm);
+                self.pcm[decoded..].fill(0);
+                Some(self.resample_for_bot())
+            }
+            Playout::Lost => {
+                // Concealment by silence for now; the media-engine issue
+                // brings repeat-and-fade and codec PLC.
+                self.pcm.fill(0);
+                Some(self.resample_for_bot())
+            }
+        };
+        if to_bot.is_some() {
+            self.counters.frames_to_bot += 1;
+        }
+
+        let mut rtp = None;
+        if let Some(remote) = self.remote {
+            let _kind: FrameKind = self.pacer.next_frame(&mut self.pcm);
+            let mut payload = [0u8; FRAME];
+            self.codec.encode(&self.pcm, &mut payload);
+            let len = self.sender.packet(&payload, FRAME as u32, false, rtp_out);
+            if len > 0 {
+                self.counters.rtp_out += 1;
+                rtp = Some((len, remote));
+            }
+        }
+        Tick { to_bot, rtp }
+    }
+
+    fn resample_for_bot(&mut self) -> AudioFrame {
+        self.to_bot.process(&self.pcm, &mut self.resampled);
+        self.resampled
+    }
+
+    /// Bot audio at the bot's rate, any length.
+    pub fn push_bot_audio(&mut self, frame: &AudioFrame) {
+        let pacer = &mut self.pacer;
+        self.from_bot.process_any(frame.samples(), &mut |chunk: &[i16]| pacer.push_audio(chunk));
+    }
+
+    pub fn clear(&mut self) {
+        self.pacer.clear();
+    }
+
+    pub fn push_mark(&mut self, name: String) {
+        self.pacer.push_mark(name);
+    }
+
+    /// A mark whose audio has played.
+    pub fn poll_mark(&mut self) -> Option<String> {
+        match self.pacer.poll_event()? {
+            PacerEvent::MarkPlayed(name) => Some(name),
+        }
+    }
+
+    pub fn note_dropped_to_bot(&mut self) {
+        self.counters.frames_dropped_to_bot += 1;
+    }
+
+    pub fn counters(&self) -> MediaCounters {
+        self.counters
+    }
+
+    pub fn jitter_stats(&self) -> switchboard_media::jitter::JitterStats {
+        self.jitter.stats()
+    }
+}

@@ -1,0 +1,73 @@
+//! RTP port allocation from the configured range: even ports (RTCP takes the
+//! odd one above), tried round-robin so a just-freed port is not reused at
+//! once while stray packets of the old call may still arrive.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use tokio::net::UdpSocket;
+
+#[derive(Debug)]
+pub struct RtpPorts {
+    low: u16,
+    count: u32,
+    cursor: AtomicU32,
+}
+
+impl RtpPorts {
+    pub fn new(range: RangeInclusive<u16>) -> RtpPorts {
+        let low = *range.start() + (*range.start() % 2);
+        let count = (u32::from(*range.end()) - u32::from(low)) / 2 + 1;
+        RtpPorts {
+            low,
+            count,
+            cursor: AtomicU32::new(rand::random::<u32>() % count.max(1)),
+        }
+    }
+
+    /// Binds a socket on the next free even port; the socket is released when
+    /// dropped, which is how a call gives its port back.
+    pub fn bind(&self, ip: IpAddr) -> std::io::Result<UdpSocket> {
+        let attempts = self.count.min(256);
+        let mut last_error = None;
+        for _ in 0..attempts {
+            let slot = self.cursor.fetch_add(1, Ordering::Relaxed) % self.count;
+            let port = self.low as u32 + slot * 2;
+            if port > u16::MAX as u32 {
+                continue;
+            }
+            match std::net::UdpSocket::bind(SocketAddr::new(ip, port as u16)) {
+                Ok(socket) => {
+                    socket.set_nonblocking(true)?;
+                    return UdpSocket::from_std(socket);
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::AddrInUse, "RTP port range exhausted")
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hands_out_even_ports_in_range_and_reuses_after_drop() {
+        let ports = RtpPorts::new(41001..=41010);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            let socket = ports.bind(ip).unwrap();
+            let port = socket.local_addr().unwrap().port();
+            assert!(port % 2 == 0 && (41002..=41010).contains(&port), "{port}");
+            held.push(socket);
+        }
+        assert!(ports.bind(ip).is_err(), "range of 5 even ports is exhausted");
+        held.pop();
+        assert!(ports.bind(ip).is_ok(), "a dropped socket frees its port");
+    }
+}

@@ -1,0 +1,307 @@
+//! The gateway's configuration as it appears in `switchboard.toml`, and the
+//! checks serde cannot make. Reading the file and `${ENV}` interpolation are
+//! the binary's job; this module only sees parsed values.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+
+use serde::Deserialize;
+use switchboard_flows::FlowConfig;
+
+use crate::routing::Router;
+use crate::sip::transaction::Transport;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub sip: SipConfig,
+    #[serde(default)]
+    pub media: MediaConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub trunks: Vec<TrunkConfig>,
+    #[serde(default)]
+    pub flows: Vec<FlowConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SipConfig {
+    /// `udp:IP:PORT` or `tcp:IP:PORT`; IPv6 as `udp:[::1]:5060`.
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Address written into Contact and SDP when the listen address is a
+    /// wildcard or sits behind NAT.
+    #[serde(default)]
+    pub public_address: Option<IpAddr>,
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            public_address: None,
+        }
+    }
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["udp:127.0.0.1:5060".into(), "tcp:127.0.0.1:5060".into()]
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaConfig {
+    /// Inclusive UDP port range for RTP, `"20000-30000"`.
+    #[serde(default = "default_rtp_ports")]
+    pub rtp_ports: String,
+    /// A call whose caller sends no RTP for this long is ended.
+    #[serde(default = "default_rtp_timeout")]
+    pub rtp_timeout_secs: u64,
+    /// Playout delay the jitter buffer holds before it starts.
+    #[serde(default = "default_jitter_ms")]
+    pub jitter_depth_ms: u32,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            rtp_ports: default_rtp_ports(),
+            rtp_timeout_secs: default_rtp_timeout(),
+            jitter_depth_ms: default_jitter_ms(),
+        }
+    }
+}
+
+fn default_rtp_ports() -> String {
+    "20000-30000".into()
+}
+fn default_rtp_timeout() -> u64 {
+    30
+}
+fn default_jitter_ms() -> u32 {
+    40
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Concurrent calls; the next INVITE gets 503 with Retry-After.
+    #[serde(default = "default_max_calls")]
+    pub max_calls: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_calls: default_max_calls(),
+        }
+    }
+}
+
+fn default_max_calls() -> usize {
+    1000
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    pub name: String,
+    /// Source IPs and CIDRs allowed to send calls on this trunk.
+    pub allow: Vec<String>,
+    /// Tried in order; the first pattern matching the dialed number wins.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Regex over the dialed number (last `#`-separated piece of the
+    /// Request-URI user part).
+    pub pattern: String,
+    pub flow: String,
+}
+
+/// A configuration value that parsed but cannot work.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("key `{key}`: {reason}")]
+pub struct ConfigError {
+    /// Dotted path of the key, e.g. `trunks[0].routes[1].pattern`.
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// One socket the gateway listens on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenAddr {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+impl ListenAddr {
+    pub fn parse(text: &str) -> Result<ListenAddr, String> {
+        let (scheme, rest) = text
+            .split_once(':')
+            .ok_or_else(|| format!("`{text}` is not `udp:IP:PORT` or `tcp:IP:PORT`"))?;
+        let transport = match scheme.to_ascii_lowercase().as_str() {
+            "udp" => Transport::Udp,
+            "tcp" => Transport::Tcp,
+            other => return Err(format!("transport `{other}` is not udp or tcp")),
+        };
+        let addr = rest
+            .parse::<SocketAddr>()
+            .map_err(|_| format!("`{rest}` is not IP:PORT (IPv6 as [::1]:5060)"))?;
+        Ok(ListenAddr { transport, addr })
+    }
+}
+
+impl Config {
+    /// Everything a running gateway needs, checked up front so a bad file
+    /// refuses to start instead of failing on the first call.
+    pub fn validate(&self) -> Result<ValidConfig, ConfigError> {
+        let mut listen = Vec::new();
+        if self.sip.listen.is_empty() {
+            return Err(ConfigError::new("sip.listen", "needs at least one address"));
+        }
+        for (index, text) in self.sip.listen.iter().enumerate() {
+            let parsed = ListenAddr::parse(text)
+                .map_err(|reason| ConfigError::new(format!("sip.listen[{index}]"), reason))?;
+            if listen.contains(&parsed) {
+                return Err(ConfigError::new(
+                    format!("sip.listen[{index}]"),
+                    format!("`{text}` is listed twice"),
+                ));
+            }
+            listen.push(parsed);
+        }
+        let rtp_ports = parse_port_range(&self.media.rtp_ports)
+            .map_err(|reason| ConfigError::new("media.rtp_ports", reason))?;
+        if self.media.rtp_timeout_secs == 0 {
+            return Err(ConfigError::new("media.rtp_timeout_secs", "must be at least 1"));
+        }
+        if !(20..=1000).contains(&self.media.jitter_depth_ms) {
+            return Err(ConfigError::new(
+                "media.jitter_depth_ms",
+                "must be between 20 and 1000",
+            ));
+        }
+        if self.limits.max_calls == 0 {
+            return Err(ConfigError::new("limits.max_calls", "must be at least 1"));
+        }
+        let mut names = HashSet::new();
+        for (index, flow) in self.flows.iter().enumerate() {
+            flow.validate().map_err(|error| {
+                ConfigError::new(format!("flows[{index}].{}", error.key), error.reason)
+            })?;
+            if !names.insert(flow.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("flows[{index}].name"),
+                    format!("flow `{}` is defined twice", flow.name),
+                ));
+            }
+        }
+        let router = Router::new(&self.trunks, &names)?;
+        Ok(ValidConfig {
+            listen,
+            rtp_ports,
+            router,
+        })
+    }
+}
+
+/// The parts of a [`Config`] that had to be parsed further.
+#[derive(Debug)]
+pub struct ValidConfig {
+    pub listen: Vec<ListenAddr>,
+    pub rtp_ports: RangeInclusive<u16>,
+    pub router: Router,
+}
+
+fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
+    let (low, high) = text
+        .split_once('-')
+        .ok_or_else(|| format!("`{text}` is not LOW-HIGH"))?;
+    let low: u16 = low
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{low}` is not a port number"))?;
+    let high: u16 = high
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{high}` is not a port number"))?;
+    if low == 0 || low > high {
+        return Err(format!("`{text}` must be LOW-HIGH with 0 < LOW <= HIGH"));
+    }
+    if high - low < 1 {
+        return Err(format!("`{text}` needs at least two ports (RTP uses even ports)"));
+    }
+    Ok(low..=high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Config {
+        toml::from_str(text).expect("config parses")
+    }
+
+    const MINIMAL: &str = r#"
+        [[trunks]]
+        name = "local"
+        allow = ["127.0.0.1", "::1"]
+        routes = [{ pattern = ".*", flow = "echo" }]
+
+        [[flows]]
+        name = "echo"
+        bot = { kind = "echo" }
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = parse(MINIMAL);
+        let valid = config.validate().unwrap();
+        assert_eq!(valid.listen.len(), 2);
+        assert_eq!(valid.rtp_ports, 20000..=30000);
+        assert_eq!(config.limits.max_calls, 1000);
+    }
+
+    #[test]
+    fn listen_addresses_parse_ipv4_and_ipv6() {
+        let udp6 = ListenAddr::parse("udp:[::1]:5070").unwrap();
+        assert_eq!(udp6.transport, Transport::Udp);
+        assert_eq!(udp6.addr, "[::1]:5070".parse().unwrap());
+        assert!(ListenAddr::parse("sctp:127.0.0.1:5060").is_err());
+        assert!(ListenAddr::parse("udp:127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let mut config = parse(MINIMAL);
+        config.media.rtp_ports = "30000-20000".into();
+        assert_eq!(config.validate().unwrap_err().key, "media.rtp_ports");
+
+        let mut config = parse(MINIMAL);
+        config.trunks[0].routes[0].flow = "missing".into();
+        let error = config.validate().unwrap_err();
+        assert_eq!(error.key, "trunks[0].routes[0].flow");
+        assert!(error.reason.contains("missing"), "{error}");
+
+        let mut config = parse(MINIMAL);
+        config.flows.push(config.flows[0].clone());
+        assert_eq!(config.validate().unwrap_err().key, "flows[1].name");
+    }
+}

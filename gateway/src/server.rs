@@ -1,0 +1,104 @@
+//! A running gateway: sockets, the endpoint task and the drain on shutdown.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_connectors::connector_for;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::call::RtpPorts;
+use crate::config::{Config, ValidConfig};
+use crate::endpoint::{Endpoint, EndpointState, FlowRuntime, MediaSettings};
+use crate::sip::transaction::Transport;
+use crate::transport::{Transports, INBOUND_CAPACITY};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("cannot listen: {0}")]
+    Bind(#[from] std::io::Error),
+}
+
+pub struct Gateway {
+    local: Vec<(Transport, SocketAddr)>,
+    state: watch::Sender<EndpointState>,
+    sockets_shutdown: watch::Sender<bool>,
+    active_calls: watch::Receiver<usize>,
+    endpoint: JoinHandle<()>,
+}
+
+impl Gateway {
+    pub async fn start(config: Config, valid: ValidConfig) -> Result<Gateway, GatewayError> {
+        let (inbound_tx, inbound) = mpsc::channel(INBOUND_CAPACITY);
+        let (sockets_shutdown, sockets_watch) = watch::channel(false);
+        let transports = Transports::bind(&valid.listen, inbound_tx, sockets_watch).await?;
+        let local = transports.local_addrs().to_vec();
+        let flows = config
+            .flows
+            .iter()
+            .map(|flow| {
+                let runtime = FlowRuntime {
+                    config: Arc::new(flow.clone()),
+                    connector: Arc::from(connector_for(&flow.bot)),
+                };
+                (flow.name.clone(), runtime)
+            })
+            .collect::<HashMap<_, _>>();
+        let (state, state_watch) = watch::channel(EndpointState::Running);
+        let (active_tx, active_calls) = watch::channel(0usize);
+        let endpoint = Endpoint {
+            transports,
+            router: valid.router,
+            flows,
+            max_calls: config.limits.max_calls,
+            media: MediaSettings {
+                public_ip: config.sip.public_address,
+                rtp_timeout: Duration::from_secs(config.media.rtp_timeout_secs),
+                jitter_depth_ms: config.media.jitter_depth_ms,
+            },
+            rtp_ports: Arc::new(RtpPorts::new(valid.rtp_ports)),
+            inbound,
+            shutdown: state_watch,
+            active_calls: active_tx,
+        };
+        let endpoint = tokio::spawn(endpoint.run());
+        Ok(Gateway {
+            local,
+            state,
+            sockets_shutdown,
+            active_calls,
+            endpoint,
+        })
+    }
+
+    /// Where the gateway actually listens (ports resolved when configured as 0).
+    pub fn local_addrs(&self) -> Vec<(Transport, SocketAddr)> {
+        self.local.clone()
+    }
+
+    /// Refuses new calls, waits up to `drain` for live calls to end, hangs
+    /// up the rest and stops.
+    pub async fn shutdown(mut self, drain: Duration) {
+        let _ = self.state.send(EndpointState::Draining);
+        let drained = tokio::time::timeout(drain, async {
+            while *self.active_calls.borrow_and_update() > 0 {
+                if self.active_calls.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(calls = *self.active_calls.borrow(), "drain timed out: hanging up remaining calls");
+        }
+        let _ = self.state.send(EndpointState::Stopping);
+        // Calls need the sockets to send their BYEs; close them last.
+        if tokio::time::timeout(Duration::from_secs(10), &mut self.endpoint).await.is_err() {
+            tracing::warn!("endpoint did not stop in time");
+            self.endpoint.abort();
+        }
+        let _ = self.sockets_shutdown.send(true);
+    }
+}

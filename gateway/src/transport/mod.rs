@@ -1,0 +1,118 @@
+//! Sockets for SIP: the thin async shell that moves bytes between the network
+//! and the endpoint task. Parsing happens here, per socket, so a flood of
+//! garbage costs the reader task and never the endpoint.
+
+mod tcp;
+mod udp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::config::ListenAddr;
+use crate::sip::message::SipMessage;
+use crate::sip::transaction::{Peer, Transport};
+
+pub use tcp::TcpConnections;
+
+/// Messages queued from all sockets towards the endpoint. When full, UDP
+/// readers drop (the sender retransmits) and TCP readers wait.
+pub const INBOUND_CAPACITY: usize = 4096;
+
+/// A parsed message and who sent it.
+#[derive(Debug)]
+pub struct Inbound {
+    pub message: SipMessage,
+    pub peer: Peer,
+}
+
+/// Every bound SIP socket, for sending.
+#[derive(Clone)]
+pub struct Transports {
+    udp: Vec<Arc<tokio::net::UdpSocket>>,
+    tcp: TcpConnections,
+    local: Vec<(Transport, SocketAddr)>,
+}
+
+impl Transports {
+    /// Binds every listen address and starts its reader tasks.
+    pub async fn bind(
+        listen: &[ListenAddr],
+        inbound: mpsc::Sender<Inbound>,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<Transports> {
+        let mut udp = Vec::new();
+        let tcp = TcpConnections::default();
+        let mut local = Vec::new();
+        for entry in listen {
+            match entry.transport {
+                Transport::Udp => {
+                    let socket = Arc::new(udp::bind(entry.addr)?);
+                    local.push((Transport::Udp, socket.local_addr()?));
+                    tokio::spawn(udp::read_loop(socket.clone(), inbound.clone(), shutdown.clone()));
+                    udp.push(socket);
+                }
+                Transport::Tcp => {
+                    let listener = tokio::net::TcpListener::bind(entry.addr).await?;
+                    local.push((Transport::Tcp, listener.local_addr()?));
+                    tokio::spawn(tcp::accept_loop(
+                        listener,
+                        tcp.clone(),
+                        inbound.clone(),
+                        shutdown.clone(),
+                    ));
+                }
+            }
+        }
+        Ok(Transports { udp, tcp, local })
+    }
+
+    pub fn local_addrs(&self) -> &[(Transport, SocketAddr)] {
+        &self.local
+    }
+
+    /// The local address to advertise for `peer`'s transport and family.
+    pub fn local_for(&self, peer: Peer) -> Option<SocketAddr> {
+        let same_family = |addr: &SocketAddr| addr.is_ipv4() == peer.addr.is_ipv4();
+        self.local
+            .iter()
+            .filter(|(transport, _)| *transport == peer.transport)
+            .map(|(_, addr)| *addr)
+            .find(same_family)
+            .or_else(|| {
+                self.local
+                    .iter()
+                    .map(|(_, addr)| *addr)
+                    .find(same_family)
+            })
+    }
+
+    /// Sends without waiting: a full socket buffer or a vanished TCP
+    /// connection loses the message, which SIP retransmission recovers.
+    pub fn send(&self, peer: Peer, bytes: Vec<u8>) {
+        match peer.transport {
+            Transport::Udp => {
+                let socket = self
+                    .udp
+                    .iter()
+                    .find(|socket| {
+                        socket
+                            .local_addr()
+                            .map(|addr| addr.is_ipv4() == peer.addr.is_ipv4())
+                            .unwrap_or(false)
+                    })
+                    .or_else(|| self.udp.first());
+                match socket {
+                    Some(socket) => {
+                        if let Err(error) = socket.try_send_to(&bytes, peer.addr) {
+                            tracing::warn!(peer = %peer.addr, %error, "SIP send over UDP failed");
+                        }
+                    }
+                    None => tracing::warn!(peer = %peer.addr, "no UDP socket to send SIP on"),
+                }
+            }
+            Transport::Tcp => self.tcp.send(peer.addr, bytes),
+        }
+    }
+}

@@ -1,0 +1,7 @@
+#![allow(dead_code)]
+
+pub mod audio;
+pub mod gateway;
+pub mod rtp_peer;
+pub mod sipp;
+pub mod twilio_bot;

@@ -1,0 +1,200 @@
+//! sipp (Debian `sip-tester`) as the caller: scenarios are generated per test
+//! so the SDP can point at whatever RTP endpoint the test runs.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Output};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum SipTransport {
+    Udp,
+    Tcp,
+}
+
+/// An SDP offer for a caller whose RTP lives at `rtp_port` on 127.0.0.1.
+pub fn sdp_offer(rtp_port: u16, formats: &[(u8, &str)]) -> String {
+    let pts: Vec<String> = formats.iter().map(|(pt, _)| pt.to_string()).collect();
+    let mut sdp = format!(
+        "v=0\r\no=sipp 1 1 IN IP4 127.0.0.1\r\ns=call\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP {}\r\n",
+        pts.join(" ")
+    );
+    for (pt, map) in formats {
+        sdp.push_str(&format!("a=rtpmap:{pt} {map}\r\n"));
+        if map.starts_with("telephone-event") {
+            sdp.push_str(&format!("a=fmtp:{pt} 0-16\r\n"));
+        }
+    }
+    sdp.push_str("a=ptime:20\r\na=sendrecv\r\n");
+    sdp
+}
+
+pub const G711_OFFER: &[(u8, &str)] = &[(0, "PCMU/8000"), (8, "PCMA/8000"), (101, "telephone-event/8000")];
+
+fn invite(dialed: &str, sdp: &str) -> String {
+    format!(
+        r#"  <send retrans="500">
+    <![CDATA[
+      INVITE sip:{dialed}@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "sipp" <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:{dialed}@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      X-Test-Case: switchboard
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+{sdp}
+    ]]>
+  </send>
+"#
+    )
+}
+
+const ACK: &str = r#"  <send>
+    <![CDATA[
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+"#;
+
+/// Caller places the call, holds it `hold_ms`, then hangs up.
+pub fn caller_hangs_up(dialed: &str, sdp: &str, hold_ms: u64) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="caller hangs up">
+{invite}
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="183" optional="true"/>
+  <recv response="200" rrs="true"/>
+{ack}
+  <pause milliseconds="{hold_ms}"/>
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      CSeq: 2 BYE
+      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+</scenario>
+"#,
+        invite = invite(dialed, sdp),
+        ack = ACK.replace("sip:[service]@[remote_ip]:[remote_port]", "[next_url]"),
+    )
+}
+
+/// Caller answers the gateway's BYE.
+pub fn gateway_hangs_up(dialed: &str, sdp: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="gateway hangs up">
+{invite}
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true"/>
+{ack}
+  <recv request="BYE" timeout="30000"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+
+    ]]>
+  </send>
+</scenario>
+"#,
+        invite = invite(dialed, sdp),
+        ack = ACK.replace("sip:[service]@[remote_ip]:[remote_port]", "[next_url]"),
+    )
+}
+
+/// Caller expects a final error `status` and ACKs it.
+pub fn rejected(dialed: &str, sdp: &str, status: u16) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="rejected with {status}">
+{invite}
+  <recv response="100" optional="true"/>
+  <recv response="{status}"/>
+  <send>
+    <![CDATA[
+      ACK sip:{dialed}@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-1]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+</scenario>
+"#,
+        invite = invite(dialed, sdp),
+    )
+}
+
+/// Runs one call of `scenario` against `target`; returns sipp's output.
+pub fn run(dir: &Path, name: &str, scenario: &str, target: SocketAddr, transport: SipTransport, source_ip: &str) -> Output {
+    let path = dir.join(format!("{name}.xml"));
+    std::fs::write(&path, scenario).unwrap();
+    let mut command = Command::new("sipp");
+    command
+        .current_dir(dir)
+        .arg(target.to_string())
+        .arg("-sf")
+        .arg(&path)
+        .args(["-m", "1", "-l", "1", "-i", source_ip])
+        .args(["-timeout", "40s", "-timeout_error", "-nostdin", "-trace_err", "-trace_msg"])
+        .args(["-s", "echo"])
+        .arg("-t")
+        .arg(match transport {
+            SipTransport::Udp => "u1",
+            SipTransport::Tcp => "t1",
+        });
+    command.output().expect("running sipp (Debian package sip-tester)")
+}
+
+pub fn assert_success(output: &Output, dir: &Path) {
+    if !output.status.success() {
+        let mut traces = String::new();
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.ends_with("_errors.log") || name.ends_with("_messages.log") {
+                traces.push_str(&format!("--- {name}\n"));
+                traces.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+            }
+        }
+        panic!(
+            "sipp failed ({}):\nstdout: {}\nstderr: {}\n{traces}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

@@ -1,0 +1,141 @@
+//! A call routed to a bot speaking Twilio Media Streams: caller audio reaches
+//! the bot byte-exact, bot audio reaches the caller, `clear` stops playout,
+//! marks come back after playback, and hang-up closes the bot.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::audio::{best_correlation, rms, speech_like};
+use common::gateway::{config_with, GatewayProcess};
+use common::rtp_peer::RtpPeer;
+use common::sipp::{self, SipTransport, G711_OFFER};
+use common::twilio_bot::{BotCommand, TwilioBot};
+use switchboard_media::g711::{ulaw_decode, ulaw_encode};
+
+fn twilio_config(url: &str) -> String {
+    config_with(&format!(
+        r#"
+[[trunks]]
+name = "loopback"
+allow = ["127.0.0.1"]
+routes = [{{ pattern = '^\+1\d{{10}}$', flow = "bot" }}]
+
+[[flows]]
+name = "bot"
+bot = {{ kind = "twilio_stream", url = "{url}", connect_timeout_ms = 2000 }}
+parameters = {{ language = "en", tenant = "acme" }}
+on_failure = {{ hangup = 503 }}
+"#
+    ))
+}
+
+#[test]
+fn twilio_bot_hears_the_caller_and_the_caller_hears_the_bot() {
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start("twilio", &twilio_config(&format!("ws://{}/media", bot.addr)));
+    let peer = RtpPeer::bind();
+    let scenario = sipp::caller_hangs_up("+12125550100", &sipp::sdp_offer(peer.port(), G711_OFFER), 9000);
+    let dir = gateway.dir.clone();
+    let target = gateway.udp;
+    let caller = std::thread::spawn(move || sipp::run(&dir, "call", &scenario, target, SipTransport::Udp, "127.0.0.1"));
+
+    let (_, start) = bot.wait_event("start", |_| true, Duration::from_secs(10));
+    assert_eq!(start["start"]["mediaFormat"]["encoding"], "audio/x-mulaw");
+    assert_eq!(start["start"]["mediaFormat"]["sampleRate"], 8000);
+    assert_eq!(start["start"]["customParameters"]["tenant"], "acme");
+    bot.wait_event("connected", |_| true, Duration::from_secs(1));
+
+    let gateway_rtp = peer.wait_first_packet(Duration::from_secs(10)).expect("gateway RTP");
+    let sent = speech_like(2 * 8000);
+    let streamer = {
+        let sent = sent.clone();
+        let peer_port = peer.port();
+        let _ = peer_port;
+        std::thread::scope(|scope| {
+            scope.spawn(|| peer.stream_pcmu(gateway_rtp, &sent));
+            // While the caller talks, the bot speaks: 1.5 s in odd-sized chunks, then a mark.
+            let reply: Vec<u8> = speech_like(12_000).iter().map(|s| ulaw_encode(s / 2)).collect();
+            bot.send(BotCommand::Media { ulaw: reply, chunk: 333 });
+            let mark_sent = Instant::now();
+            bot.send(BotCommand::Mark("reply-1".into()));
+            let (mark_back, _) = bot.wait_event("mark", |v| v["mark"]["name"] == "reply-1", Duration::from_secs(5));
+            mark_back.duration_since(mark_sent)
+        })
+    };
+    let mark_delay = streamer;
+    assert!(
+        mark_delay >= Duration::from_millis(1300),
+        "mark came back after {mark_delay:?}, before its 1.5 s of audio could have played"
+    );
+
+    // The caller's audio reached the bot unchanged: PCMU in, μ-law out at 8 kHz.
+    let inbound = bot.log.lock().unwrap().inbound_ulaw.clone();
+    let sent_ulaw: Vec<u8> = sent.iter().map(|s| ulaw_encode(*s)).collect();
+    let start_at = inbound
+        .windows(160)
+        .position(|window| window == &sent_ulaw[..160])
+        .expect("the caller's first packet reached the bot byte-exact");
+    assert_eq!(&inbound[start_at..start_at + sent_ulaw.len()], &sent_ulaw[..], "caller audio changed on its way to the bot");
+
+    // The caller heard the bot.
+    let heard = peer.received_pcmu();
+    let bot_audio: Vec<i16> = speech_like(12_000).iter().map(|s| ulaw_decode(ulaw_encode(s / 2))).collect();
+    let (score, _) = best_correlation(&bot_audio, &heard, 0..heard.len());
+    assert!(score > 0.95, "caller did not hear the bot (correlation {score:.3})");
+
+    // A long answer, interrupted: after `clear` the caller hears silence within a frame or two.
+    let long: Vec<u8> = speech_like(80_000).iter().map(|s| ulaw_encode(*s)).collect();
+    bot.send(BotCommand::Media { ulaw: long, chunk: 160 });
+    std::thread::sleep(Duration::from_millis(600));
+    bot.send(BotCommand::Mark("after-clear".into()));
+    let cleared_at = Instant::now();
+    bot.send(BotCommand::Clear);
+    let (mark_back, _) = bot.wait_event("mark", |v| v["mark"]["name"] == "after-clear", Duration::from_secs(2));
+    assert!(mark_back.duration_since(cleared_at) < Duration::from_millis(500), "a cleared mark is returned at once");
+    std::thread::sleep(Duration::from_millis(300));
+    let after: Vec<i16> = peer
+        .received()
+        .iter()
+        .filter(|p| p.at > cleared_at + Duration::from_millis(100))
+        .flat_map(|p| p.payload.iter().map(|b| ulaw_decode(*b)))
+        .collect();
+    assert!(after.len() >= 160, "RTP keeps flowing after clear");
+    assert!(rms(&after) < 50.0, "bot audio still playing after clear (rms {})", rms(&after));
+
+    let output = caller.join().unwrap();
+    sipp::assert_success(&output, &gateway.dir);
+    bot.wait_event("stop", |_| true, Duration::from_secs(5));
+    bot.wait_closed(Duration::from_secs(5));
+    gateway.wait_for_log(&["call ended", "caller hung up"], Duration::from_secs(5));
+    gateway.assert_no_panic();
+}
+
+#[test]
+fn bot_closing_the_socket_hangs_up_the_caller() {
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start("twilio-close", &twilio_config(&format!("ws://{}/media", bot.addr)));
+    let peer = RtpPeer::bind();
+    let scenario = sipp::gateway_hangs_up("+12125550100", &sipp::sdp_offer(peer.port(), G711_OFFER));
+    let dir = gateway.dir.clone();
+    let target = gateway.tcp;
+    let caller = std::thread::spawn(move || sipp::run(&dir, "call", &scenario, target, SipTransport::Tcp, "127.0.0.1"));
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    bot.send(BotCommand::Close);
+    let output = caller.join().unwrap();
+    sipp::assert_success(&output, &gateway.dir);
+    gateway.wait_for_log(&["call ended", "bot closed"], Duration::from_secs(5));
+}
+
+#[test]
+fn unreachable_bot_rejects_with_the_flows_on_failure_status() {
+    // Nothing listens here: bind, note the port, release it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let gateway = GatewayProcess::start("twilio-unreachable", &twilio_config(&format!("ws://127.0.0.1:{port}/media")));
+    let scenario = sipp::rejected("+12125550100", &sipp::sdp_offer(4000, G711_OFFER), 503);
+    let output = sipp::run(&gateway.dir, "call", &scenario, gateway.udp, SipTransport::Udp, "127.0.0.1");
+    sipp::assert_success(&output, &gateway.dir);
+    let line = gateway.wait_for_log(&["bot unreachable"], Duration::from_secs(5));
+    assert!(line.contains("flow=bot") || line.contains("flow=\"bot\"") || line.contains("bot"), "{line}");
+}
