@@ -5,8 +5,20 @@
 //! knows about SIP, sockets or bots.
 
 pub mod frame;
+pub mod g711;
+pub mod jitter;
+pub mod pacer;
+pub mod resample;
+pub mod rtp;
+pub mod sdp;
 
 pub use frame::{AudioFormat, AudioFrame, FRAME_MS, MAX_FRAME_SAMPLES};
-pub mod g711;
-
 pub use g711::G711;
+pub use jitter::{JitterBuffer, JitterConfig, JitterStats, Playout, PushOutcome};
+pub use pacer::{FrameKind, Pacer, PacerEvent};
+pub use resample::{ResampleError, Resampler};
+pub use rtp::{is_rtcp, write_rtp, RtpError, RtpPacket, RtpSender};
+pub use sdp::{
+    build_answer, build_offer, negotiate, Direction, MediaOffer, Negotiated, OfferedFormat,
+    SdpError, SessionOffer,
+};

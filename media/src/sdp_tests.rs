@@ -1,0 +1,300 @@
+use super::*;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+const BOTH: [G711; 2] = [G711::Pcmu, G711::Pcma];
+
+/// What sipp's built-in uac scenario sends.
+const SIPP: &str = "v=0\r\n\
+o=user1 53655765 2353687637 IN IP4 127.0.1.1\r\n\
+s=-\r\n\
+c=IN IP4 127.0.1.1\r\n\
+t=0 0\r\n\
+m=audio 6000 RTP/AVP 0\r\n\
+a=rtpmap:0 PCMU/8000\r\n";
+
+/// Baresip/Linphone style: Opus first, G.711 both laws, DTMF, media-level c=.
+const SOFTPHONE: &str = "v=0\r\n\
+o=- 1183928711 3960402512 IN IP4 192.168.1.20\r\n\
+s=-\r\n\
+c=IN IP4 192.168.1.20\r\n\
+t=0 0\r\n\
+a=tool:baresip 3.10.1\r\n\
+m=audio 10918 RTP/AVP 96 0 8 101\r\n\
+c=IN IP4 192.168.1.21\r\n\
+b=AS:128\r\n\
+a=rtpmap:96 opus/48000/2\r\n\
+a=fmtp:96 stereo=1;sprop-stereo=1\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:101 telephone-event/8000\r\n\
+a=fmtp:101 0-15\r\n\
+a=rtcp-mux\r\n\
+a=ptime:20\r\n\
+a=sendrecv\r\n\
+m=video 10920 RTP/AVP 97\r\n\
+a=rtpmap:97 H264/90000\r\n";
+
+fn parse(text: &str) -> SessionOffer {
+    SessionOffer::parse(text).unwrap()
+}
+
+#[test]
+fn sipp_default_offer() {
+    let offer = parse(SIPP);
+    assert_eq!(
+        offer.connection,
+        Some(IpAddr::V4(Ipv4Addr::new(127, 0, 1, 1)))
+    );
+    let audio = offer.audio.as_ref().unwrap();
+    assert_eq!((audio.port, audio.protocol.as_str()), (6000, "RTP/AVP"));
+    assert_eq!(audio.direction, Direction::SendRecv);
+    assert_eq!(audio.formats.len(), 1);
+    let n = negotiate(&offer, &BOTH).unwrap();
+    assert_eq!(
+        (n.codec, n.payload_type, n.telephone_event),
+        (G711::Pcmu, 0, None)
+    );
+    assert_eq!(n.remote_rtp, Some("127.0.1.1:6000".parse().unwrap()));
+    assert_eq!(n.direction, Direction::SendRecv);
+    assert_eq!(n.ptime, 20);
+
+    let answer = build_answer(&offer, &n, "10.0.0.5".parse().unwrap(), 20000, 7, 8);
+    assert_eq!(
+        answer,
+        "v=0\r\no=switchboard 7 8 IN IP4 10.0.0.5\r\ns=switchboard\r\nc=IN IP4 10.0.0.5\r\n\
+         t=0 0\r\nm=audio 20000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\na=sendrecv\r\n"
+    );
+    // Our answer is itself parseable SDP.
+    let again = parse(&answer);
+    assert_eq!(again.audio.unwrap().port, 20000);
+}
+
+#[test]
+fn softphone_offer_with_opus_and_dtmf() {
+    let offer = parse(SOFTPHONE);
+    let audio = offer.audio.as_ref().unwrap();
+    let names: Vec<_> = audio.formats.iter().map(|f| f.encoding.as_str()).collect();
+    assert_eq!(names, ["OPUS", "PCMU", "PCMA", "TELEPHONE-EVENT"]);
+    assert_eq!(audio.formats[0].clock_rate, 48000);
+    assert_eq!(
+        audio.formats[0].fmtp.as_deref(),
+        Some("stereo=1;sprop-stereo=1")
+    );
+    assert_eq!(audio.ptime, Some(20));
+    assert_eq!(audio.connection, Some("192.168.1.21".parse().unwrap()));
+    assert_eq!(offer.other_media, ["video RTP/AVP 97"]);
+    assert_eq!(offer.audio_index, 0);
+
+    let n = negotiate(&offer, &BOTH).unwrap();
+    assert_eq!((n.codec, n.payload_type), (G711::Pcmu, 0));
+    assert_eq!(n.telephone_event, Some(101));
+    // The media-level c= wins over the session-level one.
+    assert_eq!(n.remote_rtp, Some("192.168.1.21:10918".parse().unwrap()));
+    // The offerer's order decides, whatever our list says...
+    let n2 = negotiate(&offer, &[G711::Pcma, G711::Pcmu]).unwrap();
+    assert_eq!(n2.codec, G711::Pcmu);
+    // ...but only among codecs we accept.
+    let n3 = negotiate(&offer, &[G711::Pcma]).unwrap();
+    assert_eq!((n3.codec, n3.payload_type), (G711::Pcma, 8));
+
+    let answer = build_answer(&offer, &n, "10.0.0.5".parse().unwrap(), 20002, 1, 1);
+    assert!(answer.contains("m=audio 20002 RTP/AVP 0 101\r\n"));
+    assert!(answer.contains("a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n"));
+    assert!(answer.ends_with("a=sendrecv\r\nm=video 0 RTP/AVP 97\r\n"));
+    assert!(answer.split_inclusive('\n').all(|l| l.ends_with("\r\n")));
+}
+
+#[test]
+fn ipv6_offer_and_answer() {
+    let text = "v=0\r\no=- 1 1 IN IP6 2001:db8::1\r\ns=-\r\nc=IN IP6 2001:db8::1\r\nt=0 0\r\n\
+                m=audio 4000 RTP/AVP 8 0\r\n";
+    let offer = parse(text);
+    let n = negotiate(&offer, &BOTH).unwrap();
+    assert_eq!((n.codec, n.payload_type), (G711::Pcma, 8));
+    assert_eq!(n.remote_rtp, Some("[2001:db8::1]:4000".parse().unwrap()));
+    let local = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x99));
+    let answer = build_answer(&offer, &n, local, 30000, 5, 6);
+    assert!(answer.contains("o=switchboard 5 6 IN IP6 2001:db8::99\r\n"));
+    assert!(answer.contains("c=IN IP6 2001:db8::99\r\n"));
+    assert!(answer.contains("m=audio 30000 RTP/AVP 8\r\na=rtpmap:8 PCMA/8000\r\n"));
+}
+
+#[test]
+fn hold_offers() {
+    let old_style = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n\
+                     m=audio 6000 RTP/AVP 0\r\na=sendonly\r\n";
+    let n = negotiate(&parse(old_style), &BOTH).unwrap();
+    assert_eq!(n.remote_rtp, None);
+    assert_eq!(n.direction, Direction::RecvOnly);
+
+    let session_level = "v=0\r\no=- 1 2 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\n\
+                         a=inactive\r\nm=audio 6000 RTP/AVP 0\r\n";
+    let n = negotiate(&parse(session_level), &BOTH).unwrap();
+    assert_eq!(n.direction, Direction::Inactive);
+    assert!(n.remote_rtp.is_some());
+
+    let recvonly = SIPP.replace("a=rtpmap:0 PCMU/8000\r\n", "a=recvonly\r\n");
+    assert_eq!(
+        negotiate(&parse(&recvonly), &BOTH).unwrap().direction,
+        Direction::SendOnly
+    );
+}
+
+#[test]
+fn lf_only_and_trailing_whitespace() {
+    let text = SOFTPHONE
+        .replace("\r\n", "\n")
+        .replace("a=ptime:20", "a=ptime:30  ");
+    let offer = parse(&text);
+    let audio = offer.audio.as_ref().unwrap();
+    assert_eq!(audio.ptime, Some(30));
+    assert_eq!(audio.formats.len(), 4);
+    assert_eq!(negotiate(&offer, &BOTH).unwrap().telephone_event, Some(101));
+}
+
+#[test]
+fn missing_t_line_and_unknown_lines_are_tolerated() {
+    let text = "v=0\no=- 1 1 IN IP4 1.2.3.4\ns=-\nc=IN IP4 1.2.3.4\nz=0 0\nk=clear:x\n\
+                m=audio 5000 RTP/AVP 0\na=x-unknown:1\na=rtcp:5001\n";
+    let n = negotiate(&parse(text), &BOTH).unwrap();
+    assert_eq!(n.remote_rtp, Some("1.2.3.4:5000".parse().unwrap()));
+}
+
+#[test]
+fn no_common_codec() {
+    let text = SIPP
+        .replace("RTP/AVP 0", "RTP/AVP 18")
+        .replace("0 PCMU", "18 G729");
+    let offer = parse(&text);
+    assert_eq!(offer.audio.as_ref().unwrap().formats[0].encoding, "G729");
+    assert_eq!(negotiate(&offer, &BOTH), Err(SdpError::NoCommonCodec));
+    // PCMU at the wrong clock rate is not PCMU.
+    let text = SIPP
+        .replace("RTP/AVP 0", "RTP/AVP 96")
+        .replace("0 PCMU/8000", "96 PCMU/16000");
+    assert_eq!(
+        negotiate(&parse(&text), &BOTH),
+        Err(SdpError::NoCommonCodec)
+    );
+}
+
+#[test]
+fn no_audio_and_srtp_only() {
+    let video = "v=0\r\nc=IN IP4 1.2.3.4\r\nm=video 5000 RTP/AVP 96\r\n";
+    let offer = parse(video);
+    assert_eq!(negotiate(&offer, &BOTH), Err(SdpError::NoAudio));
+    let srtp = SIPP.replace("RTP/AVP", "RTP/SAVP");
+    assert_eq!(
+        negotiate(&parse(&srtp), &BOTH),
+        Err(SdpError::UnsupportedTransport("RTP/SAVP".into()))
+    );
+}
+
+#[test]
+fn plain_rtp_line_preferred_over_earlier_srtp_line() {
+    let text = "v=0\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\n\
+                m=audio 5000 RTP/SAVP 0\r\na=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:x\r\n\
+                m=audio 5002 RTP/AVP 0 8\r\n";
+    let offer = parse(text);
+    assert_eq!(offer.audio.as_ref().unwrap().port, 5002);
+    assert_eq!(offer.other_media, ["audio RTP/SAVP 0"]);
+    assert_eq!(offer.audio_index, 1);
+    let n = negotiate(&offer, &BOTH).unwrap();
+    let answer = build_answer(&offer, &n, "10.0.0.1".parse().unwrap(), 7000, 1, 1);
+    let m_lines: Vec<_> = answer.lines().filter(|l| l.starts_with("m=")).collect();
+    assert_eq!(m_lines, ["m=audio 0 RTP/SAVP 0", "m=audio 7000 RTP/AVP 0"]);
+}
+
+#[test]
+fn video_before_audio_keeps_order_in_answer() {
+    let text = "v=0\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\nm=video 5000 RTP/AVP 96\r\n\
+                c=IN IP4 9.9.9.9\r\nm=audio 5002 RTP/AVP 8\r\nm=application 9 UDP/BFCP *\r\n";
+    let offer = parse(text);
+    assert_eq!(offer.audio.as_ref().unwrap().connection, None);
+    let n = negotiate(&offer, &BOTH).unwrap();
+    assert_eq!(n.remote_rtp, Some("1.2.3.4:5002".parse().unwrap()));
+    let answer = build_answer(&offer, &n, "10.0.0.1".parse().unwrap(), 7000, 1, 1);
+    let m_lines: Vec<_> = answer.lines().filter(|l| l.starts_with("m=")).collect();
+    assert_eq!(
+        m_lines,
+        [
+            "m=video 0 RTP/AVP 96",
+            "m=audio 7000 RTP/AVP 8",
+            "m=application 0 UDP/BFCP *"
+        ]
+    );
+}
+
+#[test]
+fn garbage_is_an_error_not_a_panic() {
+    let cases = [
+        "",
+        "\r\n\r\n",
+        "hello world",
+        "v=0\r\nthis is not sdp\r\n",
+        "v=0\r\nc=IN IP4 not-an-ip\r\n",
+        "v=0\r\nc=IN IP4 2001:db8::1\r\n",
+        "v=0\r\nc=IN\r\n",
+        "v=0\r\nm=audio\r\n",
+        "v=0\r\nm=audio 99999 RTP/AVP 0\r\n",
+        "v=0\r\nm=audio 5000 RTP/AVP 0\r\na=rtpmap:0\r\n",
+        "v=0\r\nm=audio 5000 RTP/AVP 0\r\na=rtpmap:x PCMU/8000\r\n",
+        "v=0\r\nm=audio 5000 RTP/AVP 0\r\na=rtpmap:0 PCMU\r\n",
+        "o=- 1 1 IN IP4 1.2.3.4\r\nv=0\r\n",
+    ];
+    for case in cases {
+        assert!(
+            matches!(SessionOffer::parse(case), Err(SdpError::Malformed(_))),
+            "{case:?}"
+        );
+    }
+    // Missing connection address only shows up when negotiating.
+    let offer = parse("v=0\r\nm=audio 5000 RTP/AVP 0\r\n");
+    assert!(matches!(
+        negotiate(&offer, &BOTH),
+        Err(SdpError::Malformed(_))
+    ));
+    // Every prefix and some byte noise of a real offer: never a panic.
+    for end in 0..SOFTPHONE.len() {
+        if SOFTPHONE.is_char_boundary(end) {
+            if let Ok(offer) = SessionOffer::parse(&SOFTPHONE[..end]) {
+                let _ = negotiate(&offer, &BOTH);
+            }
+        }
+    }
+    let mut bytes = SOFTPHONE.as_bytes().to_vec();
+    for i in (0..bytes.len()).step_by(7) {
+        bytes[i] = bytes[i].wrapping_mul(31).wrapping_add(i as u8);
+        let text = String::from_utf8_lossy(&bytes);
+        if let Ok(offer) = SessionOffer::parse(&text) {
+            let _ = negotiate(&offer, &BOTH);
+        }
+    }
+}
+
+#[test]
+fn disabled_audio_stream_stays_disabled() {
+    let text = SIPP.replace("m=audio 6000", "m=audio 0");
+    let offer = parse(&text);
+    let n = negotiate(&offer, &BOTH).unwrap();
+    assert_eq!(n.remote_rtp, None);
+    let answer = build_answer(&offer, &n, "10.0.0.1".parse().unwrap(), 7000, 1, 1);
+    assert!(answer.contains("m=audio 0 RTP/AVP 0\r\n"));
+}
+
+#[test]
+fn outbound_offer() {
+    let sdp = build_offer(&BOTH, Some(101), "192.0.2.1".parse().unwrap(), 20000, 42, 1);
+    assert_eq!(
+        sdp,
+        "v=0\r\no=switchboard 42 1 IN IP4 192.0.2.1\r\ns=switchboard\r\nc=IN IP4 192.0.2.1\r\n\
+         t=0 0\r\nm=audio 20000 RTP/AVP 0 8 101\r\na=rtpmap:0 PCMU/8000\r\n\
+         a=rtpmap:8 PCMA/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n\
+         a=ptime:20\r\na=sendrecv\r\n"
+    );
+    // It round-trips through our own parser and negotiation.
+    let offer = parse(&sdp);
+    let n = negotiate(&offer, &[G711::Pcma]).unwrap();
+    assert_eq!((n.payload_type, n.telephone_event), (8, Some(101)));
+    assert_eq!(n.remote_rtp, Some("192.0.2.1:20000".parse().unwrap()));
+}
