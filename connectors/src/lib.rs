@@ -38,6 +38,9 @@ pub struct CallInfo {
 }
 
 /// Something the bot said or did.
+// Audio is by far the most frequent event and is carried inline on purpose:
+// boxing it would cost an allocation per frame to save memory on rare events.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum BotEvent {
     /// Audio for the caller, at the session's `audio_format` rate; any length.
@@ -64,7 +67,11 @@ pub enum BotControl {
     /// The caller pressed a key.
     Dtmf(char),
     /// Outcome of an [`Action`] the bot asked for.
-    ActionResult { action: String, ok: bool, message: String },
+    ActionResult {
+        action: String,
+        ok: bool,
+        message: String,
+    },
     /// The caller hung up or the call is ending: say goodbye and close.
     Hangup,
 }

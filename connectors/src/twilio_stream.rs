@@ -1,8 +1,65 @@
-//! Twilio Media Streams connector (placeholder until the connector lands).
+//! Twilio Media Streams client: the gateway plays Twilio and the bot plays
+//! the customer's `<Stream>` server (PROTOCOLS.md §3). Many bot frameworks
+//! (Pipecat, Voiceflow-style bridges, …) speak this, so one connector covers them.
+//!
+//! One task per session owns the WebSocket and multiplexes caller audio,
+//! control messages and the bot's messages with `select!`; it ends with the
+//! session (Hangup, caller audio closed, events receiver dropped) or with the
+//! bot (close frame, socket error), always after sending `Closed` if anyone
+//! still listens.
+//!
+//! TLS: tokio-tungstenite uses rustls 0.23 without a built-in crypto
+//! provider in this build, so a `wss://` URL needs the binary to install a
+//! process-wide `rustls::crypto::CryptoProvider` at start-up; otherwise
+//! rustls panics on the first TLS connection. `ws://` needs nothing.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, Engine, GeneralPurpose, GeneralPurposeConfig};
+use futures_util::{SinkExt, StreamExt};
+use rand::Rng;
+use serde::{Deserialize, Serialize, Serializer};
 use switchboard_flows::TwilioStreamConfig;
+use switchboard_media::{AudioFormat, AudioFrame, G711, MAX_FRAME_SAMPLES};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::{BotConnector, BotSession, CallInfo, ConnectorError};
+use crate::{
+    BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError, AUDIO_IN_CAPACITY,
+    CONTROL_CAPACITY, EVENTS_CAPACITY,
+};
 
+/// The protocol is fixed to 8 kHz μ-law.
+pub const SAMPLE_RATE: u32 = 8_000;
+/// Bot audio is cut into 20 ms frames so the call's pacer sees ordinary frames.
+const BOT_FRAME_SAMPLES: usize = 160;
+/// A bot that cannot take one message within this time is considered dead;
+/// without it a stalled peer would pin the session task forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long we wait for the bot to answer our close frame (or to finish
+/// closing after its own) before dropping the socket.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// We have no Twilio account: bots only echo it back in logs, so a fixed,
+/// obviously fake SID is more honest than a random one.
+const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+
+/// Bots disagree on base64 padding; accept both rather than drop their audio.
+const BASE64: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true),
+);
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens Twilio Media Streams sessions to one bot URL.
 pub struct TwilioStreamConnector {
     config: TwilioStreamConfig,
 }
@@ -15,10 +72,643 @@ impl TwilioStreamConnector {
 
 #[async_trait::async_trait]
 impl BotConnector for TwilioStreamConnector {
-    async fn open(&self, _call: &CallInfo) -> Result<BotSession, ConnectorError> {
-        Err(ConnectorError::Connect {
-            url: self.config.url.clone(),
-            reason: "not implemented yet".into(),
+    async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError> {
+        let url = &self.config.url;
+        let limit = Duration::from_millis(self.config.connect_timeout_ms);
+        let mut out = Outgoing::new(call);
+        // The greeting is part of "ready for audio", so it shares the budget.
+        let ws = match timeout(limit, connect_and_start(url, call, &mut out)).await {
+            Err(_) => {
+                return Err(ConnectorError::ConnectTimeout {
+                    url: url.clone(),
+                    timeout_ms: self.config.connect_timeout_ms,
+                })
+            }
+            Ok(Err(reason)) => {
+                return Err(ConnectorError::Connect {
+                    url: url.clone(),
+                    reason,
+                })
+            }
+            Ok(Ok(ws)) => ws,
+        };
+        tracing::debug!(call_id = %call.call_id, stream_sid = %out.stream_sid, %url, "media stream started");
+
+        let (audio_tx, audio_rx) = mpsc::channel(AUDIO_IN_CAPACITY);
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
+        let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
+        let session = Session {
+            ws,
+            out,
+            events: events_tx,
+            payload: Vec::with_capacity(4 * BOT_FRAME_SAMPLES),
+            stats: Stats::default(),
+        };
+        tokio::spawn(session.run(audio_rx, control_rx));
+        Ok(BotSession {
+            audio_format: AudioFormat::new(SAMPLE_RATE),
+            audio_in: audio_tx,
+            control: control_tx,
+            events: events_rx,
         })
+    }
+}
+
+async fn connect_and_start(
+    url: &str,
+    call: &CallInfo,
+    out: &mut Outgoing,
+) -> Result<Socket, String> {
+    // Nagle would hold back 20 ms frames waiting for ACKs: disable it.
+    let (mut ws, _response) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .map_err(|e| e.to_string())?;
+    let connected =
+        serde_json::json!({"event": "connected", "protocol": "Call", "version": "1.0.0"});
+    ws.send(Message::text(connected.to_string()))
+        .await
+        .map_err(|e| format!("sending connected: {e}"))?;
+    let start = out.start(&custom_parameters(call));
+    ws.send(start)
+        .await
+        .map_err(|e| format!("sending start: {e}"))?;
+    Ok(ws)
+}
+
+/// What the bot gets in `start.customParameters`. Gateway facts override the
+/// flow's parameters, which override caller-supplied X- headers: a caller
+/// must not be able to spoof what the operator configured.
+fn custom_parameters(call: &CallInfo) -> BTreeMap<String, String> {
+    let mut params = BTreeMap::new();
+    for (name, value) in &call.x_headers {
+        params.insert(name.clone(), value.clone());
+    }
+    for (name, value) in &call.parameters {
+        params.insert(name.clone(), value.clone());
+    }
+    params.insert("from".to_owned(), call.from.clone());
+    params.insert("to".to_owned(), call.to.clone());
+    params.insert("sip_call_id".to_owned(), call.call_id.clone());
+    params
+}
+
+/// `"CA"` + 32 hex digits derived from the SIP Call-ID (FNV-1a, 128 bit), so
+/// the same call always shows the same callSid in the bot's logs.
+fn call_sid(call_id: &str) -> String {
+    if call_id.is_empty() {
+        return format!("CA{:032x}", rand::rng().random::<u128>());
+    }
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    let hash = call_id
+        .bytes()
+        .fold(OFFSET, |h, b| (h ^ u128::from(b)).wrapping_mul(PRIME));
+    format!("CA{hash:032x}")
+}
+
+// ---- messages we send -------------------------------------------------------
+
+/// Twilio writes every counter as a string of digits.
+fn as_decimal<S: Serializer>(value: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    // collect_str writes straight into serde_json's output: no temporary String.
+    serializer.collect_str(value)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Outbound<'a> {
+    event: &'static str,
+    #[serde(serialize_with = "as_decimal")]
+    sequence_number: u64,
+    stream_sid: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start: Option<StartBody<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media: Option<MediaBody<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mark: Option<MarkBody<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dtmf: Option<DtmfBody<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<StopBody<'a>>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StartBody<'a> {
+    stream_sid: &'a str,
+    account_sid: &'a str,
+    call_sid: &'a str,
+    tracks: [&'static str; 1],
+    custom_parameters: &'a BTreeMap<String, String>,
+    media_format: MediaFormat,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MediaFormat {
+    encoding: &'static str,
+    sample_rate: u32,
+    channels: u8,
+}
+
+#[derive(Serialize)]
+struct MediaBody<'a> {
+    track: &'static str,
+    #[serde(serialize_with = "as_decimal")]
+    chunk: u64,
+    #[serde(serialize_with = "as_decimal")]
+    timestamp: u64,
+    payload: &'a str,
+}
+
+#[derive(Serialize)]
+struct MarkBody<'a> {
+    name: &'a str,
+}
+
+#[derive(Serialize)]
+struct DtmfBody<'a> {
+    track: &'static str,
+    digit: &'a str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StopBody<'a> {
+    account_sid: &'a str,
+    call_sid: &'a str,
+}
+
+/// Our side of the stream: identifiers, counters and reusable buffers, so a
+/// media message costs no allocation except the owned payload tungstenite's
+/// `Message` needs (one exact-size copy of the JSON).
+struct Outgoing {
+    stream_sid: String,
+    call_sid: String,
+    /// Last sequence number used; Twilio numbers every message after
+    /// `connected`, starting with `start` = 1.
+    sequence: u64,
+    /// Media chunks sent, numbered from 1.
+    chunk: u64,
+    started: Instant,
+    ulaw: [u8; MAX_FRAME_SAMPLES],
+    base64: String,
+    json: Vec<u8>,
+}
+
+impl Outgoing {
+    fn new(call: &CallInfo) -> Self {
+        Self {
+            stream_sid: format!("MZ{:032x}", rand::rng().random::<u128>()),
+            call_sid: call_sid(&call.call_id),
+            sequence: 0,
+            chunk: 0,
+            started: Instant::now(),
+            ulaw: [0; MAX_FRAME_SAMPLES],
+            base64: String::with_capacity(4 * MAX_FRAME_SAMPLES / 3 + 4),
+            json: Vec::with_capacity(1024),
+        }
+    }
+
+    fn next_sequence(&mut self) -> u64 {
+        self.sequence += 1;
+        self.sequence
+    }
+
+    fn start(&mut self, custom_parameters: &BTreeMap<String, String>) -> Message {
+        let sequence = self.next_sequence();
+        self.started = Instant::now();
+        let mut msg = envelope("start", sequence, &self.stream_sid);
+        msg.start = Some(StartBody {
+            stream_sid: &self.stream_sid,
+            account_sid: ACCOUNT_SID,
+            call_sid: &self.call_sid,
+            tracks: ["inbound"],
+            custom_parameters,
+            media_format: MediaFormat {
+                encoding: "audio/x-mulaw",
+                sample_rate: SAMPLE_RATE,
+                channels: 1,
+            },
+        });
+        encode(&mut self.json, &msg)
+    }
+
+    fn media(&mut self, frame: &AudioFrame) -> Message {
+        let sequence = self.next_sequence();
+        self.chunk += 1;
+        let timestamp = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let n = G711::Pcmu.encode(frame.samples(), &mut self.ulaw);
+        self.base64.clear();
+        BASE64.encode_string(&self.ulaw[..n], &mut self.base64);
+        let mut msg = envelope("media", sequence, &self.stream_sid);
+        msg.media = Some(MediaBody {
+            track: "inbound",
+            chunk: self.chunk,
+            timestamp,
+            payload: &self.base64,
+        });
+        encode(&mut self.json, &msg)
+    }
+
+    fn mark(&mut self, name: &str) -> Message {
+        let sequence = self.next_sequence();
+        let mut msg = envelope("mark", sequence, &self.stream_sid);
+        msg.mark = Some(MarkBody { name });
+        encode(&mut self.json, &msg)
+    }
+
+    fn dtmf(&mut self, digit: char) -> Message {
+        let sequence = self.next_sequence();
+        let mut utf8 = [0u8; 4];
+        let digit: &str = digit.encode_utf8(&mut utf8);
+        let mut msg = envelope("dtmf", sequence, &self.stream_sid);
+        msg.dtmf = Some(DtmfBody {
+            track: "inbound_track",
+            digit,
+        });
+        encode(&mut self.json, &msg)
+    }
+
+    fn stop(&mut self) -> Message {
+        let sequence = self.next_sequence();
+        let mut msg = envelope("stop", sequence, &self.stream_sid);
+        msg.stop = Some(StopBody {
+            account_sid: ACCOUNT_SID,
+            call_sid: &self.call_sid,
+        });
+        encode(&mut self.json, &msg)
+    }
+}
+
+/// A message with no body yet. A free function, not a method, so the borrow
+/// of `stream_sid` stays disjoint from the `json` buffer being written.
+fn envelope<'a>(event: &'static str, sequence_number: u64, stream_sid: &'a str) -> Outbound<'a> {
+    Outbound {
+        event,
+        sequence_number,
+        stream_sid,
+        start: None,
+        media: None,
+        mark: None,
+        dtmf: None,
+        stop: None,
+    }
+}
+
+/// Serialise into the reused buffer, then copy out the one owned payload a
+/// tungstenite `Message` requires.
+fn encode(json: &mut Vec<u8>, msg: &Outbound<'_>) -> Message {
+    json.clear();
+    // Serialising plain structs into a Vec cannot fail.
+    serde_json::to_writer(&mut *json, msg).expect("serialising an outbound message");
+    // serde_json only writes UTF-8.
+    let text = std::str::from_utf8(json).expect("serde_json writes UTF-8");
+    Message::text(text)
+}
+
+// ---- messages we receive -----------------------------------------------------
+
+/// The fields we use of any bot message; everything else is ignored. Strings
+/// borrow from the frame unless they contain escapes.
+#[derive(Deserialize)]
+struct Inbound<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(borrow, default)]
+    media: Option<InboundMedia<'a>>,
+    #[serde(borrow, default)]
+    mark: Option<InboundMark<'a>>,
+}
+
+#[derive(Deserialize)]
+struct InboundMedia<'a> {
+    #[serde(borrow, default)]
+    payload: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct InboundMark<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+}
+
+/// Things the bot got wrong, counted so a chatty bad bot cannot flood the
+/// logs and so a later policy (on_failure for malformed input) can use them.
+#[derive(Default, Debug)]
+struct Stats {
+    malformed: u64,
+    bad_base64: u64,
+    binary: u64,
+    unknown: u64,
+}
+
+/// Log the first few occurrences and then one in a hundred.
+fn worth_logging(count: u64) -> bool {
+    count <= 3 || count.is_multiple_of(100)
+}
+
+/// Why the session loop stopped.
+enum Ending {
+    /// The call asked us to hang up.
+    Hangup,
+    /// Caller audio closed: the call is gone.
+    CallGone,
+    /// Nobody reads events any more: the session was dropped.
+    Abandoned,
+    /// The bot sent a close frame.
+    BotClosed,
+    /// The socket failed; the reason goes into `Closed`.
+    Failed(String),
+}
+
+struct Session {
+    ws: Socket,
+    out: Outgoing,
+    events: mpsc::Sender<BotEvent>,
+    /// Reused for every decoded media payload.
+    payload: Vec<u8>,
+    stats: Stats,
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        audio_in: mpsc::Receiver<AudioFrame>,
+        control: mpsc::Receiver<BotControl>,
+    ) {
+        let ending = match self.pump(audio_in, control).await {
+            Ok(never) => match never {},
+            Err(ending) => ending,
+        };
+        let error = match &ending {
+            Ending::Hangup | Ending::CallGone | Ending::Abandoned => {
+                // Tell the bot the stream is over, as Twilio does, then close.
+                let stop = self.out.stop();
+                if let Err(reason) = self.send(stop).await {
+                    tracing::debug!(%reason, "could not send stop");
+                } else {
+                    match timeout(CLOSE_TIMEOUT, self.ws.close(None)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!(error = %e, "could not send a close frame"),
+                        Err(_) => tracing::debug!("the bot took no close frame in time"),
+                    }
+                }
+                None
+            }
+            // tungstenite has queued the reply to the bot's close frame.
+            Ending::BotClosed => None,
+            Ending::Failed(reason) => Some(reason.clone()),
+        };
+        let Stats {
+            malformed,
+            bad_base64,
+            binary,
+            unknown,
+        } = self.stats;
+        tracing::debug!(
+            stream_sid = %self.out.stream_sid,
+            chunks = self.out.chunk,
+            malformed,
+            bad_base64,
+            binary,
+            unknown,
+            ?error,
+            "media stream ended"
+        );
+        let failed = error.is_some();
+        // The session is over for the call now; the close handshake below is
+        // only socket hygiene and must not delay it. Fails only when nobody
+        // listens any more, which is fine.
+        let _ = self.events.send(BotEvent::Closed { error }).await;
+        if !failed {
+            self.finish_close().await;
+        }
+    }
+
+    /// Moves messages until something ends the session; never returns `Ok`.
+    async fn pump(
+        &mut self,
+        mut audio_in: mpsc::Receiver<AudioFrame>,
+        mut control: mpsc::Receiver<BotControl>,
+    ) -> Result<std::convert::Infallible, Ending> {
+        let mut control_open = true;
+        loop {
+            tokio::select! {
+                // Control first so a Hangup is not starved by audio.
+                biased;
+                message = control.recv(), if control_open => match message {
+                    Some(BotControl::Hangup) => return Err(Ending::Hangup),
+                    Some(BotControl::MarkPlayed(name)) => {
+                        let msg = self.out.mark(&name);
+                        self.send(msg).await.map_err(Ending::Failed)?;
+                    }
+                    Some(BotControl::Dtmf(digit)) => {
+                        let msg = self.out.dtmf(digit);
+                        self.send(msg).await.map_err(Ending::Failed)?;
+                    }
+                    Some(BotControl::ActionResult { action, ok, message }) => {
+                        // This protocol has no message for it.
+                        tracing::debug!(%action, ok, %message, "action result not forwarded to a media-streams bot");
+                    }
+                    // audio_in still tells us when the call is gone.
+                    None => control_open = false,
+                },
+                // Caller audio before the bot's messages: it comes at most every
+                // 20 ms, so it cannot starve them, while a burst of bot audio
+                // (TTS arrives faster than real time) must not delay it.
+                frame = audio_in.recv() => match frame {
+                    Some(frame) => {
+                        let msg = self.out.media(&frame);
+                        self.send(msg).await.map_err(Ending::Failed)?;
+                    }
+                    None => return Err(Ending::CallGone),
+                },
+                incoming = self.ws.next() => match incoming {
+                    Some(Ok(message)) => self.on_message(message).await?,
+                    Some(Err(e)) => return Err(Ending::Failed(e.to_string())),
+                    None => return Err(Ending::Failed("connection closed".to_owned())),
+                },
+                () = self.events.closed() => return Err(Ending::Abandoned),
+            }
+        }
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), String> {
+        match timeout(WRITE_TIMEOUT, self.ws.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "the bot took no data for {} s",
+                WRITE_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    async fn emit(&self, event: BotEvent) -> Result<(), Ending> {
+        // Awaiting here is the back-pressure: we stop reading the socket.
+        self.events.send(event).await.map_err(|_| Ending::Abandoned)
+    }
+
+    async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
+        match message {
+            Message::Text(text) => self.on_text(text.as_str()).await,
+            Message::Close(_) => Err(Ending::BotClosed),
+            Message::Binary(_) => {
+                self.stats.binary += 1;
+                if worth_logging(self.stats.binary) {
+                    tracing::warn!(
+                        count = self.stats.binary,
+                        "ignoring a binary message from the bot"
+                    );
+                }
+                Ok(())
+            }
+            // tungstenite answers pings itself.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
+        let inbound: Inbound<'_> = match serde_json::from_str(text) {
+            Ok(inbound) => inbound,
+            Err(e) => {
+                self.stats.malformed += 1;
+                if worth_logging(self.stats.malformed) {
+                    tracing::warn!(count = self.stats.malformed, error = %e, "ignoring a malformed message from the bot");
+                }
+                return Ok(());
+            }
+        };
+        match &*inbound.event {
+            "media" => {
+                let Some(payload) = inbound.media.and_then(|m| m.payload) else {
+                    return self.malformed("media without a payload");
+                };
+                self.on_media(&payload).await
+            }
+            "mark" => {
+                let Some(name) = inbound.mark.and_then(|m| m.name) else {
+                    return self.malformed("mark without a name");
+                };
+                self.emit(BotEvent::Mark(name.into_owned())).await
+            }
+            "clear" => self.emit(BotEvent::Clear).await,
+            other => {
+                self.stats.unknown += 1;
+                if worth_logging(self.stats.unknown) {
+                    tracing::debug!(
+                        event = other,
+                        count = self.stats.unknown,
+                        "ignoring an unknown event from the bot"
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn malformed(&mut self, what: &str) -> Result<(), Ending> {
+        self.stats.malformed += 1;
+        if worth_logging(self.stats.malformed) {
+            tracing::warn!(count = self.stats.malformed, "ignoring {what} from the bot");
+        }
+        Ok(())
+    }
+
+    /// Bot audio of any length becomes 20 ms frames (the last may be shorter).
+    async fn on_media(&mut self, payload: &str) -> Result<(), Ending> {
+        self.payload.clear();
+        if let Err(e) = BASE64.decode_vec(payload, &mut self.payload) {
+            self.stats.bad_base64 += 1;
+            if worth_logging(self.stats.bad_base64) {
+                tracing::warn!(count = self.stats.bad_base64, error = %e, "ignoring media with bad base64 from the bot");
+            }
+            return Ok(());
+        }
+        for chunk in self.payload.chunks(BOT_FRAME_SAMPLES) {
+            let mut frame = AudioFrame::new(SAMPLE_RATE);
+            G711::Pcmu.decode(chunk, frame.fill(chunk.len()));
+            // Field-level borrows: `payload` is read while `events` sends.
+            self.events
+                .send(BotEvent::Audio(frame))
+                .await
+                .map_err(|_| Ending::Abandoned)?;
+        }
+        Ok(())
+    }
+
+    /// Finish the closing handshake, bounded by [`CLOSE_TIMEOUT`]: flush any
+    /// close reply and read (dropping data) until the bot, which as the
+    /// server closes TCP first (RFC 6455 §7.1.1), is gone.
+    async fn finish_close(&mut self) {
+        let ws = &mut self.ws;
+        let drained = timeout(CLOSE_TIMEOUT, async {
+            while let Some(message) = ws.next().await {
+                message?;
+            }
+            Ok::<(), tokio_tungstenite::tungstenite::Error>(())
+        })
+        .await;
+        match drained {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "error while closing the bot's socket"),
+            Err(_) => tracing::debug!("the bot did not finish closing in time"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_sid_is_stable_and_shaped() {
+        let a = call_sid("abc@10.0.0.1");
+        assert_eq!(a, call_sid("abc@10.0.0.1"));
+        assert_ne!(a, call_sid("abd@10.0.0.1"));
+        assert_eq!(a.len(), 34);
+        assert!(a.starts_with("CA"));
+        assert!(a[2..].bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn custom_parameters_precedence() {
+        let mut call = CallInfo {
+            call_id: "cid".into(),
+            from: "alice".into(),
+            to: "100".into(),
+            ..CallInfo::default()
+        };
+        call.parameters.insert("X-Tier".into(), "gold".into());
+        call.parameters.insert("from".into(), "spoof".into());
+        call.x_headers.push(("X-Tier".into(), "caller".into()));
+        call.x_headers.push(("X-Lang".into(), "fr".into()));
+        let params = custom_parameters(&call);
+        assert_eq!(params["X-Tier"], "gold");
+        assert_eq!(params["X-Lang"], "fr");
+        assert_eq!(params["from"], "alice");
+        assert_eq!(params["sip_call_id"], "cid");
+    }
+
+    #[test]
+    fn media_message_shape() {
+        let mut out = Outgoing::new(&CallInfo::default());
+        let _ = out.start(&BTreeMap::new());
+        let frame = AudioFrame::from_samples(SAMPLE_RATE, &[0; 160]);
+        let Message::Text(text) = out.media(&frame) else {
+            panic!("media must be text");
+        };
+        let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+        assert_eq!(v["event"], "media");
+        assert_eq!(v["sequenceNumber"], "2");
+        assert_eq!(v["media"]["chunk"], "1");
+        assert_eq!(v["media"]["track"], "inbound");
+        assert!(v["media"]["timestamp"].is_string());
+        let payload = BASE64
+            .decode(v["media"]["payload"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(payload, vec![0xff; 160]);
     }
 }
