@@ -19,7 +19,7 @@ use super::{CallInput, EndpointCommand, RtpPorts};
 use crate::endpoint::MediaSettings;
 use crate::routing::RouteMatch;
 use crate::sip::dialog::Dialog;
-use crate::sip::message::{Method, Request, Response};
+use crate::sip::message::{Method, Request};
 use crate::sip::response::{default_reason, new_tag, response_for};
 use crate::sip::transaction::{Peer, ServerTxId, Transport};
 use crate::sip::uri::SipUri;
@@ -339,8 +339,11 @@ impl Call {
     }
 
     async fn send_bye(&mut self, dialog: &mut Dialog) {
-        let via = format!("{}", self.setup.local_sip);
-        let bye = dialog.create_request(Method::Bye, &via, &self.contact);
+        let sent_by = match self.setup.local_sip {
+            SocketAddr::V4(addr) => addr.to_string(),
+            SocketAddr::V6(addr) => format!("[{}]:{}", addr.ip(), addr.port()),
+        };
+        let bye = dialog.create_request(Method::Bye, &sent_by, &self.setup.peer.transport.to_string(), &self.contact);
         let call_id = self.setup.call_id.clone();
         let peer = self.setup.peer;
         self.send(EndpointCommand::SendRequest { call_id, request: bye, peer }).await;

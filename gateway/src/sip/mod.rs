@@ -1,2 +1,26 @@
-//! SIP: tolerant framing, message model, transactions and dialogs (sans-IO),
-//! and the thin async transport shells around them.
+//! SIP signalling as sans-IO pieces: message model and tolerant framing,
+//! URIs, transactions (RFC 3261 §17 with RFC 6026), dialogs and response
+//! building. Sockets live in `crate::transport`.
+//!
+//! We own the message model rather than use rsip: rsip mangles IPv6 hosts,
+//! ignores compact header forms and folding, and does not check
+//! Content-Length (see DESIGN.md §6).
+
+pub mod dialog;
+pub mod framing;
+pub mod headers;
+pub mod message;
+pub mod response;
+pub mod transaction;
+pub mod uri;
+
+/// Something in a SIP message that does not make sense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SipError(pub String);
+
+impl SipError {
+    pub fn new(reason: impl Into<String>) -> Self {
+        SipError(reason.into())
+    }
+}

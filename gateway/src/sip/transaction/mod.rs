@@ -1,0 +1,446 @@
+//! RFC 3261 §17 transactions, with RFC 6026's Accepted state, as one sans-IO
+//! layer: feed it messages and `now`, collect what to send, what happened
+//! and when to call back. It owns every live transaction of the endpoint.
+
+mod client;
+mod server;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::message::{Method, Request, Response, SipMessage, MAGIC_COOKIE};
+use super::response::response_for;
+use client::ClientTx;
+use server::ServerTx;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Transport {
+    /// Reliable transports need no retransmissions and no linger timers.
+    pub fn reliable(self) -> bool {
+        matches!(self, Transport::Tcp)
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        })
+    }
+}
+
+/// Who is on the other end of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub transport: Transport,
+    pub addr: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Timers {
+    pub t1: Duration,
+    pub t2: Duration,
+    pub t4: Duration,
+}
+
+impl Default for Timers {
+    fn default() -> Self {
+        Timers {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServerTxId(u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientTxId(u64);
+
+#[derive(Debug)]
+pub struct Transmit {
+    pub peer: Peer,
+    pub bytes: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub enum TransactionEvent {
+    /// A new request; retransmissions never show up here.
+    Request {
+        tx: ServerTxId,
+        request: Request,
+        peer: Peer,
+    },
+    /// An ACK for a 2xx (its own transaction-less request).
+    Ack { request: Request, peer: Peer },
+    /// A response to one of our requests; 2xx retransmissions to an INVITE
+    /// are passed on so the dialog can ACK them again.
+    Response { tx: ClientTxId, response: Response },
+    /// Our request got no final response (Timer B or F).
+    Timeout { tx: ClientTxId },
+    /// The INVITE was cancelled; the CANCEL is already answered 200 and the
+    /// TU must now answer the INVITE with 487.
+    Cancelled { invite_tx: ServerTxId, cancel: Request },
+    /// Our 2xx to an INVITE was never ACKed (Timer L); the TU should BYE.
+    AckTimeout { tx: ServerTxId, call_id: String },
+}
+
+/// Server transaction key (RFC 3261 §17.2.3): branch + sent-by + method,
+/// with ACK matching its INVITE. Requests without the magic cookie fall back
+/// to Call-ID, CSeq and From tag.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ServerKey {
+    branch: String,
+    sent_by: String,
+    method: Method,
+}
+
+fn server_key(request: &Request) -> Option<ServerKey> {
+    let via = request.top_via().ok()?;
+    let method = match request.method {
+        Method::Ack => Method::Invite,
+        ref other => other.clone(),
+    };
+    let branch = match via.branch() {
+        Some(branch) if branch.starts_with(MAGIC_COOKIE) => branch.to_string(),
+        _ => {
+            let (cseq, _) = request.cseq().ok()?;
+            let from_tag = request.from().ok()?.tag().unwrap_or("").to_string();
+            format!("rfc2543:{}:{cseq}:{from_tag}", request.call_id().ok()?)
+        }
+    };
+    Some(ServerKey {
+        branch,
+        sent_by: via.sent_by().to_ascii_lowercase(),
+        method,
+    })
+}
+
+/// Client transaction key (§17.1.3): branch + CSeq method.
+fn client_key(branch: &str, method: &Method) -> (String, Method) {
+    let method = match method {
+        Method::Ack => Method::Invite,
+        other => other.clone(),
+    };
+    (branch.to_string(), method)
+}
+
+pub struct TransactionLayer {
+    timers: Timers,
+    next_id: u64,
+    servers: HashMap<ServerTxId, ServerTx>,
+    server_keys: HashMap<ServerKey, ServerTxId>,
+    clients: HashMap<ClientTxId, ClientTx>,
+    client_keys: HashMap<(String, Method), ClientTxId>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<TransactionEvent>,
+}
+
+impl TransactionLayer {
+    pub fn new(timers: Timers) -> Self {
+        TransactionLayer {
+            timers,
+            next_id: 1,
+            servers: HashMap::new(),
+            server_keys: HashMap::new(),
+            clients: HashMap::new(),
+            client_keys: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Live transactions, for leak checks.
+    pub fn len(&self) -> usize {
+        self.servers.len() + self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn handle_input(&mut self, message: SipMessage, peer: Peer, now: Instant) {
+        match message {
+            SipMessage::Request(request) => self.handle_request(request, peer, now),
+            SipMessage::Response(response) => self.handle_response(response, now),
+        }
+    }
+
+    fn handle_request(&mut self, mut request: Request, peer: Peer, now: Instant) {
+        stamp_received(&mut request, peer);
+        let Some(key) = server_key(&request) else { return };
+        if request.method == Method::Ack {
+            if let Some(id) = self.server_keys.get(&key).copied() {
+                if let Some(tx) = self.servers.get_mut(&id) {
+                    if tx.on_ack_for_non_2xx(now, &self.timers) {
+                        return;
+                    }
+                }
+            }
+            // An ACK for a 2xx has its own branch: match the Accepted INVITE
+            // by dialog identifiers to stop retransmitting the 2xx.
+            let call_id = request.call_id().unwrap_or_default().to_string();
+            let cseq = request.cseq().map(|(n, _)| n).unwrap_or(0);
+            let accepted: Vec<ServerTxId> = self
+                .servers
+                .iter()
+                .filter(|(_, tx)| tx.awaits_ack(&call_id, cseq))
+                .map(|(id, _)| *id)
+                .collect();
+            for id in accepted {
+                self.remove_server(id);
+            }
+            self.events.push_back(TransactionEvent::Ack { request, peer });
+            return;
+        }
+        if let Some(id) = self.server_keys.get(&key).copied() {
+            // Retransmission: resend whatever we last said.
+            if let Some(bytes) = self.servers.get(&id).and_then(|tx| tx.last_response.clone()) {
+                self.transmits.push_back(Transmit { peer, bytes });
+            }
+            return;
+        }
+        if request.method == Method::Cancel {
+            self.handle_cancel(request, key, peer, now);
+            return;
+        }
+        let id = ServerTxId(self.allocate());
+        let is_invite = request.method == Method::Invite;
+        let mut tx = ServerTx::new(key.clone(), peer, &request);
+        if is_invite {
+            // Answer at once so the caller stops retransmitting (§17.2.1).
+            let trying = response_for(&request, 100, "Trying", None).to_bytes();
+            tx.last_response = Some(trying.clone());
+            self.transmits.push_back(Transmit { peer, bytes: trying });
+        }
+        self.servers.insert(id, tx);
+        self.server_keys.insert(key, id);
+        self.events.push_back(TransactionEvent::Request { tx: id, request, peer });
+    }
+
+    fn handle_cancel(&mut self, cancel: Request, key: ServerKey, peer: Peer, now: Instant) {
+        let invite_key = ServerKey {
+            method: Method::Invite,
+            ..key.clone()
+        };
+        let invite = self.server_keys.get(&invite_key).copied();
+        let id = ServerTxId(self.allocate());
+        self.servers.insert(id, ServerTx::new(key.clone(), peer, &cancel));
+        self.server_keys.insert(key, id);
+        match invite {
+            Some(invite_tx) => {
+                let pending = self.servers.get(&invite_tx).is_some_and(|tx| tx.awaiting_final());
+                let ok = response_for(&cancel, 200, "OK", Some(&super::response::new_tag()));
+                self.send_response(id, ok, now);
+                if pending {
+                    self.events.push_back(TransactionEvent::Cancelled { invite_tx, cancel });
+                }
+            }
+            None => {
+                let unknown = response_for(&cancel, 481, "Call/Transaction Does Not Exist", Some(&super::response::new_tag()));
+                self.send_response(id, unknown, now);
+            }
+        }
+    }
+
+    fn handle_response(&mut self, response: Response, now: Instant) {
+        let Ok(via) = response.top_via() else { return };
+        let Some(branch) = via.branch() else { return };
+        let Ok((_, method)) = response.cseq() else { return };
+        let Some(id) = self.client_keys.get(&client_key(branch, &method)).copied() else {
+            return;
+        };
+        let Some(tx) = self.clients.get_mut(&id) else { return };
+        let outcome = tx.on_response(&response, now, &self.timers);
+        if let Some(bytes) = outcome.send {
+            self.transmits.push_back(Transmit { peer: tx.peer, bytes });
+        }
+        if outcome.deliver {
+            self.events.push_back(TransactionEvent::Response { tx: id, response });
+        }
+        if outcome.terminated {
+            self.remove_client(id);
+        }
+    }
+
+    /// Answers a server transaction.
+    pub fn send_response(&mut self, id: ServerTxId, response: Response, now: Instant) {
+        let Some(tx) = self.servers.get_mut(&id) else {
+            tracing::debug!(?id, status = response.status, "response for a finished transaction dropped");
+            return;
+        };
+        let bytes = response.to_bytes();
+        let peer = tx.peer;
+        let terminated = tx.on_response_sent(response.status, bytes.clone(), now, &self.timers);
+        self.transmits.push_back(Transmit { peer, bytes });
+        if terminated {
+            self.remove_server(id);
+        }
+    }
+
+    /// Sends a request in a new client transaction. The request must carry
+    /// a top Via with a fresh magic-cookie branch.
+    pub fn send_request(&mut self, request: Request, peer: Peer, now: Instant) -> ClientTxId {
+        let id = ClientTxId(self.allocate());
+        let branch = request
+            .top_via()
+            .ok()
+            .and_then(|via| via.branch().map(str::to_string))
+            .unwrap_or_default();
+        let tx = ClientTx::new(request, peer, now, &self.timers);
+        self.transmits.push_back(Transmit {
+            peer,
+            bytes: tx.bytes.clone(),
+        });
+        self.client_keys.insert(client_key(&branch, &tx.request.method), id);
+        self.clients.insert(id, tx);
+        id
+    }
+
+    /// Cancels a pending INVITE we sent (only once it has had a provisional
+    /// response, §9.1). Returns the CANCEL's own transaction.
+    pub fn cancel(&mut self, invite: ClientTxId, now: Instant) -> Option<ClientTxId> {
+        let tx = self.clients.get(&invite)?;
+        let cancel = tx.cancel_request()?;
+        let peer = tx.peer;
+        Some(self.send_request(cancel, peer, now))
+    }
+
+    /// Sends outside any transaction (the ACK for a 2xx).
+    pub fn send_stateless(&mut self, message: SipMessage, peer: Peer) {
+        self.transmits.push_back(Transmit {
+            peer,
+            bytes: message.to_bytes(),
+        });
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let due: Vec<ServerTxId> = self
+            .servers
+            .iter()
+            .filter(|(_, tx)| tx.deadline().is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(tx) = self.servers.get_mut(&id) else { continue };
+            let outcome = tx.on_timeout(now, &self.timers);
+            if let Some(bytes) = outcome.resend {
+                self.transmits.push_back(Transmit { peer: tx.peer, bytes });
+            }
+            if outcome.ack_timeout {
+                self.events.push_back(TransactionEvent::AckTimeout {
+                    tx: id,
+                    call_id: tx.call_id.clone(),
+                });
+            }
+            if outcome.terminated {
+                self.remove_server(id);
+            }
+        }
+        let due: Vec<ClientTxId> = self
+            .clients
+            .iter()
+            .filter(|(_, tx)| tx.deadline().is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let Some(tx) = self.clients.get_mut(&id) else { continue };
+            let outcome = tx.on_timeout(now, &self.timers);
+            if outcome.resend {
+                self.transmits.push_back(Transmit {
+                    peer: tx.peer,
+                    bytes: tx.bytes.clone(),
+                });
+            }
+            if outcome.timed_out {
+                self.events.push_back(TransactionEvent::Timeout { tx: id });
+            }
+            if outcome.terminated {
+                self.remove_client(id);
+            }
+        }
+    }
+
+    /// The earliest moment [`handle_timeout`](Self::handle_timeout) has work.
+    /// A linear scan: live transactions number in the hundreds even at full
+    /// load because each lasts seconds, and this runs once per input.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let servers = self.servers.values().filter_map(ServerTx::deadline);
+        let clients = self.clients.values().filter_map(ClientTx::deadline);
+        servers.chain(clients).min()
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<TransactionEvent> {
+        self.events.pop_front()
+    }
+
+    fn allocate(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn remove_server(&mut self, id: ServerTxId) {
+        if let Some(tx) = self.servers.remove(&id) {
+            self.server_keys.remove(&tx.key);
+        }
+    }
+
+    fn remove_client(&mut self, id: ClientTxId) {
+        if let Some(tx) = self.clients.remove(&id) {
+            let branch = tx
+                .request
+                .top_via()
+                .ok()
+                .and_then(|via| via.branch().map(str::to_string))
+                .unwrap_or_default();
+            self.client_keys.remove(&client_key(&branch, &tx.request.method));
+        }
+    }
+}
+
+/// RFC 3261 §18.2.1 and RFC 3581: note where a UDP request really came from
+/// so responses copied from it route back through NAT.
+fn stamp_received(request: &mut Request, peer: Peer) {
+    let Some(first) = request.headers.first_mut("Via") else { return };
+    let parts = super::uri::split_unquoted(first, ',');
+    let Some(top) = parts.first() else { return };
+    let Ok(mut via) = super::message::Via::parse(top) else { return };
+    let rest: Vec<String> = parts[1..].iter().map(|s| s.to_string()).collect();
+    let source_ip = peer.addr.ip();
+    let sent_by_matches = matches!(via.host, super::uri::Host::Ip(ip) if ip == source_ip);
+    let mut changed = false;
+    if !sent_by_matches {
+        via.set_param("received", Some(source_ip.to_string()));
+        changed = true;
+    }
+    if via.param("rport") == Some(None) {
+        via.set_param("rport", Some(peer.addr.port().to_string()));
+        via.set_param("received", Some(source_ip.to_string()));
+        changed = true;
+    }
+    if changed {
+        let mut value = via.to_string();
+        for other in rest {
+            value.push(',');
+            value.push_str(&other);
+        }
+        *first = value;
+    }
+}

@@ -1,0 +1,293 @@
+//! Transaction layer driven by a fake clock: no sockets, no sleeps.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::sip::framing::parse_message;
+use crate::sip::message::{Request, SipMessage};
+
+const UDP: Peer = Peer {
+    transport: Transport::Udp,
+    addr: SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(127, 0, 0, 1), 5070)),
+};
+const TCP: Peer = Peer {
+    transport: Transport::Tcp,
+    addr: UDP.addr,
+};
+
+fn request(method: &str, branch: &str, cseq: u32) -> Request {
+    let text = format!(
+        "{method} sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch}\r\nFrom: <sip:a@127.0.0.1>;tag=f1\r\nTo: <sip:100@127.0.0.1>\r\nCall-ID: call-1\r\nCSeq: {cseq} {method}\r\nContact: <sip:a@127.0.0.1:5070>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    match parse_message(text.as_bytes()).unwrap() {
+        SipMessage::Request(request) => request,
+        _ => unreachable!(),
+    }
+}
+
+fn drain(layer: &mut TransactionLayer) -> (Vec<String>, Vec<TransactionEvent>) {
+    let mut sent = Vec::new();
+    while let Some(transmit) = layer.poll_transmit() {
+        sent.push(String::from_utf8_lossy(&transmit.bytes).lines().next().unwrap_or("").to_string());
+    }
+    let mut events = Vec::new();
+    while let Some(event) = layer.poll_event() {
+        events.push(event);
+    }
+    (sent, events)
+}
+
+fn new_request_tx(layer: &mut TransactionLayer, req: Request, peer: Peer, now: Instant) -> ServerTxId {
+    layer.handle_input(SipMessage::Request(req), peer, now);
+    let (_, events) = drain(layer);
+    match events.as_slice() {
+        [TransactionEvent::Request { tx, .. }] => *tx,
+        other => panic!("expected one request event, got {other:?}"),
+    }
+}
+
+/// Advances the clock to each deadline up to `until`, noting when something was sent.
+fn run_until(layer: &mut TransactionLayer, start: Instant, until: Duration) -> (Vec<u64>, Vec<TransactionEvent>) {
+    let mut sends = Vec::new();
+    let mut events = Vec::new();
+    while let Some(deadline) = layer.poll_timeout() {
+        if deadline > start + until {
+            break;
+        }
+        layer.handle_timeout(deadline);
+        let (sent, mut evs) = drain(layer);
+        for _ in sent {
+            sends.push(deadline.duration_since(start).as_millis() as u64);
+        }
+        events.append(&mut evs);
+    }
+    (sends, events)
+}
+
+#[test]
+fn server_invite_sends_trying_and_absorbs_retransmissions() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    layer.handle_input(SipMessage::Request(request("INVITE", "z9hG4bK1", 1)), UDP, t0);
+    let (sent, events) = drain(&mut layer);
+    assert_eq!(sent, vec!["SIP/2.0 100 Trying"]);
+    assert_eq!(events.len(), 1);
+    layer.handle_input(SipMessage::Request(request("INVITE", "z9hG4bK1", 1)), UDP, t0);
+    let (sent, events) = drain(&mut layer);
+    assert_eq!(sent, vec!["SIP/2.0 100 Trying"], "retransmission gets the last response");
+    assert!(events.is_empty());
+}
+
+#[test]
+fn server_invite_non_2xx_retransmits_on_timer_g_until_ack_then_timer_i() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    let invite = request("INVITE", "z9hG4bK2", 1);
+    let tx = new_request_tx(&mut layer, invite.clone(), UDP, t0);
+    layer.send_response(tx, crate::sip::response::response_for(&invite, 486, "Busy Here", Some("t")), t0);
+    drain(&mut layer);
+    let (sends, _) = run_until(&mut layer, t0, Duration::from_millis(15_000));
+    assert_eq!(sends, vec![500, 1500, 3500, 7500, 11500, 15500].into_iter().filter(|t| *t <= 15_000).collect::<Vec<_>>());
+    // The ACK arrives: no more retransmissions; Timer I (T4) ends it.
+    let now = t0 + Duration::from_millis(15_100);
+    layer.handle_input(SipMessage::Request(request("ACK", "z9hG4bK2", 1)), UDP, now);
+    let (sent, events) = drain(&mut layer);
+    assert!(sent.is_empty() && events.is_empty(), "ACK for non-2xx is absorbed");
+    assert_eq!(layer.poll_timeout(), Some(now + Duration::from_secs(5)));
+    layer.handle_timeout(now + Duration::from_secs(5));
+    assert!(layer.is_empty());
+}
+
+#[test]
+fn server_invite_timer_h_gives_up_without_ack() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    let invite = request("INVITE", "z9hG4bK3", 1);
+    let tx = new_request_tx(&mut layer, invite.clone(), UDP, t0);
+    layer.send_response(tx, crate::sip::response::response_for(&invite, 404, "Not Found", Some("t")), t0);
+    drain(&mut layer);
+    let (sends, _) = run_until(&mut layer, t0, Duration::from_secs(40));
+    assert_eq!(*sends.last().unwrap(), 31_500, "last retransmission before H at 32 s");
+    assert!(layer.is_empty(), "Timer H removed the transaction");
+}
+
+#[test]
+fn server_invite_2xx_retransmits_until_ack_and_reports_missing_ack() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    let invite = request("INVITE", "z9hG4bK4", 1);
+    let tx = new_request_tx(&mut layer, invite.clone(), UDP, t0);
+    layer.send_response(tx, crate::sip::response::response_for(&invite, 200, "OK", Some("t")), t0);
+    drain(&mut layer);
+    let (sends, events) = run_until(&mut layer, t0, Duration::from_secs(40));
+    assert_eq!(&sends[..4], &[500, 1500, 3500, 7500]);
+    assert!(matches!(events.as_slice(), [TransactionEvent::AckTimeout { call_id, .. }] if call_id == "call-1"));
+    assert!(layer.is_empty());
+
+    // With an ACK (new branch, same Call-ID/CSeq) the 2xx stops and the ACK is delivered.
+    let tx = new_request_tx(&mut layer, request("INVITE", "z9hG4bK5", 2), UDP, t0);
+    layer.send_response(tx, crate::sip::response::response_for(&request("INVITE", "z9hG4bK5", 2), 200, "OK", Some("t")), t0);
+    drain(&mut layer);
+    layer.handle_input(SipMessage::Request(request("ACK", "z9hG4bKack", 2)), UDP, t0 + Duration::from_millis(100));
+    let (_, events) = drain(&mut layer);
+    assert!(matches!(events.as_slice(), [TransactionEvent::Ack { .. }]));
+    assert!(layer.is_empty());
+}
+
+#[test]
+fn tcp_server_transactions_never_retransmit() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    let invite = request("INVITE", "z9hG4bK6", 1);
+    let tx = new_request_tx(&mut layer, invite.clone(), TCP, t0);
+    layer.send_response(tx, crate::sip::response::response_for(&invite, 486, "Busy Here", Some("t")), t0);
+    drain(&mut layer);
+    let (sends, _) = run_until(&mut layer, t0, Duration::from_secs(40));
+    assert!(sends.is_empty());
+    let bye = request("BYE", "z9hG4bK7", 2);
+    let tx = new_request_tx(&mut layer, bye.clone(), TCP, t0);
+    layer.send_response(tx, crate::sip::response::response_for(&bye, 200, "OK", None), t0);
+    assert!(layer.is_empty(), "non-INVITE over TCP ends with its final response (J = 0)");
+}
+
+#[test]
+fn server_non_invite_timer_j_absorbs_retransmissions() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    let bye = request("BYE", "z9hG4bK8", 2);
+    let tx = new_request_tx(&mut layer, bye.clone(), UDP, t0);
+    layer.send_response(tx, crate::sip::response::response_for(&bye, 200, "OK", None), t0);
+    drain(&mut layer);
+    layer.handle_input(SipMessage::Request(bye.clone()), UDP, t0 + Duration::from_secs(1));
+    let (sent, events) = drain(&mut layer);
+    assert_eq!(sent, vec!["SIP/2.0 200 OK"]);
+    assert!(events.is_empty());
+    assert_eq!(layer.poll_timeout(), Some(t0 + Duration::from_secs(32)));
+    layer.handle_timeout(t0 + Duration::from_secs(32));
+    assert!(layer.is_empty());
+}
+
+#[test]
+fn cancel_is_answered_and_reported() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    let invite = request("INVITE", "z9hG4bK9", 1);
+    let invite_tx = new_request_tx(&mut layer, invite.clone(), UDP, t0);
+    layer.handle_input(SipMessage::Request(request("CANCEL", "z9hG4bK9", 1)), UDP, t0);
+    let (sent, events) = drain(&mut layer);
+    assert_eq!(sent, vec!["SIP/2.0 200 OK"]);
+    assert!(matches!(events.as_slice(), [TransactionEvent::Cancelled { invite_tx: id, .. }] if *id == invite_tx));
+    layer.handle_input(SipMessage::Request(request("CANCEL", "z9hG4bKnomatch", 1)), UDP, t0);
+    let (sent, events) = drain(&mut layer);
+    assert_eq!(sent, vec!["SIP/2.0 481 Call/Transaction Does Not Exist"]);
+    assert!(events.is_empty());
+}
+
+#[test]
+fn client_invite_timer_a_doubles_and_b_times_out() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    layer.send_request(request("INVITE", "z9hG4bKc1", 1), UDP, t0);
+    drain(&mut layer);
+    let (sends, events) = run_until(&mut layer, t0, Duration::from_secs(40));
+    assert_eq!(sends, vec![500, 1500, 3500, 7500, 15500, 31500]);
+    assert!(matches!(events.as_slice(), [TransactionEvent::Timeout { .. }]));
+    assert!(layer.is_empty());
+}
+
+#[test]
+fn client_invite_acks_non_2xx_itself_and_timer_d_absorbs_retransmissions() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    let invite = request("INVITE", "z9hG4bKc2", 1);
+    layer.send_request(invite.clone(), UDP, t0);
+    drain(&mut layer);
+    let busy = crate::sip::response::response_for(&invite, 486, "Busy Here", Some("remote"));
+    layer.handle_input(SipMessage::Response(busy.clone()), UDP, t0 + Duration::from_millis(100));
+    let (sent, events) = drain(&mut layer);
+    assert_eq!(sent, vec!["ACK sip:100@127.0.0.1 SIP/2.0"]);
+    assert!(matches!(events.as_slice(), [TransactionEvent::Response { response, .. }] if response.status == 486));
+    layer.handle_input(SipMessage::Response(busy), UDP, t0 + Duration::from_millis(600));
+    let (sent, events) = drain(&mut layer);
+    assert_eq!(sent.len(), 1, "retransmitted final is ACKed again");
+    assert!(events.is_empty(), "and not delivered twice");
+    layer.handle_timeout(t0 + Duration::from_millis(100) + Duration::from_secs(32));
+    assert!(layer.is_empty());
+}
+
+#[test]
+fn client_non_invite_timer_e_caps_at_t2_and_f_times_out() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    layer.send_request(request("BYE", "z9hG4bKc3", 2), UDP, t0);
+    drain(&mut layer);
+    let (sends, events) = run_until(&mut layer, t0, Duration::from_secs(40));
+    assert_eq!(&sends[..6], &[500, 1500, 3500, 7500, 11500, 15500]);
+    assert!(matches!(events.as_slice(), [TransactionEvent::Timeout { .. }]));
+    assert!(layer.is_empty());
+}
+
+#[test]
+fn client_non_invite_completes_with_timer_k() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    let bye = request("BYE", "z9hG4bKc4", 2);
+    layer.send_request(bye.clone(), UDP, t0);
+    drain(&mut layer);
+    let ok = crate::sip::response::response_for(&bye, 200, "OK", None);
+    layer.handle_input(SipMessage::Response(ok), UDP, t0 + Duration::from_millis(50));
+    let (_, events) = drain(&mut layer);
+    assert_eq!(events.len(), 1);
+    assert_eq!(layer.poll_timeout(), Some(t0 + Duration::from_millis(50) + Duration::from_secs(5)));
+    layer.handle_timeout(t0 + Duration::from_secs(6));
+    assert!(layer.is_empty());
+}
+
+/// Two layers over a simulated lossy network: the first INVITE and the
+/// first 200 are lost; retransmissions carry the call through.
+#[test]
+fn two_layers_over_a_lossy_network() {
+    let mut client = TransactionLayer::new(Timers::default());
+    let mut server = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    let invite = request("INVITE", "z9hG4bKnet", 1);
+    client.send_request(invite, UDP, t0);
+    let _lost = client.poll_transmit().unwrap();
+    let mut now = t0;
+    let mut answered = false;
+    let mut dropped_200 = false;
+    let mut got_200 = false;
+    for _ in 0..50 {
+        let next = [client.poll_timeout(), server.poll_timeout()].into_iter().flatten().min().unwrap();
+        now = now.max(next);
+        client.handle_timeout(now);
+        server.handle_timeout(now);
+        while let Some(transmit) = client.poll_transmit() {
+            server.handle_input(parse_message(&transmit.bytes).unwrap(), UDP, now);
+        }
+        while let Some(event) = server.poll_event() {
+            if let TransactionEvent::Request { tx, request, .. } = event {
+                server.send_response(tx, crate::sip::response::response_for(&request, 200, "OK", Some("s")), now);
+                answered = true;
+            }
+        }
+        while let Some(transmit) = server.poll_transmit() {
+            let message = parse_message(&transmit.bytes).unwrap();
+            if matches!(&message, SipMessage::Response(r) if r.status == 200) && !dropped_200 {
+                dropped_200 = true;
+                continue;
+            }
+            client.handle_input(message, UDP, now);
+        }
+        while let Some(event) = client.poll_event() {
+            if matches!(event, TransactionEvent::Response { ref response, .. } if response.status == 200) {
+                got_200 = true;
+            }
+        }
+        if got_200 {
+            break;
+        }
+    }
+    assert!(answered && dropped_200 && got_200);
+    assert!(now - t0 < Duration::from_secs(3), "recovered within a few retransmissions");
+}
