@@ -45,6 +45,7 @@ fn echo_round_trip(name: &str, transport: SipTransport) {
     assert!(rms(&audio) > 1000.0, "echo is silence (rms {})", rms(&audio));
     assert!(distinct_values(&audio) > 50, "echo is a constant");
     let (score, lag) = best_correlation(&sent, &audio, 0..audio.len());
+    eprintln!("echo correlation {score:.3} at lag {lag} samples ({} ms)", lag / 8);
     assert!(
         score > 0.9,
         "echoed audio does not carry what was sent: correlation {score:.3} at lag {lag}"
