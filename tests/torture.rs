@@ -45,7 +45,7 @@ fn first_line(bytes: &[u8]) -> String {
 fn torture_messages_over_udp_and_tcp_then_a_normal_call() {
     let gateway = GatewayProcess::start("torture", &echo_config(""));
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    udp.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
     let mut failures = Vec::new();
     for (name, bytes) in corpus() {
         // UDP: one datagram each.
@@ -68,7 +68,7 @@ fn torture_messages_over_udp_and_tcp_then_a_normal_call() {
         // TCP: a fresh connection each, so a fatal framing error on one
         // message cannot hide the next.
         let mut stream = TcpStream::connect(gateway.tcp).unwrap();
-        stream.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+        stream.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
         let _ = stream.write_all(&bytes);
         let mut received = Vec::new();
         let mut chunk = [0u8; 8192];
@@ -81,7 +81,10 @@ fn torture_messages_over_udp_and_tcp_then_a_normal_call() {
                 break;
             }
         }
-        if expects_400(&name) && !String::from_utf8_lossy(&received).contains("SIP/2.0 400") {
+        // A Content-Length beyond the bytes sent is, on a stream, a message
+        // still arriving: no answer is possible until the connection closes.
+        let stream_can_answer = !name.contains("content_length_too_large");
+        if expects_400(&name) && stream_can_answer && !String::from_utf8_lossy(&received).contains("SIP/2.0 400") {
             failures.push(format!("tcp {name}: expected 400, got {:?}", first_line(&received)));
         }
     }

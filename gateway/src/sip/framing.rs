@@ -4,7 +4,7 @@
 //! [`PartialRequest`] so the transport can still answer 400.
 
 use super::headers::{canonical_name, Headers};
-use super::message::{Method, Request, Response, SipMessage};
+use super::message::{Method, Request, Response, SipMessage, Via};
 use super::response::new_tag;
 use super::uri::SipUri;
 use super::SipError;
@@ -133,6 +133,9 @@ fn parse_parts(head: &str, body: &[u8]) -> Result<SipMessage, SipError> {
         headers.push(name, value.trim());
     }
     let body = body_by_length(&headers, body)?;
+    for via in headers.get_all_split("Via") {
+        Via::parse(via)?;
+    }
 
     let mut words = start_line.splitn(3, ' ');
     let first = words.next().unwrap_or("");
@@ -298,8 +301,8 @@ pub enum StreamItem {
     /// RFC 5626 double-CRLF ping; answer with a single CRLF.
     KeepAlivePing,
     Malformed(ParseError),
-    /// Framing is lost; close the connection.
-    Fatal(String),
+    /// Framing is lost; answer 400 if the error allows, then close.
+    Fatal(ParseError),
 }
 
 /// Splits a byte stream (TCP) into messages by Content-Length.
@@ -342,11 +345,12 @@ impl StreamDecoder {
         }
         let Some(head_len) = header_end(&self.buffer) else {
             if self.buffer.len() > self.max_message {
+                let partial = salvage(&self.buffer);
                 self.buffer.clear();
-                return Some(StreamItem::Fatal(format!(
-                    "no end of headers within {} bytes",
-                    self.max_message
-                )));
+                return Some(StreamItem::Fatal(ParseError {
+                    reason: format!("no end of headers within {} bytes", self.max_message),
+                    partial,
+                }));
             }
             return None;
         };
@@ -358,11 +362,12 @@ impl StreamDecoder {
                     match value.trim().parse::<usize>() {
                         Ok(parsed) => length = Some(parsed),
                         Err(_) => {
+                            let error = ParseError {
+                                reason: format!("invalid Content-Length `{}` on a stream", truncate(value.trim())),
+                                partial: salvage(&self.buffer[..head_len]),
+                            };
                             self.buffer.clear();
-                            return Some(StreamItem::Fatal(format!(
-                                "invalid Content-Length `{}` on a stream",
-                                truncate(value.trim())
-                            )));
+                            return Some(StreamItem::Fatal(error));
                         }
                     }
                 }
@@ -370,8 +375,12 @@ impl StreamDecoder {
         }
         let total = head_len + length.unwrap_or(0);
         if total > self.max_message {
+            let error = ParseError {
+                reason: format!("message of {total} bytes over the limit"),
+                partial: salvage(&self.buffer[..head_len]),
+            };
             self.buffer.clear();
-            return Some(StreamItem::Fatal(format!("message of {total} bytes over the limit")));
+            return Some(StreamItem::Fatal(error));
         }
         if self.buffer.len() < total {
             return None;

@@ -152,8 +152,11 @@ async fn serve(
                         let _ = queue.try_send(response);
                     }
                 }
-                StreamItem::Fatal(reason) => {
-                    tracing::warn!(%peer, transport = "tcp", %reason, "unrecoverable SIP framing: closing connection");
+                StreamItem::Fatal(error) => {
+                    tracing::warn!(%peer, transport = "tcp", reason = %error.reason, "malformed SIP message; framing lost, closing connection");
+                    if let Some(response) = error.partial.as_ref().and_then(|p| bad_request(p, &error.reason)) {
+                        let _ = queue.try_send(response);
+                    }
                     break 'connection;
                 }
             }
