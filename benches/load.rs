@@ -145,7 +145,9 @@ async fn run(calls: usize, seconds: u64) {
     for index in 0..calls {
         let stop_at = stop_at.clone();
         let target = gateway.udp;
-        tasks.push(tokio::spawn(async move { one_call(index, target, stop_at).await }));
+        tasks.push(tokio::spawn(async move {
+            one_call(index, target, stop_at).await
+        }));
         tokio::time::sleep(ramp).await;
     }
     // Let every call settle, then measure a steady window.
@@ -168,13 +170,21 @@ async fn run(calls: usize, seconds: u64) {
     let late: u64 = all.iter().map(|s| s.late_gaps).sum();
     let mut latencies: Vec<f64> = all.iter().flat_map(|s| s.latencies_ms.clone()).collect();
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(f64::NAN);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
     let cpu_percent = cpu_ticks as f64 / ticks_per_sec / window * 100.0;
     println!("calls requested        {calls}");
     println!("calls answered         {answered}");
     println!("RTP sent / received    {sent} / {received}");
     println!("late frames (gap>40ms) {late}");
-    println!("gateway CPU            {cpu_percent:.1}% of one core ({:.3}% per call)", cpu_percent / answered.max(1) as f64);
+    println!(
+        "gateway CPU            {cpu_percent:.1}% of one core ({:.3}% per call)",
+        cpu_percent / answered.max(1) as f64
+    );
     println!(
         "gateway RSS            {} KiB idle, {} KiB loaded ({:.1} KiB per call)",
         rss_idle,
@@ -190,7 +200,11 @@ async fn run(calls: usize, seconds: u64) {
     );
 }
 
-async fn one_call(index: usize, target: SocketAddr, stop_at: Arc<Mutex<Option<Instant>>>) -> CallStats {
+async fn one_call(
+    index: usize,
+    target: SocketAddr,
+    stop_at: Arc<Mutex<Option<Instant>>>,
+) -> CallStats {
     let mut stats = CallStats::default();
     let sip = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -210,11 +224,21 @@ async fn one_call(index: usize, target: SocketAddr, stop_at: Arc<Mutex<Option<In
     for _attempt in 0..8 {
         sip.send_to(invite.as_bytes(), target).await.unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(1000);
-        while let Ok(Ok((len, _))) = tokio::time::timeout_at(deadline, sip.recv_from(&mut buf)).await {
+        while let Ok(Ok((len, _))) =
+            tokio::time::timeout_at(deadline, sip.recv_from(&mut buf)).await
+        {
             let text = String::from_utf8_lossy(&buf[..len]).to_string();
             if text.starts_with("SIP/2.0 200") {
-                to_header = text.lines().find(|l| l.starts_with("To:")).unwrap_or("").to_string();
-                let port: Option<u16> = text.lines().find(|l| l.starts_with("m=audio")).and_then(|l| l.split_whitespace().nth(1)).and_then(|p| p.parse().ok());
+                to_header = text
+                    .lines()
+                    .find(|l| l.starts_with("To:"))
+                    .unwrap_or("")
+                    .to_string();
+                let port: Option<u16> = text
+                    .lines()
+                    .find(|l| l.starts_with("m=audio"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|p| p.parse().ok());
                 remote_rtp = port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
                 break;
             } else if text.starts_with("SIP/2.0 ") && !text.starts_with("SIP/2.0 1") {
@@ -226,7 +250,9 @@ async fn one_call(index: usize, target: SocketAddr, stop_at: Arc<Mutex<Option<In
             break;
         }
     }
-    let Some(remote_rtp) = remote_rtp else { return stats };
+    let Some(remote_rtp) = remote_rtp else {
+        return stats;
+    };
     stats.answered = true;
     let ack = format!(
         "ACK sip:{index}@{target} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK-ack-{index}\r\nFrom: <sip:load@127.0.0.1>;tag=load{index}\r\n{to_header}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
@@ -234,7 +260,12 @@ async fn one_call(index: usize, target: SocketAddr, stop_at: Arc<Mutex<Option<In
     sip.send_to(ack.as_bytes(), target).await.unwrap();
 
     let tone: Vec<u8> = (0..160)
-        .map(|n| ulaw((f64::sin(2.0 * std::f64::consts::PI * 1000.0 * n as f64 / 8000.0) * 16000.0) as i16))
+        .map(|n| {
+            ulaw(
+                (f64::sin(2.0 * std::f64::consts::PI * 1000.0 * n as f64 / 8000.0) * 16000.0)
+                    as i16,
+            )
+        })
         .collect();
     let silence = [0xffu8; 160];
     let mut packet = [0u8; 172];

@@ -32,7 +32,10 @@ pub fn load(path: Option<&Path>) -> Result<Loaded> {
                 .with_context(|| format!("{DEFAULT_PATH}: cannot read the file"))?;
             (DEFAULT_PATH.to_string(), text)
         }
-        None => ("<embedded default>".to_string(), EMBEDDED_DEFAULT.to_string()),
+        None => (
+            "<embedded default>".to_string(),
+            EMBEDDED_DEFAULT.to_string(),
+        ),
     };
     parse(&source, &text, |name| std::env::var(name).ok())
 }
@@ -40,8 +43,8 @@ pub fn load(path: Option<&Path>) -> Result<Loaded> {
 /// Parses configuration text; `env` looks up `${NAME}` references.
 pub fn parse(source: &str, text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Loaded> {
     let text = interpolate(text, &env).map_err(|error| anyhow!("{source}: {error}"))?;
-    let config: Config =
-        toml::from_str(&text).map_err(|error| anyhow!("{source}: invalid configuration\n{error}"))?;
+    let config: Config = toml::from_str(&text)
+        .map_err(|error| anyhow!("{source}: invalid configuration\n{error}"))?;
     let valid = config
         .validate()
         .map_err(|error| anyhow!("{source}: {error}"))?;
@@ -72,9 +75,9 @@ fn interpolate(text: &str, env: &impl Fn(&str) -> Option<String>) -> Result<Stri
             }
             out.push_str(&rest[..start]);
             let after = &rest[start + 2..];
-            let end = after.find('}').ok_or_else(|| {
-                format!("line {}: `${{` without a closing `}}`", index + 1)
-            })?;
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("line {}: `${{` without a closing `}}`", index + 1))?;
             let name = &after[..end];
             let key = line.split('=').next().unwrap_or("").trim();
             let value = env(name).ok_or_else(|| {
@@ -118,7 +121,10 @@ mod tests {
         let text = "a = \"${SECRET}\"\n# b = \"${UNSET}\"\nc = \"$${LITERAL}\"\n";
         let env = |name: &str| (name == "SECRET").then(|| "p\"w\\d".to_string());
         let out = interpolate(text, &env).unwrap();
-        assert_eq!(out, "a = \"p\\\"w\\\\d\"\n# b = \"${UNSET}\"\nc = \"${LITERAL}\"\n");
+        assert_eq!(
+            out,
+            "a = \"p\\\"w\\\\d\"\n# b = \"${UNSET}\"\nc = \"${LITERAL}\"\n"
+        );
         let value: toml::Value = toml::from_str(&out).unwrap();
         assert_eq!(value["a"].as_str(), Some("p\"w\\d"));
     }

@@ -11,7 +11,11 @@ use switchboard_gateway::Gateway;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "switchboard", version, about = "Voice-AI gateway: SIP on one side, bots on the other")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Voice-AI gateway: SIP on one side, bots on the other"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -85,7 +89,10 @@ async fn run(loaded: config_file::Loaded, drain: Duration) -> Result<()> {
         tracing::info!(%transport, %addr, "listening for SIP");
     }
     wait_for_signal().await;
-    tracing::info!(drain_secs = drain.as_secs(), "shutting down: draining calls");
+    tracing::info!(
+        drain_secs = drain.as_secs(),
+        "shutting down: draining calls"
+    );
     gateway.shutdown(drain).await;
     tracing::info!("stopped");
     Ok(())
@@ -113,7 +120,9 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
     let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

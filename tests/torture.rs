@@ -28,7 +28,11 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         })
         .collect();
     files.sort();
-    assert!(files.len() >= 20, "torture corpus has only {} messages", files.len());
+    assert!(
+        files.len() >= 20,
+        "torture corpus has only {} messages",
+        files.len()
+    );
     files
 }
 
@@ -38,14 +42,19 @@ fn expects_400(name: &str) -> bool {
 }
 
 fn first_line(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).lines().next().unwrap_or("").to_string()
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }
 
 #[test]
 fn torture_messages_over_udp_and_tcp_then_a_normal_call() {
     let gateway = GatewayProcess::start("torture", &echo_config(""));
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-    udp.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
     let mut failures = Vec::new();
     for (name, bytes) in corpus() {
         // UDP: one datagram each.
@@ -62,13 +71,17 @@ fn torture_messages_over_udp_and_tcp_then_a_normal_call() {
             failures.push(format!("udp {name}: expected 400, got {responses:?}"));
         }
         if name.contains("invalid_noreply") && !responses.is_empty() {
-            failures.push(format!("udp {name}: expected no response, got {responses:?}"));
+            failures.push(format!(
+                "udp {name}: expected no response, got {responses:?}"
+            ));
         }
 
         // TCP: a fresh connection each, so a fatal framing error on one
         // message cannot hide the next.
         let mut stream = TcpStream::connect(gateway.tcp).unwrap();
-        stream.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(400)))
+            .unwrap();
         let _ = stream.write_all(&bytes);
         let mut received = Vec::new();
         let mut chunk = [0u8; 8192];
@@ -84,19 +97,36 @@ fn torture_messages_over_udp_and_tcp_then_a_normal_call() {
         // A Content-Length beyond the bytes sent is, on a stream, a message
         // still arriving: no answer is possible until the connection closes.
         let stream_can_answer = !name.contains("content_length_too_large");
-        if expects_400(&name) && stream_can_answer && !String::from_utf8_lossy(&received).contains("SIP/2.0 400") {
-            failures.push(format!("tcp {name}: expected 400, got {:?}", first_line(&received)));
+        if expects_400(&name)
+            && stream_can_answer
+            && !String::from_utf8_lossy(&received).contains("SIP/2.0 400")
+        {
+            failures.push(format!(
+                "tcp {name}: expected 400, got {:?}",
+                first_line(&received)
+            ));
         }
     }
     gateway.assert_no_panic();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    let malformed_lines = gateway.logs().iter().filter(|line| line.contains("malformed SIP message")).count();
+    let malformed_lines = gateway
+        .logs()
+        .iter()
+        .filter(|line| line.contains("malformed SIP message"))
+        .count();
     assert!(malformed_lines > 0, "malformed messages were not logged");
 
     // The gateway still takes a normal call.
     let peer = RtpPeer::bind();
     let scenario = sipp::caller_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER), 1500);
-    let output = sipp::run(&gateway.dir, "after-torture", &scenario, gateway.udp, SipTransport::Udp, "127.0.0.1");
+    let output = sipp::run(
+        &gateway.dir,
+        "after-torture",
+        &scenario,
+        gateway.udp,
+        SipTransport::Udp,
+        "127.0.0.1",
+    );
     sipp::assert_success(&output, &gateway.dir);
     gateway.assert_no_panic();
 }

@@ -33,12 +33,28 @@ on_failure = {{ hangup = 503 }}
 #[test]
 fn twilio_bot_hears_the_caller_and_the_caller_hears_the_bot() {
     let bot = TwilioBot::start();
-    let gateway = GatewayProcess::start("twilio", &twilio_config(&format!("ws://{}/media", bot.addr)));
+    let gateway = GatewayProcess::start(
+        "twilio",
+        &twilio_config(&format!("ws://{}/media", bot.addr)),
+    );
     let peer = RtpPeer::bind();
-    let scenario = sipp::caller_hangs_up("+12125550100", &sipp::sdp_offer(peer.port(), G711_OFFER), 9000);
+    let scenario = sipp::caller_hangs_up(
+        "+12125550100",
+        &sipp::sdp_offer(peer.port(), G711_OFFER),
+        9000,
+    );
     let dir = gateway.dir.clone();
     let target = gateway.udp;
-    let caller = std::thread::spawn(move || sipp::run(&dir, "call", &scenario, target, SipTransport::Udp, "127.0.0.1"));
+    let caller = std::thread::spawn(move || {
+        sipp::run(
+            &dir,
+            "call",
+            &scenario,
+            target,
+            SipTransport::Udp,
+            "127.0.0.1",
+        )
+    });
 
     let (_, start) = bot.wait_event("start", |_| true, Duration::from_secs(10));
     assert_eq!(start["start"]["mediaFormat"]["encoding"], "audio/x-mulaw");
@@ -46,18 +62,30 @@ fn twilio_bot_hears_the_caller_and_the_caller_hears_the_bot() {
     assert_eq!(start["start"]["customParameters"]["tenant"], "acme");
     bot.wait_event("connected", |_| true, Duration::from_secs(1));
 
-    let gateway_rtp = peer.wait_first_packet(Duration::from_secs(10)).expect("gateway RTP");
+    let gateway_rtp = peer
+        .wait_first_packet(Duration::from_secs(10))
+        .expect("gateway RTP");
     let sent = speech_like(2 * 8000);
     let mark_delay = std::thread::scope(|scope| {
-            scope.spawn(|| peer.stream_pcmu(gateway_rtp, &sent));
-            // While the caller talks, the bot speaks: 1.5 s in odd-sized chunks, then a mark.
-            let reply: Vec<u8> = speech_like(12_000).iter().map(|s| ulaw_encode(s / 2)).collect();
-            bot.send(BotCommand::Media { ulaw: reply, chunk: 333 });
-            let mark_sent = Instant::now();
-            bot.send(BotCommand::Mark("reply-1".into()));
-            let (mark_back, _) = bot.wait_event("mark", |v| v["mark"]["name"] == "reply-1", Duration::from_secs(5));
-            mark_back.duration_since(mark_sent)
+        scope.spawn(|| peer.stream_pcmu(gateway_rtp, &sent));
+        // While the caller talks, the bot speaks: 1.5 s in odd-sized chunks, then a mark.
+        let reply: Vec<u8> = speech_like(12_000)
+            .iter()
+            .map(|s| ulaw_encode(s / 2))
+            .collect();
+        bot.send(BotCommand::Media {
+            ulaw: reply,
+            chunk: 333,
         });
+        let mark_sent = Instant::now();
+        bot.send(BotCommand::Mark("reply-1".into()));
+        let (mark_back, _) = bot.wait_event(
+            "mark",
+            |v| v["mark"]["name"] == "reply-1",
+            Duration::from_secs(5),
+        );
+        mark_back.duration_since(mark_sent)
+    });
     assert!(
         mark_delay >= Duration::from_millis(1300),
         "mark came back after {mark_delay:?}, before its 1.5 s of audio could have played"
@@ -73,7 +101,11 @@ fn twilio_bot_hears_the_caller_and_the_caller_hears_the_bot() {
         .position(|window| window == &sent_ulaw[..160])
         .expect("the caller's first packet reached the bot byte-exact");
     let arrived = &inbound[start_at..inbound.len().min(start_at + sent_ulaw.len())];
-    assert_eq!(arrived.len(), sent_ulaw.len(), "all the caller's audio reached the bot");
+    assert_eq!(
+        arrived.len(),
+        sent_ulaw.len(),
+        "all the caller's audio reached the bot"
+    );
     // Compare decoded values: μ-law has two codes for zero (0x7f, 0xff).
     let differing: Vec<usize> = (0..arrived.len())
         .filter(|i| ulaw_decode(arrived[*i]) != ulaw_decode(sent_ulaw[*i]))
@@ -87,19 +119,38 @@ fn twilio_bot_hears_the_caller_and_the_caller_hears_the_bot() {
 
     // The caller heard the bot.
     let heard = peer.received_pcmu();
-    let bot_audio: Vec<i16> = speech_like(12_000).iter().map(|s| ulaw_decode(ulaw_encode(s / 2))).collect();
+    let bot_audio: Vec<i16> = speech_like(12_000)
+        .iter()
+        .map(|s| ulaw_decode(ulaw_encode(s / 2)))
+        .collect();
     let (score, _) = best_correlation(&bot_audio, &heard, 0..heard.len());
-    assert!(score > 0.95, "caller did not hear the bot (correlation {score:.3})");
+    assert!(
+        score > 0.95,
+        "caller did not hear the bot (correlation {score:.3})"
+    );
 
     // A long answer, interrupted: after `clear` the caller hears silence within a frame or two.
-    let long: Vec<u8> = speech_like(80_000).iter().map(|s| ulaw_encode(*s)).collect();
-    bot.send(BotCommand::Media { ulaw: long, chunk: 160 });
+    let long: Vec<u8> = speech_like(80_000)
+        .iter()
+        .map(|s| ulaw_encode(*s))
+        .collect();
+    bot.send(BotCommand::Media {
+        ulaw: long,
+        chunk: 160,
+    });
     std::thread::sleep(Duration::from_millis(600));
     bot.send(BotCommand::Mark("after-clear".into()));
     let cleared_at = Instant::now();
     bot.send(BotCommand::Clear);
-    let (mark_back, _) = bot.wait_event("mark", |v| v["mark"]["name"] == "after-clear", Duration::from_secs(2));
-    assert!(mark_back.duration_since(cleared_at) < Duration::from_millis(500), "a cleared mark is returned at once");
+    let (mark_back, _) = bot.wait_event(
+        "mark",
+        |v| v["mark"]["name"] == "after-clear",
+        Duration::from_secs(2),
+    );
+    assert!(
+        mark_back.duration_since(cleared_at) < Duration::from_millis(500),
+        "a cleared mark is returned at once"
+    );
     std::thread::sleep(Duration::from_millis(300));
     let after: Vec<i16> = peer
         .received()
@@ -108,7 +159,11 @@ fn twilio_bot_hears_the_caller_and_the_caller_hears_the_bot() {
         .flat_map(|p| p.payload.iter().map(|b| ulaw_decode(*b)))
         .collect();
     assert!(after.len() >= 160, "RTP keeps flowing after clear");
-    assert!(rms(&after) < 50.0, "bot audio still playing after clear (rms {})", rms(&after));
+    assert!(
+        rms(&after) < 50.0,
+        "bot audio still playing after clear (rms {})",
+        rms(&after)
+    );
 
     let output = caller.join().unwrap();
     sipp::assert_success(&output, &gateway.dir);
@@ -121,12 +176,25 @@ fn twilio_bot_hears_the_caller_and_the_caller_hears_the_bot() {
 #[test]
 fn bot_closing_the_socket_hangs_up_the_caller() {
     let bot = TwilioBot::start();
-    let gateway = GatewayProcess::start("twilio-close", &twilio_config(&format!("ws://{}/media", bot.addr)));
+    let gateway = GatewayProcess::start(
+        "twilio-close",
+        &twilio_config(&format!("ws://{}/media", bot.addr)),
+    );
     let peer = RtpPeer::bind();
-    let scenario = sipp::gateway_hangs_up("+12125550100", &sipp::sdp_offer(peer.port(), G711_OFFER));
+    let scenario =
+        sipp::gateway_hangs_up("+12125550100", &sipp::sdp_offer(peer.port(), G711_OFFER));
     let dir = gateway.dir.clone();
     let target = gateway.tcp;
-    let caller = std::thread::spawn(move || sipp::run(&dir, "call", &scenario, target, SipTransport::Tcp, "127.0.0.1"));
+    let caller = std::thread::spawn(move || {
+        sipp::run(
+            &dir,
+            "call",
+            &scenario,
+            target,
+            SipTransport::Tcp,
+            "127.0.0.1",
+        )
+    });
     bot.wait_event("start", |_| true, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
     bot.send(BotCommand::Close);
@@ -138,11 +206,28 @@ fn bot_closing_the_socket_hangs_up_the_caller() {
 #[test]
 fn unreachable_bot_rejects_with_the_flows_on_failure_status() {
     // Nothing listens here: bind, note the port, release it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let gateway = GatewayProcess::start("twilio-unreachable", &twilio_config(&format!("ws://127.0.0.1:{port}/media")));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gateway = GatewayProcess::start(
+        "twilio-unreachable",
+        &twilio_config(&format!("ws://127.0.0.1:{port}/media")),
+    );
     let scenario = sipp::rejected("+12125550100", &sipp::sdp_offer(4000, G711_OFFER), 503);
-    let output = sipp::run(&gateway.dir, "call", &scenario, gateway.udp, SipTransport::Udp, "127.0.0.1");
+    let output = sipp::run(
+        &gateway.dir,
+        "call",
+        &scenario,
+        gateway.udp,
+        SipTransport::Udp,
+        "127.0.0.1",
+    );
     sipp::assert_success(&output, &gateway.dir);
     let line = gateway.wait_for_log(&["bot unreachable"], Duration::from_secs(5));
-    assert!(line.contains("flow=bot") || line.contains("flow=\"bot\"") || line.contains("bot"), "{line}");
+    assert!(
+        line.contains("flow=bot") || line.contains("flow=\"bot\"") || line.contains("bot"),
+        "{line}"
+    );
 }

@@ -125,7 +125,10 @@ impl FlowConfig {
                 if !SUPPORTED_RATES.contains(&echo.sample_rate) {
                     return Err(FlowError::new(
                         "bot.sample_rate",
-                        format!("{} Hz is not one of 8000, 16000, 24000, 48000", echo.sample_rate),
+                        format!(
+                            "{} Hz is not one of 8000, 16000, 24000, 48000",
+                            echo.sample_rate
+                        ),
                     ));
                 }
                 if echo.delay_ms > 10_000 {
@@ -173,7 +176,9 @@ mod tests {
     #[test]
     fn echo_flow_gets_defaults() {
         let flow = parse("[[flows]]\nname = \"echo\"\nbot = { kind = \"echo\" }\n");
-        assert!(matches!(flow.bot, BotConfig::Echo(ref e) if e.delay_ms == 200 && e.sample_rate == 16_000));
+        assert!(
+            matches!(flow.bot, BotConfig::Echo(ref e) if e.delay_ms == 200 && e.sample_rate == 16_000)
+        );
         assert_eq!(flow.on_failure, OnFailure::Hangup(480));
         flow.validate().unwrap();
     }

@@ -190,7 +190,10 @@ impl Config {
         let rtp_ports = parse_port_range(&self.media.rtp_ports)
             .map_err(|reason| ConfigError::new("media.rtp_ports", reason))?;
         if self.media.rtp_timeout_secs == 0 {
-            return Err(ConfigError::new("media.rtp_timeout_secs", "must be at least 1"));
+            return Err(ConfigError::new(
+                "media.rtp_timeout_secs",
+                "must be at least 1",
+            ));
         }
         if !(20..=1000).contains(&self.media.jitter_depth_ms) {
             return Err(ConfigError::new(
@@ -246,7 +249,9 @@ fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
         return Err(format!("`{text}` must be LOW-HIGH with 0 < LOW <= HIGH"));
     }
     if high - low < 1 {
-        return Err(format!("`{text}` needs at least two ports (RTP uses even ports)"));
+        return Err(format!(
+            "`{text}` needs at least two ports (RTP uses even ports)"
+        ));
     }
     Ok(low..=high)
 }

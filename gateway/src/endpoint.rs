@@ -16,7 +16,9 @@ use crate::call::{run_call, CallInput, CallSetup, EndpointCommand, RtpPorts, CAL
 use crate::routing::Router;
 use crate::sip::message::{Method, Request};
 use crate::sip::response::response_for;
-use crate::sip::transaction::{ClientTxId, Peer, ServerTxId, Timers, TransactionEvent, TransactionLayer};
+use crate::sip::transaction::{
+    ClientTxId, Peer, ServerTxId, Timers, TransactionEvent, TransactionLayer,
+};
 use crate::transport::{Inbound, Transports};
 
 /// Commands queued from all calls towards the endpoint.
@@ -116,7 +118,14 @@ impl Endpoint {
                 self.transports.send(transmit.peer, transmit.bytes);
             }
             while let Some(event) = layer.poll_event() {
-                self.dispatch(event, &mut layer, &mut calls, &mut client_txs, &commands_tx, state);
+                self.dispatch(
+                    event,
+                    &mut layer,
+                    &mut calls,
+                    &mut client_txs,
+                    &commands_tx,
+                    state,
+                );
             }
             while let Some(transmit) = layer.poll_transmit() {
                 self.transports.send(transmit.peer, transmit.bytes);
@@ -140,7 +149,11 @@ impl Endpoint {
         match event {
             TransactionEvent::Request { tx, request, peer } => {
                 let call_id = request.call_id().unwrap_or_default().to_string();
-                let in_dialog = request.to().ok().and_then(|to| to.tag().map(str::to_string)).is_some();
+                let in_dialog = request
+                    .to()
+                    .ok()
+                    .and_then(|to| to.tag().map(str::to_string))
+                    .is_some();
                 if let Some(call) = calls.get(&call_id) {
                     if in_dialog || request.method != Method::Invite {
                         forward(call, CallInput::Request { tx, request }, &call_id);
@@ -191,7 +204,11 @@ impl Endpoint {
             }
             TransactionEvent::Response { tx, response } => {
                 let done = response.status >= 200;
-                let owner = if done { client_txs.remove(&tx) } else { client_txs.get(&tx).cloned() };
+                let owner = if done {
+                    client_txs.remove(&tx)
+                } else {
+                    client_txs.get(&tx).cloned()
+                };
                 if let Some(call_id) = owner {
                     if let Some(call) = calls.get(&call_id) {
                         forward(call, CallInput::Response { tx, response }, &call_id);
@@ -290,7 +307,12 @@ fn reply(
     now: std::time::Instant,
 ) {
     let tag = crate::sip::response::new_tag();
-    let mut response = response_for(request, status, crate::sip::response::default_reason(status), Some(&tag));
+    let mut response = response_for(
+        request,
+        status,
+        crate::sip::response::default_reason(status),
+        Some(&tag),
+    );
     if let Some(seconds) = retry_after {
         response.headers.push("Retry-After", seconds);
     }

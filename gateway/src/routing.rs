@@ -183,7 +183,11 @@ mod tests {
         let router = router(&[trunk(
             "carrier",
             &["198.51.100.0/24"],
-            &[(r"^\+1800\d+$", "sales"), (r"^\+1\d{10}$", "support"), (".*", "echo")],
+            &[
+                (r"^\+1800\d+$", "sales"),
+                (r"^\+1\d{10}$", "support"),
+                (".*", "echo"),
+            ],
         )]);
         let ip: IpAddr = "198.51.100.7".parse().unwrap();
         assert_eq!(router.route(ip, "+18005551234").unwrap().flow, "sales");
@@ -208,7 +212,10 @@ mod tests {
         assert_eq!(dialed_number("+4930123"), "+4930123");
         let router = router(&[trunk("carrier", &["10.0.0.0/8"], &[(r"^\+49", "support")])]);
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
-        assert_eq!(router.route(ip, "app#acct#+4930123").unwrap().number, "+4930123");
+        assert_eq!(
+            router.route(ip, "app#acct#+4930123").unwrap().number,
+            "+4930123"
+        );
     }
 
     #[test]
@@ -217,8 +224,20 @@ mod tests {
             trunk("v6", &["2001:db8::/32"], &[(".*", "support")]),
             trunk("v4", &["192.0.2.10"], &[(".*", "sales")]),
         ]);
-        assert_eq!(router.route("2001:db8::5".parse().unwrap(), "1").unwrap().trunk, "v6");
-        assert_eq!(router.route("::ffff:192.0.2.10".parse().unwrap(), "1").unwrap().trunk, "v4");
+        assert_eq!(
+            router
+                .route("2001:db8::5".parse().unwrap(), "1")
+                .unwrap()
+                .trunk,
+            "v6"
+        );
+        assert_eq!(
+            router
+                .route("::ffff:192.0.2.10".parse().unwrap(), "1")
+                .unwrap()
+                .trunk,
+            "v4"
+        );
     }
 
     #[test]
@@ -236,7 +255,8 @@ mod tests {
         let flows: HashSet<&str> = ["echo"].into_iter().collect();
         let error = Router::new(&[trunk("x", &["10.0.0.300"], &[])], &flows).unwrap_err();
         assert_eq!(error.key, "trunks[0].allow[0]");
-        let error = Router::new(&[trunk("x", &["10.0.0.1"], &[("(", "echo")])], &flows).unwrap_err();
+        let error =
+            Router::new(&[trunk("x", &["10.0.0.1"], &[("(", "echo")])], &flows).unwrap_err();
         assert_eq!(error.key, "trunks[0].routes[0].pattern");
     }
 }

@@ -91,11 +91,17 @@ impl Gateway {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!(calls = *self.active_calls.borrow(), "drain timed out: hanging up remaining calls");
+            tracing::warn!(
+                calls = *self.active_calls.borrow(),
+                "drain timed out: hanging up remaining calls"
+            );
         }
         let _ = self.state.send(EndpointState::Stopping);
         // Calls need the sockets to send their BYEs; close them last.
-        if tokio::time::timeout(Duration::from_secs(10), &mut self.endpoint).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), &mut self.endpoint)
+            .await
+            .is_err()
+        {
             tracing::warn!("endpoint did not stop in time");
             self.endpoint.abort();
         }

@@ -6,7 +6,9 @@
 
 use std::path::PathBuf;
 
-use switchboard_gateway::sip::framing::{bad_request, parse_datagram, parse_message, Datagram, StreamDecoder, MAX_MESSAGE};
+use switchboard_gateway::sip::framing::{
+    bad_request, parse_datagram, parse_message, Datagram, StreamDecoder, MAX_MESSAGE,
+};
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/torture");
@@ -14,7 +16,12 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .flatten()
         .filter(|e| e.path().extension().is_some_and(|x| x == "sip"))
-        .map(|e| (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap()))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
         .collect();
     files.sort();
     files
@@ -30,16 +37,32 @@ fn corpus_outcomes_match_their_names() {
             assert!(parsed.is_ok(), "{name} should parse: {:?}", parsed.err());
             continue;
         }
-        let error = parsed.err().unwrap_or_else(|| panic!("{name} should be rejected"));
-        let response = error.partial.as_ref().and_then(|p| bad_request(p, &error.reason));
+        let error = parsed
+            .err()
+            .unwrap_or_else(|| panic!("{name} should be rejected"));
+        let response = error
+            .partial
+            .as_ref()
+            .and_then(|p| bad_request(p, &error.reason));
         if name.contains("invalid400") {
-            let response = response.unwrap_or_else(|| panic!("{name}: no 400 possible ({})", error.reason));
+            let response =
+                response.unwrap_or_else(|| panic!("{name}: no 400 possible ({})", error.reason));
             let text = String::from_utf8(response).unwrap();
             assert!(text.starts_with("SIP/2.0 400 Bad Request\r\n"), "{name}");
-            assert!(text.contains("\r\nWarning: 399 switchboard \""), "{name}: 400 says why");
-            assert!(text.contains("\r\nCall-ID: torture-"), "{name}: 400 carries the Call-ID");
+            assert!(
+                text.contains("\r\nWarning: 399 switchboard \""),
+                "{name}: 400 says why"
+            );
+            assert!(
+                text.contains("\r\nCall-ID: torture-"),
+                "{name}: 400 carries the Call-ID"
+            );
         } else {
-            assert!(response.is_none(), "{name} must not be answered ({})", error.reason);
+            assert!(
+                response.is_none(),
+                "{name} must not be answered ({})",
+                error.reason
+            );
         }
     }
 }

@@ -20,7 +20,11 @@ pub fn speech_like(samples: usize) -> Vec<i16> {
 
 /// Best normalised cross-correlation of `sent` found in `received`, and the
 /// lag (in samples) where it peaks; only lags in `lags` are tried.
-pub fn best_correlation(sent: &[i16], received: &[i16], lags: std::ops::Range<usize>) -> (f64, usize) {
+pub fn best_correlation(
+    sent: &[i16],
+    received: &[i16],
+    lags: std::ops::Range<usize>,
+) -> (f64, usize) {
     let mut best = (0.0f64, 0usize);
     let window = sent.len().min(8000);
     let sent = &sent[..window];
@@ -34,7 +38,11 @@ pub fn best_correlation(sent: &[i16], received: &[i16], lags: std::ops::Range<us
         if energy == 0.0 || sent_energy == 0.0 {
             continue;
         }
-        let dot: f64 = sent.iter().zip(part).map(|(a, b)| *a as f64 * *b as f64).sum();
+        let dot: f64 = sent
+            .iter()
+            .zip(part)
+            .map(|(a, b)| *a as f64 * *b as f64)
+            .sum();
         let score = dot / (sent_energy * energy).sqrt();
         if score > best.0 {
             best = (score, lag);

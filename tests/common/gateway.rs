@@ -151,7 +151,10 @@ impl GatewayProcess {
                 return line;
             }
             if Instant::now() > deadline {
-                panic!("no log line with {needles:?} in:\n{}", self.logs().join("\n"));
+                panic!(
+                    "no log line with {needles:?} in:\n{}",
+                    self.logs().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -177,7 +180,10 @@ impl GatewayProcess {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("gateway did not stop on SIGTERM:\n{}", self.logs().join("\n"));
+                panic!(
+                    "gateway did not stop on SIGTERM:\n{}",
+                    self.logs().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -29,7 +29,9 @@ pub struct Received {
 impl RtpPeer {
     pub fn bind() -> RtpPeer {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
-        socket.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let reader = {
@@ -37,7 +39,9 @@ impl RtpPeer {
             std::thread::spawn(move || {
                 let mut buf = [0u8; 2048];
                 while !stop.load(Ordering::Relaxed) {
-                    let Ok((len, from)) = socket.recv_from(&mut buf) else { continue };
+                    let Ok((len, from)) = socket.recv_from(&mut buf) else {
+                        continue;
+                    };
                     if len < 12 || buf[0] >> 6 != 2 {
                         continue;
                     }

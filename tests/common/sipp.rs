@@ -28,7 +28,11 @@ pub fn sdp_offer(rtp_port: u16, formats: &[(u8, &str)]) -> String {
     sdp
 }
 
-pub const G711_OFFER: &[(u8, &str)] = &[(0, "PCMU/8000"), (8, "PCMA/8000"), (101, "telephone-event/8000")];
+pub const G711_OFFER: &[(u8, &str)] = &[
+    (0, "PCMU/8000"),
+    (8, "PCMA/8000"),
+    (101, "telephone-event/8000"),
+];
 
 fn invite(dialed: &str, sdp: &str) -> String {
     format!(
@@ -160,7 +164,14 @@ pub fn rejected(dialed: &str, sdp: &str, status: u16) -> String {
 }
 
 /// Runs one call of `scenario` against `target`; returns sipp's output.
-pub fn run(dir: &Path, name: &str, scenario: &str, target: SocketAddr, transport: SipTransport, source_ip: &str) -> Output {
+pub fn run(
+    dir: &Path,
+    name: &str,
+    scenario: &str,
+    target: SocketAddr,
+    transport: SipTransport,
+    source_ip: &str,
+) -> Output {
     let path = dir.join(format!("{name}.xml"));
     std::fs::write(&path, scenario).unwrap();
     let mut command = Command::new("sipp");
@@ -170,14 +181,23 @@ pub fn run(dir: &Path, name: &str, scenario: &str, target: SocketAddr, transport
         .arg("-sf")
         .arg(&path)
         .args(["-m", "1", "-l", "1", "-i", source_ip])
-        .args(["-timeout", "40s", "-timeout_error", "-nostdin", "-trace_err", "-trace_msg"])
+        .args([
+            "-timeout",
+            "40s",
+            "-timeout_error",
+            "-nostdin",
+            "-trace_err",
+            "-trace_msg",
+        ])
         .args(["-s", "echo"])
         .arg("-t")
         .arg(match transport {
             SipTransport::Udp => "u1",
             SipTransport::Tcp => "t1",
         });
-    command.output().expect("running sipp (Debian package sip-tester)")
+    command
+        .output()
+        .expect("running sipp (Debian package sip-tester)")
 }
 
 pub fn assert_success(output: &Output, dir: &Path) {

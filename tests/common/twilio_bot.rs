@@ -15,7 +15,10 @@ use tokio_tungstenite::tungstenite::Message;
 /// Something the test wants the bot to send.
 pub enum BotCommand {
     /// μ-law bytes, sent as `media` events in chunks of `chunk` bytes.
-    Media { ulaw: Vec<u8>, chunk: usize },
+    Media {
+        ulaw: Vec<u8>,
+        chunk: usize,
+    },
     Mark(String),
     Clear,
     /// Close the WebSocket (the bot hangs up).
@@ -122,7 +125,12 @@ impl TwilioBot {
     }
 
     /// Waits for an event of `kind` satisfying `check`; returns when it arrived.
-    pub fn wait_event(&self, kind: &str, check: impl Fn(&Value) -> bool, timeout: Duration) -> (Instant, Value) {
+    pub fn wait_event(
+        &self,
+        kind: &str,
+        check: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> (Instant, Value) {
         let deadline = Instant::now() + timeout;
         loop {
             {
@@ -136,7 +144,14 @@ impl TwilioBot {
                 }
             }
             if Instant::now() > deadline {
-                let kinds: Vec<String> = self.log.lock().unwrap().events.iter().map(|(_, v)| v["event"].to_string()).collect();
+                let kinds: Vec<String> = self
+                    .log
+                    .lock()
+                    .unwrap()
+                    .events
+                    .iter()
+                    .map(|(_, v)| v["event"].to_string())
+                    .collect();
                 panic!("bot never got a `{kind}` event; got {kinds:?}");
             }
             std::thread::sleep(Duration::from_millis(10));

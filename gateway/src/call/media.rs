@@ -55,7 +55,11 @@ pub struct Tick {
 }
 
 impl MediaPipeline {
-    pub fn new(negotiated: &Negotiated, bot_rate: u32, jitter_depth_ms: u32) -> Result<Self, String> {
+    pub fn new(
+        negotiated: &Negotiated,
+        bot_rate: u32,
+        jitter_depth_ms: u32,
+    ) -> Result<Self, String> {
         let jitter = JitterBuffer::new(JitterConfig {
             clock_rate: 8000,
             samples_per_packet: FRAME as u32,
@@ -110,7 +114,10 @@ impl MediaPipeline {
             self.remote = Some(from);
             self.learned_remote = true;
         }
-        if !matches!(self.jitter.push(&packet, now), PushOutcome::Accepted | PushOutcome::Reset) {
+        if !matches!(
+            self.jitter.push(&packet, now),
+            PushOutcome::Accepted | PushOutcome::Reset
+        ) {
             self.counters.ignored_in += 1;
         }
     }
@@ -164,7 +171,10 @@ impl MediaPipeline {
     /// Bot audio at the bot's rate, any length.
     pub fn push_bot_audio(&mut self, frame: &AudioFrame) {
         let pacer = &mut self.pacer;
-        self.from_bot.process_any(frame.samples(), &mut |chunk: &[i16]| pacer.push_audio(chunk));
+        self.from_bot
+            .process_any(frame.samples(), &mut |chunk: &[i16]| {
+                pacer.push_audio(chunk)
+            });
     }
 
     pub fn clear(&mut self) {

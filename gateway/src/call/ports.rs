@@ -66,7 +66,10 @@ mod tests {
             assert!(port % 2 == 0 && (41002..=41010).contains(&port), "{port}");
             held.push(socket);
         }
-        assert!(ports.bind(ip).is_err(), "range of 5 even ports is exhausted");
+        assert!(
+            ports.bind(ip).is_err(),
+            "range of 5 even ports is exhausted"
+        );
         held.pop();
         assert!(ports.bind(ip).is_ok(), "a dropped socket frees its port");
     }

@@ -51,7 +51,12 @@ pub async fn run_call(setup: CallSetup) {
         .invite
         .from()
         .ok()
-        .map(|from| from.uri.user.clone().unwrap_or_else(|| from.uri.to_string()))
+        .map(|from| {
+            from.uri
+                .user
+                .clone()
+                .unwrap_or_else(|| from.uri.to_string())
+        })
         .unwrap_or_default();
     let span = tracing::info_span!(
         "call",
@@ -140,7 +145,11 @@ impl Call {
             }
         };
 
-        let mut pipeline = match MediaPipeline::new(&negotiated, session.audio_format.sample_rate, call.setup.media.jitter_depth_ms) {
+        let mut pipeline = match MediaPipeline::new(
+            &negotiated,
+            session.audio_format.sample_rate,
+            call.setup.media.jitter_depth_ms,
+        ) {
             Ok(pipeline) => pipeline,
             Err(error) => {
                 tracing::error!(%error, "media pipeline could not start: 500");
@@ -148,7 +157,14 @@ impl Call {
                 return format!("rejected 500 ({error})");
             }
         };
-        let answer = build_answer(&offer, &negotiated, media_ip, rtp_port, rand::random::<u32>() as u64, 1);
+        let answer = build_answer(
+            &offer,
+            &negotiated,
+            media_ip,
+            rtp_port,
+            rand::random::<u32>() as u64,
+            1,
+        );
         let mut dialog = match Dialog::new_uas(&call.setup.invite, call.local_tag.clone()) {
             Ok(dialog) => dialog,
             Err(error) => {
@@ -158,10 +174,22 @@ impl Call {
             }
         };
         call.answer(&answer).await;
-        tracing::info!(codec = negotiated.codec.name(), rtp_port, bot_rate = session.audio_format.sample_rate, "answered");
+        tracing::info!(
+            codec = negotiated.codec.name(),
+            rtp_port,
+            bot_rate = session.audio_format.sample_rate,
+            "answered"
+        );
 
         let ending = call
-            .media_loop(&mut dialog, &mut pipeline, socket, session, &offer, negotiated, &answer)
+            .media_loop(
+                &mut dialog,
+                &mut pipeline,
+                socket,
+                session,
+                negotiated,
+                &answer,
+            )
             .await;
         let counters = pipeline.counters();
         let jitter = pipeline.jitter_stats();
@@ -180,7 +208,10 @@ impl Call {
     }
 
     fn media_ip(&self) -> IpAddr {
-        self.setup.media.public_ip.unwrap_or(self.setup.local_sip.ip())
+        self.setup
+            .media
+            .public_ip
+            .unwrap_or(self.setup.local_sip.ip())
     }
 
     /// Opens the bot while watching for the caller giving up.
@@ -212,7 +243,6 @@ impl Call {
         pipeline: &mut MediaPipeline,
         socket: UdpSocket,
         mut session: BotSession,
-        offer: &SessionOffer,
         negotiated: Negotiated,
         answer: &str,
     ) -> String {
@@ -222,7 +252,6 @@ impl Call {
         let mut rtp_out = [0u8; 512];
         let answered_at = Instant::now();
         let rtp_timeout = self.setup.media.rtp_timeout;
-        let _ = offer;
         let mut session_version = 1u64;
         let reason = loop {
             tokio::select! {
@@ -343,10 +372,20 @@ impl Call {
             SocketAddr::V4(addr) => addr.to_string(),
             SocketAddr::V6(addr) => format!("[{}]:{}", addr.ip(), addr.port()),
         };
-        let bye = dialog.create_request(Method::Bye, &sent_by, &self.setup.peer.transport.to_string(), &self.contact);
+        let bye = dialog.create_request(
+            Method::Bye,
+            &sent_by,
+            &self.setup.peer.transport.to_string(),
+            &self.contact,
+        );
         let call_id = self.setup.call_id.clone();
         let peer = self.setup.peer;
-        self.send(EndpointCommand::SendRequest { call_id, request: bye, peer }).await;
+        self.send(EndpointCommand::SendRequest {
+            call_id,
+            request: bye,
+            peer,
+        })
+        .await;
         let deadline = Instant::now() + BYE_WAIT;
         loop {
             tokio::select! {
@@ -369,17 +408,34 @@ impl Call {
     }
 
     async fn reject(&mut self, status: u16) {
-        let response = response_for(&self.setup.invite, status, default_reason(status), Some(&self.local_tag));
-        self.send(EndpointCommand::Respond { tx: self.setup.tx, response }).await;
+        let response = response_for(
+            &self.setup.invite,
+            status,
+            default_reason(status),
+            Some(&self.local_tag),
+        );
+        self.send(EndpointCommand::Respond {
+            tx: self.setup.tx,
+            response,
+        })
+        .await;
     }
 
     async fn answer(&mut self, sdp: &str) {
         let mut response = response_for(&self.setup.invite, 200, "OK", Some(&self.local_tag));
-        response.headers.push("Contact", &format!("<{}>", self.contact));
-        response.headers.push("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE");
+        response
+            .headers
+            .push("Contact", &format!("<{}>", self.contact));
+        response
+            .headers
+            .push("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, UPDATE");
         response.headers.push("Content-Type", "application/sdp");
         response.body = sdp.as_bytes().to_vec();
-        self.send(EndpointCommand::Respond { tx: self.setup.tx, response }).await;
+        self.send(EndpointCommand::Respond {
+            tx: self.setup.tx,
+            response,
+        })
+        .await;
     }
 
     async fn send(&self, command: EndpointCommand) {
@@ -394,8 +450,14 @@ fn contact_uri(setup: &CallSetup) -> SipUri {
         Transport::Tcp => "tcp",
     };
     let text = match host {
-        IpAddr::V4(ip) => format!("sip:switchboard@{ip}:{};transport={transport}", setup.local_sip.port()),
-        IpAddr::V6(ip) => format!("sip:switchboard@[{ip}]:{};transport={transport}", setup.local_sip.port()),
+        IpAddr::V4(ip) => format!(
+            "sip:switchboard@{ip}:{};transport={transport}",
+            setup.local_sip.port()
+        ),
+        IpAddr::V6(ip) => format!(
+            "sip:switchboard@[{ip}]:{};transport={transport}",
+            setup.local_sip.port()
+        ),
     };
     SipUri::parse(&text).expect("a contact built from an IP and port parses")
 }

@@ -62,7 +62,12 @@ impl Dialog {
             local_uri: to,
             remote_uri: from,
             remote_target,
-            route_set: invite.headers.get_all_split("Record-Route").into_iter().map(str::to_string).collect(),
+            route_set: invite
+                .headers
+                .get_all_split("Record-Route")
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
             local_cseq: 1,
             remote_cseq: Some(invite.cseq()?.0),
             state: DialogState::Confirmed,
@@ -94,7 +99,11 @@ impl Dialog {
             route_set,
             local_cseq: invite.cseq()?.0,
             remote_cseq: None,
-            state: if response.status < 300 { DialogState::Confirmed } else { DialogState::Early },
+            state: if response.status < 300 {
+                DialogState::Confirmed
+            } else {
+                DialogState::Early
+            },
         })
     }
 
@@ -108,10 +117,21 @@ impl Dialog {
 
     /// Whether `request` is inside this dialog (Call-ID and both tags).
     pub fn matches(&self, request: &Request) -> bool {
-        let call_id = request.call_id().map(|id| id == self.call_id).unwrap_or(false);
-        let to_tag = request.to().ok().and_then(|to| to.tag().map(str::to_string));
-        let from_tag = request.from().ok().and_then(|from| from.tag().map(str::to_string));
-        call_id && to_tag.as_deref() == Some(&self.local_tag) && from_tag.as_deref() == Some(&self.remote_tag)
+        let call_id = request
+            .call_id()
+            .map(|id| id == self.call_id)
+            .unwrap_or(false);
+        let to_tag = request
+            .to()
+            .ok()
+            .and_then(|to| to.tag().map(str::to_string));
+        let from_tag = request
+            .from()
+            .ok()
+            .and_then(|from| from.tag().map(str::to_string));
+        call_id
+            && to_tag.as_deref() == Some(&self.local_tag)
+            && from_tag.as_deref() == Some(&self.remote_tag)
     }
 
     /// Checks an in-dialog request and updates the dialog from it (§12.2.2).
@@ -141,7 +161,13 @@ impl Dialog {
 
     /// A new request in this dialog (§12.2.1.1). `sent_by` is our
     /// `host:port` for the Via, `transport` its protocol (UDP/TCP).
-    pub fn create_request(&mut self, method: Method, sent_by: &str, transport: &str, local_contact: &SipUri) -> Request {
+    pub fn create_request(
+        &mut self,
+        method: Method,
+        sent_by: &str,
+        transport: &str,
+        local_contact: &SipUri,
+    ) -> Request {
         if method != Method::Ack && method != Method::Cancel {
             self.local_cseq += 1;
         }
@@ -153,7 +179,9 @@ impl Dialog {
         let (uri, routes) = if strict {
             // Strict routing (RFC 2543): the first route becomes the
             // Request-URI and the remote target goes last.
-            let first = NameAddr::parse(&self.route_set[0]).map(|r| r.uri).unwrap_or_else(|_| self.remote_target.clone());
+            let first = NameAddr::parse(&self.route_set[0])
+                .map(|r| r.uri)
+                .unwrap_or_else(|_| self.remote_target.clone());
             let mut routes: Vec<String> = self.route_set[1..].to_vec();
             routes.push(format!("<{}>", self.remote_target));
             (first, routes)
@@ -168,7 +196,11 @@ impl Dialog {
         };
         request.headers.push(
             "Via",
-            &format!("SIP/2.0/{} {sent_by};branch={};rport", transport.to_ascii_uppercase(), new_branch()),
+            &format!(
+                "SIP/2.0/{} {sent_by};branch={};rport",
+                transport.to_ascii_uppercase(),
+                new_branch()
+            ),
         );
         request.headers.push("Max-Forwards", "70");
         for route in routes {
@@ -177,8 +209,12 @@ impl Dialog {
         request.headers.push("From", &self.local_uri.to_string());
         request.headers.push("To", &self.remote_uri.to_string());
         request.headers.push("Call-ID", &self.call_id);
-        request.headers.push("CSeq", &format!("{} {method}", self.local_cseq));
-        request.headers.push("Contact", &format!("<{local_contact}>"));
+        request
+            .headers
+            .push("CSeq", &format!("{} {method}", self.local_cseq));
+        request
+            .headers
+            .push("Contact", &format!("<{local_contact}>"));
         request
     }
 }
@@ -203,7 +239,10 @@ mod tests {
         let contact = SipUri::parse("sip:switchboard@10.0.0.1:5060").unwrap();
         let bye = dialog.create_request(Method::Bye, "10.0.0.1:5060", "udp", &contact);
         assert_eq!(bye.uri.to_string(), "sip:alice@10.0.0.9:5060");
-        assert_eq!(bye.headers.get_all("Route").collect::<Vec<_>>(), vec!["<sip:p1.example.com;lr>", "<sip:p2.example.com;lr>"]);
+        assert_eq!(
+            bye.headers.get_all("Route").collect::<Vec<_>>(),
+            vec!["<sip:p1.example.com;lr>", "<sip:p2.example.com;lr>"]
+        );
         assert_eq!(bye.from().unwrap().tag(), Some("ours"));
         assert_eq!(bye.to().unwrap().tag(), Some("from1"));
         assert_eq!(bye.cseq().unwrap(), (2, Method::Bye));
@@ -219,14 +258,22 @@ mod tests {
         let mut reinvite = invite();
         reinvite.headers.set("To", "<sip:100@10.0.0.1>;tag=ours");
         reinvite.headers.set("CSeq", "11 INVITE");
-        reinvite.headers.set("Contact", "<sip:alice@10.0.0.77:5060>");
+        reinvite
+            .headers
+            .set("Contact", "<sip:alice@10.0.0.77:5060>");
         dialog.handle_request(&reinvite).unwrap();
         assert_eq!(dialog.remote_target.to_string(), "sip:alice@10.0.0.77:5060");
         let mut old = reinvite.clone();
         old.headers.set("CSeq", "5 INVITE");
-        assert!(matches!(dialog.handle_request(&old), Err(DialogError::CSeqOutOfOrder { .. })));
+        assert!(matches!(
+            dialog.handle_request(&old),
+            Err(DialogError::CSeqOutOfOrder { .. })
+        ));
         let mut stranger = reinvite;
         stranger.headers.set("To", "<sip:100@10.0.0.1>;tag=other");
-        assert_eq!(dialog.handle_request(&stranger), Err(DialogError::NotThisDialog));
+        assert_eq!(
+            dialog.handle_request(&stranger),
+            Err(DialogError::NotThisDialog)
+        );
     }
 }

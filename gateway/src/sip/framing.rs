@@ -17,7 +17,7 @@ pub const MAX_MESSAGE: usize = 64 * 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParseError {
     pub reason: String,
-    pub partial: Option<PartialRequest>,
+    pub partial: Option<Box<PartialRequest>>,
 }
 
 /// Raw header values salvaged from a request that failed to parse.
@@ -119,16 +119,25 @@ fn parse_parts(head: &str, body: &[u8]) -> Result<SipMessage, SipError> {
         }
         unfolded.push(line.to_string());
         if unfolded.len() > MAX_HEADERS {
-            return Err(SipError::new(format!("more than {MAX_HEADERS} header lines")));
+            return Err(SipError::new(format!(
+                "more than {MAX_HEADERS} header lines"
+            )));
         }
     }
     for line in &unfolded {
-        let (name, value) = line
-            .split_once(':')
-            .ok_or_else(|| SipError::new(format!("header line without a colon: `{}`", truncate(line))))?;
+        let (name, value) = line.split_once(':').ok_or_else(|| {
+            SipError::new(format!("header line without a colon: `{}`", truncate(line)))
+        })?;
         let name = name.trim();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c)) {
-            return Err(SipError::new(format!("invalid header name `{}`", truncate(name))));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c))
+        {
+            return Err(SipError::new(format!(
+                "invalid header name `{}`",
+                truncate(name)
+            )));
         }
         headers.push(name, value.trim());
     }
@@ -160,13 +169,19 @@ fn parse_parts(head: &str, body: &[u8]) -> Result<SipMessage, SipError> {
         return Ok(SipMessage::Response(response));
     }
     if first.starts_with("SIP/") {
-        return Err(SipError::new(format!("unsupported SIP version `{}`", truncate(first))));
+        return Err(SipError::new(format!(
+            "unsupported SIP version `{}`",
+            truncate(first)
+        )));
     }
     let method: Method = first.parse()?;
     let uri_text = words.next().unwrap_or("");
     let version = words.next().unwrap_or("");
     if version != "SIP/2.0" {
-        return Err(SipError::new(format!("unsupported SIP version `{}`", truncate(version))));
+        return Err(SipError::new(format!(
+            "unsupported SIP version `{}`",
+            truncate(version)
+        )));
     }
     let uri = SipUri::parse(uri_text)?;
     let request = Request {
@@ -231,7 +246,7 @@ fn truncate(text: &str) -> &str {
 }
 
 /// Pulls out what a 400 needs from a message too broken to parse.
-fn salvage(bytes: &[u8]) -> Option<PartialRequest> {
+fn salvage(bytes: &[u8]) -> Option<Box<PartialRequest>> {
     let head_len = header_end(bytes).unwrap_or(bytes.len()).min(MAX_MESSAGE);
     let head = String::from_utf8_lossy(&bytes[..head_len]);
     let lines = lines(&head);
@@ -244,7 +259,9 @@ fn salvage(bytes: &[u8]) -> Option<PartialRequest> {
         ..PartialRequest::default()
     };
     for line in lines.iter().skip(1).take(MAX_HEADERS) {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let value = value.trim();
         if value.is_empty() || value.len() > 1024 || value.contains('\0') {
             continue;
@@ -258,14 +275,17 @@ fn salvage(bytes: &[u8]) -> Option<PartialRequest> {
             _ => {}
         }
     }
-    Some(partial)
+    Some(Box::new(partial))
 }
 
 /// A stateless `400 Bad Request` for a broken request, when there is enough
 /// of it to address one. Never for an ACK (RFC 3261 §17.2.1 forbids answering it).
 pub fn bad_request(partial: &PartialRequest, reason: &str) -> Option<Vec<u8>> {
     let is_ack = partial.method.as_deref() == Some("ACK")
-        || partial.cseq.as_deref().is_some_and(|cseq| cseq.trim_end().ends_with("ACK"));
+        || partial
+            .cseq
+            .as_deref()
+            .is_some_and(|cseq| cseq.trim_end().ends_with("ACK"));
     if is_ack || partial.vias.is_empty() {
         return None;
     }
@@ -333,7 +353,9 @@ impl StreamDecoder {
             match self.buffer.first() {
                 Some(b'\r') | Some(b'\n') => {
                     // A lone CRLF may be the first half of a ping.
-                    if self.buffer.len() < 4 && self.buffer.iter().all(|b| *b == b'\r' || *b == b'\n') {
+                    if self.buffer.len() < 4
+                        && self.buffer.iter().all(|b| *b == b'\r' || *b == b'\n')
+                    {
                         return None;
                     }
                     self.buffer.remove(0);
@@ -363,7 +385,10 @@ impl StreamDecoder {
                         Ok(parsed) => length = Some(parsed),
                         Err(_) => {
                             let error = ParseError {
-                                reason: format!("invalid Content-Length `{}` on a stream", truncate(value.trim())),
+                                reason: format!(
+                                    "invalid Content-Length `{}` on a stream",
+                                    truncate(value.trim())
+                                ),
                                 partial: salvage(&self.buffer[..head_len]),
                             };
                             self.buffer.clear();
@@ -402,7 +427,9 @@ mod tests {
     #[test]
     fn parses_lf_only_folded_compact() {
         let text = "OPTIONS sip:100@127.0.0.1 SIP/2.0\nv: SIP/2.0/UDP\n 127.0.0.1;branch=z9hG4bK2\nf: <sip:a@b>;tag=1\nt: <sip:c@d>\ni: x\nCSeq: 7 OPTIONS\n\n";
-        let SipMessage::Request(request) = parse_message(text.as_bytes()).unwrap() else { panic!() };
+        let SipMessage::Request(request) = parse_message(text.as_bytes()).unwrap() else {
+            panic!()
+        };
         assert_eq!(request.call_id().unwrap(), "x");
         assert_eq!(request.top_via().unwrap().branch(), Some("z9hG4bK2"));
     }
@@ -415,7 +442,9 @@ mod tests {
         let negative = INVITE.replace("Content-Length: 4", "Content-Length: -4");
         assert!(parse_message(negative.as_bytes()).is_err());
         let long = INVITE.replace("Content-Length: 4", "Content-Length: 2");
-        let SipMessage::Request(request) = parse_message(long.as_bytes()).unwrap() else { panic!() };
+        let SipMessage::Request(request) = parse_message(long.as_bytes()).unwrap() else {
+            panic!()
+        };
         assert_eq!(request.body, b"bo");
     }
 
@@ -427,9 +456,15 @@ mod tests {
         let text = String::from_utf8(response).unwrap();
         assert!(text.starts_with("SIP/2.0 400 Bad Request\r\n"));
         assert!(text.contains("Call-ID: c1\r\n") && text.contains("tag="));
-        let ack = broken.replace("INVITE sip", "ACK sip").replace("1 BYE", "1 ACK2");
+        let ack = broken
+            .replace("INVITE sip", "ACK sip")
+            .replace("1 BYE", "1 ACK2");
         let error = parse_message(ack.as_bytes()).unwrap_err();
-        assert!(error.partial.as_ref().and_then(|p| bad_request(p, "x")).is_none());
+        assert!(error
+            .partial
+            .as_ref()
+            .and_then(|p| bad_request(p, "x"))
+            .is_none());
     }
 
     #[test]

@@ -90,7 +90,11 @@ impl Headers {
 
     /// Replaces every value of `name` with one, keeping the first position.
     pub fn set(&mut self, name: &str, value: &str) {
-        match self.0.iter().position(|(key, _)| key.eq_ignore_ascii_case(name)) {
+        match self
+            .0
+            .iter()
+            .position(|(key, _)| key.eq_ignore_ascii_case(name))
+        {
             Some(index) => {
                 self.0[index].1 = value.to_string();
                 let mut seen = 0;
@@ -125,7 +129,9 @@ impl Headers {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(key, value)| (key.as_str(), value.as_str()))
+        self.0
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_str()))
     }
 
     pub fn len(&self) -> usize {
@@ -152,7 +158,10 @@ mod tests {
     #[test]
     fn list_values_split_outside_quotes() {
         let mut headers = Headers::new();
-        headers.push("v", "SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2");
+        headers.push(
+            "v",
+            "SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2",
+        );
         headers.push("Via", "SIP/2.0/TCP c;branch=z9hG4bK3");
         assert_eq!(headers.get_all_split("via").len(), 3);
         headers.set("Via", "only");

@@ -5,7 +5,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use super::headers::Headers;
-use super::uri::{find_param, parse_params, split_host_port, write_params, Host, NameAddr, Params, SipUri};
+use super::uri::{
+    find_param, parse_params, split_host_port, write_params, Host, NameAddr, Params, SipUri,
+};
 use super::SipError;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -49,9 +51,9 @@ impl FromStr for Method {
             other => {
                 // RFC 3261 token characters; methods are case-sensitive.
                 let token = !other.is_empty()
-                    && other.chars().all(|c| {
-                        c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c)
-                    });
+                    && other
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-.!%*_+`'~".contains(c));
                 if !token {
                     return Err(SipError::new(format!("invalid method `{other}`")));
                 }
@@ -128,7 +130,11 @@ impl Via {
     }
 
     pub fn set_param(&mut self, name: &str, value: Option<String>) {
-        match self.params.iter_mut().find(|(key, _)| key.eq_ignore_ascii_case(name)) {
+        match self
+            .params
+            .iter_mut()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+        {
             Some(entry) => entry.1 = value,
             None => self.params.push((name.to_string(), value)),
         }
@@ -185,7 +191,10 @@ pub trait HeaderAccess {
     }
 
     fn cseq(&self) -> Result<(u32, Method), SipError> {
-        let value = self.headers().get("CSeq").ok_or_else(|| SipError::new("missing CSeq"))?;
+        let value = self
+            .headers()
+            .get("CSeq")
+            .ok_or_else(|| SipError::new("missing CSeq"))?;
         let mut parts = value.split_whitespace();
         let number = parts
             .next()
@@ -203,11 +212,19 @@ pub trait HeaderAccess {
     }
 
     fn from(&self) -> Result<NameAddr, SipError> {
-        NameAddr::parse(self.headers().get("From").ok_or_else(|| SipError::new("missing From"))?)
+        NameAddr::parse(
+            self.headers()
+                .get("From")
+                .ok_or_else(|| SipError::new("missing From"))?,
+        )
     }
 
     fn to(&self) -> Result<NameAddr, SipError> {
-        NameAddr::parse(self.headers().get("To").ok_or_else(|| SipError::new("missing To"))?)
+        NameAddr::parse(
+            self.headers()
+                .get("To")
+                .ok_or_else(|| SipError::new("missing To"))?,
+        )
     }
 
     fn top_via(&self) -> Result<Via, SipError> {
@@ -217,7 +234,9 @@ pub trait HeaderAccess {
 
     fn contact(&self) -> Option<NameAddr> {
         let contacts = self.headers().get_all_split("Contact");
-        contacts.first().and_then(|value| NameAddr::parse(value).ok())
+        contacts
+            .first()
+            .and_then(|value| NameAddr::parse(value).ok())
     }
 
     fn content_type(&self) -> Option<&str> {
@@ -258,7 +277,9 @@ impl Request {
     }
 
     pub fn max_forwards(&self) -> Option<u32> {
-        self.headers.get("Max-Forwards").and_then(|v| v.trim().parse().ok())
+        self.headers
+            .get("Max-Forwards")
+            .and_then(|v| v.trim().parse().ok())
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -350,14 +371,20 @@ mod tests {
         assert_eq!(via.transport, "UDP");
         assert_eq!(via.branch(), Some("z9hG4bKabc"));
         assert_eq!(via.param("rport"), Some(None));
-        assert_eq!(via.to_string(), "SIP/2.0/UDP [2001:db8::9]:5070;branch=z9hG4bKabc;rport");
+        assert_eq!(
+            via.to_string(),
+            "SIP/2.0/UDP [2001:db8::9]:5070;branch=z9hG4bKabc;rport"
+        );
         assert!(Via::parse("SIP/3.0/UDP host").is_err());
     }
 
     #[test]
     fn methods_parse_case_sensitively() {
         assert_eq!("INVITE".parse::<Method>().unwrap(), Method::Invite);
-        assert_eq!("invite".parse::<Method>().unwrap(), Method::Other("invite".into()));
+        assert_eq!(
+            "invite".parse::<Method>().unwrap(),
+            Method::Other("invite".into())
+        );
         assert!("IN VITE".parse::<Method>().is_err());
     }
 }

@@ -8,7 +8,12 @@ use super::uri::NameAddr;
 
 /// A response to `request`: Vias, From, Call-ID and CSeq copied, To given
 /// our tag unless it has one (or this is a 100, which carries none).
-pub fn response_for(request: &Request, status: u16, reason: &str, to_tag: Option<&str>) -> Response {
+pub fn response_for(
+    request: &Request,
+    status: u16,
+    reason: &str,
+    to_tag: Option<&str>,
+) -> Response {
     let mut response = Response {
         status,
         reason: reason.to_string(),

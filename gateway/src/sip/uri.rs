@@ -105,7 +105,9 @@ pub fn parse_params(text: &str) -> Result<Params, SipError> {
             None => (piece, None),
         };
         if name.is_empty() {
-            return Err(SipError::new(format!("parameter without a name in `{text}`")));
+            return Err(SipError::new(format!(
+                "parameter without a name in `{text}`"
+            )));
         }
         params.push((name.to_string(), value));
     }
@@ -333,7 +335,11 @@ impl NameAddr {
             });
             let uri = SipUri::parse(&after_display[open + 1..close])?;
             let params = parse_params(&after_display[close + 1..])?;
-            return Ok(NameAddr { display, uri, params });
+            return Ok(NameAddr {
+                display,
+                uri,
+                params,
+            });
         }
         if display.is_some() {
             return Err(SipError::new("display name without <uri>"));
@@ -351,7 +357,8 @@ impl NameAddr {
     }
 
     pub fn set_tag(&mut self, tag: &str) {
-        self.params.retain(|(name, _)| !name.eq_ignore_ascii_case("tag"));
+        self.params
+            .retain(|(name, _)| !name.eq_ignore_ascii_case("tag"));
         self.params.push(("tag".into(), Some(tag.to_string())));
     }
 }
@@ -376,7 +383,10 @@ mod tests {
         assert_eq!(uri.host, Host::Ip("2001:db8::1".parse().unwrap()));
         assert_eq!(uri.port, Some(5070));
         assert_eq!(uri.transport(), Some("tcp"));
-        assert_eq!(uri.to_string(), "sip:alice@[2001:db8::1]:5070;transport=tcp");
+        assert_eq!(
+            uri.to_string(),
+            "sip:alice@[2001:db8::1]:5070;transport=tcp"
+        );
     }
 
     #[test]
@@ -388,19 +398,32 @@ mod tests {
         assert_eq!(uri.headers, vec![("X-A".to_string(), "1".to_string())]);
         let uri = SipUri::parse("sip:bob:secret@10.0.0.1").unwrap();
         assert_eq!(uri.password.as_deref(), Some("secret"));
-        assert_eq!(SipUri::parse("tel:+15551234").unwrap().user.as_deref(), Some("+15551234"));
+        assert_eq!(
+            SipUri::parse("tel:+15551234").unwrap().user.as_deref(),
+            Some("+15551234")
+        );
     }
 
     #[test]
     fn rejects_bad_uris() {
-        for bad in ["", "sip:", "http://x", "sip:a b@c", "sip:@host", "sip:a@[::1", "sip:a@host:99999", "sip:a@ho<st"] {
+        for bad in [
+            "",
+            "sip:",
+            "http://x",
+            "sip:a b@c",
+            "sip:@host",
+            "sip:a@[::1",
+            "sip:a@host:99999",
+            "sip:a@ho<st",
+        ] {
             assert!(SipUri::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn name_addr_forms() {
-        let addr = NameAddr::parse("\"Bob \\\"B\\\"\" <sip:bob@example.com;transport=udp>;tag=abc").unwrap();
+        let addr = NameAddr::parse("\"Bob \\\"B\\\"\" <sip:bob@example.com;transport=udp>;tag=abc")
+            .unwrap();
         assert_eq!(addr.display.as_deref(), Some("Bob \\\"B\\\""));
         assert_eq!(addr.tag(), Some("abc"));
         assert_eq!(addr.uri.transport(), Some("udp"));

@@ -50,7 +50,11 @@ impl Transports {
                 Transport::Udp => {
                     let socket = Arc::new(udp::bind(entry.addr)?);
                     local.push((Transport::Udp, socket.local_addr()?));
-                    tokio::spawn(udp::read_loop(socket.clone(), inbound.clone(), shutdown.clone()));
+                    tokio::spawn(udp::read_loop(
+                        socket.clone(),
+                        inbound.clone(),
+                        shutdown.clone(),
+                    ));
                     udp.push(socket);
                 }
                 Transport::Tcp => {
@@ -80,12 +84,7 @@ impl Transports {
             .filter(|(transport, _)| *transport == peer.transport)
             .map(|(_, addr)| *addr)
             .find(same_family)
-            .or_else(|| {
-                self.local
-                    .iter()
-                    .map(|(_, addr)| *addr)
-                    .find(same_family)
-            })
+            .or_else(|| self.local.iter().map(|(_, addr)| *addr).find(same_family))
     }
 
     /// Sends without waiting: a full socket buffer or a vanished TCP

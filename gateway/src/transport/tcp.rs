@@ -40,7 +40,9 @@ impl TcpConnections {
                     self.writers.lock().unwrap().remove(&peer);
                 }
             }
-            None => tracing::warn!(%peer, "no TCP connection to this peer any more; message dropped"),
+            None => {
+                tracing::warn!(%peer, "no TCP connection to this peer any more; message dropped")
+            }
         }
     }
 
@@ -148,13 +150,21 @@ async fn serve(
                 }
                 StreamItem::Malformed(error) => {
                     tracing::warn!(%peer, transport = "tcp", reason = %error.reason, "malformed SIP message");
-                    if let Some(response) = error.partial.as_ref().and_then(|p| bad_request(p, &error.reason)) {
+                    if let Some(response) = error
+                        .partial
+                        .as_ref()
+                        .and_then(|p| bad_request(p, &error.reason))
+                    {
                         let _ = queue.try_send(response);
                     }
                 }
                 StreamItem::Fatal(error) => {
                     tracing::warn!(%peer, transport = "tcp", reason = %error.reason, "malformed SIP message; framing lost, closing connection");
-                    if let Some(response) = error.partial.as_ref().and_then(|p| bad_request(p, &error.reason)) {
+                    if let Some(response) = error
+                        .partial
+                        .as_ref()
+                        .and_then(|p| bad_request(p, &error.reason))
+                    {
                         let _ = queue.try_send(response);
                     }
                     break 'connection;

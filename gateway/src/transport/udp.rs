@@ -53,7 +53,11 @@ pub async fn read_loop(
             }
             Datagram::Malformed(error) => {
                 tracing::warn!(peer = %from, transport = "udp", reason = %error.reason, "malformed SIP message");
-                if let Some(response) = error.partial.as_ref().and_then(|p| bad_request(p, &error.reason)) {
+                if let Some(response) = error
+                    .partial
+                    .as_ref()
+                    .and_then(|p| bad_request(p, &error.reason))
+                {
                     let _ = socket.try_send_to(&response, from);
                 }
             }

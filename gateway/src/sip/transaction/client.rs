@@ -66,7 +66,12 @@ impl ClientTx {
         }
     }
 
-    pub(super) fn on_response(&mut self, response: &Response, now: Instant, timers: &Timers) -> ResponseOutcome {
+    pub(super) fn on_response(
+        &mut self,
+        response: &Response,
+        now: Instant,
+        timers: &Timers,
+    ) -> ResponseOutcome {
         let reliable = self.peer.transport.reliable();
         let mut outcome = ResponseOutcome {
             send: None,
@@ -97,9 +102,14 @@ impl ClientTx {
                     let ack = self.ack_for(response).to_bytes();
                     outcome.send = Some(ack.clone());
                     self.ack = Some(ack);
-                    self.expire_at = Some(if reliable { now } else { now + Duration::from_secs(32) }); // Timer D
+                    self.expire_at = Some(if reliable {
+                        now
+                    } else {
+                        now + Duration::from_secs(32)
+                    }); // Timer D
                 } else {
-                    self.expire_at = Some(if reliable { now } else { now + timers.t4 }); // Timer K
+                    self.expire_at = Some(if reliable { now } else { now + timers.t4 });
+                    // Timer K
                 }
                 outcome.terminated = reliable;
             }

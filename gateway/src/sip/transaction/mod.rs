@@ -92,7 +92,10 @@ pub enum TransactionEvent {
     Timeout { tx: ClientTxId },
     /// The INVITE was cancelled; the CANCEL is already answered 200 and the
     /// TU must now answer the INVITE with 487.
-    Cancelled { invite_tx: ServerTxId, cancel: Request },
+    Cancelled {
+        invite_tx: ServerTxId,
+        cancel: Request,
+    },
     /// Our 2xx to an INVITE was never ACKed (Timer L); the TU should BYE.
     AckTimeout { tx: ServerTxId, call_id: String },
 }
@@ -180,7 +183,9 @@ impl TransactionLayer {
 
     fn handle_request(&mut self, mut request: Request, peer: Peer, now: Instant) {
         stamp_received(&mut request, peer);
-        let Some(key) = server_key(&request) else { return };
+        let Some(key) = server_key(&request) else {
+            return;
+        };
         if request.method == Method::Ack {
             if let Some(id) = self.server_keys.get(&key).copied() {
                 if let Some(tx) = self.servers.get_mut(&id) {
@@ -202,12 +207,17 @@ impl TransactionLayer {
             for id in accepted {
                 self.remove_server(id);
             }
-            self.events.push_back(TransactionEvent::Ack { request, peer });
+            self.events
+                .push_back(TransactionEvent::Ack { request, peer });
             return;
         }
         if let Some(id) = self.server_keys.get(&key).copied() {
             // Retransmission: resend whatever we last said.
-            if let Some(bytes) = self.servers.get(&id).and_then(|tx| tx.last_response.clone()) {
+            if let Some(bytes) = self
+                .servers
+                .get(&id)
+                .and_then(|tx| tx.last_response.clone())
+            {
                 self.transmits.push_back(Transmit { peer, bytes });
             }
             return;
@@ -223,11 +233,18 @@ impl TransactionLayer {
             // Answer at once so the caller stops retransmitting (§17.2.1).
             let trying = response_for(&request, 100, "Trying", None).to_bytes();
             tx.last_response = Some(trying.clone());
-            self.transmits.push_back(Transmit { peer, bytes: trying });
+            self.transmits.push_back(Transmit {
+                peer,
+                bytes: trying,
+            });
         }
         self.servers.insert(id, tx);
         self.server_keys.insert(key, id);
-        self.events.push_back(TransactionEvent::Request { tx: id, request, peer });
+        self.events.push_back(TransactionEvent::Request {
+            tx: id,
+            request,
+            peer,
+        });
     }
 
     fn handle_cancel(&mut self, cancel: Request, key: ServerKey, peer: Peer, now: Instant) {
@@ -237,19 +254,29 @@ impl TransactionLayer {
         };
         let invite = self.server_keys.get(&invite_key).copied();
         let id = ServerTxId(self.allocate());
-        self.servers.insert(id, ServerTx::new(key.clone(), peer, &cancel));
+        self.servers
+            .insert(id, ServerTx::new(key.clone(), peer, &cancel));
         self.server_keys.insert(key, id);
         match invite {
             Some(invite_tx) => {
-                let pending = self.servers.get(&invite_tx).is_some_and(|tx| tx.awaiting_final());
+                let pending = self
+                    .servers
+                    .get(&invite_tx)
+                    .is_some_and(|tx| tx.awaiting_final());
                 let ok = response_for(&cancel, 200, "OK", Some(&super::response::new_tag()));
                 self.send_response(id, ok, now);
                 if pending {
-                    self.events.push_back(TransactionEvent::Cancelled { invite_tx, cancel });
+                    self.events
+                        .push_back(TransactionEvent::Cancelled { invite_tx, cancel });
                 }
             }
             None => {
-                let unknown = response_for(&cancel, 481, "Call/Transaction Does Not Exist", Some(&super::response::new_tag()));
+                let unknown = response_for(
+                    &cancel,
+                    481,
+                    "Call/Transaction Does Not Exist",
+                    Some(&super::response::new_tag()),
+                );
                 self.send_response(id, unknown, now);
             }
         }
@@ -258,17 +285,25 @@ impl TransactionLayer {
     fn handle_response(&mut self, response: Response, now: Instant) {
         let Ok(via) = response.top_via() else { return };
         let Some(branch) = via.branch() else { return };
-        let Ok((_, method)) = response.cseq() else { return };
+        let Ok((_, method)) = response.cseq() else {
+            return;
+        };
         let Some(id) = self.client_keys.get(&client_key(branch, &method)).copied() else {
             return;
         };
-        let Some(tx) = self.clients.get_mut(&id) else { return };
+        let Some(tx) = self.clients.get_mut(&id) else {
+            return;
+        };
         let outcome = tx.on_response(&response, now, &self.timers);
         if let Some(bytes) = outcome.send {
-            self.transmits.push_back(Transmit { peer: tx.peer, bytes });
+            self.transmits.push_back(Transmit {
+                peer: tx.peer,
+                bytes,
+            });
         }
         if outcome.deliver {
-            self.events.push_back(TransactionEvent::Response { tx: id, response });
+            self.events
+                .push_back(TransactionEvent::Response { tx: id, response });
         }
         if outcome.terminated {
             self.remove_client(id);
@@ -278,7 +313,11 @@ impl TransactionLayer {
     /// Answers a server transaction.
     pub fn send_response(&mut self, id: ServerTxId, response: Response, now: Instant) {
         let Some(tx) = self.servers.get_mut(&id) else {
-            tracing::debug!(?id, status = response.status, "response for a finished transaction dropped");
+            tracing::debug!(
+                ?id,
+                status = response.status,
+                "response for a finished transaction dropped"
+            );
             return;
         };
         let bytes = response.to_bytes();
@@ -304,7 +343,8 @@ impl TransactionLayer {
             peer,
             bytes: tx.bytes.clone(),
         });
-        self.client_keys.insert(client_key(&branch, &tx.request.method), id);
+        self.client_keys
+            .insert(client_key(&branch, &tx.request.method), id);
         self.clients.insert(id, tx);
         id
     }
@@ -334,10 +374,15 @@ impl TransactionLayer {
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            let Some(tx) = self.servers.get_mut(&id) else { continue };
+            let Some(tx) = self.servers.get_mut(&id) else {
+                continue;
+            };
             let outcome = tx.on_timeout(now, &self.timers);
             if let Some(bytes) = outcome.resend {
-                self.transmits.push_back(Transmit { peer: tx.peer, bytes });
+                self.transmits.push_back(Transmit {
+                    peer: tx.peer,
+                    bytes,
+                });
             }
             if outcome.ack_timeout {
                 self.events.push_back(TransactionEvent::AckTimeout {
@@ -356,7 +401,9 @@ impl TransactionLayer {
             .map(|(id, _)| *id)
             .collect();
         for id in due {
-            let Some(tx) = self.clients.get_mut(&id) else { continue };
+            let Some(tx) = self.clients.get_mut(&id) else {
+                continue;
+            };
             let outcome = tx.on_timeout(now, &self.timers);
             if outcome.resend {
                 self.transmits.push_back(Transmit {
@@ -410,7 +457,8 @@ impl TransactionLayer {
                 .ok()
                 .and_then(|via| via.branch().map(str::to_string))
                 .unwrap_or_default();
-            self.client_keys.remove(&client_key(&branch, &tx.request.method));
+            self.client_keys
+                .remove(&client_key(&branch, &tx.request.method));
         }
     }
 }
@@ -418,10 +466,14 @@ impl TransactionLayer {
 /// RFC 3261 §18.2.1 and RFC 3581: note where a UDP request really came from
 /// so responses copied from it route back through NAT.
 fn stamp_received(request: &mut Request, peer: Peer) {
-    let Some(first) = request.headers.first_mut("Via") else { return };
+    let Some(first) = request.headers.first_mut("Via") else {
+        return;
+    };
     let parts = super::uri::split_unquoted(first, ',');
     let Some(top) = parts.first() else { return };
-    let Ok(mut via) = super::message::Via::parse(top) else { return };
+    let Ok(mut via) = super::message::Via::parse(top) else {
+        return;
+    };
     let rest: Vec<String> = parts[1..].iter().map(|s| s.to_string()).collect();
     let source_ip = peer.addr.ip();
     let sent_by_matches = matches!(via.host, super::uri::Host::Ip(ip) if ip == source_ip);

@@ -58,7 +58,10 @@ impl ServerTx {
     }
 
     pub(super) fn awaits_ack(&self, call_id: &str, cseq: u32) -> bool {
-        self.is_invite && self.state == State::Accepted && self.call_id == call_id && self.cseq == cseq
+        self.is_invite
+            && self.state == State::Accepted
+            && self.call_id == call_id
+            && self.cseq == cseq
     }
 
     pub(super) fn deadline(&self) -> Option<Instant> {
@@ -70,7 +73,13 @@ impl ServerTx {
 
     /// Records a response the TU sent; returns true when the transaction is
     /// over at once (final response on a reliable transport, non-INVITE).
-    pub(super) fn on_response_sent(&mut self, status: u16, bytes: Vec<u8>, now: Instant, timers: &Timers) -> bool {
+    pub(super) fn on_response_sent(
+        &mut self,
+        status: u16,
+        bytes: Vec<u8>,
+        now: Instant,
+        timers: &Timers,
+    ) -> bool {
         if self.state != State::Proceeding {
             // A 2xx retransmission by the TU or a late response: just resend.
             self.last_response = Some(bytes);
@@ -89,7 +98,11 @@ impl ServerTx {
             self.expire_at = Some(now + timers.t1 * 64); // Timer J
             return false;
         }
-        self.state = if status < 300 { State::Accepted } else { State::Completed };
+        self.state = if status < 300 {
+            State::Accepted
+        } else {
+            State::Completed
+        };
         if !reliable {
             self.interval = timers.t1;
             self.retransmit_at = Some(now + timers.t1); // Timer G, or 2xx resend

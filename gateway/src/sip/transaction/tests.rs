@@ -8,7 +8,10 @@ use crate::sip::message::{Request, SipMessage};
 
 const UDP: Peer = Peer {
     transport: Transport::Udp,
-    addr: SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(127, 0, 0, 1), 5070)),
+    addr: SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::new(127, 0, 0, 1),
+        5070,
+    )),
 };
 const TCP: Peer = Peer {
     transport: Transport::Tcp,
@@ -28,7 +31,13 @@ fn request(method: &str, branch: &str, cseq: u32) -> Request {
 fn drain(layer: &mut TransactionLayer) -> (Vec<String>, Vec<TransactionEvent>) {
     let mut sent = Vec::new();
     while let Some(transmit) = layer.poll_transmit() {
-        sent.push(String::from_utf8_lossy(&transmit.bytes).lines().next().unwrap_or("").to_string());
+        sent.push(
+            String::from_utf8_lossy(&transmit.bytes)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string(),
+        );
     }
     let mut events = Vec::new();
     while let Some(event) = layer.poll_event() {
@@ -37,7 +46,12 @@ fn drain(layer: &mut TransactionLayer) -> (Vec<String>, Vec<TransactionEvent>) {
     (sent, events)
 }
 
-fn new_request_tx(layer: &mut TransactionLayer, req: Request, peer: Peer, now: Instant) -> ServerTxId {
+fn new_request_tx(
+    layer: &mut TransactionLayer,
+    req: Request,
+    peer: Peer,
+    now: Instant,
+) -> ServerTxId {
     layer.handle_input(SipMessage::Request(req), peer, now);
     let (_, events) = drain(layer);
     match events.as_slice() {
@@ -47,7 +61,11 @@ fn new_request_tx(layer: &mut TransactionLayer, req: Request, peer: Peer, now: I
 }
 
 /// Advances the clock to each deadline up to `until`, noting when something was sent.
-fn run_until(layer: &mut TransactionLayer, start: Instant, until: Duration) -> (Vec<u64>, Vec<TransactionEvent>) {
+fn run_until(
+    layer: &mut TransactionLayer,
+    start: Instant,
+    until: Duration,
+) -> (Vec<u64>, Vec<TransactionEvent>) {
     let mut sends = Vec::new();
     let mut events = Vec::new();
     while let Some(deadline) = layer.poll_timeout() {
@@ -68,13 +86,25 @@ fn run_until(layer: &mut TransactionLayer, start: Instant, until: Duration) -> (
 fn server_invite_sends_trying_and_absorbs_retransmissions() {
     let mut layer = TransactionLayer::new(Timers::default());
     let t0 = Instant::now();
-    layer.handle_input(SipMessage::Request(request("INVITE", "z9hG4bK1", 1)), UDP, t0);
+    layer.handle_input(
+        SipMessage::Request(request("INVITE", "z9hG4bK1", 1)),
+        UDP,
+        t0,
+    );
     let (sent, events) = drain(&mut layer);
     assert_eq!(sent, vec!["SIP/2.0 100 Trying"]);
     assert_eq!(events.len(), 1);
-    layer.handle_input(SipMessage::Request(request("INVITE", "z9hG4bK1", 1)), UDP, t0);
+    layer.handle_input(
+        SipMessage::Request(request("INVITE", "z9hG4bK1", 1)),
+        UDP,
+        t0,
+    );
     let (sent, events) = drain(&mut layer);
-    assert_eq!(sent, vec!["SIP/2.0 100 Trying"], "retransmission gets the last response");
+    assert_eq!(
+        sent,
+        vec!["SIP/2.0 100 Trying"],
+        "retransmission gets the last response"
+    );
     assert!(events.is_empty());
 }
 
@@ -84,15 +114,28 @@ fn server_invite_non_2xx_retransmits_on_timer_g_until_ack_then_timer_i() {
     let t0 = Instant::now();
     let invite = request("INVITE", "z9hG4bK2", 1);
     let tx = new_request_tx(&mut layer, invite.clone(), UDP, t0);
-    layer.send_response(tx, crate::sip::response::response_for(&invite, 486, "Busy Here", Some("t")), t0);
+    layer.send_response(
+        tx,
+        crate::sip::response::response_for(&invite, 486, "Busy Here", Some("t")),
+        t0,
+    );
     drain(&mut layer);
     let (sends, _) = run_until(&mut layer, t0, Duration::from_millis(15_000));
-    assert_eq!(sends, vec![500, 1500, 3500, 7500, 11500, 15500].into_iter().filter(|t| *t <= 15_000).collect::<Vec<_>>());
+    assert_eq!(
+        sends,
+        vec![500, 1500, 3500, 7500, 11500, 15500]
+            .into_iter()
+            .filter(|t| *t <= 15_000)
+            .collect::<Vec<_>>()
+    );
     // The ACK arrives: no more retransmissions; Timer I (T4) ends it.
     let now = t0 + Duration::from_millis(15_100);
     layer.handle_input(SipMessage::Request(request("ACK", "z9hG4bK2", 1)), UDP, now);
     let (sent, events) = drain(&mut layer);
-    assert!(sent.is_empty() && events.is_empty(), "ACK for non-2xx is absorbed");
+    assert!(
+        sent.is_empty() && events.is_empty(),
+        "ACK for non-2xx is absorbed"
+    );
     assert_eq!(layer.poll_timeout(), Some(now + Duration::from_secs(5)));
     layer.handle_timeout(now + Duration::from_secs(5));
     assert!(layer.is_empty());
@@ -104,10 +147,18 @@ fn server_invite_timer_h_gives_up_without_ack() {
     let t0 = Instant::now();
     let invite = request("INVITE", "z9hG4bK3", 1);
     let tx = new_request_tx(&mut layer, invite.clone(), UDP, t0);
-    layer.send_response(tx, crate::sip::response::response_for(&invite, 404, "Not Found", Some("t")), t0);
+    layer.send_response(
+        tx,
+        crate::sip::response::response_for(&invite, 404, "Not Found", Some("t")),
+        t0,
+    );
     drain(&mut layer);
     let (sends, _) = run_until(&mut layer, t0, Duration::from_secs(40));
-    assert_eq!(*sends.last().unwrap(), 31_500, "last retransmission before H at 32 s");
+    assert_eq!(
+        *sends.last().unwrap(),
+        31_500,
+        "last retransmission before H at 32 s"
+    );
     assert!(layer.is_empty(), "Timer H removed the transaction");
 }
 
@@ -117,18 +168,32 @@ fn server_invite_2xx_retransmits_until_ack_and_reports_missing_ack() {
     let t0 = Instant::now();
     let invite = request("INVITE", "z9hG4bK4", 1);
     let tx = new_request_tx(&mut layer, invite.clone(), UDP, t0);
-    layer.send_response(tx, crate::sip::response::response_for(&invite, 200, "OK", Some("t")), t0);
+    layer.send_response(
+        tx,
+        crate::sip::response::response_for(&invite, 200, "OK", Some("t")),
+        t0,
+    );
     drain(&mut layer);
     let (sends, events) = run_until(&mut layer, t0, Duration::from_secs(40));
     assert_eq!(&sends[..4], &[500, 1500, 3500, 7500]);
-    assert!(matches!(events.as_slice(), [TransactionEvent::AckTimeout { call_id, .. }] if call_id == "call-1"));
+    assert!(
+        matches!(events.as_slice(), [TransactionEvent::AckTimeout { call_id, .. }] if call_id == "call-1")
+    );
     assert!(layer.is_empty());
 
     // With an ACK (new branch, same Call-ID/CSeq) the 2xx stops and the ACK is delivered.
     let tx = new_request_tx(&mut layer, request("INVITE", "z9hG4bK5", 2), UDP, t0);
-    layer.send_response(tx, crate::sip::response::response_for(&request("INVITE", "z9hG4bK5", 2), 200, "OK", Some("t")), t0);
+    layer.send_response(
+        tx,
+        crate::sip::response::response_for(&request("INVITE", "z9hG4bK5", 2), 200, "OK", Some("t")),
+        t0,
+    );
     drain(&mut layer);
-    layer.handle_input(SipMessage::Request(request("ACK", "z9hG4bKack", 2)), UDP, t0 + Duration::from_millis(100));
+    layer.handle_input(
+        SipMessage::Request(request("ACK", "z9hG4bKack", 2)),
+        UDP,
+        t0 + Duration::from_millis(100),
+    );
     let (_, events) = drain(&mut layer);
     assert!(matches!(events.as_slice(), [TransactionEvent::Ack { .. }]));
     assert!(layer.is_empty());
@@ -140,14 +205,25 @@ fn tcp_server_transactions_never_retransmit() {
     let t0 = Instant::now();
     let invite = request("INVITE", "z9hG4bK6", 1);
     let tx = new_request_tx(&mut layer, invite.clone(), TCP, t0);
-    layer.send_response(tx, crate::sip::response::response_for(&invite, 486, "Busy Here", Some("t")), t0);
+    layer.send_response(
+        tx,
+        crate::sip::response::response_for(&invite, 486, "Busy Here", Some("t")),
+        t0,
+    );
     drain(&mut layer);
     let (sends, _) = run_until(&mut layer, t0, Duration::from_secs(40));
     assert!(sends.is_empty());
     let bye = request("BYE", "z9hG4bK7", 2);
     let tx = new_request_tx(&mut layer, bye.clone(), TCP, t0);
-    layer.send_response(tx, crate::sip::response::response_for(&bye, 200, "OK", None), t0);
-    assert!(layer.is_empty(), "non-INVITE over TCP ends with its final response (J = 0)");
+    layer.send_response(
+        tx,
+        crate::sip::response::response_for(&bye, 200, "OK", None),
+        t0,
+    );
+    assert!(
+        layer.is_empty(),
+        "non-INVITE over TCP ends with its final response (J = 0)"
+    );
 }
 
 #[test]
@@ -156,9 +232,17 @@ fn server_non_invite_timer_j_absorbs_retransmissions() {
     let t0 = Instant::now();
     let bye = request("BYE", "z9hG4bK8", 2);
     let tx = new_request_tx(&mut layer, bye.clone(), UDP, t0);
-    layer.send_response(tx, crate::sip::response::response_for(&bye, 200, "OK", None), t0);
+    layer.send_response(
+        tx,
+        crate::sip::response::response_for(&bye, 200, "OK", None),
+        t0,
+    );
     drain(&mut layer);
-    layer.handle_input(SipMessage::Request(bye.clone()), UDP, t0 + Duration::from_secs(1));
+    layer.handle_input(
+        SipMessage::Request(bye.clone()),
+        UDP,
+        t0 + Duration::from_secs(1),
+    );
     let (sent, events) = drain(&mut layer);
     assert_eq!(sent, vec!["SIP/2.0 200 OK"]);
     assert!(events.is_empty());
@@ -173,11 +257,21 @@ fn cancel_is_answered_and_reported() {
     let t0 = Instant::now();
     let invite = request("INVITE", "z9hG4bK9", 1);
     let invite_tx = new_request_tx(&mut layer, invite.clone(), UDP, t0);
-    layer.handle_input(SipMessage::Request(request("CANCEL", "z9hG4bK9", 1)), UDP, t0);
+    layer.handle_input(
+        SipMessage::Request(request("CANCEL", "z9hG4bK9", 1)),
+        UDP,
+        t0,
+    );
     let (sent, events) = drain(&mut layer);
     assert_eq!(sent, vec!["SIP/2.0 200 OK"]);
-    assert!(matches!(events.as_slice(), [TransactionEvent::Cancelled { invite_tx: id, .. }] if *id == invite_tx));
-    layer.handle_input(SipMessage::Request(request("CANCEL", "z9hG4bKnomatch", 1)), UDP, t0);
+    assert!(
+        matches!(events.as_slice(), [TransactionEvent::Cancelled { invite_tx: id, .. }] if *id == invite_tx)
+    );
+    layer.handle_input(
+        SipMessage::Request(request("CANCEL", "z9hG4bKnomatch", 1)),
+        UDP,
+        t0,
+    );
     let (sent, events) = drain(&mut layer);
     assert_eq!(sent, vec!["SIP/2.0 481 Call/Transaction Does Not Exist"]);
     assert!(events.is_empty());
@@ -191,7 +285,10 @@ fn client_invite_timer_a_doubles_and_b_times_out() {
     drain(&mut layer);
     let (sends, events) = run_until(&mut layer, t0, Duration::from_secs(40));
     assert_eq!(sends, vec![500, 1500, 3500, 7500, 15500, 31500]);
-    assert!(matches!(events.as_slice(), [TransactionEvent::Timeout { .. }]));
+    assert!(matches!(
+        events.as_slice(),
+        [TransactionEvent::Timeout { .. }]
+    ));
     assert!(layer.is_empty());
 }
 
@@ -203,11 +300,21 @@ fn client_invite_acks_non_2xx_itself_and_timer_d_absorbs_retransmissions() {
     layer.send_request(invite.clone(), UDP, t0);
     drain(&mut layer);
     let busy = crate::sip::response::response_for(&invite, 486, "Busy Here", Some("remote"));
-    layer.handle_input(SipMessage::Response(busy.clone()), UDP, t0 + Duration::from_millis(100));
+    layer.handle_input(
+        SipMessage::Response(busy.clone()),
+        UDP,
+        t0 + Duration::from_millis(100),
+    );
     let (sent, events) = drain(&mut layer);
     assert_eq!(sent, vec!["ACK sip:100@127.0.0.1 SIP/2.0"]);
-    assert!(matches!(events.as_slice(), [TransactionEvent::Response { response, .. }] if response.status == 486));
-    layer.handle_input(SipMessage::Response(busy), UDP, t0 + Duration::from_millis(600));
+    assert!(
+        matches!(events.as_slice(), [TransactionEvent::Response { response, .. }] if response.status == 486)
+    );
+    layer.handle_input(
+        SipMessage::Response(busy),
+        UDP,
+        t0 + Duration::from_millis(600),
+    );
     let (sent, events) = drain(&mut layer);
     assert_eq!(sent.len(), 1, "retransmitted final is ACKed again");
     assert!(events.is_empty(), "and not delivered twice");
@@ -223,7 +330,10 @@ fn client_non_invite_timer_e_caps_at_t2_and_f_times_out() {
     drain(&mut layer);
     let (sends, events) = run_until(&mut layer, t0, Duration::from_secs(40));
     assert_eq!(&sends[..6], &[500, 1500, 3500, 7500, 11500, 15500]);
-    assert!(matches!(events.as_slice(), [TransactionEvent::Timeout { .. }]));
+    assert!(matches!(
+        events.as_slice(),
+        [TransactionEvent::Timeout { .. }]
+    ));
     assert!(layer.is_empty());
 }
 
@@ -235,10 +345,17 @@ fn client_non_invite_completes_with_timer_k() {
     layer.send_request(bye.clone(), UDP, t0);
     drain(&mut layer);
     let ok = crate::sip::response::response_for(&bye, 200, "OK", None);
-    layer.handle_input(SipMessage::Response(ok), UDP, t0 + Duration::from_millis(50));
+    layer.handle_input(
+        SipMessage::Response(ok),
+        UDP,
+        t0 + Duration::from_millis(50),
+    );
     let (_, events) = drain(&mut layer);
     assert_eq!(events.len(), 1);
-    assert_eq!(layer.poll_timeout(), Some(t0 + Duration::from_millis(50) + Duration::from_secs(5)));
+    assert_eq!(
+        layer.poll_timeout(),
+        Some(t0 + Duration::from_millis(50) + Duration::from_secs(5))
+    );
     layer.handle_timeout(t0 + Duration::from_secs(6));
     assert!(layer.is_empty());
 }
@@ -258,7 +375,11 @@ fn two_layers_over_a_lossy_network() {
     let mut dropped_200 = false;
     let mut got_200 = false;
     for _ in 0..50 {
-        let next = [client.poll_timeout(), server.poll_timeout()].into_iter().flatten().min().unwrap();
+        let next = [client.poll_timeout(), server.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap();
         now = now.max(next);
         client.handle_timeout(now);
         server.handle_timeout(now);
@@ -267,7 +388,11 @@ fn two_layers_over_a_lossy_network() {
         }
         while let Some(event) = server.poll_event() {
             if let TransactionEvent::Request { tx, request, .. } = event {
-                server.send_response(tx, crate::sip::response::response_for(&request, 200, "OK", Some("s")), now);
+                server.send_response(
+                    tx,
+                    crate::sip::response::response_for(&request, 200, "OK", Some("s")),
+                    now,
+                );
                 answered = true;
             }
         }
@@ -280,7 +405,8 @@ fn two_layers_over_a_lossy_network() {
             client.handle_input(message, UDP, now);
         }
         while let Some(event) = client.poll_event() {
-            if matches!(event, TransactionEvent::Response { ref response, .. } if response.status == 200) {
+            if matches!(event, TransactionEvent::Response { ref response, .. } if response.status == 200)
+            {
                 got_200 = true;
             }
         }
@@ -289,5 +415,8 @@ fn two_layers_over_a_lossy_network() {
         }
     }
     assert!(answered && dropped_200 && got_200);
-    assert!(now - t0 < Duration::from_secs(3), "recovered within a few retransmissions");
+    assert!(
+        now - t0 < Duration::from_secs(3),
+        "recovered within a few retransmissions"
+    );
 }
