@@ -2,7 +2,7 @@
 //! bot session. The endpoint talks to a call only through [`CallInput`]; the
 //! call talks back through [`EndpointCommand`].
 
-mod media;
+pub mod media;
 mod ports;
 mod session;
 
