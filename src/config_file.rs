@@ -79,7 +79,7 @@ fn interpolate(text: &str, env: &impl Fn(&str) -> Option<String>) -> Result<Stri
                 .find('}')
                 .ok_or_else(|| format!("line {}: `${{` without a closing `}}`", index + 1))?;
             let name = &after[..end];
-            let key = line.split('=').next().unwrap_or("").trim();
+            let key = key_before(&line[..line.len() - rest.len() + start]);
             let value = env(name).ok_or_else(|| {
                 format!(
                     "line {}: key `{key}`: environment variable `{name}` is not set",
@@ -99,6 +99,20 @@ fn interpolate(text: &str, env: &impl Fn(&str) -> Option<String>) -> Result<Stri
         out.push_str(rest);
     }
     Ok(out)
+}
+
+/// The key whose value a `${` sits in: the last `name =` before it on the
+/// line, also inside inline tables (`bot = { url = "…${X}" }` gives `url`).
+fn key_before(prefix: &str) -> &str {
+    let Some(equals) = prefix.rfind('=') else {
+        return "";
+    };
+    prefix[..equals]
+        .trim_end()
+        .rsplit(|c: char| c == '{' || c == ',' || c.is_whitespace())
+        .next()
+        .unwrap_or("")
+        .trim_matches('"')
 }
 
 #[cfg(test)]

@@ -49,7 +49,16 @@ enum LogFormat {
     Json,
 }
 
-fn main() -> Result<()> {
+fn main() {
+    // Print the error chain on one line, without a backtrace: config errors
+    // are for operators, not developers.
+    if let Err(error) = real_main() {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => {

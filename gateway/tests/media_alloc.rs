@@ -71,6 +71,9 @@ fn steady_state_media_path_does_not_allocate() {
             step(index, &mut pipeline);
         }
         let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
-        assert_eq!(allocations, 0, "{allocations} allocations in 1000 frames at a {bot_rate} Hz bot");
+        assert_eq!(
+            allocations, 0,
+            "{allocations} allocations in 1000 frames at a {bot_rate} Hz bot"
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod audio;
 pub mod gateway;
+pub mod raw_sip;
 pub mod rtp_peer;
 pub mod sipp;
 pub mod twilio_bot;

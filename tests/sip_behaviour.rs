@@ -1,0 +1,305 @@
+//! Targeted SIP behaviour of the running binary: OPTIONS, 481, capacity,
+//! CANCEL → 487, re-INVITE without breaking media, IPv6, and shutdown that
+//! drains and then hangs up.
+
+mod common;
+
+use std::time::Duration;
+
+use common::gateway::{config_with, echo_config, GatewayProcess};
+use common::raw_sip::{header, status, RawSip};
+use common::rtp_peer::RtpPeer;
+use common::sipp::{self, SipTransport, G711_OFFER};
+
+fn sdp(port: u16) -> String {
+    sipp::sdp_offer(port, G711_OFFER)
+}
+
+fn ack_for(sip: &RawSip, response: &str, user: &str, call_id: &str, cseq: u32) -> String {
+    let to = header(response, "To").unwrap();
+    format!(
+        "ACK sip:{user}@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bKack{call_id}{cseq}\r\nFrom: <sip:tester@{via}>;tag=tester\r\nTo: {to}\r\nCall-ID: {call_id}\r\nCSeq: {cseq} ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
+        target = sip.target,
+        via = sip.sent_by(),
+    )
+}
+
+#[test]
+fn options_is_answered_and_unknown_dialogs_get_481() {
+    let gateway = GatewayProcess::start("options", &echo_config(""));
+    let sip = RawSip::new(gateway.udp);
+    sip.send(&sip.request("OPTIONS", "100", "opt-1", 1, "", ""));
+    let ok = sip
+        .wait_for(|m| status(m).is_some(), Duration::from_secs(3))
+        .expect("OPTIONS answered");
+    assert_eq!(status(&ok), Some(200));
+    assert!(header(&ok, "Allow").unwrap().contains("INVITE"));
+
+    let bye = sip
+        .request("BYE", "100", "no-such-call", 2, "", "")
+        .replace(
+            &format!("To: <sip:100@{}>", gateway.udp),
+            &format!("To: <sip:100@{}>;tag=gone", gateway.udp),
+        );
+    sip.send(&bye);
+    let reply = sip
+        .wait_for(|m| status(m).is_some(), Duration::from_secs(3))
+        .expect("BYE answered");
+    assert_eq!(status(&reply), Some(481));
+
+    sip.send(&sip.request("REGISTER", "alice", "reg-1", 1, "Expires: 60\r\n", ""));
+    let reply = sip
+        .wait_for(|m| status(m).is_some(), Duration::from_secs(3))
+        .expect("REGISTER answered");
+    assert_eq!(status(&reply), Some(405));
+}
+
+#[test]
+fn calls_beyond_capacity_get_503_with_retry_after() {
+    let config = echo_config("").replace("[media]", "[limits]\nmax_calls = 1\n\n[media]");
+    let gateway = GatewayProcess::start("capacity", &config);
+    let first = RawSip::new(gateway.udp);
+    let peer = RtpPeer::bind();
+    first.send(&first.request(
+        "INVITE",
+        "100",
+        "cap-1",
+        1,
+        "Content-Type: application/sdp\r\n",
+        &sdp(peer.port()),
+    ));
+    let ok = first
+        .wait_for(|m| status(m) == Some(200), Duration::from_secs(5))
+        .expect("first call answered");
+    first.send(&ack_for(&first, &ok, "100", "cap-1", 1));
+
+    let second = RawSip::new(gateway.udp);
+    second.send(&second.request(
+        "INVITE",
+        "100",
+        "cap-2",
+        1,
+        "Content-Type: application/sdp\r\n",
+        &sdp(4000),
+    ));
+    let busy = second
+        .wait_for(
+            |m| status(m).is_some_and(|s| s >= 200),
+            Duration::from_secs(5),
+        )
+        .expect("second call answered");
+    assert_eq!(status(&busy), Some(503));
+    assert!(header(&busy, "Retry-After").is_some());
+    gateway.wait_for_log(&["at capacity"], Duration::from_secs(2));
+}
+
+#[test]
+fn cancel_before_answer_gets_487() {
+    // A bot that accepts TCP but never completes the WebSocket handshake keeps
+    // the call unanswered long enough to cancel it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/media", listener.local_addr().unwrap());
+    let config = config_with(&format!(
+        r#"
+[[trunks]]
+name = "loopback"
+allow = ["127.0.0.1"]
+routes = [{{ pattern = ".*", flow = "slow" }}]
+
+[[flows]]
+name = "slow"
+bot = {{ kind = "twilio_stream", url = "{url}", connect_timeout_ms = 10000 }}
+"#
+    ));
+    let gateway = GatewayProcess::start("cancel", &config);
+    let sip = RawSip::new(gateway.udp);
+    let invite = sip.request(
+        "INVITE",
+        "100",
+        "cancel-1",
+        1,
+        "Content-Type: application/sdp\r\n",
+        &sdp(4000),
+    );
+    sip.send(&invite);
+    let trying = sip
+        .wait_for(|m| status(m) == Some(100), Duration::from_secs(3))
+        .expect("100 Trying");
+    assert!(
+        header(&trying, "To").unwrap().find("tag=").is_none(),
+        "100 carries no To tag"
+    );
+    let cancel = invite
+        .replacen("INVITE sip:", "CANCEL sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL")
+        .split("Content-Type")
+        .next()
+        .unwrap()
+        .to_string()
+        + "Content-Length: 0\r\n\r\n";
+    sip.send(&cancel);
+    let mut statuses = Vec::new();
+    while let Some(message) = sip.wait_for(|m| status(m).is_some(), Duration::from_secs(3)) {
+        let code = status(&message).unwrap();
+        let method = header(&message, "CSeq").unwrap().to_string();
+        statuses.push((code, method));
+        if code == 487 {
+            break;
+        }
+    }
+    assert!(
+        statuses.contains(&(200, "1 CANCEL".to_string())),
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.contains(&(487, "1 INVITE".to_string())),
+        "{statuses:?}"
+    );
+    gateway.wait_for_log(&["call ended", "cancelled"], Duration::from_secs(3));
+}
+
+#[test]
+fn reinvite_is_answered_without_breaking_media() {
+    let gateway = GatewayProcess::start("reinvite", &echo_config(""));
+    let sip = RawSip::new(gateway.udp);
+    let peer = RtpPeer::bind();
+    sip.send(&sip.request(
+        "INVITE",
+        "100",
+        "reinv-1",
+        1,
+        "Content-Type: application/sdp\r\n",
+        &sdp(peer.port()),
+    ));
+    let ok = sip
+        .wait_for(|m| status(m) == Some(200), Duration::from_secs(5))
+        .expect("answered");
+    sip.send(&ack_for(&sip, &ok, "100", "reinv-1", 1));
+    let to = header(&ok, "To").unwrap().to_string();
+    let gateway_rtp = peer.wait_first_packet(Duration::from_secs(5)).unwrap();
+
+    let reinvite = sip
+        .request(
+            "INVITE",
+            "100",
+            "reinv-1",
+            2,
+            "Content-Type: application/sdp\r\n",
+            &sdp(peer.port()),
+        )
+        .replace(
+            &format!("To: <sip:100@{}>", gateway.udp),
+            &format!("To: {to}"),
+        );
+    sip.send(&reinvite);
+    let ok2 = sip
+        .wait_for(
+            |m| status(m) == Some(200) && m.contains("CSeq: 2 INVITE"),
+            Duration::from_secs(5),
+        )
+        .expect("re-INVITE answered");
+    assert!(ok2.contains("m=audio"), "re-INVITE answer carries SDP");
+    let port_before = ok
+        .lines()
+        .find(|l| l.starts_with("m=audio"))
+        .unwrap()
+        .to_string();
+    let port_after = ok2
+        .lines()
+        .find(|l| l.starts_with("m=audio"))
+        .unwrap()
+        .to_string();
+    assert_eq!(port_before, port_after, "media stays on the same port");
+    sip.send(&ack_for(&sip, &ok2, "100", "reinv-1", 2));
+
+    let before = peer.received().len();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        peer.received().len() >= before + 20,
+        "RTP keeps flowing after the re-INVITE"
+    );
+    assert!(peer.received().iter().all(|p| p.from == gateway_rtp));
+}
+
+#[test]
+fn ipv6_call_over_udp() {
+    let config = echo_config("")
+        .replace(
+            "\"udp:127.0.0.1:0\", \"tcp:127.0.0.1:0\"",
+            "\"udp:[::1]:0\", \"tcp:[::1]:0\"",
+        )
+        .replace("allow = [\"127.0.0.1\"]", "allow = [\"::1\"]");
+    let gateway = GatewayProcess::start("ipv6", &config);
+    assert!(gateway.udp.is_ipv6());
+    let sip = RawSip::new(gateway.udp);
+    let offer = sipp::sdp_offer(4000, G711_OFFER).replace("IN IP4 127.0.0.1", "IN IP6 ::1");
+    sip.send(&sip.request(
+        "INVITE",
+        "100",
+        "v6-1",
+        1,
+        "Content-Type: application/sdp\r\n",
+        &offer,
+    ));
+    let ok = sip
+        .wait_for(|m| status(m) == Some(200), Duration::from_secs(5))
+        .expect("answered over IPv6");
+    assert!(ok.contains("c=IN IP6 ::1"), "SDP answer is IPv6:\n{ok}");
+    assert!(
+        header(&ok, "Contact").unwrap().contains("[::1]"),
+        "Contact has a bracketed IPv6 host"
+    );
+    sip.send(&ack_for(&sip, &ok, "100", "v6-1", 1));
+}
+
+#[test]
+fn shutdown_drains_then_hangs_up_remaining_calls() {
+    let gateway = GatewayProcess::start("drain", &echo_config(""));
+    let peer = RtpPeer::bind();
+    let scenario = sipp::gateway_hangs_up("100", &sdp(peer.port()));
+    let dir = gateway.dir.clone();
+    let target = gateway.udp;
+    let caller = std::thread::spawn(move || {
+        sipp::run(
+            &dir,
+            "call",
+            &scenario,
+            target,
+            SipTransport::Udp,
+            "127.0.0.1",
+        )
+    });
+    gateway.wait_for_log(&["answered"], Duration::from_secs(10));
+    gateway.terminate();
+    gateway.wait_for_log(&["draining calls"], Duration::from_secs(5));
+    // While draining, new calls are refused.
+    let late = RawSip::new(gateway.udp);
+    late.send(&late.request(
+        "INVITE",
+        "100",
+        "late-1",
+        1,
+        "Content-Type: application/sdp\r\n",
+        &sdp(4000),
+    ));
+    let refused = late
+        .wait_for(
+            |m| status(m).is_some_and(|s| s >= 200),
+            Duration::from_secs(3),
+        )
+        .expect("late call answered");
+    assert_eq!(status(&refused), Some(503));
+    let output = caller.join().unwrap();
+    sipp::assert_success(&output, &gateway.dir);
+    let logs = gateway.logs();
+    let exit = gateway.stop();
+    assert!(exit.success(), "exit status {exit}");
+    assert!(
+        logs.iter().any(|l| l.contains("drain timed out")),
+        "{logs:#?}"
+    );
+    assert!(
+        logs.iter().any(|l| l.contains("gateway shutting down")),
+        "{logs:#?}"
+    );
+}
