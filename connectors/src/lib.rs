@@ -106,8 +106,15 @@ pub trait BotConnector: Send + Sync {
     async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError>;
 }
 
+/// rustls 0.23 needs one process-wide crypto provider, or the first `wss://`
+/// connection panics. Idempotent; every connector calls it on creation.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The connector a flow's `bot` setting asks for.
 pub fn connector_for(bot: &BotConfig) -> Box<dyn BotConnector> {
+    install_crypto_provider();
     match bot {
         BotConfig::Echo(config) => Box::new(echo::EchoConnector::new(config.clone())),
         BotConfig::TwilioStream(config) => {

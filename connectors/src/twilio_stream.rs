@@ -8,10 +8,8 @@
 //! bot (close frame, socket error), always after sending `Closed` if anyone
 //! still listens.
 //!
-//! TLS: tokio-tungstenite uses rustls 0.23 without a built-in crypto
-//! provider in this build, so a `wss://` URL needs the binary to install a
-//! process-wide `rustls::crypto::CryptoProvider` at start-up; otherwise
-//! rustls panics on the first TLS connection. `ws://` needs nothing.
+//! TLS: `wss://` goes through rustls with the ring provider that
+//! [`crate::install_crypto_provider`] installs when the connector is made.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -66,6 +64,7 @@ pub struct TwilioStreamConnector {
 
 impl TwilioStreamConnector {
     pub fn new(config: TwilioStreamConfig) -> Self {
+        crate::install_crypto_provider();
         Self { config }
     }
 }

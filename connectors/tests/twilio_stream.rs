@@ -392,3 +392,25 @@ async fn bad_url_is_a_connect_error() {
     let result = connector("not a url".into(), 2_000).open(&call()).await;
     assert!(matches!(result, Err(ConnectorError::Connect { .. })));
 }
+
+/// A `wss://` bot whose port speaks no TLS: a clean connect error, not a
+/// rustls panic for want of a crypto provider.
+#[tokio::test]
+async fn tls_handshake_failure_is_a_connect_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        if let Ok((mut stream, _)) = listener.accept().await {
+            use tokio::io::AsyncWriteExt;
+            let _ = stream.write_all(b"HTTP/1.1 400 Not TLS\r\n\r\n").await;
+        }
+    });
+    let url = format!("wss://127.0.0.1:{port}/media");
+    let result = connector(url, 2_000).open(&call()).await;
+    assert!(
+        matches!(result, Err(ConnectorError::Connect { .. })),
+        "{:?}",
+        result.err()
+    );
+    server.abort();
+}
