@@ -9,7 +9,10 @@ use switchboard_media::{AudioFormat, AudioFrame};
 use tokio::sync::mpsc;
 
 pub mod echo;
+pub mod openai_realtime;
 pub mod twilio_stream;
+pub mod ultravox;
+pub mod websocket;
 
 /// Caller audio frames queued towards one bot. When the bot falls behind the
 /// call task drops frames (`try_send`) rather than stall the media path.
@@ -35,6 +38,24 @@ pub struct CallInfo {
     pub parameters: BTreeMap<String, String>,
     /// `X-` headers of the INVITE, in order.
     pub x_headers: Vec<(String, String)>,
+    /// How much bot audio the caller has actually heard, kept current by the
+    /// call every 20 ms (for OpenAI's `conversation.item.truncate`).
+    pub playout: PlayoutClock,
+}
+
+/// Milliseconds of bot audio played to the caller since the call started,
+/// written by the call task, read by connectors. Cleared audio never counts.
+#[derive(Clone, Debug, Default)]
+pub struct PlayoutClock(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl PlayoutClock {
+    pub fn played_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_played_ms(&self, ms: u64) {
+        self.0.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Something the bot said or did.
@@ -119,6 +140,13 @@ pub fn connector_for(bot: &BotConfig) -> Box<dyn BotConnector> {
         BotConfig::Echo(config) => Box::new(echo::EchoConnector::new(config.clone())),
         BotConfig::TwilioStream(config) => {
             Box::new(twilio_stream::TwilioStreamConnector::new(config.clone()))
+        }
+        BotConfig::Ultravox(config) => Box::new(ultravox::UltravoxConnector::new(config.clone())),
+        BotConfig::OpenaiRealtime(config) => Box::new(
+            openai_realtime::OpenAiRealtimeConnector::new(config.clone()),
+        ),
+        BotConfig::Websocket(config) => {
+            Box::new(websocket::WebsocketConnector::new(config.clone()))
         }
     }
 }

@@ -40,6 +40,7 @@ fn call() -> CallInfo {
         flow: "support".into(),
         parameters: BTreeMap::from([("lang".to_owned(), "en".to_owned())]),
         x_headers: vec![("X-Customer-Id".to_owned(), "42".to_owned())],
+        ..CallInfo::default()
     }
 }
 

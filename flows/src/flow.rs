@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::bots::{OpenAiRealtimeConfig, UltravoxConfig, WebsocketBotConfig};
+
 /// A flow: the bot a call talks to and what happens when that bot fails.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +28,12 @@ pub enum BotConfig {
     Echo(EchoBotConfig),
     /// Any WebSocket bot speaking the Twilio Media Streams protocol.
     TwilioStream(TwilioStreamConfig),
+    /// Ultravox, `serverWebSocket` medium.
+    Ultravox(UltravoxConfig),
+    /// OpenAI Realtime over WebSocket.
+    OpenaiRealtime(OpenAiRealtimeConfig),
+    /// Raw PCM frames over WebSocket plus JSON control messages.
+    Websocket(WebsocketBotConfig),
 }
 
 impl BotConfig {
@@ -33,6 +41,9 @@ impl BotConfig {
         match self {
             BotConfig::Echo(_) => "echo",
             BotConfig::TwilioStream(_) => "twilio_stream",
+            BotConfig::Ultravox(_) => "ultravox",
+            BotConfig::OpenaiRealtime(_) => "openai_realtime",
+            BotConfig::Websocket(_) => "websocket",
         }
     }
 }
@@ -103,7 +114,7 @@ pub struct FlowError {
 }
 
 impl FlowError {
-    fn new(key: &str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(key: &str, reason: impl Into<String>) -> Self {
         Self {
             key: key.to_string(),
             reason: reason.into(),
@@ -141,13 +152,11 @@ impl FlowConfig {
                 if !matches!(url.scheme(), "ws" | "wss") {
                     return Err(FlowError::new("bot.url", "scheme must be ws or wss"));
                 }
-                if stream.connect_timeout_ms == 0 || stream.connect_timeout_ms > 60_000 {
-                    return Err(FlowError::new(
-                        "bot.connect_timeout_ms",
-                        "must be between 1 and 60000",
-                    ));
-                }
+                crate::bots::check_timeout(stream.connect_timeout_ms)?;
             }
+            BotConfig::Ultravox(config) => config.validate()?,
+            BotConfig::OpenaiRealtime(config) => config.validate()?,
+            BotConfig::Websocket(config) => config.validate()?,
         }
         match self.on_failure {
             OnFailure::Hangup(code) if !(400..=699).contains(&code) => Err(FlowError::new(

@@ -5,7 +5,9 @@
 //! This crate knows no sockets: it is data and validation.
 
 pub mod action;
+pub mod bots;
 pub mod flow;
 
 pub use action::{Action, DialTarget};
+pub use bots::{OpenAiRealtimeConfig, RealtimeAudio, ToolKind, UltravoxConfig, WebsocketBotConfig};
 pub use flow::{BotConfig, EchoBotConfig, FlowConfig, FlowError, OnFailure, TwilioStreamConfig};

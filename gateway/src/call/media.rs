@@ -192,6 +192,11 @@ impl MediaPipeline {
         }
     }
 
+    /// Bot audio played to the caller so far (cleared audio never counts).
+    pub fn played_ms(&self) -> u64 {
+        self.pacer.played_ms()
+    }
+
     pub fn note_dropped_to_bot(&mut self) {
         self.counters.frames_dropped_to_bot += 1;
     }

@@ -5,7 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchboard_connectors::{BotConnector, BotControl, BotEvent, BotSession, CallInfo};
+use switchboard_connectors::{
+    BotConnector, BotControl, BotEvent, BotSession, CallInfo, PlayoutClock,
+};
 use switchboard_flows::{FlowConfig, OnFailure};
 use switchboard_media::sdp::{build_answer, negotiate, Negotiated, SessionOffer};
 use switchboard_media::G711;
@@ -133,7 +135,9 @@ impl Call {
                 .filter(|(name, _)| name.len() > 2 && name[..2].eq_ignore_ascii_case("x-"))
                 .map(|(name, value)| (name.to_string(), value.to_string()))
                 .collect(),
+            playout: Default::default(),
         };
+        let playout = info.playout.clone();
         let session = match call.open_bot(&info).await {
             Ok(Some(session)) => session,
             Ok(None) => return "caller cancelled".into(),
@@ -183,6 +187,7 @@ impl Call {
 
         let ending = call
             .media_loop(
+                &playout,
                 &mut dialog,
                 &mut pipeline,
                 socket,
@@ -237,8 +242,10 @@ impl Call {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn media_loop(
         &mut self,
+        playout: &PlayoutClock,
         dialog: &mut Dialog,
         pipeline: &mut MediaPipeline,
         socket: UdpSocket,
@@ -271,6 +278,7 @@ impl Call {
                     if let Some((len, to)) = tick.rtp {
                         let _ = socket.try_send_to(&rtp_out[..len], to);
                     }
+                    playout.set_played_ms(pipeline.played_ms());
                     while let Some(mark) = pipeline.poll_mark() {
                         let _ = session.control.try_send(BotControl::MarkPlayed(mark));
                     }
