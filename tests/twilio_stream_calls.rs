@@ -231,3 +231,66 @@ fn unreachable_bot_rejects_with_the_flows_on_failure_status() {
         "{line}"
     );
 }
+
+#[test]
+fn sip_info_dtmf_reaches_the_bot_once() {
+    use common::raw_sip::{header, status, RawSip};
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "twilio-dtmf",
+        &twilio_config(&format!("ws://{}/media", bot.addr)),
+    );
+    let sip = RawSip::new(gateway.udp);
+    let invite = sip.request(
+        "INVITE",
+        "+12125550100",
+        "dtmf-1",
+        1,
+        "Content-Type: application/sdp\r\n",
+        &sipp::sdp_offer(4000, G711_OFFER),
+    );
+    sip.send(&invite);
+    let ok = sip
+        .wait_for(|m| status(m) == Some(200), Duration::from_secs(5))
+        .expect("answered");
+    let to = header(&ok, "To").unwrap().to_string();
+    let in_dialog = |method: &str, cseq: u32, extra: &str, body: &str| {
+        sip.request(method, "+12125550100", "dtmf-1", cseq, extra, body)
+            .replace(
+                &format!("To: <sip:+12125550100@{}>", gateway.udp),
+                &format!("To: {to}"),
+            )
+    };
+    sip.send(&in_dialog("ACK", 1, "", ""));
+    for (cseq, digit) in [(2, "5"), (3, "11")] {
+        let info = in_dialog(
+            "INFO",
+            cseq,
+            "Content-Type: application/dtmf-relay\r\n",
+            &format!("Signal={digit}\r\nDuration=160\r\n"),
+        );
+        sip.send(&info);
+        // A retransmission of the same INFO must not repeat the digit.
+        sip.send(&info);
+        sip.wait_for(
+            |m| status(m) == Some(200) && m.contains(&format!("CSeq: {cseq} INFO")),
+            Duration::from_secs(3),
+        )
+        .expect("INFO answered");
+    }
+    bot.wait_event(
+        "dtmf",
+        |v| v["dtmf"]["digit"] == "#",
+        Duration::from_secs(3),
+    );
+    let digits: Vec<String> = bot
+        .log
+        .lock()
+        .unwrap()
+        .events
+        .iter()
+        .filter(|(_, v)| v["event"] == "dtmf")
+        .map(|(_, v)| v["dtmf"]["digit"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(digits, vec!["5", "#"]);
+}

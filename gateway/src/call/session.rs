@@ -8,7 +8,7 @@ use std::time::Duration;
 use switchboard_connectors::{
     BotConnector, BotControl, BotEvent, BotSession, CallInfo, PlayoutClock,
 };
-use switchboard_flows::{FlowConfig, OnFailure};
+use switchboard_flows::{Action, FlowConfig, OnFailure};
 use switchboard_media::sdp::{build_answer, negotiate, Negotiated, SessionOffer};
 use switchboard_media::G711;
 use tokio::net::UdpSocket;
@@ -293,12 +293,23 @@ impl Call {
                     Some(BotEvent::Clear) => pipeline.clear(),
                     Some(BotEvent::Mark(name)) => pipeline.push_mark(name),
                     Some(BotEvent::Transcript { role, text }) => tracing::info!(%role, %text, "transcript"),
+                    Some(BotEvent::Action(Action::Hangup { reason })) => {
+                        let _ = session.control.try_send(BotControl::ActionResult {
+                            action: "hangup".into(),
+                            ok: true,
+                            message: "hanging up".into(),
+                        });
+                        break format!("bot hung up{}", reason.map(|r| format!(": {r}")).unwrap_or_default());
+                    }
                     Some(BotEvent::Action(action)) => {
-                        tracing::info!(action = action.kind(), ?action, "bot asked for an action; not available yet");
+                        // Transfers (B2BUA dial, REFER), DTMF sending and
+                        // redirects arrive with the call-control work; the
+                        // bot is told so it can carry on the conversation.
+                        tracing::info!(action = action.kind(), ?action, "bot asked for an action that is not available yet");
                         let _ = session.control.try_send(BotControl::ActionResult {
                             action: action.kind().to_string(),
                             ok: false,
-                            message: "transfers and call actions are not available yet".into(),
+                            message: format!("{} is not available yet on this gateway", action.kind()),
                         });
                     }
                     Some(BotEvent::Hangup { reason }) => {
@@ -335,6 +346,16 @@ impl Call {
                                     response.headers.push("Content-Type", "application/sdp");
                                     response.body = body.into_bytes();
                                 }
+                                self.send(EndpointCommand::Respond { tx, response }).await;
+                            }
+                            Method::Info => {
+                                // SIP INFO DTMF: the fallback for phones that
+                                // do not send RFC 4733 events.
+                                if let Some(digit) = info_dtmf(&request) {
+                                    tracing::info!(%digit, "DTMF (SIP INFO)");
+                                    let _ = session.control.try_send(BotControl::Dtmf(digit));
+                                }
+                                let response = response_for(&request, 200, "OK", None);
                                 self.send(EndpointCommand::Respond { tx, response }).await;
                             }
                             _ => {
@@ -495,4 +516,32 @@ fn bump_version(answer: &str, version: u64) -> String {
             line.to_string()
         })
         .collect()
+}
+
+/// The digit of an INFO carrying `application/dtmf-relay` (`Signal=5`) or
+/// `application/dtmf` (the digit alone).
+fn info_dtmf(request: &Request) -> Option<char> {
+    let content_type = request
+        .headers
+        .get("Content-Type")?
+        .trim()
+        .to_ascii_lowercase();
+    let body = std::str::from_utf8(&request.body).ok()?;
+    let value = match content_type.as_str() {
+        "application/dtmf-relay" => body.lines().find_map(|line| {
+            let (key, value) = line.split_once('=')?;
+            key.trim()
+                .eq_ignore_ascii_case("signal")
+                .then(|| value.trim())
+        })?,
+        "application/dtmf" => body.trim(),
+        _ => return None,
+    };
+    let digit = match value {
+        "10" => '*',
+        "11" => '#',
+        other if other.chars().count() == 1 => other.chars().next()?.to_ascii_uppercase(),
+        _ => return None,
+    };
+    matches!(digit, '0'..='9' | '*' | '#' | 'A'..='D').then_some(digit)
 }
