@@ -294,3 +294,38 @@ fn sip_info_dtmf_reaches_the_bot_once() {
         .collect();
     assert_eq!(digits, vec!["5", "#"]);
 }
+
+/// sipp plays RFC 4733 events from its own media socket (the pcaps Debian
+/// ships: marker on the first packet, end packet sent three times): the bot
+/// receives exactly those digits, once each, in order.
+#[test]
+fn rfc4733_digits_from_sipp_reach_the_bot_once() {
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "twilio-rfc4733",
+        &twilio_config(&format!("ws://{}/media", bot.addr)),
+    );
+    let scenario = sipp::caller_sends_dtmf("+12125550100", &["1", "5", "pound", "9"]);
+    let media_port = sipp::free_media_port().to_string();
+    let output = sipp::run_with(
+        &gateway.dir,
+        "dtmf",
+        &scenario,
+        gateway.udp,
+        SipTransport::Udp,
+        "127.0.0.1",
+        &["-mp", &media_port, "-mi", "127.0.0.1"],
+    );
+    sipp::assert_success(&output, &gateway.dir);
+    bot.wait_event("stop", |_| true, Duration::from_secs(5));
+    let digits: Vec<String> = bot
+        .log
+        .lock()
+        .unwrap()
+        .events
+        .iter()
+        .filter(|(_, v)| v["event"] == "dtmf")
+        .map(|(_, v)| v["dtmf"]["digit"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(digits, vec!["1", "5", "#", "9"]);
+}

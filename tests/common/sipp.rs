@@ -172,6 +172,46 @@ pub fn run(
     transport: SipTransport,
     source_ip: &str,
 ) -> Output {
+    run_with(dir, name, scenario, target, transport, source_ip, &[])
+}
+
+/// Caller plays RFC 4733 digits with sipp's own RTP (`play_pcap_audio` of
+/// the pcaps Debian's sip-tester ships), then hangs up. The SDP offers
+/// sipp's media port, so `run_with` must pass a free `-mp`.
+pub fn caller_sends_dtmf(dialed: &str, digits: &[&str]) -> String {
+    let sdp = "v=0\no=sipp 1 1 IN IP[local_ip_type] [local_ip]\ns=call\nc=IN IP[media_ip_type] [media_ip]\nt=0 0\nm=audio [media_port] RTP/AVP 0 101\na=rtpmap:0 PCMU/8000\na=rtpmap:101 telephone-event/8000\na=fmtp:101 0-16\na=ptime:20\n";
+    let mut plays = String::new();
+    for digit in digits {
+        plays.push_str(&format!(
+            "  <nop><action><exec play_pcap_audio=\"/usr/share/sip-tester/dtmf_2833_{digit}.pcap\"/></action></nop>\n  <pause milliseconds=\"700\"/>\n"
+        ));
+    }
+    caller_hangs_up(dialed, sdp, 300).replace(
+        "  <pause milliseconds=\"300\"/>\n",
+        &format!("  <pause milliseconds=\"300\"/>\n{plays}"),
+    )
+}
+
+/// An even UDP port free right now, for sipp's media (`-mp`).
+pub fn free_media_port() -> u16 {
+    loop {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        if port % 2 == 0 && port < 65_000 {
+            return port;
+        }
+    }
+}
+
+pub fn run_with(
+    dir: &Path,
+    name: &str,
+    scenario: &str,
+    target: SocketAddr,
+    transport: SipTransport,
+    source_ip: &str,
+    extra: &[&str],
+) -> Output {
     let path = dir.join(format!("{name}.xml"));
     std::fs::write(&path, scenario).unwrap();
     let mut command = Command::new("sipp");
@@ -194,7 +234,8 @@ pub fn run(
         .arg(match transport {
             SipTransport::Udp => "u1",
             SipTransport::Tcp => "t1",
-        });
+        })
+        .args(extra);
     command
         .output()
         .expect("running sipp (Debian package sip-tester)")

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use switchboard_media::dtmf::DtmfReceiver;
 use switchboard_media::jitter::{JitterBuffer, JitterConfig, Playout, PushOutcome};
 use switchboard_media::pacer::{FrameKind, Pacer, PacerEvent};
 use switchboard_media::resample::Resampler;
@@ -15,6 +16,8 @@ use switchboard_media::{AudioFrame, G711};
 
 /// Samples in one 20 ms G.711 frame.
 const FRAME: usize = 160;
+/// Digits held between two ticks.
+const MAX_PENDING_DIGITS: usize = 16;
 /// Longest bot audio the pacer holds (bots send whole answers at once).
 const MAX_QUEUED_MS: u32 = 120_000;
 
@@ -41,6 +44,8 @@ pub struct MediaPipeline {
     remote: Option<SocketAddr>,
     learned_remote: bool,
     last_packet: Option<Instant>,
+    dtmf: DtmfReceiver,
+    digits: Vec<char>,
     pcm: [i16; FRAME],
     resampled: AudioFrame,
     counters: MediaCounters,
@@ -78,6 +83,8 @@ impl MediaPipeline {
             remote: negotiated.remote_rtp,
             learned_remote: false,
             last_packet: None,
+            dtmf: DtmfReceiver::new(),
+            digits: Vec::with_capacity(MAX_PENDING_DIGITS),
             pcm: [0; FRAME],
             resampled: AudioFrame::new(bot_rate),
             counters: MediaCounters::default(),
@@ -101,10 +108,18 @@ impl MediaPipeline {
             self.counters.ignored_in += 1;
             return;
         };
+        if Some(packet.payload_type) == self.telephone_event {
+            self.last_packet = Some(now);
+            if let Some(found) = self.dtmf.on_packet(packet.payload, packet.timestamp) {
+                // A bounded queue: a phone cannot press keys faster than the
+                // call drains them every 20 ms.
+                if self.digits.len() < MAX_PENDING_DIGITS {
+                    self.digits.push(found.digit);
+                }
+            }
+            return;
+        }
         if packet.payload_type != self.payload_type {
-            // telephone-event is handled by the media-engine work; other
-            // payload types were never negotiated.
-            let _ = self.telephone_event;
             self.counters.ignored_in += 1;
             return;
         }
@@ -119,6 +134,15 @@ impl MediaPipeline {
             PushOutcome::Accepted | PushOutcome::Reset
         ) {
             self.counters.ignored_in += 1;
+        }
+    }
+
+    /// A DTMF digit the caller pressed (RFC 4733), oldest first.
+    pub fn poll_digit(&mut self) -> Option<char> {
+        if self.digits.is_empty() {
+            None
+        } else {
+            Some(self.digits.remove(0))
         }
     }
 

@@ -279,6 +279,10 @@ impl Call {
                         let _ = socket.try_send_to(&rtp_out[..len], to);
                     }
                     playout.set_played_ms(pipeline.played_ms());
+                    while let Some(digit) = pipeline.poll_digit() {
+                        tracing::info!(%digit, "DTMF (RFC 4733)");
+                        let _ = session.control.try_send(BotControl::Dtmf(digit));
+                    }
                     while let Some(mark) = pipeline.poll_mark() {
                         let _ = session.control.try_send(BotControl::MarkPlayed(mark));
                     }
