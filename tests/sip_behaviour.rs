@@ -313,18 +313,32 @@ fn calls_leave_no_sockets_behind() {
     let sip = RawSip::new(gateway.udp);
     let warm_up = |index: usize| {
         let call_id = format!("leak-{index}");
-        sip.send(&sip.request("INVITE", "100", &call_id, 1, "Content-Type: application/sdp\r\n", &sdp(4000)));
+        sip.send(&sip.request(
+            "INVITE",
+            "100",
+            &call_id,
+            1,
+            "Content-Type: application/sdp\r\n",
+            &sdp(4000),
+        ));
         let ok = sip
-            .wait_for(|m| status(m) == Some(200) && m.contains(&call_id), Duration::from_secs(5))
+            .wait_for(
+                |m| status(m) == Some(200) && m.contains(&call_id),
+                Duration::from_secs(5),
+            )
             .expect("answered");
         sip.send(&ack_for(&sip, &ok, "100", &call_id, 1));
         let to = header(&ok, "To").unwrap().to_string();
-        let bye = sip
-            .request("BYE", "100", &call_id, 2, "", "")
-            .replace(&format!("To: <sip:100@{}>", gateway.udp), &format!("To: {to}"));
+        let bye = sip.request("BYE", "100", &call_id, 2, "", "").replace(
+            &format!("To: <sip:100@{}>", gateway.udp),
+            &format!("To: {to}"),
+        );
         sip.send(&bye);
-        sip.wait_for(|m| status(m) == Some(200) && m.contains("CSeq: 2 BYE"), Duration::from_secs(5))
-            .expect("BYE answered");
+        sip.wait_for(
+            |m| status(m) == Some(200) && m.contains("CSeq: 2 BYE"),
+            Duration::from_secs(5),
+        )
+        .expect("BYE answered");
     };
     warm_up(0);
     std::thread::sleep(Duration::from_millis(300));
@@ -336,6 +350,10 @@ fn calls_leave_no_sockets_behind() {
     while gateway.open_fds() > baseline && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(gateway.open_fds(), baseline, "file descriptors leaked by 20 calls");
+    assert_eq!(
+        gateway.open_fds(),
+        baseline,
+        "file descriptors leaked by 20 calls"
+    );
     gateway.wait_for_log(&["call ended", "leak-20"], Duration::from_secs(2));
 }

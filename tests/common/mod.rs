@@ -2,7 +2,9 @@
 
 pub mod audio;
 pub mod gateway;
+pub mod http_server;
 pub mod raw_sip;
 pub mod rtp_peer;
 pub mod sipp;
 pub mod twilio_bot;
+pub mod ws_bot;
