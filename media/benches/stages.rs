@@ -1,0 +1,124 @@
+//! Cost of each media stage per 20 ms frame.
+//!
+//!   cargo bench -p switchboard-media --bench stages
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use switchboard_media::jitter::{JitterBuffer, JitterConfig, Playout};
+use switchboard_media::pacer::Pacer;
+use switchboard_media::resample::Resampler;
+use switchboard_media::rtp::{write_rtp, RtpPacket};
+use switchboard_media::{AudioFrame, G711};
+
+fn tone(rate: u32, samples: usize) -> Vec<i16> {
+    (0..samples)
+        .map(|n| ((n as f64 * 440.0 * std::f64::consts::TAU / rate as f64).sin() * 12000.0) as i16)
+        .collect()
+}
+
+fn g711(c: &mut Criterion) {
+    let pcm = tone(8000, 160);
+    let mut encoded = [0u8; 160];
+    let mut decoded = [0i16; 160];
+    for law in [G711::Pcmu, G711::Pcma] {
+        c.bench_function(&format!("{} encode 20 ms", law.name()), |b| {
+            b.iter(|| law.encode(black_box(&pcm), &mut encoded))
+        });
+        c.bench_function(&format!("{} decode 20 ms", law.name()), |b| {
+            b.iter(|| law.decode(black_box(&encoded), &mut decoded))
+        });
+    }
+}
+
+fn jitter(c: &mut Criterion) {
+    let mut buffer = JitterBuffer::new(JitterConfig::default());
+    let payload = [0xffu8; 160];
+    let mut packet = [0u8; 172];
+    let start = Instant::now();
+    let mut sequence: u16 = 0;
+    c.bench_function("jitter push+pop 20 ms", |b| {
+        b.iter(|| {
+            let now = start + Duration::from_millis(20 * sequence as u64);
+            write_rtp(&mut packet, false, 0, sequence, sequence as u32 * 160, 7, &payload);
+            let parsed = RtpPacket::parse(&packet).unwrap();
+            black_box(buffer.push(&parsed, now));
+            if let Playout::Packet { payload, .. } = buffer.pop(now) {
+                black_box(payload.len());
+            }
+            sequence = sequence.wrapping_add(1);
+        })
+    });
+}
+
+fn resample(c: &mut Criterion) {
+    for (from, to) in [(8000, 16000), (16000, 8000), (8000, 24000), (24000, 8000), (8000, 48000), (48000, 8000)] {
+        let mut resampler = Resampler::new(from, to).unwrap();
+        let input = tone(from, from as usize / 50);
+        let mut out = AudioFrame::new(to);
+        c.bench_function(&format!("resample {from}->{to} 20 ms"), |b| {
+            b.iter(|| resampler.process(black_box(&input), &mut out))
+        });
+    }
+}
+
+fn pacer(c: &mut Criterion) {
+    let mut pacer = Pacer::new(8000, 120_000);
+    let chunk = tone(8000, 160);
+    let mut out = [0i16; 160];
+    c.bench_function("pacer push+frame 20 ms", |b| {
+        b.iter(|| {
+            pacer.push_audio(black_box(&chunk));
+            black_box(pacer.next_frame(&mut out));
+        })
+    });
+}
+
+/// Caller → bot direction of a G.711 call to a 16 kHz bot: parse, jitter,
+/// decode, resample. Bot → caller: resample, pace, encode, write RTP.
+fn pipeline(c: &mut Criterion) {
+    let mut buffer = JitterBuffer::new(JitterConfig::default());
+    let mut up = Resampler::new(8000, 16000).unwrap();
+    let mut down = Resampler::new(16000, 8000).unwrap();
+    let mut pacer = Pacer::new(8000, 120_000);
+    let mut packet = [0u8; 172];
+    let mut out_packet = [0u8; 172];
+    let mut pcm = [0i16; 160];
+    let mut encoded = [0u8; 160];
+    let mut to_bot = AudioFrame::new(16000);
+    let bot_audio = tone(16000, 320);
+    let payload: Vec<u8> = tone(8000, 160).iter().map(|s| switchboard_media::g711::ulaw_encode(*s)).collect();
+    let start = Instant::now();
+    let mut sequence: u16 = 0;
+    c.bench_function("pipeline caller->bot 20 ms (G.711 -> 16 kHz)", |b| {
+        b.iter(|| {
+            let now = start + Duration::from_millis(20 * sequence as u64);
+            write_rtp(&mut packet, false, 0, sequence, sequence as u32 * 160, 7, &payload);
+            let parsed = RtpPacket::parse(black_box(&packet)).unwrap();
+            buffer.push(&parsed, now);
+            if let Playout::Packet { payload, .. } = buffer.pop(now) {
+                G711::Pcmu.decode(payload, &mut pcm);
+                up.process(&pcm, &mut to_bot);
+            }
+            sequence = sequence.wrapping_add(1);
+        })
+    });
+    let mut out_sequence: u16 = 0;
+    c.bench_function("pipeline bot->caller 20 ms (16 kHz -> G.711)", |b| {
+        b.iter(|| {
+            down.process_any(black_box(&bot_audio), |chunk| pacer.push_audio(chunk));
+            pacer.next_frame(&mut pcm);
+            G711::Pcmu.encode(&pcm, &mut encoded);
+            black_box(write_rtp(&mut out_packet, false, 0, out_sequence, out_sequence as u32 * 160, 9, &encoded));
+            out_sequence = out_sequence.wrapping_add(1);
+        })
+    });
+}
+
+criterion_group! {
+    name = stages;
+    config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+    targets = g711, jitter, resample, pacer, pipeline
+}
+criterion_main!(stages);
