@@ -1,22 +1,873 @@
-//! Placeholder: being written.
-use switchboard_flows::UltravoxConfig;
+//! Ultravox over the `serverWebSocket` medium (PROTOCOLS.md §4): a REST call
+//! creates the call and returns a `joinUrl`; joined, it carries raw s16le PCM
+//! (binary frames) and JSON data messages (text frames).
+//!
+//! Like the Twilio connector, one task per session owns the WebSocket and
+//! multiplexes caller audio, control and Ultravox's messages with `select!`;
+//! every way it ends sends `Closed` (if anyone listens) and ends the task.
+//! Bot tools are Ultravox client tools: each invocation becomes an [`Action`]
+//! and is answered with `client_tool_result` once the call reports back.
 
-use crate::{BotConnector, BotSession, CallInfo, ConnectorError};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use switchboard_flows::{Action, DialTarget, ToolKind, UltravoxConfig};
+use switchboard_media::{AudioFormat, AudioFrame};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::{
+    BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError, AUDIO_IN_CAPACITY,
+    CONTROL_CAPACITY, EVENTS_CAPACITY,
+};
+
+/// Audio Ultravox buffers on its side; small keeps barge-in quick.
+const CLIENT_BUFFER_MS: u32 = 60;
+/// A peer that cannot take one message within this time is considered dead;
+/// without it a stalled socket would pin the session task forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long we wait for Ultravox to finish the closing handshake.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A call-creation reply is small; reading a huge one whole could exhaust memory.
+const MAX_REPLY_BYTES: usize = 64 * 1024;
+/// How much of an error reply goes into the error message.
+const ERROR_SNIPPET_CHARS: usize = 200;
+/// Past this many malformed data messages the peer is clearly not speaking
+/// the protocol: end the session.
+const MAX_MALFORMED: u64 = 20;
+/// Cap on one transcript's accumulated text and on how many utterances are
+/// accumulated at once: deltas from a misbehaving peer must not grow memory.
+const MAX_TRANSCRIPT_BYTES: usize = 8 * 1024;
+const MAX_OPEN_TRANSCRIPTS: usize = 4;
+/// Tool invocations awaiting the call's answer (it answers promptly); the
+/// oldest is forgotten beyond this.
+const MAX_PENDING_TOOLS: usize = 8;
+/// Ring time for transfers: the tool has no way to choose one.
+const DIAL_TIMEOUT_SECS: u32 = 30;
+/// Longest DTMF string or transfer target accepted from the model.
+const MAX_DIGITS: usize = 64;
+const MAX_TARGET_CHARS: usize = 512;
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens Ultravox calls with one flow's settings.
 pub struct UltravoxConnector {
-    _config: UltravoxConfig,
+    config: UltravoxConfig,
+    tools: Arc<BTreeMap<String, ToolKind>>,
+    /// One client for all calls of the flow so TLS sessions and connections
+    /// are reused. Building it can only fail on a broken TLS set-up, which
+    /// is reported on the first call rather than panicking at start-up.
+    http: Result<reqwest::Client, String>,
 }
 
 impl UltravoxConnector {
     pub fn new(config: UltravoxConfig) -> Self {
         crate::install_crypto_provider();
-        Self { _config: config }
+        let http = reqwest::Client::builder()
+            // A redirect would replay the API key to wherever it points and
+            // turn the POST into a GET: report it instead.
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| error_chain(&e));
+        Self {
+            tools: Arc::new(config.tools.clone()),
+            config,
+            http,
+        }
+    }
+
+    /// `{base_url}/api/calls` or `{base_url}/api/agents/{agent_id}/calls`,
+    /// with the agent id escaped as one path segment.
+    fn calls_url(&self) -> Result<reqwest::Url, String> {
+        let mut url = reqwest::Url::parse(self.config.base_url.trim_end_matches('/'))
+            .map_err(|e| format!("bad base_url: {e}"))?;
+        {
+            let mut path = url
+                .path_segments_mut()
+                .map_err(|()| "base_url cannot have a path".to_owned())?;
+            path.pop_if_empty();
+            match &self.config.agent_id {
+                Some(agent) => path.extend(["api", "agents", agent.as_str(), "calls"]),
+                None => path.extend(["api", "calls"]),
+            };
+        }
+        Ok(url)
+    }
+
+    /// REST step then WebSocket; `stage` names the URL being worked on so a
+    /// timeout can say which step hung.
+    async fn create_and_join(
+        &self,
+        http: &reqwest::Client,
+        url: reqwest::Url,
+        call: &CallInfo,
+        stage: &mut String,
+    ) -> Result<(Socket, String), ConnectorError> {
+        let connect_error = |url: &str, reason: String| ConnectorError::Connect {
+            url: url.to_owned(),
+            reason,
+        };
+        let body = create_call_body(&self.config, call);
+        let mut response = http
+            .post(url)
+            .header("X-API-Key", &self.config.api_key)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| connect_error(stage, error_chain(&e)))?;
+        let status = response.status();
+        let mut reply = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| connect_error(stage, format!("reading the reply: {}", error_chain(&e))))?
+        {
+            if reply.len() + chunk.len() > MAX_REPLY_BYTES {
+                return Err(connect_error(stage, "the reply is too large".to_owned()));
+            }
+            reply.extend_from_slice(&chunk);
+        }
+        if !status.is_success() {
+            let reason = format!("HTTP {}: {}", status.as_u16(), snippet(&reply));
+            return Err(connect_error(stage, reason));
+        }
+        let created: CreatedCall = serde_json::from_slice(&reply).map_err(|e| {
+            ConnectorError::Protocol(format!("the call-creation reply is not JSON: {e}"))
+        })?;
+        let join_url = created.join_url.filter(|u| !u.is_empty()).ok_or_else(|| {
+            ConnectorError::Protocol("the call-creation reply has no joinUrl".into())
+        })?;
+        let ultravox_call = created.call_id.unwrap_or_default();
+        *stage = without_query(&join_url);
+        if !(join_url.starts_with("ws://") || join_url.starts_with("wss://")) {
+            return Err(ConnectorError::Protocol(format!(
+                "joinUrl {stage} is not a ws:// or wss:// URL"
+            )));
+        }
+        // Nagle would hold back 20 ms frames waiting for ACKs: disable it.
+        let (ws, _response) = tokio_tungstenite::connect_async_with_config(&join_url, None, true)
+            .await
+            .map_err(|e| connect_error(stage, e.to_string()))?;
+        Ok((ws, ultravox_call))
     }
 }
 
 #[async_trait::async_trait]
 impl BotConnector for UltravoxConnector {
-    async fn open(&self, _call: &CallInfo) -> Result<BotSession, ConnectorError> {
-        Err(ConnectorError::Protocol("not implemented yet".into()))
+    async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError> {
+        let url = self.calls_url().map_err(|reason| ConnectorError::Connect {
+            url: self.config.base_url.clone(),
+            reason,
+        })?;
+        let http = self
+            .http
+            .as_ref()
+            .map_err(|reason| ConnectorError::Connect {
+                url: url.to_string(),
+                reason: format!("no HTTP client: {reason}"),
+            })?;
+        let mut stage = url.to_string();
+        // Creating and joining the call is one "connect" with one budget.
+        let limit = Duration::from_millis(self.config.connect_timeout_ms);
+        let outcome = timeout(limit, self.create_and_join(http, url, call, &mut stage)).await;
+        let (ws, ultravox_call) = match outcome {
+            Err(_) => {
+                return Err(ConnectorError::ConnectTimeout {
+                    url: stage,
+                    timeout_ms: self.config.connect_timeout_ms,
+                })
+            }
+            Ok(result) => result?,
+        };
+        tracing::debug!(call_id = %call.call_id, %ultravox_call, join_url = %stage, "joined the Ultravox call");
+
+        let rate = self.config.sample_rate;
+        let (audio_tx, audio_rx) = mpsc::channel(AUDIO_IN_CAPACITY);
+        let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
+        let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
+        let session = Session {
+            ws,
+            events: events_tx,
+            tools: Arc::clone(&self.tools),
+            format: AudioFormat::new(rate),
+            odd_byte: None,
+            transcripts: VecDeque::new(),
+            pending: VecDeque::new(),
+            stats: Stats::default(),
+            ultravox_call,
+        };
+        tokio::spawn(session.run(audio_rx, control_rx));
+        Ok(BotSession {
+            audio_format: AudioFormat::new(rate),
+            audio_in: audio_tx,
+            control: control_tx,
+            events: events_rx,
+        })
     }
+}
+
+// ---- call creation -----------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreatedCall {
+    #[serde(default)]
+    join_url: Option<String>,
+    #[serde(default)]
+    call_id: Option<String>,
+}
+
+/// The JSON body of the call-creation request.
+///
+/// An agent call (`/api/agents/{id}/calls`) only accepts overrides of the
+/// agent's template (`templateContext`, `metadata`, `medium`, …): prompt,
+/// voice, model and tools belong to the agent there, so they are sent only
+/// for plain calls. `templateContext` in turn exists only for agent calls;
+/// plain calls carry the flow parameters in `metadata`.
+fn create_call_body(config: &UltravoxConfig, call: &CallInfo) -> Value {
+    let rate = config.sample_rate;
+    let mut body = json!({
+        "medium": {"serverWebSocket": {
+            "inputSampleRate": rate,
+            "outputSampleRate": rate,
+            "clientBufferSizeMs": CLIENT_BUFFER_MS,
+        }},
+    });
+    // Caller-supplied headers first, then flow parameters (plain calls),
+    // then the gateway's own facts, so none can spoof what follows it.
+    // "ultravox." keys are reserved by Ultravox.
+    let params = call.parameters.iter().filter(|_| config.agent_id.is_none());
+    let mut metadata: BTreeMap<&str, &str> = call
+        .x_headers
+        .iter()
+        .map(|(name, value)| (name, value))
+        .chain(params)
+        .filter(|(name, _)| !name.to_ascii_lowercase().starts_with("ultravox."))
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    metadata.extend([
+        ("from", call.from.as_str()),
+        ("to", &call.to),
+        ("sipCallId", &call.call_id),
+        ("flow", &call.flow),
+    ]);
+    body["metadata"] = json!(metadata);
+    if config.agent_id.is_some() {
+        body["templateContext"] = json!(call.parameters);
+    } else {
+        for (key, value) in [
+            ("systemPrompt", &config.system_prompt),
+            ("voice", &config.voice),
+            ("model", &config.model),
+        ] {
+            if let Some(value) = value {
+                body[key] = json!(value);
+            }
+        }
+        let tools: Vec<Value> = config
+            .tools
+            .iter()
+            .map(|(name, kind)| tool_definition(name, *kind))
+            .collect();
+        body["selectedTools"] = Value::Array(tools);
+    }
+    body
+}
+
+/// A temporary client tool for one configured tool.
+fn tool_definition(name: &str, kind: ToolKind) -> Value {
+    let string_param = |param: &str, description: &str| {
+        json!({
+            "name": param,
+            "location": "PARAMETER_LOCATION_BODY",
+            "schema": {"type": "string", "description": description},
+            "required": true,
+        })
+    };
+    let (description, parameters) = match kind {
+        ToolKind::Transfer => (
+            "Transfer the caller to another party. Say goodbye first.",
+            vec![string_param(
+                "target",
+                "SIP URI (sip:user@host) or tel: URI of the party to transfer to",
+            )],
+        ),
+        ToolKind::Hangup => ("End the call. Say goodbye first.", Vec::new()),
+        ToolKind::SendDtmf => (
+            "Send touch-tone (DTMF) digits on the call, e.g. to navigate a phone menu.",
+            vec![string_param("digits", "Digits to send: 0-9, *, #, A-D")],
+        ),
+    };
+    json!({"temporaryTool": {
+        "modelToolName": name,
+        "description": description,
+        "dynamicParameters": parameters,
+        "client": {},
+    }})
+}
+
+/// The action a tool invocation asks for, or why its arguments are unusable
+/// (told to the model so it can retry).
+fn tool_action(kind: ToolKind, parameters: Option<&Value>) -> Result<Action, String> {
+    let param = |name: &str| parameters.and_then(|p| p.get(name));
+    match kind {
+        ToolKind::Transfer => {
+            let target = param("target").and_then(Value::as_str).unwrap_or("").trim();
+            if !is_dial_uri(target) {
+                return Err("target must be a sip:, sips: or tel: URI".to_owned());
+            }
+            Ok(Action::Dial(DialTarget {
+                uri: target.to_owned(),
+                caller_id: None,
+                username: None,
+                password: None,
+                timeout_secs: DIAL_TIMEOUT_SECS,
+            }))
+        }
+        ToolKind::Hangup => {
+            let reason = param("reason")
+                .and_then(Value::as_str)
+                .map(|r| r.chars().take(200).collect::<String>())
+                .filter(|r| !r.trim().is_empty());
+            Ok(Action::Hangup { reason })
+        }
+        ToolKind::SendDtmf => {
+            // Models sometimes pass digits as a number.
+            let digits = match param("digits") {
+                Some(Value::String(s)) => s.trim().to_ascii_uppercase(),
+                Some(Value::Number(n)) if n.is_u64() => n.to_string(),
+                _ => String::new(),
+            };
+            let valid = !digits.is_empty()
+                && digits.len() <= MAX_DIGITS
+                && digits
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || matches!(b, b'*' | b'#' | b'A'..=b'D'));
+            if !valid {
+                return Err(format!(
+                    "digits must be 1 to {MAX_DIGITS} of 0-9, *, #, A-D"
+                ));
+            }
+            Ok(Action::SendDtmf { digits })
+        }
+    }
+}
+
+/// A transfer target we are willing to put in a Request-URI: a known scheme,
+/// something after it, and nothing that could break a SIP header.
+fn is_dial_uri(target: &str) -> bool {
+    let lower = target.get(..5).unwrap_or(target).to_ascii_lowercase();
+    let rest = if lower.starts_with("sips:") {
+        &target[5..]
+    } else if lower.starts_with("sip:") || lower.starts_with("tel:") {
+        &target[4..]
+    } else {
+        return false;
+    };
+    !rest.is_empty()
+        && target.chars().count() <= MAX_TARGET_CHARS
+        && !target
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"'))
+}
+
+/// The error and its causes: reqwest's own message ("error sending request")
+/// hides the interesting part (connection refused, DNS, TLS).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The start of an error body on one line, for the error message.
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut out: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if let Some((cut, _)) = out.char_indices().nth(ERROR_SNIPPET_CHARS) {
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
+/// Join URLs may carry credentials in the query: keep them out of logs.
+fn without_query(url: &str) -> String {
+    url.split(['?', '#']).next().unwrap_or(url).to_owned()
+}
+
+// ---- data messages ------------------------------------------------------------
+
+/// The fields we use of any Ultravox data message; the rest is ignored.
+/// Strings borrow from the frame unless they contain escapes; missing
+/// `Option`s are `None`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Inbound<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    delta: Option<Cow<'a, str>>,
+    #[serde(rename = "final")]
+    is_final: Option<bool>,
+    ordinal: Option<u64>,
+    #[serde(borrow)]
+    tool_name: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    invocation_id: Option<Cow<'a, str>>,
+    parameters: Option<Value>,
+    #[serde(borrow)]
+    state: Option<Cow<'a, str>>,
+}
+
+/// An utterance being assembled from `delta`s.
+struct Utterance {
+    ordinal: Option<u64>,
+    role: String,
+    text: String,
+}
+
+/// A tool invocation waiting for the call's [`BotControl::ActionResult`].
+struct Pending {
+    /// [`Action::kind`], which is what `ActionResult.action` names.
+    action: &'static str,
+    invocation_id: String,
+    hang_up: bool,
+}
+
+/// Things the peer got wrong or we dropped, counted for rate-limited logs.
+#[derive(Default, Debug)]
+struct Stats {
+    malformed: u64,
+    unknown: u64,
+    unknown_tools: u64,
+    bad_tool_args: u64,
+    wrong_rate: u64,
+}
+
+/// Count one more occurrence; true for the few first and then one in a
+/// hundred, the ones worth a log line.
+fn note(count: &mut u64) -> bool {
+    *count += 1;
+    *count <= 3 || count.is_multiple_of(100)
+}
+
+/// Why the session loop stopped.
+enum Ending {
+    Hangup,    // the call asked us to hang up
+    CallGone,  // caller audio closed: the call is gone
+    Abandoned, // nobody reads events: the session was dropped
+    BotClosed, // Ultravox sent a close frame
+    /// The socket failed or the peer broke the protocol; the reason goes into `Closed`.
+    Failed(String),
+}
+
+struct Session {
+    ws: Socket,
+    events: mpsc::Sender<BotEvent>,
+    tools: Arc<BTreeMap<String, ToolKind>>,
+    format: AudioFormat,
+    /// First byte of a sample split across binary frames.
+    odd_byte: Option<u8>,
+    transcripts: VecDeque<Utterance>,
+    pending: VecDeque<Pending>,
+    stats: Stats,
+    /// Ultravox's id of the call, for logs.
+    ultravox_call: String,
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        audio_in: mpsc::Receiver<AudioFrame>,
+        control: mpsc::Receiver<BotControl>,
+    ) {
+        let ending = match self.pump(audio_in, control).await {
+            Ok(never) => match never {},
+            Err(ending) => ending,
+        };
+        let error = match &ending {
+            Ending::Hangup | Ending::CallGone | Ending::Abandoned => {
+                // Ending the Ultravox call explicitly stops billing at once
+                // instead of when it notices the socket is gone.
+                let why = match ending {
+                    Ending::Hangup => "caller hung up",
+                    _ => "call ended",
+                };
+                let hang_up = json!({"type": "hang_up", "message": why}).to_string();
+                if let Err(reason) = self.send(Message::text(hang_up)).await {
+                    tracing::debug!(%reason, "could not send hang_up");
+                } else {
+                    match timeout(CLOSE_TIMEOUT, self.ws.close(None)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::debug!(error = %e, "could not send a close frame"),
+                        Err(_) => tracing::debug!("Ultravox took no close frame in time"),
+                    }
+                }
+                None
+            }
+            // tungstenite has queued the reply to the close frame.
+            Ending::BotClosed => None,
+            Ending::Failed(reason) => Some(reason.clone()),
+        };
+        tracing::debug!(ultravox_call = %self.ultravox_call, stats = ?self.stats, ?error, "Ultravox session ended");
+        let failed = error.is_some();
+        // The call must learn at once; the close handshake below is only
+        // socket hygiene. Fails only when nobody listens, which is fine.
+        let _ = self.events.send(BotEvent::Closed { error }).await;
+        if !failed {
+            self.finish_close().await;
+        }
+    }
+
+    /// Moves messages until something ends the session; never returns `Ok`.
+    async fn pump(
+        &mut self,
+        mut audio_in: mpsc::Receiver<AudioFrame>,
+        mut control: mpsc::Receiver<BotControl>,
+    ) -> Result<std::convert::Infallible, Ending> {
+        let mut control_open = true;
+        loop {
+            tokio::select! {
+                // Control first so a Hangup is not starved by audio.
+                biased;
+                message = control.recv(), if control_open => match message {
+                    Some(BotControl::Hangup) => return Err(Ending::Hangup),
+                    Some(BotControl::ActionResult { action, ok, message }) => {
+                        self.on_action_result(&action, ok, &message).await?;
+                    }
+                    Some(BotControl::Dtmf(digit)) => {
+                        // The serverWebSocket medium has no DTMF message.
+                        tracing::debug!(%digit, "DTMF not forwarded to Ultravox");
+                    }
+                    // We never send marks, so there are none to acknowledge.
+                    Some(BotControl::MarkPlayed(_)) => {}
+                    // audio_in still tells us when the call is gone.
+                    None => control_open = false,
+                },
+                // Caller audio before Ultravox's messages: it comes at most
+                // every 20 ms, while a burst of bot audio must not delay it.
+                frame = audio_in.recv() => match frame {
+                    Some(frame) => self.on_caller_audio(&frame).await?,
+                    None => return Err(Ending::CallGone),
+                },
+                incoming = self.ws.next() => match incoming {
+                    Some(Ok(message)) => self.on_message(message).await?,
+                    Some(Err(e)) => return Err(Ending::Failed(e.to_string())),
+                    None => return Err(Ending::Failed("connection closed".to_owned())),
+                },
+                () = self.events.closed() => return Err(Ending::Abandoned),
+            }
+        }
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), String> {
+        match timeout(WRITE_TIMEOUT, self.ws.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "Ultravox took no data for {} s",
+                WRITE_TIMEOUT.as_secs()
+            )),
+        }
+    }
+
+    async fn emit(&self, event: BotEvent) -> Result<(), Ending> {
+        // Awaiting here is the back-pressure: we stop reading the socket.
+        self.events.send(event).await.map_err(|_| Ending::Abandoned)
+    }
+
+    async fn on_caller_audio(&mut self, frame: &AudioFrame) -> Result<(), Ending> {
+        if frame.sample_rate() != self.format.sample_rate {
+            // Sending it anyway would play at the wrong speed.
+            if note(&mut self.stats.wrong_rate) {
+                tracing::warn!(
+                    got = frame.sample_rate(),
+                    declared = self.format.sample_rate,
+                    count = self.stats.wrong_rate,
+                    "dropping caller audio at the wrong rate"
+                );
+            }
+            return Ok(());
+        }
+        if frame.is_empty() {
+            return Ok(());
+        }
+        // tungstenite needs an owned payload per message; building it
+        // directly costs that one allocation and no extra copy.
+        let mut pcm = Vec::with_capacity(frame.len() * 2);
+        for sample in frame.samples() {
+            pcm.extend_from_slice(&sample.to_le_bytes());
+        }
+        self.send(Message::binary(pcm))
+            .await
+            .map_err(Ending::Failed)
+    }
+
+    async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
+        match message {
+            Message::Binary(data) => self.on_bot_audio(&data).await,
+            Message::Text(text) => self.on_text(text.as_str()).await,
+            Message::Close(_) => Err(Ending::BotClosed),
+            // tungstenite answers pings itself.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+        }
+    }
+
+    /// s16le of any length (even odd, splitting a sample across frames)
+    /// becomes 20 ms frames; the last one of a message may be shorter.
+    async fn on_bot_audio(&mut self, data: &[u8]) -> Result<(), Ending> {
+        let mut bytes = data;
+        let mut first = None;
+        if let Some(low) = self.odd_byte.take() {
+            let Some((&high, rest)) = bytes.split_first() else {
+                self.odd_byte = Some(low);
+                return Ok(());
+            };
+            first = Some(i16::from_le_bytes([low, high]));
+            bytes = rest;
+        }
+        if bytes.len() % 2 == 1 {
+            self.odd_byte = Some(bytes[bytes.len() - 1]);
+            bytes = &bytes[..bytes.len() - 1];
+        }
+        let mut remaining = usize::from(first.is_some()) + bytes.len() / 2;
+        let mut pairs = bytes.chunks_exact(2);
+        let rate = self.format.sample_rate;
+        let frame_samples = self.format.frame_samples().max(1);
+        while remaining > 0 {
+            let n = remaining.min(frame_samples);
+            let mut frame = AudioFrame::new(rate);
+            let dst = frame.fill(n);
+            let start = match first.take() {
+                Some(sample) => {
+                    dst[0] = sample;
+                    1
+                }
+                None => 0,
+            };
+            for (out, pair) in dst[start..].iter_mut().zip(&mut pairs) {
+                *out = i16::from_le_bytes([pair[0], pair[1]]);
+            }
+            remaining -= n;
+            self.emit(BotEvent::Audio(frame)).await?;
+        }
+        Ok(())
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
+        let inbound: Inbound<'_> = match serde_json::from_str(text) {
+            Ok(inbound) => inbound,
+            Err(e) => return self.malformed(&format!("a malformed data message ({e})")),
+        };
+        match &*inbound.kind {
+            "playback_clear_buffer" => {
+                // A half sample from before the clear belongs to dropped audio.
+                self.odd_byte = None;
+                self.emit(BotEvent::Clear).await
+            }
+            "transcript" => self.on_transcript(inbound).await,
+            "client_tool_invocation" => self.on_tool(inbound).await,
+            "state" | "call_started" | "pong" | "debug" => {
+                tracing::debug!(kind = %inbound.kind, state = ?inbound.state, "Ultravox data message");
+                Ok(())
+            }
+            other => {
+                if note(&mut self.stats.unknown) {
+                    tracing::debug!(
+                        kind = other,
+                        count = self.stats.unknown,
+                        "ignoring an unknown Ultravox message"
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn malformed(&mut self, what: &str) -> Result<(), Ending> {
+        if note(&mut self.stats.malformed) {
+            tracing::warn!(
+                count = self.stats.malformed,
+                "ignoring {what} from Ultravox"
+            );
+        }
+        if self.stats.malformed > MAX_MALFORMED {
+            return Err(Ending::Failed("bot sent malformed messages".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Only final transcripts are reported; until then `text` (the whole
+    /// utterance so far) or `delta`s (increments) are accumulated per ordinal.
+    async fn on_transcript(&mut self, m: Inbound<'_>) -> Result<(), Ending> {
+        let open = &mut self.transcripts;
+        let index = open.iter().position(|u| u.ordinal == m.ordinal);
+        let index = index.unwrap_or_else(|| {
+            if open.len() >= MAX_OPEN_TRANSCRIPTS {
+                open.pop_front();
+            }
+            let (role, text) = (String::new(), String::new());
+            open.push_back(Utterance {
+                ordinal: m.ordinal,
+                role,
+                text,
+            });
+            open.len() - 1
+        });
+        let utterance = &mut open[index];
+        if let Some(role) = &m.role {
+            utterance.role = role.chars().take(32).collect();
+        }
+        match (&m.text, &m.delta) {
+            (Some(text), _) => {
+                utterance.text.clear();
+                push_capped(&mut utterance.text, text, MAX_TRANSCRIPT_BYTES);
+            }
+            (None, Some(delta)) => push_capped(&mut utterance.text, delta, MAX_TRANSCRIPT_BYTES),
+            (None, None) => {}
+        }
+        if m.is_final != Some(true) {
+            return Ok(());
+        }
+        let Some(Utterance { role, text, .. }) = open.remove(index) else {
+            return Ok(());
+        };
+        if text.trim().is_empty() {
+            return Ok(());
+        }
+        let role = if role.is_empty() {
+            "unknown".to_owned()
+        } else {
+            role
+        };
+        self.emit(BotEvent::Transcript { role, text }).await
+    }
+
+    async fn on_tool(&mut self, inbound: Inbound<'_>) -> Result<(), Ending> {
+        let (Some(name), Some(invocation_id)) = (inbound.tool_name, inbound.invocation_id) else {
+            return self.malformed("a tool invocation without toolName or invocationId");
+        };
+        let Some(kind) = self.tools.get(&*name).copied() else {
+            if note(&mut self.stats.unknown_tools) {
+                tracing::warn!(tool = %name, count = self.stats.unknown_tools, "Ultravox invoked a tool this flow does not offer");
+            }
+            let message = format!("there is no tool named {name}");
+            return self
+                .send_tool_result(&invocation_id, &message, None, Some("undefined"))
+                .await;
+        };
+        match tool_action(kind, inbound.parameters.as_ref()) {
+            Ok(action) => {
+                if self.pending.len() >= MAX_PENDING_TOOLS {
+                    if let Some(old) = self.pending.pop_front() {
+                        tracing::debug!(invocation = %old.invocation_id, "forgetting an unanswered tool invocation");
+                    }
+                }
+                self.pending.push_back(Pending {
+                    action: action.kind(),
+                    invocation_id: invocation_id.into_owned(),
+                    hang_up: kind == ToolKind::Hangup,
+                });
+                tracing::debug!(tool = %name, action = action.kind(), "Ultravox asked for an action");
+                self.emit(BotEvent::Action(action)).await
+            }
+            Err(reason) => {
+                if note(&mut self.stats.bad_tool_args) {
+                    tracing::warn!(tool = %name, %reason, count = self.stats.bad_tool_args, "refusing a tool invocation");
+                }
+                // The arguments, not the tool, are at fault: the model may retry.
+                self.send_tool_result(&invocation_id, &reason, None, Some("implementation-error"))
+                    .await
+            }
+        }
+    }
+
+    async fn on_action_result(&mut self, action: &str, ok: bool, text: &str) -> Result<(), Ending> {
+        let Some(index) = self.pending.iter().position(|p| p.action == action) else {
+            tracing::debug!(%action, ok, "an action result with no tool invocation waiting for it");
+            return Ok(());
+        };
+        let Some(pending) = self.pending.remove(index) else {
+            return Ok(());
+        };
+        let (response_type, error_type) = match (ok, pending.hang_up) {
+            (true, true) => (Some("hang-up"), None),
+            (true, false) => (None, None),
+            (false, _) => (None, Some("implementation-error")),
+        };
+        self.send_tool_result(&pending.invocation_id, text, response_type, error_type)
+            .await
+    }
+
+    async fn send_tool_result(
+        &mut self,
+        invocation_id: &str,
+        message: &str,
+        response_type: Option<&str>,
+        error_type: Option<&str>,
+    ) -> Result<(), Ending> {
+        let mut result =
+            json!({"type": "client_tool_result", "invocationId": invocation_id, "result": message});
+        if let Some(kind) = response_type {
+            result["responseType"] = json!(kind);
+        }
+        if let Some(kind) = error_type {
+            result["errorType"] = json!(kind);
+            result["errorMessage"] = json!(message);
+        }
+        self.send(Message::text(result.to_string()))
+            .await
+            .map_err(Ending::Failed)
+    }
+
+    /// Finish the closing handshake, bounded by [`CLOSE_TIMEOUT`]: flush any
+    /// close reply and read (dropping data) until the server, which closes
+    /// TCP first (RFC 6455 §7.1.1), is gone.
+    async fn finish_close(&mut self) {
+        let ws = &mut self.ws;
+        let drained = timeout(CLOSE_TIMEOUT, async {
+            while let Some(message) = ws.next().await {
+                message?;
+            }
+            Ok::<(), tokio_tungstenite::tungstenite::Error>(())
+        })
+        .await;
+        match drained {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "error while closing the Ultravox socket"),
+            Err(_) => tracing::debug!("Ultravox did not finish closing in time"),
+        }
+    }
+}
+
+/// Append as much of `add` as fits in `cap` bytes, on a char boundary.
+fn push_capped(text: &mut String, add: &str, cap: usize) {
+    let room = cap.saturating_sub(text.len());
+    if add.len() <= room {
+        text.push_str(add);
+        return;
+    }
+    let mut cut = room;
+    while !add.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.push_str(&add[..cut]);
 }
