@@ -243,7 +243,7 @@ impl Endpoint {
         now: std::time::Instant,
     ) {
         let call_id = request.call_id().unwrap_or_default().to_string();
-        let dialed = request.uri.user.clone().unwrap_or_default();
+        let dialed = request.uri.user_decoded().unwrap_or_default();
         if state != EndpointState::Running {
             tracing::info!(%call_id, "shutting down: 503 for a new call");
             reply(layer, tx, &request, 503, Some("5"), now);
