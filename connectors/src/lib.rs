@@ -8,6 +8,7 @@ use switchboard_flows::{Action, BotConfig};
 use switchboard_media::{AudioFormat, AudioFrame};
 use tokio::sync::mpsc;
 
+pub mod actions;
 pub mod echo;
 pub mod openai_realtime;
 pub mod twilio_stream;

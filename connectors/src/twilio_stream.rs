@@ -2,6 +2,12 @@
 //! the customer's `<Stream>` server (PROTOCOLS.md §3). Many bot frameworks
 //! (Pipecat, Voiceflow-style bridges, …) speak this, so one connector covers them.
 //!
+//! Beyond Twilio's protocol, bots may send Voiceflow-style actions
+//! (`{"event":"action","name":"twiml","body":"<Response>…"}`, see
+//! [`crate::actions`]) and are told the outcome with
+//! `{"event":"action_result","sequenceNumber":…,"streamSid":…,"name":…,"ok":…,"message":…}`,
+//! also sent at once with `ok: false` when the action cannot be understood.
+//!
 //! One task per session owns the WebSocket and multiplexes caller audio,
 //! control messages and the bot's messages with `select!`; it ends with the
 //! session (Hangup, caller audio closed, events receiver dropped) or with the
@@ -330,6 +336,20 @@ impl Outgoing {
         encode(&mut self.json, &msg)
     }
 
+    /// Not Twilio's: the outcome of a bot's action. Rare, so built with `json!`.
+    fn action_result(&mut self, name: &str, ok: bool, message: &str) -> Message {
+        let sequence = self.next_sequence();
+        let msg = serde_json::json!({
+            "event": "action_result",
+            "sequenceNumber": sequence.to_string(),
+            "streamSid": self.stream_sid,
+            "name": name,
+            "ok": ok,
+            "message": message,
+        });
+        Message::text(msg.to_string())
+    }
+
     fn stop(&mut self) -> Message {
         let sequence = self.next_sequence();
         let mut msg = envelope("stop", sequence, &self.stream_sid);
@@ -401,6 +421,7 @@ struct Stats {
     bad_base64: u64,
     binary: u64,
     unknown: u64,
+    bad_actions: u64,
 }
 
 /// Log the first few occurrences and then one in a hundred.
@@ -465,6 +486,7 @@ impl Session {
             bad_base64,
             binary,
             unknown,
+            bad_actions,
         } = self.stats;
         tracing::debug!(
             stream_sid = %self.out.stream_sid,
@@ -473,6 +495,7 @@ impl Session {
             bad_base64,
             binary,
             unknown,
+            bad_actions,
             ?error,
             "media stream ended"
         );
@@ -508,8 +531,8 @@ impl Session {
                         self.send(msg).await.map_err(Ending::Failed)?;
                     }
                     Some(BotControl::ActionResult { action, ok, message }) => {
-                        // This protocol has no message for it.
-                        tracing::debug!(%action, ok, %message, "action result not forwarded to a media-streams bot");
+                        let msg = self.out.action_result(&action, ok, &message);
+                        self.send(msg).await.map_err(Ending::Failed)?;
                     }
                     // audio_in still tells us when the call is gone.
                     None => control_open = false,
@@ -594,6 +617,7 @@ impl Session {
                 self.emit(BotEvent::Mark(name.into_owned())).await
             }
             "clear" => self.emit(BotEvent::Clear).await,
+            "action" => self.on_action(text).await,
             other => {
                 self.stats.unknown += 1;
                 if worth_logging(self.stats.unknown) {
@@ -604,6 +628,28 @@ impl Session {
                     );
                 }
                 Ok(())
+            }
+        }
+    }
+
+    /// The actions a bot asks for go to the call; one it got wrong is
+    /// answered at once so the bot can carry on.
+    async fn on_action(&mut self, text: &str) -> Result<(), Ending> {
+        // Already parsed once as `Inbound`, so this is valid JSON.
+        let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+        match crate::actions::parse_action_message(&value) {
+            Ok(actions) => {
+                for action in actions {
+                    self.emit(BotEvent::Action(action)).await?;
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                self.stats.bad_actions += 1;
+                let name = crate::actions::action_name(&value);
+                tracing::warn!(action = name, %reason, "refusing an action from the bot");
+                let msg = self.out.action_result(name, false, &reason);
+                self.send(msg).await.map_err(Ending::Failed)
             }
         }
     }
@@ -709,5 +755,20 @@ mod tests {
             .decode(v["media"]["payload"].as_str().unwrap())
             .unwrap();
         assert_eq!(payload, vec![0xff; 160]);
+    }
+
+    #[test]
+    fn action_result_shape() {
+        let mut out = Outgoing::new(&CallInfo::default());
+        let _ = out.start(&BTreeMap::new());
+        let Message::Text(text) = out.action_result("dial", false, "busy \"here\"") else {
+            panic!("action_result must be text");
+        };
+        let v: serde_json::Value = serde_json::from_str(text.as_str()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"event": "action_result", "sequenceNumber": "2",
+                "streamSid": out.stream_sid, "name": "dial", "ok": false, "message": "busy \"here\""})
+        );
     }
 }

@@ -11,7 +11,7 @@ use switchboard_connectors::twilio_stream::TwilioStreamConnector;
 use switchboard_connectors::{
     BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError,
 };
-use switchboard_flows::TwilioStreamConfig;
+use switchboard_flows::{Action, DialTarget, TwilioStreamConfig};
 use switchboard_media::g711::{ulaw_decode, ulaw_encode};
 use switchboard_media::AudioFrame;
 use tokio::net::{TcpListener, TcpStream};
@@ -414,4 +414,125 @@ async fn tls_handshake_failure_is_a_connect_error() {
         result.err()
     );
     server.abort();
+}
+
+#[tokio::test]
+async fn twiml_action_becomes_a_dial() {
+    let (mut session, mut ws) = open_session().await;
+    let start = read_greeting(&mut ws).await;
+    let stream_sid = start["streamSid"].clone();
+    let twiml = "<Response><Dial callerId=\"+15550001111\"><Sip>sip:agent@pbx;transport=tcp</Sip></Dial></Response>";
+    let action =
+        json!({"event": "action", "streamSid": stream_sid, "name": "twiml", "body": twiml});
+    ws.send(Message::text(action.to_string())).await.unwrap();
+    match next_event(&mut session.events).await {
+        BotEvent::Action(Action::Dial(DialTarget {
+            uri,
+            caller_id,
+            timeout_secs,
+            ..
+        })) => {
+            assert_eq!(uri, "sip:agent@pbx;transport=tcp");
+            assert_eq!(caller_id.as_deref(), Some("+15550001111"));
+            assert_eq!(timeout_secs, 30);
+        }
+        other => panic!("expected a dial action, got {other:?}"),
+    }
+    // Other action names, several in one TwiML document.
+    let forward =
+        json!({"event": "action", "name": "forward-call", "body": "{\"number\":\"+1 555 0100\"}"});
+    ws.send(Message::text(forward.to_string())).await.unwrap();
+    match next_event(&mut session.events).await {
+        BotEvent::Action(Action::Dial(target)) => assert_eq!(target.uri, "tel:+15550100"),
+        other => panic!("expected a dial action, got {other:?}"),
+    }
+    let two = json!({"event": "action", "name": "twiml",
+        "body": "<Response><Refer><Sip>sip:desk@pbx</Sip></Refer><Hangup/></Response>"});
+    ws.send(Message::text(two.to_string())).await.unwrap();
+    assert!(matches!(
+        next_event(&mut session.events).await,
+        BotEvent::Action(Action::Refer { uri }) if uri == "sip:desk@pbx"
+    ));
+    assert!(matches!(
+        next_event(&mut session.events).await,
+        BotEvent::Action(Action::Hangup { reason: None })
+    ));
+    session.control.send(BotControl::Hangup).await.unwrap();
+    expect_stop_and_close(ws, &start).await;
+    expect_closed_then_end(&mut session.events, true).await;
+}
+
+#[tokio::test]
+async fn bad_twiml_is_answered_with_a_failed_action_result() {
+    let (mut session, mut ws) = open_session().await;
+    let start = read_greeting(&mut ws).await;
+    for (name, body, needle) in [
+        (
+            "twiml",
+            json!("<Response><Dial><Sip>sip:a@b</Dial></Response>"),
+            "malformed",
+        ),
+        (
+            "twiml",
+            json!("<Response><Say>hi</Say></Response>"),
+            "<Say>",
+        ),
+        ("DTMF", json!({"digits": "12x"}), "'x'"),
+        ("transfer-somewhere", json!({}), "unknown action"),
+    ] {
+        let action = json!({"event": "action", "name": name, "body": body});
+        ws.send(Message::text(action.to_string())).await.unwrap();
+        let result = next_json(&mut ws).await;
+        assert_eq!(result["event"], "action_result", "{result}");
+        assert_eq!(result["name"], name);
+        assert_eq!(result["ok"], false);
+        assert_eq!(result["streamSid"], start["streamSid"]);
+        let message = result["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{message}");
+    }
+    // Nothing reached the call; the session goes on.
+    ws.send(Message::text(json!({"event": "clear"}).to_string()))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_event(&mut session.events).await,
+        BotEvent::Clear
+    ));
+    drop(ws);
+    expect_closed_then_end(&mut session.events, false).await;
+}
+
+#[tokio::test]
+async fn action_results_are_forwarded_to_the_bot() {
+    let (session, mut ws) = open_session().await;
+    let start = read_greeting(&mut ws).await;
+    session
+        .control
+        .send(BotControl::ActionResult {
+            action: "dial".into(),
+            ok: false,
+            message: "dial is not available yet".into(),
+        })
+        .await
+        .unwrap();
+    let result = next_json(&mut ws).await;
+    assert_eq!(
+        result,
+        json!({"event": "action_result", "sequenceNumber": "2", "streamSid": start["streamSid"],
+               "name": "dial", "ok": false, "message": "dial is not available yet"})
+    );
+    session
+        .control
+        .send(BotControl::ActionResult {
+            action: "hangup".into(),
+            ok: true,
+            message: "hanging up".into(),
+        })
+        .await
+        .unwrap();
+    let result = next_json(&mut ws).await;
+    assert_eq!(result["sequenceNumber"], "3");
+    assert_eq!(result["ok"], true);
+    drop(session);
+    expect_stop_and_close(ws, &start).await;
 }
