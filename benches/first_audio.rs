@@ -27,18 +27,25 @@ fn arg(name: &str, default: u64) -> u64 {
 fn main() {
     let calls = arg("--calls", 30) as usize;
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
     let bot_addr = listener.local_addr().unwrap();
     let (first_media, first_media_rx) = mpsc::channel::<Instant>();
     runtime.spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let first_media = first_media.clone();
             tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else { return };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
                 let mut reported = false;
                 while let Some(Ok(message)) = ws.next().await {
                     if let Message::Text(text) = message {
-                        if !reported && text.contains("\"event\":\"media\"") && !text.contains("\"payload\":\"//////") {
+                        if !reported
+                            && text.contains("\"event\":\"media\"")
+                            && !text.contains("\"payload\":\"//////")
+                        {
                             let _ = first_media.send(Instant::now());
                             reported = true;
                         }
@@ -66,7 +73,10 @@ fn main() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let gateway: SocketAddr = loop {
         let line = lines.next().unwrap().unwrap();
-        if let Some(addr) = line.split_whitespace().find_map(|w| w.strip_prefix("addr=")) {
+        if let Some(addr) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+        {
             break addr.parse().unwrap();
         }
     };
@@ -77,7 +87,10 @@ fn main() {
         let sip = UdpSocket::bind("127.0.0.1:0").unwrap();
         let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
         sip.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let (sip_port, rtp_port) = (sip.local_addr().unwrap().port(), rtp.local_addr().unwrap().port());
+        let (sip_port, rtp_port) = (
+            sip.local_addr().unwrap().port(),
+            rtp.local_addr().unwrap().port(),
+        );
         let sdp = format!("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP 0\r\n");
         let call_id = format!("first-{index}");
         let invite = format!(
@@ -90,12 +103,22 @@ fn main() {
             let (len, _) = sip.recv_from(&mut buf).expect("response");
             let text = String::from_utf8_lossy(&buf[..len]);
             if text.starts_with("SIP/2.0 200") {
-                let port: u16 = text.lines().find(|l| l.starts_with("m=audio")).unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+                let port: u16 = text
+                    .lines()
+                    .find(|l| l.starts_with("m=audio"))
+                    .unwrap()
+                    .split(' ')
+                    .nth(1)
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 break (Instant::now(), port);
             }
         };
         let target = SocketAddr::from(([127, 0, 0, 1], media_port));
-        let tone: Vec<u8> = (0..160).map(|n| switchboard_media::g711::ulaw_encode(((n as f64 * 0.3).sin() * 9000.0) as i16)).collect();
+        let tone: Vec<u8> = (0..160)
+            .map(|n| switchboard_media::g711::ulaw_encode(((n as f64 * 0.3).sin() * 9000.0) as i16))
+            .collect();
         for sequence in 0..15u16 {
             let mut packet = vec![0x80, 0];
             packet.extend_from_slice(&sequence.to_be_bytes());
@@ -111,6 +134,7 @@ fn main() {
         let _ = first_media_rx.try_recv();
     }
     let _ = child.kill();
+    let _ = child.wait();
     samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let pick = |p: f64| samples[((samples.len() - 1) as f64 * p) as usize];
     println!(

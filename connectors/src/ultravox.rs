@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use switchboard_flows::{Action, DialTarget, ToolKind, UltravoxConfig};
+use switchboard_flows::{ToolKind, UltravoxConfig};
 use switchboard_media::{AudioFormat, AudioFrame};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -24,6 +24,8 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::text::{error_chain, push_capped, snippet};
+use crate::tools::{self, tool_action};
 use crate::{
     BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError, AUDIO_IN_CAPACITY,
     CONTROL_CAPACITY, EVENTS_CAPACITY,
@@ -38,8 +40,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A call-creation reply is small; reading a huge one whole could exhaust memory.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
-/// How much of an error reply goes into the error message.
-const ERROR_SNIPPET_CHARS: usize = 200;
 /// Past this many malformed data messages the peer is clearly not speaking
 /// the protocol: end the session.
 const MAX_MALFORMED: u64 = 20;
@@ -50,11 +50,6 @@ const MAX_OPEN_TRANSCRIPTS: usize = 4;
 /// Tool invocations awaiting the call's answer (it answers promptly); the
 /// oldest is forgotten beyond this.
 const MAX_PENDING_TOOLS: usize = 8;
-/// Ring time for transfers: the tool has no way to choose one.
-const DIAL_TIMEOUT_SECS: u32 = 30;
-/// Longest DTMF string or transfer target accepted from the model.
-const MAX_DIGITS: usize = 64;
-const MAX_TARGET_CHARS: usize = 512;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -285,123 +280,26 @@ fn create_call_body(config: &UltravoxConfig, call: &CallInfo) -> Value {
 
 /// A temporary client tool for one configured tool.
 fn tool_definition(name: &str, kind: ToolKind) -> Value {
-    let string_param = |param: &str, description: &str| {
-        json!({
-            "name": param,
-            "location": "PARAMETER_LOCATION_BODY",
-            "schema": {"type": "string", "description": description},
-            "required": true,
+    let spec = tools::spec(kind);
+    let parameters: Vec<Value> = spec
+        .parameters
+        .iter()
+        .map(|(param, description)| {
+            json!({
+                "name": param,
+                "location": "PARAMETER_LOCATION_BODY",
+                "schema": {"type": "string", "description": description},
+                "required": true,
+            })
         })
-    };
-    let (description, parameters) = match kind {
-        ToolKind::Transfer => (
-            "Transfer the caller to another party. Say goodbye first.",
-            vec![string_param(
-                "target",
-                "SIP URI (sip:user@host) or tel: URI of the party to transfer to",
-            )],
-        ),
-        ToolKind::Hangup => ("End the call. Say goodbye first.", Vec::new()),
-        ToolKind::SendDtmf => (
-            "Send touch-tone (DTMF) digits on the call, e.g. to navigate a phone menu.",
-            vec![string_param("digits", "Digits to send: 0-9, *, #, A-D")],
-        ),
-    };
+        .collect();
+    let description = spec.description;
     json!({"temporaryTool": {
         "modelToolName": name,
         "description": description,
         "dynamicParameters": parameters,
         "client": {},
     }})
-}
-
-/// The action a tool invocation asks for, or why its arguments are unusable
-/// (told to the model so it can retry).
-fn tool_action(kind: ToolKind, parameters: Option<&Value>) -> Result<Action, String> {
-    let param = |name: &str| parameters.and_then(|p| p.get(name));
-    match kind {
-        ToolKind::Transfer => {
-            let target = param("target").and_then(Value::as_str).unwrap_or("").trim();
-            if !is_dial_uri(target) {
-                return Err("target must be a sip:, sips: or tel: URI".to_owned());
-            }
-            Ok(Action::Dial(DialTarget {
-                uri: target.to_owned(),
-                caller_id: None,
-                username: None,
-                password: None,
-                timeout_secs: DIAL_TIMEOUT_SECS,
-            }))
-        }
-        ToolKind::Hangup => {
-            let reason = param("reason")
-                .and_then(Value::as_str)
-                .map(|r| r.chars().take(200).collect::<String>())
-                .filter(|r| !r.trim().is_empty());
-            Ok(Action::Hangup { reason })
-        }
-        ToolKind::SendDtmf => {
-            // Models sometimes pass digits as a number.
-            let digits = match param("digits") {
-                Some(Value::String(s)) => s.trim().to_ascii_uppercase(),
-                Some(Value::Number(n)) if n.is_u64() => n.to_string(),
-                _ => String::new(),
-            };
-            let valid = !digits.is_empty()
-                && digits.len() <= MAX_DIGITS
-                && digits
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || matches!(b, b'*' | b'#' | b'A'..=b'D'));
-            if !valid {
-                return Err(format!(
-                    "digits must be 1 to {MAX_DIGITS} of 0-9, *, #, A-D"
-                ));
-            }
-            Ok(Action::SendDtmf { digits })
-        }
-    }
-}
-
-/// A transfer target we are willing to put in a Request-URI: a known scheme,
-/// something after it, and nothing that could break a SIP header.
-fn is_dial_uri(target: &str) -> bool {
-    let lower = target.get(..5).unwrap_or(target).to_ascii_lowercase();
-    let rest = if lower.starts_with("sips:") {
-        &target[5..]
-    } else if lower.starts_with("sip:") || lower.starts_with("tel:") {
-        &target[4..]
-    } else {
-        return false;
-    };
-    !rest.is_empty()
-        && target.chars().count() <= MAX_TARGET_CHARS
-        && !target
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | '"'))
-}
-
-/// The error and its causes: reqwest's own message ("error sending request")
-/// hides the interesting part (connection refused, DNS, TLS).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
-
-/// The start of an error body on one line, for the error message.
-fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let mut out: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    if let Some((cut, _)) = out.char_indices().nth(ERROR_SNIPPET_CHARS) {
-        out.truncate(cut);
-        out.push('…');
-    }
-    out
 }
 
 /// Join URLs may carry credentials in the query: keep them out of logs.
@@ -856,18 +754,4 @@ impl Session {
             Err(_) => tracing::debug!("Ultravox did not finish closing in time"),
         }
     }
-}
-
-/// Append as much of `add` as fits in `cap` bytes, on a char boundary.
-fn push_capped(text: &mut String, add: &str, cap: usize) {
-    let room = cap.saturating_sub(text.len());
-    if add.len() <= room {
-        text.push_str(add);
-        return;
-    }
-    let mut cut = room;
-    while !add.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    text.push_str(&add[..cut]);
 }

@@ -88,8 +88,15 @@ pub struct OpenAiRealtimeConfig {
     pub tools: BTreeMap<String, ToolKind>,
     #[serde(default = "default_rest_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// Ask for a response as soon as the session is set up, so the bot
+    /// greets the caller instead of waiting in silence for them to speak.
+    #[serde(default = "default_true")]
+    pub speak_first: bool,
 }
 
+fn default_true() -> bool {
+    true
+}
 fn default_openai_base() -> String {
     "wss://api.openai.com/v1/realtime".into()
 }

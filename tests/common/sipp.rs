@@ -197,7 +197,7 @@ pub fn free_media_port() -> u16 {
     loop {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = socket.local_addr().unwrap().port();
-        if port % 2 == 0 && port < 65_000 {
+        if port.is_multiple_of(2) && port < 65_000 {
             return port;
         }
     }

@@ -20,6 +20,8 @@ pub enum Send {
     Text(String),
     Binary(Vec<u8>),
     Close,
+    /// Drop the TCP connection without a closing handshake.
+    Drop,
 }
 
 #[derive(Default)]
@@ -92,6 +94,7 @@ impl WsBot {
                         let message = match command {
                             Some(Send::Text(text)) => Message::Text(text.into()),
                             Some(Send::Binary(data)) => Message::Binary(data.into()),
+                            Some(Send::Drop) => break,
                             Some(Send::Close) | None => {
                                 let _ = sink.send(Message::Close(None)).await;
                                 break;
@@ -121,6 +124,17 @@ impl WsBot {
 
     pub fn send_binary(&self, data: Vec<u8>) {
         self.commands.blocking_send(Send::Binary(data)).unwrap();
+    }
+
+    pub fn send_text(&self, text: &str) {
+        self.commands
+            .blocking_send(Send::Text(text.to_owned()))
+            .unwrap();
+    }
+
+    /// Vanish mid-call, as a crashed bot or a broken network would.
+    pub fn drop_connection(&self) {
+        let _ = self.commands.blocking_send(Send::Drop);
     }
 
     pub fn close(&self) {
