@@ -41,7 +41,15 @@ fn jitter(c: &mut Criterion) {
     c.bench_function("jitter push+pop 20 ms", |b| {
         b.iter(|| {
             let now = start + Duration::from_millis(20 * sequence as u64);
-            write_rtp(&mut packet, false, 0, sequence, sequence as u32 * 160, 7, &payload);
+            write_rtp(
+                &mut packet,
+                false,
+                0,
+                sequence,
+                sequence as u32 * 160,
+                7,
+                &payload,
+            );
             let parsed = RtpPacket::parse(&packet).unwrap();
             black_box(buffer.push(&parsed, now));
             if let Playout::Packet { payload, .. } = buffer.pop(now) {
@@ -53,7 +61,14 @@ fn jitter(c: &mut Criterion) {
 }
 
 fn resample(c: &mut Criterion) {
-    for (from, to) in [(8000, 16000), (16000, 8000), (8000, 24000), (24000, 8000), (8000, 48000), (48000, 8000)] {
+    for (from, to) in [
+        (8000, 16000),
+        (16000, 8000),
+        (8000, 24000),
+        (24000, 8000),
+        (8000, 48000),
+        (48000, 8000),
+    ] {
         let mut resampler = Resampler::new(from, to).unwrap();
         let input = tone(from, from as usize / 50);
         let mut out = AudioFrame::new(to);
@@ -88,13 +103,24 @@ fn pipeline(c: &mut Criterion) {
     let mut encoded = [0u8; 160];
     let mut to_bot = AudioFrame::new(16000);
     let bot_audio = tone(16000, 320);
-    let payload: Vec<u8> = tone(8000, 160).iter().map(|s| switchboard_media::g711::ulaw_encode(*s)).collect();
+    let payload: Vec<u8> = tone(8000, 160)
+        .iter()
+        .map(|s| switchboard_media::g711::ulaw_encode(*s))
+        .collect();
     let start = Instant::now();
     let mut sequence: u16 = 0;
     c.bench_function("pipeline caller->bot 20 ms (G.711 -> 16 kHz)", |b| {
         b.iter(|| {
             let now = start + Duration::from_millis(20 * sequence as u64);
-            write_rtp(&mut packet, false, 0, sequence, sequence as u32 * 160, 7, &payload);
+            write_rtp(
+                &mut packet,
+                false,
+                0,
+                sequence,
+                sequence as u32 * 160,
+                7,
+                &payload,
+            );
             let parsed = RtpPacket::parse(black_box(&packet)).unwrap();
             buffer.push(&parsed, now);
             if let Playout::Packet { payload, .. } = buffer.pop(now) {
@@ -110,7 +136,15 @@ fn pipeline(c: &mut Criterion) {
             down.process_any(black_box(&bot_audio), |chunk| pacer.push_audio(chunk));
             pacer.next_frame(&mut pcm);
             G711::Pcmu.encode(&pcm, &mut encoded);
-            black_box(write_rtp(&mut out_packet, false, 0, out_sequence, out_sequence as u32 * 160, 9, &encoded));
+            black_box(write_rtp(
+                &mut out_packet,
+                false,
+                0,
+                out_sequence,
+                out_sequence as u32 * 160,
+                9,
+                &encoded,
+            ));
             out_sequence = out_sequence.wrapping_add(1);
         })
     });
