@@ -18,6 +18,11 @@ pub struct FlowConfig {
     /// (Twilio's `<Stream><Parameter>`).
     #[serde(default)]
     pub parameters: BTreeMap<String, String>,
+    /// When the bot's connection fails mid-call, open a new session once
+    /// before giving up (the caller hears silence meanwhile). A bot that
+    /// closes cleanly or hangs up is never reconnected.
+    #[serde(default)]
+    pub reconnect_once: bool,
 }
 
 /// Which bot a flow talks to, tagged by `kind`.

@@ -31,6 +31,8 @@ pub struct WsLog {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub closed: bool,
+    /// TCP connections accepted so far.
+    pub connections: usize,
 }
 
 pub struct WsBot {
@@ -54,59 +56,62 @@ impl WsBot {
         let log = Arc::new(Mutex::new(WsLog::default()));
         let (commands, mut command_rx) = mpsc::channel::<Send>(1024);
         let server_log = log.clone();
+        // Connections are served one after the other (a reconnecting
+        // gateway opens the next only after the last failed), all logged
+        // together and all driven by the same commands.
         runtime.spawn(async move {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let header_log = server_log.clone();
-            #[allow(clippy::result_large_err)]
-            let callback =
-                move |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
-                      response| {
-                    let mut log = header_log.lock().unwrap();
-                    log.path = request.uri().to_string();
-                    log.headers = request
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
-                        .collect();
-                    Ok(response)
+            while let Ok((stream, _)) = listener.accept().await {
+                let header_log = server_log.clone();
+                #[allow(clippy::result_large_err)]
+                let callback =
+                    move |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                          response| {
+                        let mut log = header_log.lock().unwrap();
+                        log.path = request.uri().to_string();
+                        log.headers = request
+                            .headers()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                            .collect();
+                        Ok(response)
+                    };
+                server_log.lock().unwrap().connections += 1;
+                let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                    continue;
                 };
-            let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
-                return;
-            };
-            let (mut sink, mut stream) = ws.split();
-            loop {
-                tokio::select! {
-                    message = stream.next() => {
-                        let received = match message {
-                            Some(Ok(Message::Text(text))) => match serde_json::from_str(&text) {
-                                Ok(value) => Received::Text(value),
-                                Err(_) => Received::Text(Value::String(text.to_string())),
-                            },
-                            Some(Ok(Message::Binary(data))) => Received::Binary(data.to_vec()),
-                            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                            Some(Ok(_)) => continue,
-                        };
-                        server_log.lock().unwrap().messages.push((Instant::now(), received));
-                    }
-                    command = command_rx.recv() => {
-                        let message = match command {
-                            Some(Send::Text(text)) => Message::Text(text.into()),
-                            Some(Send::Binary(data)) => Message::Binary(data.into()),
-                            Some(Send::Drop) => break,
-                            Some(Send::Close) | None => {
-                                let _ = sink.send(Message::Close(None)).await;
+                let (mut sink, mut stream) = ws.split();
+                loop {
+                    tokio::select! {
+                        message = stream.next() => {
+                            let received = match message {
+                                Some(Ok(Message::Text(text))) => match serde_json::from_str(&text) {
+                                    Ok(value) => Received::Text(value),
+                                    Err(_) => Received::Text(Value::String(text.to_string())),
+                                },
+                                Some(Ok(Message::Binary(data))) => Received::Binary(data.to_vec()),
+                                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                                Some(Ok(_)) => continue,
+                            };
+                            server_log.lock().unwrap().messages.push((Instant::now(), received));
+                        }
+                        command = command_rx.recv() => {
+                            let message = match command {
+                                Some(Send::Text(text)) => Message::Text(text.into()),
+                                Some(Send::Binary(data)) => Message::Binary(data.into()),
+                                Some(Send::Drop) => break,
+                                Some(Send::Close) | None => {
+                                    let _ = sink.send(Message::Close(None)).await;
+                                    break;
+                                }
+                            };
+                            if sink.send(message).await.is_err() {
                                 break;
                             }
-                        };
-                        if sink.send(message).await.is_err() {
-                            break;
                         }
                     }
                 }
+                server_log.lock().unwrap().closed = true;
             }
-            server_log.lock().unwrap().closed = true;
         });
         WsBot {
             addr,

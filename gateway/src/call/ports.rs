@@ -63,7 +63,10 @@ mod tests {
         for _ in 0..5 {
             let socket = ports.bind(ip).unwrap();
             let port = socket.local_addr().unwrap().port();
-            assert!(port.is_multiple_of(2) && (41002..=41010).contains(&port), "{port}");
+            assert!(
+                port.is_multiple_of(2) && (41002..=41010).contains(&port),
+                "{port}"
+            );
             held.push(socket);
         }
         assert!(

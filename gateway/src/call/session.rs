@@ -1,12 +1,14 @@
 //! One inbound call from INVITE to the end of both legs: offer/answer, bot
 //! session, the media loop, and hang-up from whichever side ends first.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_connectors::{
-    BotConnector, BotControl, BotEvent, BotSession, CallInfo, PlayoutClock,
+    BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError, PlayoutClock,
 };
 use switchboard_flows::{Action, FlowConfig, OnFailure};
 use switchboard_media::sdp::{build_answer, negotiate, Negotiated, SessionOffer};
@@ -187,6 +189,7 @@ impl Call {
 
         let ending = call
             .media_loop(
+                &info,
                 &playout,
                 &mut dialog,
                 &mut pipeline,
@@ -245,6 +248,7 @@ impl Call {
     #[allow(clippy::too_many_arguments)]
     async fn media_loop(
         &mut self,
+        info: &CallInfo,
         playout: &PlayoutClock,
         dialog: &mut Dialog,
         pipeline: &mut MediaPipeline,
@@ -260,6 +264,11 @@ impl Call {
         let answered_at = Instant::now();
         let rtp_timeout = self.setup.media.rtp_timeout;
         let mut session_version = 1u64;
+        let mut reconnects_left = u32::from(self.setup.flow.reconnect_once);
+        // A replacement bot session being opened; the call carries on meanwhile.
+        let mut reopening: Option<
+            Pin<Box<dyn Future<Output = Result<BotSession, ConnectorError>> + Send>>,
+        > = None;
         let reason = loop {
             tokio::select! {
                 received = socket.recv_from(&mut datagram) => {
@@ -292,7 +301,22 @@ impl Call {
                         break "rtp timeout".to_string();
                     }
                 }
-                event = session.events.recv() => match event {
+                reopened = async { reopening.as_mut().expect("guarded").await }, if reopening.is_some() => {
+                    reopening = None;
+                    match reopened {
+                        Ok(new_session) if new_session.audio_format == session.audio_format => {
+                            tracing::info!(flow = %self.setup.flow.name, "bot session reopened");
+                            session = new_session;
+                        }
+                        Ok(_) => break "bot failed: the reopened session changed its audio format".to_string(),
+                        Err(error) => {
+                            let OnFailure::Hangup(status) = self.setup.flow.on_failure.clone();
+                            tracing::warn!(flow = %self.setup.flow.name, %error, status, "bot could not be reopened: on_failure hang-up");
+                            break format!("bot failed: {error}");
+                        }
+                    }
+                }
+                event = session.events.recv(), if reopening.is_none() => match event {
                     Some(BotEvent::Audio(frame)) => pipeline.push_bot_audio(&frame),
                     Some(BotEvent::Clear) => pipeline.clear(),
                     Some(BotEvent::Mark(name)) => pipeline.push_mark(name),
@@ -320,6 +344,15 @@ impl Call {
                         break format!("bot hung up{}", reason.map(|r| format!(": {r}")).unwrap_or_default());
                     }
                     Some(BotEvent::Closed { error: None }) | None => break "bot closed the session".to_string(),
+                    Some(BotEvent::Closed { error: Some(error) }) if reconnects_left > 0 => {
+                        reconnects_left -= 1;
+                        tracing::warn!(flow = %self.setup.flow.name, %error, "bot failed mid-call: reconnecting once");
+                        // What the failed session queued belongs to a conversation that is gone.
+                        pipeline.clear();
+                        let connector = self.setup.connector.clone();
+                        let info = info.clone();
+                        reopening = Some(Box::pin(async move { connector.open(&info).await }));
+                    }
                     Some(BotEvent::Closed { error: Some(error) }) => {
                         let OnFailure::Hangup(status) = self.setup.flow.on_failure.clone();
                         tracing::warn!(flow = %self.setup.flow.name, %error, status, "bot failed mid-call: on_failure hang-up");
