@@ -356,3 +356,26 @@ fn a_bot_sending_garbage_is_dropped_and_the_caller_hung_up() {
     );
     gateway.assert_no_panic();
 }
+
+#[test]
+fn tls_failure_reaches_on_failure() {
+    // A plain-HTTP server where the flow expects TLS: the handshake fails.
+    let server = HttpServer::start(|_| (200, "{}".into()));
+    let gateway = GatewayProcess::start(
+        "openai-tls",
+        &config(&format!(
+            "wss://127.0.0.1:{}/v1/realtime",
+            server.addr.port()
+        )),
+    );
+    let (status, took) = invite_expecting_failure(&gateway, "oa-tls");
+    assert_eq!(status, Some(503));
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    let line = gateway.wait_for_log(&["bot unreachable"], Duration::from_secs(2));
+    assert!(
+        line.to_lowercase().contains("tls")
+            || line.contains("InvalidContentType")
+            || line.contains("corrupt"),
+        "{line}"
+    );
+}
