@@ -246,3 +246,60 @@ fn without_reconnect_a_drop_hangs_up_with_on_failure() {
     gateway.wait_for_log(&["bot failed mid-call", "own-bot"], Duration::from_secs(3));
     assert_eq!(ws.log.lock().unwrap().connections, 1);
 }
+
+#[test]
+fn bot_sends_dtmf_as_rfc4733_events() {
+    let ws = WsBot::start();
+    let gateway = GatewayProcess::start(
+        "websocket-dtmf",
+        &config(&format!("ws://{}/bot", ws.addr), false),
+    );
+    let peer = RtpPeer::bind();
+    let scenario = sipp::caller_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER), 3000);
+    let (dir, target) = (gateway.dir.clone(), gateway.udp);
+    let caller = std::thread::spawn(move || {
+        sipp::run(
+            &dir,
+            "call",
+            &scenario,
+            target,
+            SipTransport::Udp,
+            "127.0.0.1",
+        )
+    });
+    ws.wait_text("event", "start", Duration::from_secs(10));
+    peer.wait_first_packet(Duration::from_secs(10))
+        .expect("answered");
+    ws.send_json(json!({"event": "action", "name": "DTMF", "body": {"digits": "19#"}}));
+    let (_, result) = ws.wait_text("event", "action_result", Duration::from_secs(3));
+    assert_eq!(result["name"], "dtmf");
+    assert_eq!(result["ok"], true, "{result}");
+    // 3 keys × (100 ms + 60 ms of ends and gap): well within a second.
+    std::thread::sleep(Duration::from_millis(1000));
+
+    let packets = peer.received();
+    let mut receiver = switchboard_media::dtmf::DtmfReceiver::new();
+    let digits: Vec<char> = packets
+        .iter()
+        .filter(|p| p.payload_type == 101)
+        .filter_map(|p| receiver.on_packet(&p.payload, p.timestamp))
+        .map(|d| d.digit)
+        .collect();
+    assert_eq!(digits, ['1', '9', '#']);
+    let events = packets.iter().filter(|p| p.payload_type == 101).count();
+    assert_eq!(
+        events,
+        3 * (5 + 3),
+        "5 tone packets and 3 end packets per key"
+    );
+    // One stream: sequence numbers stay contiguous across audio and events.
+    for pair in packets.windows(2) {
+        assert_eq!(
+            pair[1].sequence,
+            pair[0].sequence.wrapping_add(1),
+            "gap in the sequence"
+        );
+    }
+    let output = caller.join().unwrap();
+    sipp::assert_success(&output, &gateway.dir);
+}

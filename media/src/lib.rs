@@ -5,6 +5,7 @@
 //! knows about SIP, sockets or bots.
 
 pub mod dtmf;
+pub mod dtmf_send;
 pub mod frame;
 pub mod g711;
 pub mod jitter;

@@ -161,6 +161,32 @@ impl RtpSender {
         n
     }
 
+    /// Writes a packet of another payload type at a given timestamp (an RFC
+    /// 4733 event keeps its start timestamp in every packet); advances the
+    /// sequence only, so the audio clock goes on with [`RtpSender::skip`].
+    pub fn packet_at(
+        &mut self,
+        payload_type: u8,
+        timestamp: u32,
+        payload: &[u8],
+        marker: bool,
+        buf: &mut [u8],
+    ) -> usize {
+        let n = write_rtp(
+            buf,
+            marker,
+            payload_type,
+            self.sequence,
+            timestamp,
+            self.ssrc,
+            payload,
+        );
+        if n > 0 {
+            self.sequence = self.sequence.wrapping_add(1);
+        }
+        n
+    }
+
     /// Lets time pass without sending (silence suppression): the receiver
     /// sees a timestamp jump with contiguous sequence numbers.
     pub fn skip(&mut self, samples: u32) {

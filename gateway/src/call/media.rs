@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use switchboard_media::dtmf::DtmfReceiver;
+use switchboard_media::dtmf_send::{DtmfSendError, DtmfSender};
 use switchboard_media::jitter::{JitterBuffer, JitterConfig, Playout, PushOutcome};
 use switchboard_media::pacer::{FrameKind, Pacer, PacerEvent};
 use switchboard_media::resample::Resampler;
@@ -46,6 +47,9 @@ pub struct MediaPipeline {
     last_packet: Option<Instant>,
     dtmf: DtmfReceiver,
     digits: Vec<char>,
+    dtmf_out: DtmfSender,
+    /// RTP timestamp of the telephone-event being sent.
+    event_timestamp: u32,
     pcm: [i16; FRAME],
     resampled: AudioFrame,
     counters: MediaCounters,
@@ -85,6 +89,8 @@ impl MediaPipeline {
             last_packet: None,
             dtmf: DtmfReceiver::new(),
             digits: Vec::with_capacity(MAX_PENDING_DIGITS),
+            dtmf_out: DtmfSender::new(8000, 20),
+            event_timestamp: 0,
             pcm: [0; FRAME],
             resampled: AudioFrame::new(bot_rate),
             counters: MediaCounters::default(),
@@ -174,6 +180,27 @@ impl MediaPipeline {
         }
 
         let mut rtp = None;
+        if let (Some(remote), Some(event_pt)) = (self.remote, self.telephone_event) {
+            if let Some(event) = self.dtmf_out.tick() {
+                // The key replaces this packet's audio; the bot's audio waits
+                // in the pacer rather than being lost.
+                if event.start {
+                    self.event_timestamp = self.sender.timestamp();
+                }
+                let ts = self.event_timestamp;
+                let len = self
+                    .sender
+                    .packet_at(event_pt, ts, &event.payload, event.start, rtp_out);
+                self.sender.skip(FRAME as u32);
+                if len > 0 {
+                    self.counters.rtp_out += 1;
+                    return Tick {
+                        to_bot,
+                        rtp: Some((len, remote)),
+                    };
+                }
+            }
+        }
         if let Some(remote) = self.remote {
             let _kind: FrameKind = self.pacer.next_frame(&mut self.pcm);
             let mut payload = [0u8; FRAME];
@@ -199,6 +226,16 @@ impl MediaPipeline {
             .process_any(frame.samples(), &mut |chunk: &[i16]| {
                 pacer.push_audio(chunk)
             });
+    }
+
+    /// Queue digits to play to the caller as RFC 4733 events.
+    pub fn send_digits(&mut self, digits: &str) -> Result<usize, String> {
+        if self.telephone_event.is_none() {
+            return Err("the caller's side did not offer telephone-event".to_owned());
+        }
+        self.dtmf_out
+            .enqueue(digits)
+            .map_err(|e: DtmfSendError| e.to_string())
     }
 
     pub fn clear(&mut self) {

@@ -329,6 +329,18 @@ impl Call {
                         });
                         break format!("bot hung up{}", reason.map(|r| format!(": {r}")).unwrap_or_default());
                     }
+                    Some(BotEvent::Action(Action::SendDtmf { digits })) => {
+                        let (ok, message) = match pipeline.send_digits(&digits) {
+                            Ok(count) => (true, format!("sending {count} digits")),
+                            Err(reason) => (false, reason),
+                        };
+                        tracing::info!(%digits, ok, %message, "bot sends DTMF");
+                        let _ = session.control.try_send(BotControl::ActionResult {
+                            action: "dtmf".into(),
+                            ok,
+                            message,
+                        });
+                    }
                     Some(BotEvent::Action(action)) => {
                         // Transfers (B2BUA dial, REFER), DTMF sending and
                         // redirects arrive with the call-control work; the
