@@ -19,6 +19,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use super::media::MediaPipeline;
+
+/// A replacement bot session being opened while the call goes on.
+type Reopening = Pin<Box<dyn Future<Output = Result<BotSession, ConnectorError>> + Send>>;
 use super::{CallInput, EndpointCommand, RtpPorts};
 use crate::endpoint::MediaSettings;
 use crate::routing::RouteMatch;
@@ -266,9 +269,7 @@ impl Call {
         let mut session_version = 1u64;
         let mut reconnects_left = u32::from(self.setup.flow.reconnect_once);
         // A replacement bot session being opened; the call carries on meanwhile.
-        let mut reopening: Option<
-            Pin<Box<dyn Future<Output = Result<BotSession, ConnectorError>> + Send>>,
-        > = None;
+        let mut reopening: Option<Reopening> = None;
         let reason = loop {
             tokio::select! {
                 received = socket.recv_from(&mut datagram) => {
