@@ -191,7 +191,7 @@ async fn open_openai(audio: RealtimeAudio) -> BotSession {
 
 /// One caller frame in, one bot frame out.
 async fn round_trip(session: &mut BotSession, frame: &AudioFrame) {
-    session.audio_in.send(frame.clone()).await.unwrap();
+    session.audio_in.send(*frame).await.unwrap();
     loop {
         match session.events.recv().await {
             Some(BotEvent::Audio(audio)) => {
