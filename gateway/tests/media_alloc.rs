@@ -49,7 +49,7 @@ fn steady_state_media_path_does_not_allocate() {
     .unwrap();
     let negotiated = negotiate(&offer, &[G711::Pcmu]).unwrap();
     for bot_rate in [8_000, 16_000, 24_000] {
-        let mut pipeline = MediaPipeline::new(&negotiated, bot_rate, 40).unwrap();
+        let mut pipeline = MediaPipeline::new(&negotiated, bot_rate, 40, "gw@127.0.0.1").unwrap();
         let from = "127.0.0.1:4000".parse().unwrap();
         let payload = [0x55u8; 160];
         let bot_frame = AudioFrame::from_samples(bot_rate, &vec![1000i16; bot_rate as usize / 50]);

@@ -11,6 +11,7 @@ pub mod g711;
 pub mod jitter;
 pub mod pacer;
 pub mod resample;
+pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
 

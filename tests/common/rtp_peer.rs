@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use switchboard_media::g711::{ulaw_decode, ulaw_encode};
 
+/// The SSRC of what [`RtpPeer::stream_pcmu`] sends; its sequence starts at 1000.
+pub const CALLER_SSRC: u32 = 0x5157_1c4e;
+
 pub struct RtpPeer {
     socket: Arc<UdpSocket>,
     received: Arc<Mutex<Vec<Received>>>,
@@ -23,6 +26,7 @@ pub struct Received {
     pub payload_type: u8,
     pub sequence: u16,
     pub timestamp: u32,
+    pub ssrc: u32,
     pub payload: Vec<u8>,
 }
 
@@ -55,6 +59,7 @@ impl RtpPeer {
                         payload_type,
                         sequence: u16::from_be_bytes([buf[2], buf[3]]),
                         timestamp: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
+                        ssrc: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
                         payload: buf[12..len].to_vec(),
                     });
                 }
@@ -74,7 +79,7 @@ impl RtpPeer {
 
     /// Sends `samples` as 20 ms PCMU packets to `target`, paced in real time.
     pub fn stream_pcmu(&self, target: SocketAddr, samples: &[i16]) {
-        let ssrc = 0x5157_1c4e;
+        let ssrc = CALLER_SSRC;
         let start = Instant::now();
         for (index, chunk) in samples.chunks(160).enumerate() {
             let mut packet = Vec::with_capacity(172);

@@ -11,6 +11,7 @@ use switchboard_media::dtmf_send::{DtmfSendError, DtmfSender};
 use switchboard_media::jitter::{JitterBuffer, JitterConfig, Playout, PushOutcome};
 use switchboard_media::pacer::{FrameKind, Pacer, PacerEvent};
 use switchboard_media::resample::Resampler;
+use switchboard_media::rtcp::{RtcpSession, RtcpStats};
 use switchboard_media::rtp::{is_rtcp, RtpPacket, RtpSender};
 use switchboard_media::sdp::Negotiated;
 use switchboard_media::{AudioFrame, G711};
@@ -53,6 +54,11 @@ pub struct MediaPipeline {
     pcm: [i16; FRAME],
     resampled: AudioFrame,
     counters: MediaCounters,
+    rtcp: RtcpSession,
+    /// Where the caller's RTCP comes from; until it speaks, RTP port + 1.
+    remote_rtcp: Option<SocketAddr>,
+    /// The caller multiplexes RTCP on its RTP port (RFC 5761): answer there.
+    rtcp_mux: bool,
 }
 
 /// What one 20 ms tick produced.
@@ -68,7 +74,10 @@ impl MediaPipeline {
         negotiated: &Negotiated,
         bot_rate: u32,
         jitter_depth_ms: u32,
+        cname: &str,
     ) -> Result<Self, String> {
+        let sender = RtpSender::random(negotiated.payload_type);
+        let rtcp = RtcpSession::new(sender.ssrc(), 8000, cname, Instant::now());
         let jitter = JitterBuffer::new(JitterConfig {
             clock_rate: 8000,
             samples_per_packet: FRAME as u32,
@@ -83,7 +92,7 @@ impl MediaPipeline {
             to_bot: Resampler::new(8000, bot_rate).map_err(|e| e.to_string())?,
             from_bot: Resampler::new(bot_rate, 8000).map_err(|e| e.to_string())?,
             pacer: Pacer::new(8000, MAX_QUEUED_MS),
-            sender: RtpSender::random(negotiated.payload_type),
+            sender,
             remote: negotiated.remote_rtp,
             learned_remote: false,
             last_packet: None,
@@ -94,6 +103,9 @@ impl MediaPipeline {
             pcm: [0; FRAME],
             resampled: AudioFrame::new(bot_rate),
             counters: MediaCounters::default(),
+            rtcp,
+            remote_rtcp: None,
+            rtcp_mux: false,
         })
     }
 
@@ -108,6 +120,8 @@ impl MediaPipeline {
     /// Takes one datagram from the RTP socket.
     pub fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
         if is_rtcp(datagram) {
+            self.rtcp_mux = true;
+            self.rtcp.handle_rtcp(datagram, now);
             return;
         }
         let Ok(packet) = RtpPacket::parse(datagram) else {
@@ -131,6 +145,8 @@ impl MediaPipeline {
         }
         self.counters.rtp_in += 1;
         self.last_packet = Some(now);
+        self.rtcp
+            .on_rtp_received(packet.ssrc, packet.sequence, packet.timestamp, now);
         if self.remote != Some(from) {
             self.remote = Some(from);
             self.learned_remote = true;
@@ -205,8 +221,10 @@ impl MediaPipeline {
             let _kind: FrameKind = self.pacer.next_frame(&mut self.pcm);
             let mut payload = [0u8; FRAME];
             self.codec.encode(&self.pcm, &mut payload);
+            let timestamp = self.sender.timestamp();
             let len = self.sender.packet(&payload, FRAME as u32, false, rtp_out);
             if len > 0 {
+                self.rtcp.on_rtp_sent(FRAME, timestamp, now);
                 self.counters.rtp_out += 1;
                 rtp = Some((len, remote));
             }
@@ -226,6 +244,45 @@ impl MediaPipeline {
             .process_any(frame.samples(), &mut |chunk: &[i16]| {
                 pacer.push_audio(chunk)
             });
+    }
+
+    /// An RTCP datagram that came to the RTCP port.
+    pub fn on_rtcp_datagram(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
+        self.remote_rtcp = Some(from);
+        self.rtcp.handle_rtcp(datagram, now);
+    }
+
+    /// Our RTCP report, when one is due: its length in `buf`, where to send
+    /// it, and whether it goes out of the RTP socket (rtcp-mux).
+    pub fn poll_rtcp(&mut self, now: Instant, buf: &mut [u8]) -> Option<(usize, SocketAddr, bool)> {
+        let to = self.rtcp_destination()?;
+        let len = self.rtcp.poll_transmit(now, buf)?;
+        Some((len, to, self.rtcp_mux))
+    }
+
+    /// The last report, sent as the call ends.
+    pub fn final_rtcp(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Option<(usize, SocketAddr, bool)> {
+        let to = self.rtcp_destination()?;
+        let len = self.rtcp.final_report(now, buf)?;
+        Some((len, to, self.rtcp_mux))
+    }
+
+    fn rtcp_destination(&self) -> Option<SocketAddr> {
+        if self.rtcp_mux {
+            return self.remote;
+        }
+        self.remote_rtcp.or_else(|| {
+            let rtp = self.remote?;
+            Some(SocketAddr::new(rtp.ip(), rtp.port().checked_add(1)?))
+        })
+    }
+
+    pub fn rtcp_stats(&self) -> RtcpStats {
+        self.rtcp.stats()
     }
 
     /// Queue digits to play to the caller as RFC 4733 events.

@@ -26,21 +26,28 @@ impl RtpPorts {
         }
     }
 
-    /// Binds a socket on the next free even port; the socket is released when
-    /// dropped, which is how a call gives its port back.
-    pub fn bind(&self, ip: IpAddr) -> std::io::Result<UdpSocket> {
+    /// Binds the next free even port for RTP and the odd one above it for
+    /// RTCP (RFC 3550 §11); the sockets are released when dropped, which is
+    /// how a call gives its ports back.
+    pub fn bind(&self, ip: IpAddr) -> std::io::Result<(UdpSocket, UdpSocket)> {
         let attempts = self.count.min(256);
         let mut last_error = None;
         for _ in 0..attempts {
             let slot = self.cursor.fetch_add(1, Ordering::Relaxed) % self.count;
             let port = self.low as u32 + slot * 2;
-            if port > u16::MAX as u32 {
+            if port >= u16::MAX as u32 {
                 continue;
             }
-            match std::net::UdpSocket::bind(SocketAddr::new(ip, port as u16)) {
-                Ok(socket) => {
-                    socket.set_nonblocking(true)?;
-                    return UdpSocket::from_std(socket);
+            let pair =
+                std::net::UdpSocket::bind(SocketAddr::new(ip, port as u16)).and_then(|rtp| {
+                    let rtcp = std::net::UdpSocket::bind(SocketAddr::new(ip, port as u16 + 1))?;
+                    Ok((rtp, rtcp))
+                });
+            match pair {
+                Ok((rtp, rtcp)) => {
+                    rtp.set_nonblocking(true)?;
+                    rtcp.set_nonblocking(true)?;
+                    return Ok((UdpSocket::from_std(rtp)?, UdpSocket::from_std(rtcp)?));
                 }
                 Err(error) => last_error = Some(error),
             }
@@ -61,13 +68,14 @@ mod tests {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let mut held = Vec::new();
         for _ in 0..5 {
-            let socket = ports.bind(ip).unwrap();
+            let (socket, rtcp) = ports.bind(ip).unwrap();
             let port = socket.local_addr().unwrap().port();
+            assert_eq!(rtcp.local_addr().unwrap().port(), port + 1);
             assert!(
                 port.is_multiple_of(2) && (41002..=41010).contains(&port),
                 "{port}"
             );
-            held.push(socket);
+            held.push((socket, rtcp));
         }
         assert!(
             ports.bind(ip).is_err(),

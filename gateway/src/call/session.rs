@@ -116,8 +116,8 @@ impl Call {
             }
         };
         let media_ip = call.media_ip();
-        let socket = match call.setup.rtp_ports.bind(call.setup.local_sip.ip()) {
-            Ok(socket) => socket,
+        let (socket, rtcp_socket) = match call.setup.rtp_ports.bind(call.setup.local_sip.ip()) {
+            Ok(pair) => pair,
             Err(error) => {
                 tracing::error!(%error, "no RTP port available: 503");
                 call.reject(503).await;
@@ -158,6 +158,7 @@ impl Call {
             &negotiated,
             session.audio_format.sample_rate,
             call.setup.media.jitter_depth_ms,
+            &format!("switchboard@{media_ip}"),
         ) {
             Ok(pipeline) => pipeline,
             Err(error) => {
@@ -197,6 +198,7 @@ impl Call {
                 &mut dialog,
                 &mut pipeline,
                 socket,
+                rtcp_socket,
                 session,
                 negotiated,
                 &answer,
@@ -204,7 +206,16 @@ impl Call {
             .await;
         let counters = pipeline.counters();
         let jitter = pipeline.jitter_stats();
+        let rtcp = pipeline.rtcp_stats();
+        let round = |v: f64| (v * 10.0).round() / 10.0;
         tracing::info!(
+            loss_pct = round(rtcp.loss_ratio * 100.0),
+            jitter_ms = round(rtcp.jitter_ms),
+            remote_loss_pct = rtcp.remote_loss_ratio.map(|v| round(v * 100.0)),
+            remote_jitter_ms = rtcp.remote_jitter_ms.map(round),
+            rtt_ms = rtcp.rtt_ms.map(round),
+            rtcp_sent = rtcp.reports_sent,
+            rtcp_received = rtcp.reports_received,
             rtp_in = counters.rtp_in,
             rtp_out = counters.rtp_out,
             ignored_in = counters.ignored_in,
@@ -256,6 +267,7 @@ impl Call {
         dialog: &mut Dialog,
         pipeline: &mut MediaPipeline,
         socket: UdpSocket,
+        rtcp_socket: UdpSocket,
         mut session: BotSession,
         negotiated: Negotiated,
         answer: &str,
@@ -264,17 +276,25 @@ impl Call {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let mut datagram = [0u8; 2048];
         let mut rtp_out = [0u8; 512];
+        let mut rtcp_datagram = [0u8; 1500];
+        let mut rtcp_out = [0u8; 256];
         let answered_at = Instant::now();
         let rtp_timeout = self.setup.media.rtp_timeout;
         let mut session_version = 1u64;
         let mut reconnects_left = u32::from(self.setup.flow.reconnect_once);
         // A replacement bot session being opened; the call carries on meanwhile.
         let mut reopening: Option<Reopening> = None;
+        let mut caller_hung_up = false;
         let reason = loop {
             tokio::select! {
                 received = socket.recv_from(&mut datagram) => {
                     if let Ok((len, from)) = received {
                         pipeline.on_datagram(&datagram[..len], from, std::time::Instant::now());
+                    }
+                }
+                received = rtcp_socket.recv_from(&mut rtcp_datagram) => {
+                    if let Ok((len, from)) = received {
+                        pipeline.on_rtcp_datagram(&rtcp_datagram[..len], from, std::time::Instant::now());
                     }
                 }
                 _ = ticker.tick() => {
@@ -287,6 +307,10 @@ impl Call {
                     }
                     if let Some((len, to)) = tick.rtp {
                         let _ = socket.try_send_to(&rtp_out[..len], to);
+                    }
+                    if let Some((len, to, mux)) = pipeline.poll_rtcp(now, &mut rtcp_out) {
+                        let from = if mux { &socket } else { &rtcp_socket };
+                        let _ = from.try_send_to(&rtcp_out[..len], to);
                     }
                     playout.set_played_ms(pipeline.played_ms());
                     while let Some(digit) = pipeline.poll_digit() {
@@ -384,8 +408,8 @@ impl Call {
                             Method::Bye => {
                                 let response = response_for(&request, 200, "OK", None);
                                 self.send(EndpointCommand::Respond { tx, response }).await;
-                                let _ = session.control.try_send(BotControl::Hangup);
-                                return "caller hung up".into();
+                                caller_hung_up = true;
+                                break "caller hung up".into();
                             }
                             Method::Invite | Method::Update => {
                                 session_version += 1;
@@ -423,7 +447,14 @@ impl Call {
         };
         let _ = session.control.try_send(BotControl::Hangup);
         drop(session);
-        self.send_bye(dialog).await;
+        if let Some((len, to, mux)) = pipeline.final_rtcp(std::time::Instant::now(), &mut rtcp_out)
+        {
+            let from = if mux { &socket } else { &rtcp_socket };
+            let _ = from.try_send_to(&rtcp_out[..len], to);
+        }
+        if !caller_hung_up {
+            self.send_bye(dialog).await;
+        }
         reason
     }
 
