@@ -272,11 +272,9 @@ impl RtcpSession {
         r.expected_prior = expected;
         r.received_prior = r.received;
         let lost_interval = expected_interval.saturating_sub(received_interval);
-        let fraction = if expected_interval == 0 {
-            0
-        } else {
-            ((lost_interval << 8) / expected_interval).min(255) as u8
-        };
+        let fraction = (lost_interval << 8)
+            .checked_div(expected_interval)
+            .map_or(0, |f| f.min(255) as u8);
         block[0..4].copy_from_slice(&r.ssrc.to_be_bytes());
         block[4] = fraction;
         block[5..8].copy_from_slice(&(lost as i32).to_be_bytes()[1..4]);
