@@ -23,6 +23,16 @@ pub struct FlowConfig {
     /// closes cleanly or hangs up is never reconnected.
     #[serde(default)]
     pub reconnect_once: bool,
+    /// Record each call as a stereo WAV (caller left, bot right).
+    #[serde(default)]
+    pub recording: Option<RecordingConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingConfig {
+    /// Directory the WAV files go to; created if missing.
+    pub dir: std::path::PathBuf,
 }
 
 /// Which bot a flow talks to, tagged by `kind`.
@@ -162,6 +172,17 @@ impl FlowConfig {
             BotConfig::Ultravox(config) => config.validate()?,
             BotConfig::OpenaiRealtime(config) => config.validate()?,
             BotConfig::Websocket(config) => config.validate()?,
+        }
+        if let Some(recording) = &self.recording {
+            if recording.dir.as_os_str().is_empty() {
+                return Err(FlowError::new("recording.dir", "must not be empty"));
+            }
+            if recording.dir.exists() && !recording.dir.is_dir() {
+                return Err(FlowError::new(
+                    "recording.dir",
+                    "exists and is not a directory",
+                ));
+            }
         }
         match self.on_failure {
             OnFailure::Hangup(code) if !(400..=699).contains(&code) => Err(FlowError::new(

@@ -16,6 +16,8 @@ use switchboard_media::rtp::{is_rtcp, RtpPacket, RtpSender};
 use switchboard_media::sdp::Negotiated;
 use switchboard_media::{AudioFrame, G711};
 
+use super::recording::{interleave, StereoFrame, RECORD_FRAME};
+
 /// Samples in one 20 ms G.711 frame.
 const FRAME: usize = 160;
 /// Digits held between two ticks.
@@ -54,6 +56,10 @@ pub struct MediaPipeline {
     pcm: [i16; FRAME],
     resampled: AudioFrame,
     counters: MediaCounters,
+    /// This tick's caller audio, kept for the recording.
+    caller_pcm: [i16; FRAME],
+    recording: bool,
+    recorded: StereoFrame,
     rtcp: RtcpSession,
     /// Where the caller's RTCP comes from; until it speaks, RTP port + 1.
     remote_rtcp: Option<SocketAddr>,
@@ -65,6 +71,8 @@ pub struct MediaPipeline {
 pub struct Tick {
     /// Caller audio for the bot, present once the caller's stream started.
     pub to_bot: Option<AudioFrame>,
+    /// A frame for the recording is in [`MediaPipeline::recorded_frame`].
+    pub recorded: bool,
     /// Bytes of an RTP packet written into the caller's buffer, and where to.
     pub rtp: Option<(usize, SocketAddr)>,
 }
@@ -103,6 +111,9 @@ impl MediaPipeline {
             pcm: [0; FRAME],
             resampled: AudioFrame::new(bot_rate),
             counters: MediaCounters::default(),
+            caller_pcm: [0; FRAME],
+            recording: false,
+            recorded: [0; 2 * RECORD_FRAME],
             rtcp,
             remote_rtcp: None,
             rtcp_mux: false,
@@ -193,8 +204,29 @@ impl MediaPipeline {
         };
         if to_bot.is_some() {
             self.counters.frames_to_bot += 1;
+            self.caller_pcm = self.pcm;
+        } else {
+            self.caller_pcm.fill(0);
         }
+        let (rtp, bot_audio) = self.send_to_caller(now, rtp_out);
+        if self.recording {
+            let bot: &[i16] = if bot_audio { &self.pcm } else { &[] };
+            interleave(&self.caller_pcm, bot, &mut self.recorded);
+        }
+        Tick {
+            to_bot,
+            rtp,
+            recorded: self.recording,
+        }
+    }
 
+    /// One packet towards the caller: a DTMF event or the pacer's audio
+    /// (left in `pcm`; the bool says so).
+    fn send_to_caller(
+        &mut self,
+        now: Instant,
+        rtp_out: &mut [u8],
+    ) -> (Option<(usize, SocketAddr)>, bool) {
         let mut rtp = None;
         if let (Some(remote), Some(event_pt)) = (self.remote, self.telephone_event) {
             if let Some(event) = self.dtmf_out.tick() {
@@ -210,14 +242,13 @@ impl MediaPipeline {
                 self.sender.skip(FRAME as u32);
                 if len > 0 {
                     self.counters.rtp_out += 1;
-                    return Tick {
-                        to_bot,
-                        rtp: Some((len, remote)),
-                    };
+                    return (Some((len, remote)), false);
                 }
             }
         }
+        let mut bot_audio = false;
         if let Some(remote) = self.remote {
+            bot_audio = true;
             let _kind: FrameKind = self.pacer.next_frame(&mut self.pcm);
             let mut payload = [0u8; FRAME];
             self.codec.encode(&self.pcm, &mut payload);
@@ -229,7 +260,17 @@ impl MediaPipeline {
                 rtp = Some((len, remote));
             }
         }
-        Tick { to_bot, rtp }
+        (rtp, bot_audio)
+    }
+
+    /// Record this call from now on: each tick fills [`Self::recorded_frame`].
+    pub fn enable_recording(&mut self) {
+        self.recording = true;
+    }
+
+    /// Caller (left) and what the caller heard (right) of the last tick.
+    pub fn recorded_frame(&self) -> &StereoFrame {
+        &self.recorded
     }
 
     fn resample_for_bot(&mut self) -> AudioFrame {

@@ -4,6 +4,7 @@
 
 pub mod media;
 mod ports;
+mod recording;
 mod session;
 
 use crate::sip::message::{Request, Response, SipMessage};

@@ -19,6 +19,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use super::media::MediaPipeline;
+use super::recording::Recorder;
 
 /// A replacement bot session being opened while the call goes on.
 type Reopening = Pin<Box<dyn Future<Output = Result<BotSession, ConnectorError>> + Send>>;
@@ -191,6 +192,20 @@ impl Call {
             "answered"
         );
 
+        let mut recorder = match &call.setup.flow.recording {
+            Some(recording) => match Recorder::start(&recording.dir, &call.setup.call_id).await {
+                Ok(recorder) => {
+                    pipeline.enable_recording();
+                    Some(recorder)
+                }
+                Err(error) => {
+                    // The conversation matters more than its recording.
+                    tracing::warn!(dir = %recording.dir.display(), %error, "cannot record this call");
+                    None
+                }
+            },
+            None => None,
+        };
         let ending = call
             .media_loop(
                 &info,
@@ -199,11 +214,21 @@ impl Call {
                 &mut pipeline,
                 socket,
                 rtcp_socket,
+                &mut recorder,
                 session,
                 negotiated,
                 &answer,
             )
             .await;
+        if let Some(recorder) = recorder {
+            let (path, written, dropped) = recorder.finish().await;
+            match written {
+                Ok(bytes) => {
+                    tracing::info!(path = %path.display(), seconds = bytes / 32_000, dropped, "recording saved")
+                }
+                Err(error) => tracing::warn!(path = %path.display(), %error, "recording failed"),
+            }
+        }
         let counters = pipeline.counters();
         let jitter = pipeline.jitter_stats();
         let rtcp = pipeline.rtcp_stats();
@@ -268,6 +293,7 @@ impl Call {
         pipeline: &mut MediaPipeline,
         socket: UdpSocket,
         rtcp_socket: UdpSocket,
+        recorder: &mut Option<Recorder>,
         mut session: BotSession,
         negotiated: Negotiated,
         answer: &str,
@@ -304,6 +330,9 @@ impl Call {
                         if session.audio_in.try_send(frame).is_err() {
                             pipeline.note_dropped_to_bot();
                         }
+                    }
+                    if let (true, Some(recorder)) = (tick.recorded, recorder.as_mut()) {
+                        recorder.push(pipeline.recorded_frame());
                     }
                     if let Some((len, to)) = tick.rtp {
                         let _ = socket.try_send_to(&rtp_out[..len], to);
