@@ -4,6 +4,7 @@
 //! and returns what to send and when it next needs attention. Nothing here
 //! knows about SIP, sockets or bots.
 
+pub mod codec;
 pub mod dtmf;
 pub mod frame;
 pub mod g711;
@@ -13,6 +14,7 @@ pub mod resample;
 pub mod rtp;
 pub mod sdp;
 
+pub use codec::{AudioDecoder, AudioEncoder, Codec, CodecError, Decoder, Encoder, OpusConfig};
 pub use frame::{AudioFormat, AudioFrame, FRAME_MS, MAX_FRAME_SAMPLES};
 pub use g711::G711;
 pub use jitter::{JitterBuffer, JitterConfig, JitterStats, Playout, PushOutcome};
