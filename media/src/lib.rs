@@ -22,6 +22,7 @@ pub use pacer::{FrameKind, Pacer, PacerEvent};
 pub use resample::{ResampleError, Resampler};
 pub use rtp::{is_rtcp, write_rtp, RtpError, RtpPacket, RtpSender};
 pub use sdp::{
-    build_answer, build_offer, negotiate, Direction, MediaOffer, Negotiated, OfferedFormat,
-    SdpError, SessionOffer,
+    build_answer, build_media_answer, build_media_offer, build_offer, negotiate, negotiate_media,
+    CodecPreferences, Direction, MediaOffer, Negotiated, NegotiatedMedia, OfferedFormat, SdpError,
+    SessionOffer,
 };
