@@ -6,11 +6,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use switchboard_media::codec::{OpusConfig, OpusEncoder};
 use switchboard_media::jitter::{JitterBuffer, JitterConfig, Playout};
 use switchboard_media::pacer::Pacer;
 use switchboard_media::resample::Resampler;
 use switchboard_media::rtp::{write_rtp, RtpPacket};
-use switchboard_media::{AudioFrame, G711};
+use switchboard_media::{AudioDecoder, AudioEncoder, AudioFrame, Codec, G711};
 
 fn tone(rate: u32, samples: usize) -> Vec<i16> {
     (0..samples)
@@ -32,6 +33,56 @@ fn g711(c: &mut Criterion) {
     }
 }
 
+/// Every codec behind the common interface, one 20 ms frame per iteration,
+/// on a voice-band signal (three partials) at the codec's own rate.
+fn codecs(c: &mut Criterion) {
+    for codec in Codec::DEFAULT_PREFERENCE {
+        let rate = codec.sample_rate();
+        let frame = codec.samples_per_frame();
+        let pcm: Vec<i16> = (0..frame)
+            .map(|n| {
+                let t = n as f64 / rate as f64;
+                let s: f64 = [(220.0, 0.5), (660.0, 0.3), (1900.0, 0.2)]
+                    .iter()
+                    .map(|(f, a)| a * (t * f * std::f64::consts::TAU).sin())
+                    .sum();
+                (s * 12000.0) as i16
+            })
+            .collect();
+        let mut encoder = codec.encoder().unwrap();
+        let mut decoder = codec.decoder().unwrap();
+        let mut payload = vec![0u8; codec.max_payload_bytes()];
+        let mut out = [0i16; 960];
+        c.bench_function(&format!("codec {codec} encode 20 ms"), |b| {
+            b.iter(|| encoder.encode(black_box(&pcm), &mut payload).unwrap())
+        });
+        let len = encoder.encode(&pcm, &mut payload).unwrap();
+        let packet = &payload[..len];
+        c.bench_function(&format!("codec {codec} decode 20 ms"), |b| {
+            b.iter(|| decoder.decode(black_box(packet), &mut out).unwrap())
+        });
+        if codec == Codec::Opus {
+            // libopus defaults to complexity 10; a busy gateway may trade
+            // some quality for calls per core.
+            let mut light = OpusEncoder::new(OpusConfig {
+                complexity: Some(5),
+                ..OpusConfig::default()
+            })
+            .unwrap();
+            let mut scratch = [0u8; 1275];
+            c.bench_function("codec opus encode 20 ms complexity 5", |b| {
+                b.iter(|| light.encode(black_box(&pcm), &mut scratch).unwrap())
+            });
+            c.bench_function("codec opus conceal (PLC) 20 ms", |b| {
+                b.iter(|| decoder.conceal(&mut out).unwrap())
+            });
+            c.bench_function("codec opus decode_fec 20 ms", |b| {
+                b.iter(|| decoder.decode_fec(black_box(packet), &mut out).unwrap())
+            });
+        }
+    }
+}
+
 fn jitter(c: &mut Criterion) {
     let mut buffer = JitterBuffer::new(JitterConfig::default());
     let payload = [0xffu8; 160];
@@ -41,7 +92,15 @@ fn jitter(c: &mut Criterion) {
     c.bench_function("jitter push+pop 20 ms", |b| {
         b.iter(|| {
             let now = start + Duration::from_millis(20 * sequence as u64);
-            write_rtp(&mut packet, false, 0, sequence, sequence as u32 * 160, 7, &payload);
+            write_rtp(
+                &mut packet,
+                false,
+                0,
+                sequence,
+                sequence as u32 * 160,
+                7,
+                &payload,
+            );
             let parsed = RtpPacket::parse(&packet).unwrap();
             black_box(buffer.push(&parsed, now));
             if let Playout::Packet { payload, .. } = buffer.pop(now) {
@@ -53,7 +112,14 @@ fn jitter(c: &mut Criterion) {
 }
 
 fn resample(c: &mut Criterion) {
-    for (from, to) in [(8000, 16000), (16000, 8000), (8000, 24000), (24000, 8000), (8000, 48000), (48000, 8000)] {
+    for (from, to) in [
+        (8000, 16000),
+        (16000, 8000),
+        (8000, 24000),
+        (24000, 8000),
+        (8000, 48000),
+        (48000, 8000),
+    ] {
         let mut resampler = Resampler::new(from, to).unwrap();
         let input = tone(from, from as usize / 50);
         let mut out = AudioFrame::new(to);
@@ -88,13 +154,24 @@ fn pipeline(c: &mut Criterion) {
     let mut encoded = [0u8; 160];
     let mut to_bot = AudioFrame::new(16000);
     let bot_audio = tone(16000, 320);
-    let payload: Vec<u8> = tone(8000, 160).iter().map(|s| switchboard_media::g711::ulaw_encode(*s)).collect();
+    let payload: Vec<u8> = tone(8000, 160)
+        .iter()
+        .map(|s| switchboard_media::g711::ulaw_encode(*s))
+        .collect();
     let start = Instant::now();
     let mut sequence: u16 = 0;
     c.bench_function("pipeline caller->bot 20 ms (G.711 -> 16 kHz)", |b| {
         b.iter(|| {
             let now = start + Duration::from_millis(20 * sequence as u64);
-            write_rtp(&mut packet, false, 0, sequence, sequence as u32 * 160, 7, &payload);
+            write_rtp(
+                &mut packet,
+                false,
+                0,
+                sequence,
+                sequence as u32 * 160,
+                7,
+                &payload,
+            );
             let parsed = RtpPacket::parse(black_box(&packet)).unwrap();
             buffer.push(&parsed, now);
             if let Playout::Packet { payload, .. } = buffer.pop(now) {
@@ -110,7 +187,15 @@ fn pipeline(c: &mut Criterion) {
             down.process_any(black_box(&bot_audio), |chunk| pacer.push_audio(chunk));
             pacer.next_frame(&mut pcm);
             G711::Pcmu.encode(&pcm, &mut encoded);
-            black_box(write_rtp(&mut out_packet, false, 0, out_sequence, out_sequence as u32 * 160, 9, &encoded));
+            black_box(write_rtp(
+                &mut out_packet,
+                false,
+                0,
+                out_sequence,
+                out_sequence as u32 * 160,
+                9,
+                &encoded,
+            ));
             out_sequence = out_sequence.wrapping_add(1);
         })
     });
@@ -119,6 +204,6 @@ fn pipeline(c: &mut Criterion) {
 criterion_group! {
     name = stages;
     config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
-    targets = g711, jitter, resample, pacer, pipeline
+    targets = g711, codecs, jitter, resample, pacer, pipeline
 }
 criterion_main!(stages);
