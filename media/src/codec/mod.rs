@@ -356,6 +356,13 @@ mod tests {
     }
 
     #[test]
+    fn codec_state_can_move_into_a_call_task() {
+        fn send<T: Send>() {}
+        send::<Decoder>();
+        send::<Encoder>();
+    }
+
+    #[test]
     fn every_codec_builds_and_reports_itself() {
         for codec in Codec::DEFAULT_PREFERENCE {
             assert_eq!(codec.decoder().unwrap().codec(), codec);
