@@ -6,11 +6,12 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use switchboard_media::codec::{OpusConfig, OpusEncoder};
 use switchboard_media::jitter::{JitterBuffer, JitterConfig, Playout};
 use switchboard_media::pacer::Pacer;
 use switchboard_media::resample::Resampler;
 use switchboard_media::rtp::{write_rtp, RtpPacket};
-use switchboard_media::{AudioFrame, G711};
+use switchboard_media::{AudioDecoder, AudioEncoder, AudioFrame, Codec, G711};
 
 fn tone(rate: u32, samples: usize) -> Vec<i16> {
     (0..samples)
@@ -29,6 +30,56 @@ fn g711(c: &mut Criterion) {
         c.bench_function(&format!("{} decode 20 ms", law.name()), |b| {
             b.iter(|| law.decode(black_box(&encoded), &mut decoded))
         });
+    }
+}
+
+/// Every codec behind the common interface, one 20 ms frame per iteration,
+/// on a voice-band signal (three partials) at the codec's own rate.
+fn codecs(c: &mut Criterion) {
+    for codec in Codec::DEFAULT_PREFERENCE {
+        let rate = codec.sample_rate();
+        let frame = codec.samples_per_frame();
+        let pcm: Vec<i16> = (0..frame)
+            .map(|n| {
+                let t = n as f64 / rate as f64;
+                let s: f64 = [(220.0, 0.5), (660.0, 0.3), (1900.0, 0.2)]
+                    .iter()
+                    .map(|(f, a)| a * (t * f * std::f64::consts::TAU).sin())
+                    .sum();
+                (s * 12000.0) as i16
+            })
+            .collect();
+        let mut encoder = codec.encoder().unwrap();
+        let mut decoder = codec.decoder().unwrap();
+        let mut payload = vec![0u8; codec.max_payload_bytes()];
+        let mut out = [0i16; 960];
+        c.bench_function(&format!("codec {codec} encode 20 ms"), |b| {
+            b.iter(|| encoder.encode(black_box(&pcm), &mut payload).unwrap())
+        });
+        let len = encoder.encode(&pcm, &mut payload).unwrap();
+        let packet = &payload[..len];
+        c.bench_function(&format!("codec {codec} decode 20 ms"), |b| {
+            b.iter(|| decoder.decode(black_box(packet), &mut out).unwrap())
+        });
+        if codec == Codec::Opus {
+            // libopus defaults to complexity 10; a busy gateway may trade
+            // some quality for calls per core.
+            let mut light = OpusEncoder::new(OpusConfig {
+                complexity: Some(5),
+                ..OpusConfig::default()
+            })
+            .unwrap();
+            let mut scratch = [0u8; 1275];
+            c.bench_function("codec opus encode 20 ms complexity 5", |b| {
+                b.iter(|| light.encode(black_box(&pcm), &mut scratch).unwrap())
+            });
+            c.bench_function("codec opus conceal (PLC) 20 ms", |b| {
+                b.iter(|| decoder.conceal(&mut out).unwrap())
+            });
+            c.bench_function("codec opus decode_fec 20 ms", |b| {
+                b.iter(|| decoder.decode_fec(black_box(packet), &mut out).unwrap())
+            });
+        }
     }
 }
 
@@ -153,6 +204,6 @@ fn pipeline(c: &mut Criterion) {
 criterion_group! {
     name = stages;
     config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
-    targets = g711, jitter, resample, pacer, pipeline
+    targets = g711, codecs, jitter, resample, pacer, pipeline
 }
 criterion_main!(stages);

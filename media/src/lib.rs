@@ -4,6 +4,7 @@
 //! and returns what to send and when it next needs attention. Nothing here
 //! knows about SIP, sockets or bots.
 
+pub mod codec;
 pub mod dtmf;
 pub mod dtmf_send;
 pub mod frame;
@@ -15,6 +16,7 @@ pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
 
+pub use codec::{AudioDecoder, AudioEncoder, Codec, CodecError, Decoder, Encoder, OpusConfig};
 pub use frame::{AudioFormat, AudioFrame, FRAME_MS, MAX_FRAME_SAMPLES};
 pub use g711::G711;
 pub use jitter::{JitterBuffer, JitterConfig, JitterStats, Playout, PushOutcome};
@@ -22,6 +24,7 @@ pub use pacer::{FrameKind, Pacer, PacerEvent};
 pub use resample::{ResampleError, Resampler};
 pub use rtp::{is_rtcp, write_rtp, RtpError, RtpPacket, RtpSender};
 pub use sdp::{
-    build_answer, build_offer, negotiate, Direction, MediaOffer, Negotiated, OfferedFormat,
-    SdpError, SessionOffer,
+    build_answer, build_media_answer, build_media_offer, build_offer, negotiate, negotiate_media,
+    CodecPreferences, Direction, MediaOffer, Negotiated, NegotiatedMedia, OfferedFormat, SdpError,
+    SessionOffer,
 };

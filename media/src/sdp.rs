@@ -2,11 +2,18 @@
 //!
 //! A small parser of our own: it accepts what real phones and trunks send
 //! (LF-only line endings, missing `t=`, attributes we do not know) and only
-//! extracts what the gateway needs to answer with G.711 and RFC 4733 DTMF.
+//! extracts what the gateway needs to answer with one codec (G.711, G.722 or
+//! Opus) and RFC 4733 DTMF.
+//!
+//! Two generations of API live here: [`negotiate`] / [`build_answer`] /
+//! [`build_offer`] speak G.711 only and keep the offerer's order; the
+//! `*_media` functions take [`CodecPreferences`] and return
+//! [`NegotiatedMedia`], which knows every [`Codec`].
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::codec::{Codec, CodecError, Decoder, Encoder, OpusConfig, OpusEncoder};
 use crate::g711::G711;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -329,38 +336,219 @@ fn apply_media_attribute(
 /// format in the offer's order that is one of `preferences` (the answerer
 /// honours the offerer's preference, RFC 3264 section 6.1).
 pub fn negotiate(offer: &SessionOffer, preferences: &[G711]) -> Result<Negotiated, SdpError> {
+    let preferences = CodecPreferences {
+        codecs: preferences.iter().map(|law| Codec::from(*law)).collect(),
+        follow_offerer_order: true,
+        ..CodecPreferences::default()
+    };
+    negotiate_media(offer, &preferences)?
+        .to_g711()
+        .ok_or(SdpError::NoCommonCodec)
+}
+
+/// Which codecs we accept and how we describe them in our own offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodecPreferences {
+    /// Codecs we accept, best first.
+    pub codecs: Vec<Codec>,
+    /// Pick the offerer's favourite among ours instead of our favourite
+    /// among theirs. RFC 3264 lets the answerer choose; following the
+    /// offerer is the polite, G.711-era behaviour of [`negotiate`].
+    pub follow_offerer_order: bool,
+    /// Dynamic payload type for Opus in our offers (answers reuse the
+    /// offerer's number).
+    pub opus_payload_type: u8,
+    /// telephone-event/8000 payload type in our offers; `None` offers no DTMF
+    /// to 8 kHz-clock codecs (G.711, G.722).
+    pub telephone_event_8000: Option<u8>,
+    /// telephone-event/48000 in our offers, for Opus: RFC 4733 events use
+    /// the clock of the audio they travel with.
+    pub telephone_event_48000: Option<u8>,
+    /// When the offer carries telephone-event, rank first the codecs whose
+    /// clock it has: an Opus call offered only telephone-event/8000 would
+    /// lose every key press, and a bot menu waiting for "press 1" matters
+    /// more than wideband audio.
+    pub prefer_dtmf: bool,
+}
+
+impl Default for CodecPreferences {
+    /// Opus, G.722, PCMU, PCMA; payload types as browsers and most softphones
+    /// number them (111 Opus, 101 and 110 for DTMF).
+    fn default() -> Self {
+        CodecPreferences {
+            codecs: Codec::DEFAULT_PREFERENCE.to_vec(),
+            follow_offerer_order: false,
+            opus_payload_type: Codec::OPUS_DEFAULT_PAYLOAD_TYPE,
+            telephone_event_8000: Some(101),
+            telephone_event_48000: Some(110),
+            prefer_dtmf: true,
+        }
+    }
+}
+
+impl CodecPreferences {
+    /// These codecs, best first, with the default payload types.
+    pub fn new(codecs: &[Codec]) -> Self {
+        CodecPreferences {
+            codecs: codecs.to_vec(),
+            ..CodecPreferences::default()
+        }
+    }
+
+    /// What the gateway did before wideband: PCMU and PCMA in the offerer's order.
+    pub fn g711_only() -> Self {
+        CodecPreferences {
+            follow_offerer_order: true,
+            ..CodecPreferences::new(&[Codec::Pcmu, Codec::Pcma])
+        }
+    }
+
+    fn rank(&self, codec: Codec) -> Option<usize> {
+        self.codecs.iter().position(|c| *c == codec)
+    }
+}
+
+/// The outcome of offer/answer for any [`Codec`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NegotiatedMedia {
+    pub codec: Codec,
+    /// The number RTP carries for `codec`, as the offer assigned it.
+    pub payload_type: u8,
+    /// Payload type of telephone-event at the codec's RTP clock, when offered.
+    pub telephone_event: Option<u8>,
+    /// None when the offer puts the stream on hold (0.0.0.0 or port 0).
+    pub remote_rtp: Option<SocketAddr>,
+    pub ptime: u32,
+    /// Our direction, answering theirs.
+    pub direction: Direction,
+    /// Opus: the peer's decoder uses in-band FEC (`useinbandfec=1`).
+    pub peer_uses_fec: bool,
+    /// Opus: the peer's `maxaveragebitrate`, bits per second.
+    pub peer_max_bitrate: Option<u32>,
+}
+
+impl NegotiatedMedia {
+    /// The G.711-only view, for code that predates [`Codec`].
+    pub fn to_g711(&self) -> Option<Negotiated> {
+        Some(Negotiated {
+            codec: self.codec.g711()?,
+            payload_type: self.payload_type,
+            telephone_event: self.telephone_event,
+            remote_rtp: self.remote_rtp,
+            ptime: self.ptime,
+            direction: self.direction,
+        })
+    }
+
+    pub fn decoder(&self) -> Result<Decoder, CodecError> {
+        self.codec.decoder()
+    }
+
+    /// An encoder set up for this peer. Opus keeps in-band FEC on even when
+    /// the peer did not ask for it: the parameter only says whether its
+    /// decoder will use the redundancy, and a decoder that ignores it loses
+    /// nothing but a few bits. A `maxaveragebitrate` lowers our bitrate.
+    pub fn encoder(&self) -> Result<Encoder, CodecError> {
+        if self.codec != Codec::Opus {
+            return self.codec.encoder();
+        }
+        let mut config = OpusConfig::default();
+        if let Some(max) = self.peer_max_bitrate {
+            // Below ~6 kbit/s speech stops being intelligible: treat a
+            // lower cap as a typo rather than obey it.
+            config.bitrate = config.bitrate.min(max.max(6000) as i32);
+        }
+        Ok(Encoder::Opus(OpusEncoder::new(config)?))
+    }
+}
+
+impl From<&Negotiated> for NegotiatedMedia {
+    fn from(n: &Negotiated) -> Self {
+        NegotiatedMedia {
+            codec: Codec::from(n.codec),
+            payload_type: n.payload_type,
+            telephone_event: n.telephone_event,
+            remote_rtp: n.remote_rtp,
+            ptime: n.ptime,
+            direction: n.direction,
+            peer_uses_fec: false,
+            peer_max_bitrate: None,
+        }
+    }
+}
+
+/// The value of `name` in an fmtp parameter list (`a=b;c=d`).
+fn fmtp_param<'a>(fmtp: &'a str, name: &str) -> Option<&'a str> {
+    fmtp.split(';').find_map(|param| {
+        let (key, value) = param.split_once('=')?;
+        key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+    })
+}
+
+/// Chooses the codec for answering `offer` (or reading an answer to our
+/// offer): the best one both sides have, by `preferences`. DTMF is the
+/// telephone-event at the chosen codec's RTP clock, so a call on Opus uses
+/// telephone-event/48000 and one on G.711 or G.722 telephone-event/8000.
+pub fn negotiate_media(
+    offer: &SessionOffer,
+    preferences: &CodecPreferences,
+) -> Result<NegotiatedMedia, SdpError> {
     let audio = offer.audio.as_ref().ok_or(SdpError::NoAudio)?;
     if !is_rtp_avp(&audio.protocol) {
         return Err(SdpError::UnsupportedTransport(audio.protocol.clone()));
     }
-    let (codec, payload_type) = audio
+    let event_at = |rate: u32| {
+        audio
+            .formats
+            .iter()
+            .find(|f| f.encoding == "TELEPHONE-EVENT" && f.clock_rate == rate)
+            .map(|f| f.payload_type)
+    };
+    let offers_events = audio
         .formats
         .iter()
-        .find_map(|f| {
-            preferences
-                .iter()
-                .find(|c| f.clock_rate == 8000 && f.encoding == c.name())
-                .map(|c| (*c, f.payload_type))
+        .any(|f| f.encoding == "TELEPHONE-EVENT");
+    let (_, codec, format) = audio
+        .formats
+        .iter()
+        .enumerate()
+        .filter_map(|(position, f)| {
+            let codec = Codec::from_rtpmap(&f.encoding, f.clock_rate)?;
+            let rank = preferences.rank(codec)?;
+            let loses_dtmf = preferences.prefer_dtmf
+                && offers_events
+                && event_at(codec.rtp_clock_rate()).is_none();
+            let order = if preferences.follow_offerer_order {
+                position
+            } else {
+                rank
+            };
+            Some(((loses_dtmf, order), codec, f))
         })
+        // min_by_key keeps the first of equals: the offerer's order breaks ties.
+        .min_by_key(|(key, _, _)| *key)
         .ok_or(SdpError::NoCommonCodec)?;
-    let telephone_event = audio
-        .formats
-        .iter()
-        .find(|f| f.encoding == "TELEPHONE-EVENT" && f.clock_rate == 8000)
-        .map(|f| f.payload_type);
+    let telephone_event = event_at(codec.rtp_clock_rate());
+    let fmtp = format.fmtp.as_deref().filter(|_| codec == Codec::Opus);
+    let peer_uses_fec = fmtp.and_then(|f| fmtp_param(f, "useinbandfec")) == Some("1");
+    let peer_max_bitrate = fmtp
+        .and_then(|f| fmtp_param(f, "maxaveragebitrate"))
+        .and_then(|v| v.parse().ok());
     let ip = audio
         .connection
         .or(offer.connection)
         .ok_or_else(|| SdpError::Malformed("no connection address for audio".into()))?;
     let remote_rtp =
         (!ip.is_unspecified() && audio.port != 0).then(|| SocketAddr::new(ip, audio.port));
-    Ok(Negotiated {
+    Ok(NegotiatedMedia {
         codec,
-        payload_type,
+        payload_type: format.payload_type,
         telephone_event,
         remote_rtp,
         ptime: 20,
         direction: audio.direction.reversed(),
+        peer_uses_fec,
+        peer_max_bitrate,
     })
 }
 
@@ -380,29 +568,36 @@ fn write_session_header(sdp: &mut String, local_ip: IpAddr, session_id: u64, ver
     );
 }
 
+/// One `m=audio` section: `codecs` then `telephone_events` (payload type,
+/// clock rate) in the order given.
 fn write_audio_section(
     sdp: &mut String,
     port: u16,
     protocol: &str,
-    codecs: &[(u8, &str)],
-    telephone_event: Option<u8>,
+    codecs: &[(u8, Codec)],
+    telephone_events: &[(u8, u32)],
     direction: Direction,
 ) {
     let _ = write!(sdp, "m=audio {port} {protocol}");
     for (pt, _) in codecs {
         let _ = write!(sdp, " {pt}");
     }
-    if let Some(te) = telephone_event {
-        let _ = write!(sdp, " {te}");
+    for (pt, _) in telephone_events {
+        let _ = write!(sdp, " {pt}");
     }
     sdp.push_str("\r\n");
-    for (pt, name) in codecs {
-        let _ = write!(sdp, "a=rtpmap:{pt} {name}/8000\r\n");
+    for (pt, codec) in codecs {
+        let _ = write!(sdp, "a=rtpmap:{pt} {}\r\n", codec.rtpmap());
+        if *codec == Codec::Opus {
+            // Tells the peer our decoder uses its in-band FEC (RFC 7587),
+            // which is what makes it worth its encoder's bits.
+            let _ = write!(sdp, "a=fmtp:{pt} useinbandfec=1\r\n");
+        }
     }
-    if let Some(te) = telephone_event {
+    for (pt, rate) in telephone_events {
         let _ = write!(
             sdp,
-            "a=rtpmap:{te} telephone-event/8000\r\na=fmtp:{te} 0-16\r\n"
+            "a=rtpmap:{pt} telephone-event/{rate}\r\na=fmtp:{pt} 0-16\r\n"
         );
     }
     let _ = write!(sdp, "a=ptime:20\r\na={}\r\n", direction.as_str());
@@ -413,6 +608,28 @@ fn write_audio_section(
 pub fn build_answer(
     offer: &SessionOffer,
     negotiated: &Negotiated,
+    local_ip: IpAddr,
+    local_port: u16,
+    session_id: u64,
+    session_version: u64,
+) -> String {
+    let media = NegotiatedMedia::from(negotiated);
+    build_media_answer(
+        offer,
+        &media,
+        local_ip,
+        local_port,
+        session_id,
+        session_version,
+    )
+}
+
+/// [`build_answer`] for any codec: the chosen codec under the offerer's
+/// payload type (with `useinbandfec=1` for Opus) and telephone-event at its
+/// clock when the offer had one.
+pub fn build_media_answer(
+    offer: &SessionOffer,
+    negotiated: &NegotiatedMedia,
     local_ip: IpAddr,
     local_port: u16,
     session_id: u64,
@@ -434,12 +651,17 @@ pub fn build_answer(
         Some(a) => (local_port, a.protocol.as_str()),
         None => (local_port, "RTP/AVP"),
     };
+    let rate = negotiated.codec.rtp_clock_rate();
+    let events: &[(u8, u32)] = match negotiated.telephone_event {
+        Some(pt) => &[(pt, rate)],
+        None => &[],
+    };
     write_audio_section(
         &mut sdp,
         port,
         protocol,
-        &[(negotiated.payload_type, negotiated.codec.name())],
-        negotiated.telephone_event,
+        &[(negotiated.payload_type, negotiated.codec)],
+        events,
         negotiated.direction,
     );
     for m in &offer.other_media[split..] {
@@ -457,18 +679,62 @@ pub fn build_offer(
     session_id: u64,
     session_version: u64,
 ) -> String {
+    let preferences = CodecPreferences {
+        codecs: codecs.iter().map(|law| Codec::from(*law)).collect(),
+        telephone_event_8000: telephone_event_pt,
+        ..CodecPreferences::default()
+    };
+    build_media_offer(
+        &preferences,
+        local_ip,
+        local_port,
+        session_id,
+        session_version,
+    )
+}
+
+/// An offer listing `preferences.codecs` best first, Opus under its dynamic
+/// payload type, and telephone-event at each clock rate those codecs use.
+pub fn build_media_offer(
+    preferences: &CodecPreferences,
+    local_ip: IpAddr,
+    local_port: u16,
+    session_id: u64,
+    session_version: u64,
+) -> String {
     let mut sdp = String::with_capacity(512);
     write_session_header(&mut sdp, local_ip, session_id, session_version);
-    let codecs: Vec<(u8, &str)> = codecs
+    let codecs: Vec<(u8, Codec)> = preferences
+        .codecs
         .iter()
-        .map(|c| (c.payload_type(), c.name()))
+        .map(|c| {
+            let pt = c
+                .static_payload_type()
+                .unwrap_or(preferences.opus_payload_type);
+            (pt, *c)
+        })
         .collect();
+    let uses_clock = |rate| {
+        preferences
+            .codecs
+            .iter()
+            .any(|c| c.rtp_clock_rate() == rate)
+    };
+    let mut events = Vec::with_capacity(2);
+    for (pt, rate) in [
+        (preferences.telephone_event_8000, 8000),
+        (preferences.telephone_event_48000, 48000),
+    ] {
+        if let Some(pt) = pt.filter(|_| uses_clock(rate)) {
+            events.push((pt, rate));
+        }
+    }
     write_audio_section(
         &mut sdp,
         local_port,
         "RTP/AVP",
         &codecs,
-        telephone_event_pt,
+        &events,
         Direction::SendRecv,
     );
     sdp

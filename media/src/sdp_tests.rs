@@ -1,4 +1,5 @@
 use super::*;
+use crate::codec::{AudioDecoder, Codec};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 const BOTH: [G711; 2] = [G711::Pcmu, G711::Pcma];
@@ -297,4 +298,207 @@ fn outbound_offer() {
     let n = negotiate(&offer, &[G711::Pcma]).unwrap();
     assert_eq!((n.payload_type, n.telephone_event), (8, Some(101)));
     assert_eq!(n.remote_rtp, Some("192.0.2.1:20000".parse().unwrap()));
+}
+
+// ---- Any-codec negotiation (negotiate_media / build_media_*) ----
+
+/// A browser-style offer: Opus with FEC, G.722, both G.711 laws and
+/// telephone-event at both clocks.
+const WEBRTC_STYLE: &str = "v=0\r\n\
+o=- 4611731400430051336 2 IN IP4 198.51.100.7\r\n\
+s=-\r\n\
+t=0 0\r\n\
+m=audio 40000 RTP/AVP 111 9 0 8 110 126\r\n\
+c=IN IP4 198.51.100.7\r\n\
+a=rtpmap:111 opus/48000/2\r\n\
+a=fmtp:111 minptime=10;useinbandfec=1\r\n\
+a=rtpmap:9 G722/8000\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=rtpmap:110 telephone-event/48000\r\n\
+a=rtpmap:126 telephone-event/8000\r\n\
+a=sendrecv\r\n";
+
+/// A trunk offering G.711 first and G.722 by static type only (no rtpmap).
+const TRUNK_WITH_G722: &str = "v=0\r\n\
+o=- 1 1 IN IP4 203.0.113.9\r\n\
+s=-\r\n\
+c=IN IP4 203.0.113.9\r\n\
+t=0 0\r\n\
+m=audio 30000 RTP/AVP 0 8 9 101\r\n\
+a=rtpmap:101 telephone-event/8000\r\n";
+
+fn local() -> IpAddr {
+    "10.0.0.5".parse().unwrap()
+}
+
+#[test]
+fn opus_wins_with_its_dynamic_type_fec_and_48k_dtmf() {
+    let offer = parse(WEBRTC_STYLE);
+    let n = negotiate_media(&offer, &CodecPreferences::default()).unwrap();
+    assert_eq!(
+        (n.codec, n.payload_type, n.telephone_event),
+        (Codec::Opus, 111, Some(110))
+    );
+    assert!(n.peer_uses_fec);
+    assert_eq!(n.peer_max_bitrate, None);
+    assert_eq!(n.remote_rtp, Some("198.51.100.7:40000".parse().unwrap()));
+    assert_eq!(n.to_g711(), None);
+
+    let answer = build_media_answer(&offer, &n, local(), 20000, 7, 8);
+    assert!(answer.contains(
+        "m=audio 20000 RTP/AVP 111 110\r\n\
+         a=rtpmap:111 opus/48000/2\r\n\
+         a=fmtp:111 useinbandfec=1\r\n\
+         a=rtpmap:110 telephone-event/48000\r\n\
+         a=fmtp:110 0-16\r\n\
+         a=ptime:20\r\na=sendrecv\r\n"
+    ));
+    // The offerer reads our answer back to the same choice.
+    let back = negotiate_media(&parse(&answer), &CodecPreferences::default()).unwrap();
+    assert_eq!(
+        (back.codec, back.payload_type, back.telephone_event),
+        (Codec::Opus, 111, Some(110))
+    );
+    assert!(back.peer_uses_fec);
+}
+
+#[test]
+fn our_order_or_the_offerers() {
+    let offer = parse(TRUNK_WITH_G722);
+    let ours = negotiate_media(&offer, &CodecPreferences::default()).unwrap();
+    assert_eq!(
+        (ours.codec, ours.payload_type, ours.telephone_event),
+        (Codec::G722, 9, Some(101))
+    );
+
+    let theirs = CodecPreferences {
+        follow_offerer_order: true,
+        ..CodecPreferences::default()
+    };
+    let n = negotiate_media(&offer, &theirs).unwrap();
+    assert_eq!((n.codec, n.payload_type), (Codec::Pcmu, 0));
+
+    let alaw_first = CodecPreferences::new(&[Codec::Pcma, Codec::Pcmu]);
+    assert_eq!(
+        negotiate_media(&offer, &alaw_first).unwrap().codec,
+        Codec::Pcma
+    );
+
+    // The G.711-only configuration still answers as before.
+    let g711 = negotiate_media(&offer, &CodecPreferences::g711_only()).unwrap();
+    assert_eq!((g711.codec, g711.telephone_event), (Codec::Pcmu, Some(101)));
+    let answer = build_media_answer(&offer, &ours, local(), 20000, 1, 1);
+    assert!(answer.contains(
+        "m=audio 20000 RTP/AVP 9 101\r\na=rtpmap:9 G722/8000\r\n\
+         a=rtpmap:101 telephone-event/8000\r\n"
+    ));
+}
+
+#[test]
+fn the_old_g711_api_is_unchanged_by_wideband_offers() {
+    let offer = parse(WEBRTC_STYLE);
+    let n = negotiate(&offer, &BOTH).unwrap();
+    assert_eq!(
+        (n.codec, n.payload_type, n.telephone_event),
+        (G711::Pcmu, 0, Some(126))
+    );
+    let media = NegotiatedMedia::from(&n);
+    assert_eq!(media.to_g711(), Some(n.clone()));
+    assert_eq!(
+        build_answer(&offer, &n, local(), 20000, 3, 4),
+        build_media_answer(&offer, &media, local(), 20000, 3, 4)
+    );
+}
+
+#[test]
+fn opus_offered_only_with_8k_dtmf_gives_way_to_a_codec_with_dtmf() {
+    // SOFTPHONE offers Opus but telephone-event only at 8000: on Opus the
+    // caller's key presses would have no payload type at Opus's clock.
+    let offer = parse(SOFTPHONE);
+    let n = negotiate_media(&offer, &CodecPreferences::default()).unwrap();
+    assert_eq!((n.codec, n.telephone_event), (Codec::Pcmu, Some(101)));
+
+    let audio_first = CodecPreferences {
+        prefer_dtmf: false,
+        ..CodecPreferences::default()
+    };
+    let n = negotiate_media(&offer, &audio_first).unwrap();
+    assert_eq!(
+        (n.codec, n.payload_type, n.telephone_event),
+        (Codec::Opus, 96, None)
+    );
+    // Its fmtp says nothing about FEC.
+    assert!(!n.peer_uses_fec);
+    let answer = build_media_answer(&offer, &n, local(), 20000, 1, 1);
+    assert!(answer.contains("m=audio 20000 RTP/AVP 96\r\na=rtpmap:96 opus/48000/2\r\n"));
+    assert!(!answer.contains("telephone-event"));
+}
+
+#[test]
+fn opus_at_another_clock_is_not_opus() {
+    let offer = parse(
+        "v=0\r\no=- 1 1 IN IP4 192.0.2.4\r\ns=-\r\nc=IN IP4 192.0.2.4\r\nt=0 0\r\n\
+         m=audio 5000 RTP/AVP 100 8\r\na=rtpmap:100 opus/16000\r\n",
+    );
+    let n = negotiate_media(&offer, &CodecPreferences::default()).unwrap();
+    assert_eq!((n.codec, n.payload_type), (Codec::Pcma, 8));
+    let opus_only = CodecPreferences::new(&[Codec::Opus]);
+    assert_eq!(
+        negotiate_media(&offer, &opus_only),
+        Err(SdpError::NoCommonCodec)
+    );
+}
+
+#[test]
+fn max_average_bitrate_caps_our_opus_encoder() {
+    let offer = parse(&WEBRTC_STYLE.replace(
+        "minptime=10;useinbandfec=1",
+        "useinbandfec=0; maxaveragebitrate=20000",
+    ));
+    let n = negotiate_media(&offer, &CodecPreferences::default()).unwrap();
+    assert!(!n.peer_uses_fec);
+    assert_eq!(n.peer_max_bitrate, Some(20000));
+    match n.encoder().unwrap() {
+        crate::codec::Encoder::Opus(encoder) => {
+            let config = encoder.config();
+            assert_eq!(config.bitrate, 20000);
+            assert!(config.inband_fec, "FEC stays on whatever the peer says");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(n.decoder().unwrap().sample_rate(), 48000);
+}
+
+#[test]
+fn wideband_offer_lists_every_codec_and_dtmf_at_both_clocks() {
+    let sdp = build_media_offer(
+        &CodecPreferences::default(),
+        "192.0.2.1".parse().unwrap(),
+        20000,
+        42,
+        1,
+    );
+    assert_eq!(
+        sdp,
+        "v=0\r\no=switchboard 42 1 IN IP4 192.0.2.1\r\ns=switchboard\r\nc=IN IP4 192.0.2.1\r\n\
+         t=0 0\r\nm=audio 20000 RTP/AVP 111 9 0 8 101 110\r\n\
+         a=rtpmap:111 opus/48000/2\r\na=fmtp:111 useinbandfec=1\r\n\
+         a=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\n\
+         a=rtpmap:110 telephone-event/48000\r\na=fmtp:110 0-16\r\n\
+         a=ptime:20\r\na=sendrecv\r\n"
+    );
+    // A peer answering it the way we would lands on Opus with 48 kHz DTMF.
+    let n = negotiate_media(&parse(&sdp), &CodecPreferences::default()).unwrap();
+    assert_eq!(
+        (n.codec, n.payload_type, n.telephone_event),
+        (Codec::Opus, 111, Some(110))
+    );
+
+    // Without Opus there is no 48 kHz clock, so no telephone-event/48000.
+    let narrow = CodecPreferences::new(&[Codec::G722, Codec::Pcmu]);
+    let sdp = build_media_offer(&narrow, "192.0.2.1".parse().unwrap(), 20000, 42, 1);
+    assert!(sdp.contains("m=audio 20000 RTP/AVP 9 0 101\r\n"));
+    assert!(!sdp.contains("48000"));
 }

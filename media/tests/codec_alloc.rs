@@ -1,0 +1,74 @@
+//! Heap use per 20 ms frame of each codec once created: the media path
+//! runs every 20 ms for every call, so the allocator must stay out of it.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use switchboard_media::codec::{AudioDecoder, AudioEncoder, Codec};
+
+struct Counting;
+
+thread_local! {
+    // Per thread, so tests running in parallel do not count each other.
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations per frame over 50 frames of encode + decode (+ PLC and FEC).
+fn allocations_per_frame(codec: Codec) -> f64 {
+    let mut encoder = codec.encoder().unwrap();
+    let mut decoder = codec.decoder().unwrap();
+    let frame = codec.samples_per_frame();
+    let pcm: Vec<i16> = (0..frame)
+        .map(|n| ((n as f64 * 0.05).sin() * 8000.0) as i16)
+        .collect();
+    let mut payload = [0u8; 1275];
+    let mut out = [0i16; 960];
+    // Warm up: the first frames may set up lazily.
+    for _ in 0..5 {
+        let len = encoder.encode(&pcm, &mut payload).unwrap();
+        decoder.decode(&payload[..len], &mut out).unwrap();
+    }
+    let before = ALLOCATIONS.with(Cell::get);
+    for _ in 0..50 {
+        let len = encoder.encode(&pcm, &mut payload).unwrap();
+        decoder.decode_fec(&payload[..len], &mut out);
+        decoder.conceal(&mut out);
+        decoder.decode(&payload[..len], &mut out).unwrap();
+    }
+    (ALLOCATIONS.with(Cell::get) - before) as f64 / 50.0
+}
+
+#[test]
+fn g711_and_opus_never_allocate_per_frame() {
+    for codec in [Codec::Pcmu, Codec::Pcma, Codec::Opus] {
+        let per_frame = allocations_per_frame(codec);
+        println!("{codec}: {per_frame} allocations per frame");
+        assert_eq!(per_frame, 0.0, "{codec}");
+    }
+}
+
+/// `ezk-g722` returns a new `Vec` from each call; this pins how many
+/// allocations that costs, so a change (better or worse) gets noticed.
+#[test]
+fn g722_allocations_per_frame_are_known() {
+    let per_frame = allocations_per_frame(Codec::G722);
+    println!("G722: {per_frame} allocations per frame (inside ezk-g722)");
+    assert!(per_frame <= 16.0, "{per_frame}");
+}
