@@ -136,7 +136,7 @@ fn unmatched_number_gets_404() {
 #[test]
 fn no_common_codec_gets_488() {
     let gateway = GatewayProcess::start("no-codec", &echo_config(""));
-    let offer = sipp::sdp_offer(4000, &[(18, "G729/8000"), (9, "G722/8000")]);
+    let offer = sipp::sdp_offer(4000, &[(18, "G729/8000"), (97, "iLBC/8000")]);
     let scenario = sipp::rejected("100", &offer, 488);
     let output = sipp::run(
         &gateway.dir,

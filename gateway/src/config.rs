@@ -64,6 +64,21 @@ pub struct MediaConfig {
     /// Playout delay the jitter buffer holds before it starts.
     #[serde(default = "default_jitter_ms")]
     pub jitter_depth_ms: u32,
+    /// Codecs we accept, best first; the best one both sides offer wins.
+    #[serde(default = "default_codecs")]
+    pub codecs: Vec<String>,
+}
+
+fn default_codecs() -> Vec<String> {
+    ["opus", "g722", "pcmu", "pcma"].map(String::from).to_vec()
+}
+
+/// The codec a `media.codecs` entry names.
+pub fn codec_named(name: &str) -> Option<switchboard_media::Codec> {
+    use switchboard_media::Codec;
+    [Codec::Opus, Codec::G722, Codec::Pcmu, Codec::Pcma]
+        .into_iter()
+        .find(|c| c.name().eq_ignore_ascii_case(name))
 }
 
 impl Default for MediaConfig {
@@ -72,6 +87,7 @@ impl Default for MediaConfig {
             rtp_ports: default_rtp_ports(),
             rtp_timeout_secs: default_rtp_timeout(),
             jitter_depth_ms: default_jitter_ms(),
+            codecs: default_codecs(),
         }
     }
 }
@@ -200,6 +216,20 @@ impl Config {
                 "media.jitter_depth_ms",
                 "must be between 20 and 1000",
             ));
+        }
+        if self.media.codecs.is_empty() {
+            return Err(ConfigError::new(
+                "media.codecs",
+                "must name at least one codec",
+            ));
+        }
+        for (index, name) in self.media.codecs.iter().enumerate() {
+            if codec_named(name).is_none() {
+                return Err(ConfigError::new(
+                    format!("media.codecs[{index}]"),
+                    format!("{name:?} is not one of opus, g722, pcmu, pcma"),
+                ));
+            }
         }
         if self.limits.max_calls == 0 {
             return Err(ConfigError::new("limits.max_calls", "must be at least 1"));

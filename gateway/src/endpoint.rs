@@ -37,6 +37,7 @@ pub struct MediaSettings {
     pub public_ip: Option<IpAddr>,
     pub rtp_timeout: Duration,
     pub jitter_depth_ms: u32,
+    pub codecs: switchboard_media::sdp::CodecPreferences,
 }
 
 pub struct Endpoint {

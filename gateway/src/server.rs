@@ -57,6 +57,14 @@ impl Gateway {
                 public_ip: config.sip.public_address,
                 rtp_timeout: Duration::from_secs(config.media.rtp_timeout_secs),
                 jitter_depth_ms: config.media.jitter_depth_ms,
+                codecs: switchboard_media::sdp::CodecPreferences::new(
+                    &config
+                        .media
+                        .codecs
+                        .iter()
+                        .filter_map(|name| crate::config::codec_named(name))
+                        .collect::<Vec<_>>(),
+                ),
             },
             rtp_ports: Arc::new(RtpPorts::new(valid.rtp_ports)),
             inbound,

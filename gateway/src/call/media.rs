@@ -1,6 +1,6 @@
 //! The per-call media pipeline, without sockets: RTP in → jitter buffer →
-//! G.711 decode → resample to the bot's rate; bot audio → resample to 8 kHz →
-//! pacer → G.711 encode → RTP out. The session feeds it packets and a 20 ms
+//! decode (G.711, G.722 or Opus) → resample to the bot's rate; bot audio →
+//! resample to the codec's rate → pacer → encode → RTP out. The session feeds it packets and a 20 ms
 //! tick and does the I/O. All buffers are allocated once per call.
 
 use std::net::SocketAddr;
@@ -13,13 +13,15 @@ use switchboard_media::pacer::{FrameKind, Pacer, PacerEvent};
 use switchboard_media::resample::Resampler;
 use switchboard_media::rtcp::{RtcpSession, RtcpStats};
 use switchboard_media::rtp::{is_rtcp, RtpPacket, RtpSender};
-use switchboard_media::sdp::Negotiated;
-use switchboard_media::{AudioFrame, G711};
+use switchboard_media::sdp::NegotiatedMedia;
+use switchboard_media::{
+    AudioDecoder, AudioEncoder, AudioFrame, Codec, Decoder, Encoder, MAX_FRAME_SAMPLES,
+};
 
-use super::recording::{interleave, StereoFrame, RECORD_FRAME};
+use super::recording::{interleave, StereoFrame};
 
-/// Samples in one 20 ms G.711 frame.
-const FRAME: usize = 160;
+/// Largest encoded frame (an Opus packet's maximum).
+const MAX_PAYLOAD: usize = 1275;
 /// Digits held between two ticks.
 const MAX_PENDING_DIGITS: usize = 16;
 /// Longest bot audio the pacer holds (bots send whole answers at once).
@@ -33,10 +35,17 @@ pub struct MediaCounters {
     pub ignored_in: u64,
     pub frames_to_bot: u64,
     pub frames_dropped_to_bot: u64,
+    pub concealed: u64,
+    pub undecodable: u64,
 }
 
 pub struct MediaPipeline {
-    codec: G711,
+    codec: Codec,
+    decoder: Decoder,
+    encoder: Encoder,
+    /// Samples per 20 ms at the codec's rate, and RTP clock units per packet.
+    frame_samples: usize,
+    timestamp_step: u32,
     payload_type: u8,
     telephone_event: Option<u8>,
     jitter: JitterBuffer,
@@ -53,11 +62,12 @@ pub struct MediaPipeline {
     dtmf_out: DtmfSender,
     /// RTP timestamp of the telephone-event being sent.
     event_timestamp: u32,
-    pcm: [i16; FRAME],
+    pcm: [i16; MAX_FRAME_SAMPLES],
+    payload: [u8; MAX_PAYLOAD],
     resampled: AudioFrame,
     counters: MediaCounters,
     /// This tick's caller audio, kept for the recording.
-    caller_pcm: [i16; FRAME],
+    caller_pcm: [i16; MAX_FRAME_SAMPLES],
     recording: bool,
     recorded: StereoFrame,
     rtcp: RtcpSession,
@@ -79,41 +89,55 @@ pub struct Tick {
 
 impl MediaPipeline {
     pub fn new(
-        negotiated: &Negotiated,
+        negotiated: &NegotiatedMedia,
         bot_rate: u32,
         jitter_depth_ms: u32,
         cname: &str,
     ) -> Result<Self, String> {
+        let codec = negotiated.codec;
+        let rate = codec.sample_rate();
+        let clock = codec.rtp_clock_rate();
         let sender = RtpSender::random(negotiated.payload_type);
-        let rtcp = RtcpSession::new(sender.ssrc(), 8000, cname, Instant::now());
+        let rtcp = RtcpSession::new(sender.ssrc(), clock, cname, Instant::now());
         let jitter = JitterBuffer::new(JitterConfig {
-            clock_rate: 8000,
-            samples_per_packet: FRAME as u32,
+            clock_rate: clock,
+            samples_per_packet: codec.timestamp_step(),
+            max_payload: MAX_PAYLOAD,
             depth_ms: jitter_depth_ms,
             ..JitterConfig::default()
         });
+        let (decoder, encoder) = match (negotiated.decoder(), negotiated.encoder()) {
+            (Ok(decoder), Ok(encoder)) => (decoder, encoder),
+            (Err(e), _) | (_, Err(e)) => return Err(format!("{}: {e}", codec.name())),
+        };
         Ok(MediaPipeline {
-            codec: negotiated.codec,
+            codec,
+            decoder,
+            encoder,
+            frame_samples: codec.samples_per_frame().min(MAX_FRAME_SAMPLES),
+            timestamp_step: codec.timestamp_step(),
             payload_type: negotiated.payload_type,
             telephone_event: negotiated.telephone_event,
             jitter,
-            to_bot: Resampler::new(8000, bot_rate).map_err(|e| e.to_string())?,
-            from_bot: Resampler::new(bot_rate, 8000).map_err(|e| e.to_string())?,
-            pacer: Pacer::new(8000, MAX_QUEUED_MS),
+            to_bot: Resampler::new(rate, bot_rate).map_err(|e| e.to_string())?,
+            from_bot: Resampler::new(bot_rate, rate).map_err(|e| e.to_string())?,
+            pacer: Pacer::new(rate, MAX_QUEUED_MS),
             sender,
             remote: negotiated.remote_rtp,
             learned_remote: false,
             last_packet: None,
             dtmf: DtmfReceiver::new(),
             digits: Vec::with_capacity(MAX_PENDING_DIGITS),
-            dtmf_out: DtmfSender::new(8000, 20),
+            // telephone-event runs at the codec's RTP clock (RFC 4733 §2.1).
+            dtmf_out: DtmfSender::new(clock, 20),
             event_timestamp: 0,
-            pcm: [0; FRAME],
+            pcm: [0; MAX_FRAME_SAMPLES],
+            payload: [0; MAX_PAYLOAD],
             resampled: AudioFrame::new(bot_rate),
             counters: MediaCounters::default(),
-            caller_pcm: [0; FRAME],
+            caller_pcm: [0; MAX_FRAME_SAMPLES],
             recording: false,
-            recorded: [0; 2 * RECORD_FRAME],
+            recorded: StereoFrame::default(),
             rtcp,
             remote_rtcp: None,
             rtcp_mux: false,
@@ -122,7 +146,7 @@ impl MediaPipeline {
 
     /// A re-INVITE may move the caller's media; symmetric RTP keeps the
     /// learned address until packets come from elsewhere.
-    pub fn update_remote(&mut self, negotiated: &Negotiated) {
+    pub fn update_remote(&mut self, negotiated: &NegotiatedMedia) {
         if !self.learned_remote {
             self.remote = negotiated.remote_rtp;
         }
@@ -188,30 +212,36 @@ impl MediaPipeline {
     /// packet towards the caller (bot audio, or silence to keep the stream
     /// and NAT bindings alive).
     pub fn tick(&mut self, now: Instant, rtp_out: &mut [u8]) -> Tick {
-        let to_bot = match self.jitter.pop(now) {
-            Playout::Waiting => None,
+        let n = self.frame_samples;
+        let decoded = match self.jitter.pop(now) {
+            Playout::Waiting => false,
             Playout::Packet { payload, .. } => {
-                let decoded = self.codec.decode(payload, &mut self.pcm);
-                self.pcm[decoded..].fill(0);
-                Some(self.resample_for_bot())
+                match self.decoder.decode(payload, &mut self.pcm[..n]) {
+                    Ok(samples) => self.pcm[samples.min(n)..n].fill(0),
+                    Err(_) => {
+                        self.counters.undecodable += 1;
+                        self.conceal();
+                    }
+                }
+                true
             }
             Playout::Lost => {
-                // Concealment by silence for now; the media-engine issue
-                // brings repeat-and-fade and codec PLC.
-                self.pcm.fill(0);
-                Some(self.resample_for_bot())
+                self.conceal();
+                true
             }
         };
-        if to_bot.is_some() {
+        let to_bot = if decoded {
             self.counters.frames_to_bot += 1;
-            self.caller_pcm = self.pcm;
+            self.caller_pcm[..n].copy_from_slice(&self.pcm[..n]);
+            Some(self.resample_for_bot())
         } else {
-            self.caller_pcm.fill(0);
-        }
+            self.caller_pcm[..n].fill(0);
+            None
+        };
         let (rtp, bot_audio) = self.send_to_caller(now, rtp_out);
         if self.recording {
-            let bot: &[i16] = if bot_audio { &self.pcm } else { &[] };
-            interleave(&self.caller_pcm, bot, &mut self.recorded);
+            let bot: &[i16] = if bot_audio { &self.pcm[..n] } else { &[] };
+            interleave(&self.caller_pcm[..n], bot, n, &mut self.recorded);
         }
         Tick {
             to_bot,
@@ -239,7 +269,7 @@ impl MediaPipeline {
                 let len = self
                     .sender
                     .packet_at(event_pt, ts, &event.payload, event.start, rtp_out);
-                self.sender.skip(FRAME as u32);
+                self.sender.skip(self.timestamp_step);
                 if len > 0 {
                     self.counters.rtp_out += 1;
                     return (Some((len, remote)), false);
@@ -249,13 +279,19 @@ impl MediaPipeline {
         let mut bot_audio = false;
         if let Some(remote) = self.remote {
             bot_audio = true;
-            let _kind: FrameKind = self.pacer.next_frame(&mut self.pcm);
-            let mut payload = [0u8; FRAME];
-            self.codec.encode(&self.pcm, &mut payload);
+            let n = self.frame_samples;
+            let _kind: FrameKind = self.pacer.next_frame(&mut self.pcm[..n]);
+            let Ok(size) = self.encoder.encode(&self.pcm[..n], &mut self.payload) else {
+                // Keep the clock honest so the caller sees a gap, not a jump.
+                self.sender.skip(self.timestamp_step);
+                return (None, bot_audio);
+            };
             let timestamp = self.sender.timestamp();
-            let len = self.sender.packet(&payload, FRAME as u32, false, rtp_out);
+            let len =
+                self.sender
+                    .packet(&self.payload[..size], self.timestamp_step, false, rtp_out);
             if len > 0 {
-                self.rtcp.on_rtp_sent(FRAME, timestamp, now);
+                self.rtcp.on_rtp_sent(size, timestamp, now);
                 self.counters.rtp_out += 1;
                 rtp = Some((len, remote));
             }
@@ -274,8 +310,24 @@ impl MediaPipeline {
     }
 
     fn resample_for_bot(&mut self) -> AudioFrame {
-        self.to_bot.process(&self.pcm, &mut self.resampled);
+        self.to_bot
+            .process(&self.pcm[..self.frame_samples], &mut self.resampled);
         self.resampled
+    }
+
+    /// A lost frame: the codec's own concealment where it has one (Opus),
+    /// else silence.
+    fn conceal(&mut self) {
+        let n = self.frame_samples;
+        self.counters.concealed += 1;
+        match self.decoder.conceal(&mut self.pcm[..n]) {
+            Some(samples) => self.pcm[samples.min(n)..n].fill(0),
+            None => self.pcm[..n].fill(0),
+        }
+    }
+
+    pub fn codec(&self) -> Codec {
+        self.codec
     }
 
     /// Bot audio at the bot's rate, any length.

@@ -14,18 +14,33 @@ use tokio::io::{AsyncSeekExt, AsyncWriteExt, BufWriter};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-/// Samples per channel in one 20 ms frame at 8 kHz.
-pub const RECORD_FRAME: usize = 160;
-/// One tick of both channels, interleaved.
-pub type StereoFrame = [i16; 2 * RECORD_FRAME];
+use switchboard_media::MAX_FRAME_SAMPLES;
+
+/// One tick of both channels, interleaved, at the call's codec rate.
+#[derive(Clone, Copy)]
+pub struct StereoFrame {
+    samples: [i16; 2 * MAX_FRAME_SAMPLES],
+    /// Samples per channel.
+    len: usize,
+}
+
+impl Default for StereoFrame {
+    fn default() -> Self {
+        Self {
+            samples: [0; 2 * MAX_FRAME_SAMPLES],
+            len: 0,
+        }
+    }
+}
 /// Frames queued towards the writer: 2 s of audio.
 const QUEUE_FRAMES: usize = 100;
-const SAMPLE_RATE: u32 = 8000;
 const HEADER_BYTES: u32 = 44;
 
-/// Interleaves one tick of caller and bot audio.
-pub fn interleave(caller: &[i16], bot: &[i16], out: &mut StereoFrame) {
-    for (i, pair) in out.chunks_exact_mut(2).enumerate() {
+/// Interleaves one tick of caller and bot audio, `len` samples each
+/// (missing samples are silence).
+pub fn interleave(caller: &[i16], bot: &[i16], len: usize, out: &mut StereoFrame) {
+    out.len = len.min(MAX_FRAME_SAMPLES);
+    for (i, pair) in out.samples[..2 * out.len].chunks_exact_mut(2).enumerate() {
         pair[0] = caller.get(i).copied().unwrap_or(0);
         pair[1] = bot.get(i).copied().unwrap_or(0);
     }
@@ -39,13 +54,13 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Starts recording the call `call_id` into `dir`.
-    pub async fn start(dir: &Path, call_id: &str) -> std::io::Result<Recorder> {
+    /// Starts recording the call `call_id` into `dir`, at `sample_rate`.
+    pub async fn start(dir: &Path, call_id: &str, sample_rate: u32) -> std::io::Result<Recorder> {
         tokio::fs::create_dir_all(dir).await?;
         let path = dir.join(file_name(call_id));
         let file = File::create(&path).await?;
         let (frames, rx) = mpsc::channel(QUEUE_FRAMES);
-        let writer = tokio::spawn(write_wav(file, rx));
+        let writer = tokio::spawn(write_wav(file, rx, sample_rate));
         Ok(Recorder {
             frames,
             writer,
@@ -99,29 +114,34 @@ fn time_stamp() -> u64 {
         .unwrap_or(0)
 }
 
-async fn write_wav(file: File, mut frames: mpsc::Receiver<StereoFrame>) -> std::io::Result<u64> {
+async fn write_wav(
+    file: File,
+    mut frames: mpsc::Receiver<StereoFrame>,
+    sample_rate: u32,
+) -> std::io::Result<u64> {
     let mut out = BufWriter::with_capacity(64 * 1024, file);
-    out.write_all(&header(0)).await?;
+    out.write_all(&header(0, sample_rate)).await?;
     let mut data_bytes: u64 = 0;
-    let mut bytes = [0u8; 4 * RECORD_FRAME];
+    let mut bytes = [0u8; 4 * MAX_FRAME_SAMPLES];
     while let Some(frame) = frames.recv().await {
-        for (chunk, sample) in bytes.chunks_exact_mut(2).zip(frame) {
+        let samples = &frame.samples[..2 * frame.len];
+        for (chunk, sample) in bytes.chunks_exact_mut(2).zip(samples) {
             chunk.copy_from_slice(&sample.to_le_bytes());
         }
-        out.write_all(&bytes).await?;
-        data_bytes += bytes.len() as u64;
+        out.write_all(&bytes[..2 * samples.len()]).await?;
+        data_bytes += 2 * samples.len() as u64;
     }
     out.flush().await?;
     let mut file = out.into_inner();
     file.seek(SeekFrom::Start(0)).await?;
     let size = u32::try_from(data_bytes).unwrap_or(u32::MAX - HEADER_BYTES);
-    file.write_all(&header(size)).await?;
+    file.write_all(&header(size, sample_rate)).await?;
     file.sync_data().await?;
     Ok(data_bytes)
 }
 
-/// RIFF/WAVE header for 16-bit stereo PCM at 8 kHz with `data_bytes` of audio.
-fn header(data_bytes: u32) -> [u8; HEADER_BYTES as usize] {
+/// RIFF/WAVE header for 16-bit stereo PCM with `data_bytes` of audio.
+fn header(data_bytes: u32, sample_rate: u32) -> [u8; HEADER_BYTES as usize] {
     let channels: u16 = 2;
     let block_align = channels * 2;
     let mut h = [0u8; HEADER_BYTES as usize];
@@ -132,8 +152,8 @@ fn header(data_bytes: u32) -> [u8; HEADER_BYTES as usize] {
     h[16..20].copy_from_slice(&16u32.to_le_bytes());
     h[20..22].copy_from_slice(&1u16.to_le_bytes()); // PCM
     h[22..24].copy_from_slice(&channels.to_le_bytes());
-    h[24..28].copy_from_slice(&SAMPLE_RATE.to_le_bytes());
-    h[28..32].copy_from_slice(&(SAMPLE_RATE * u32::from(block_align)).to_le_bytes());
+    h[24..28].copy_from_slice(&sample_rate.to_le_bytes());
+    h[28..32].copy_from_slice(&(sample_rate * u32::from(block_align)).to_le_bytes());
     h[32..34].copy_from_slice(&block_align.to_le_bytes());
     h[34..36].copy_from_slice(&16u16.to_le_bytes());
     h[36..40].copy_from_slice(b"data");
@@ -148,12 +168,14 @@ mod tests {
     #[tokio::test]
     async fn writes_a_valid_stereo_wav() {
         let dir = std::env::temp_dir().join(format!("sb-rec-{}", std::process::id()));
-        let mut recorder = Recorder::start(&dir, "abc/../def@host").await.unwrap();
-        let mut frame = [0i16; 2 * RECORD_FRAME];
+        let mut recorder = Recorder::start(&dir, "abc/../def@host", 8000)
+            .await
+            .unwrap();
+        let mut frame = StereoFrame::default();
         for tick in 0..50i16 {
-            let caller = [tick; RECORD_FRAME];
-            let bot = [-tick; RECORD_FRAME];
-            interleave(&caller, &bot, &mut frame);
+            let caller = [tick; 160];
+            let bot = [-tick; 160];
+            interleave(&caller, &bot, 160, &mut frame);
             recorder.push(&frame);
         }
         let (path, written, dropped) = recorder.finish().await;

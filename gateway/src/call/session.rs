@@ -11,8 +11,9 @@ use switchboard_connectors::{
     BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError, PlayoutClock,
 };
 use switchboard_flows::{Action, FlowConfig, OnFailure};
-use switchboard_media::sdp::{build_answer, negotiate, Negotiated, SessionOffer};
-use switchboard_media::G711;
+use switchboard_media::sdp::{
+    build_media_answer, negotiate_media, CodecPreferences, NegotiatedMedia, SessionOffer,
+};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -33,7 +34,6 @@ use crate::sip::transaction::{Peer, ServerTxId, Transport};
 use crate::sip::uri::SipUri;
 
 /// Codecs we answer with, in our order of preference.
-const CODECS: [G711; 2] = [G711::Pcmu, G711::Pcma];
 /// Longest wait for the BYE's response before the call is released anyway.
 const BYE_WAIT: Duration = Duration::from_secs(5);
 
@@ -108,7 +108,7 @@ impl Call {
                 return format!("rejected 488 ({reason})");
             }
         };
-        let negotiated = match negotiate(&offer, &CODECS) {
+        let negotiated = match negotiate_media(&offer, &call.setup.media.codecs) {
             Ok(negotiated) => negotiated,
             Err(error) => {
                 tracing::warn!(%error, "no common codec: 488");
@@ -168,7 +168,7 @@ impl Call {
                 return format!("rejected 500 ({error})");
             }
         };
-        let answer = build_answer(
+        let answer = build_media_answer(
             &offer,
             &negotiated,
             media_ip,
@@ -193,7 +193,13 @@ impl Call {
         );
 
         let mut recorder = match &call.setup.flow.recording {
-            Some(recording) => match Recorder::start(&recording.dir, &call.setup.call_id).await {
+            Some(recording) => match Recorder::start(
+                &recording.dir,
+                &call.setup.call_id,
+                pipeline.codec().sample_rate(),
+            )
+            .await
+            {
                 Ok(recorder) => {
                     pipeline.enable_recording();
                     Some(recorder)
@@ -295,13 +301,13 @@ impl Call {
         rtcp_socket: UdpSocket,
         recorder: &mut Option<Recorder>,
         mut session: BotSession,
-        negotiated: Negotiated,
+        negotiated: NegotiatedMedia,
         answer: &str,
     ) -> String {
         let mut ticker = tokio::time::interval(Duration::from_millis(20));
         ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let mut datagram = [0u8; 2048];
-        let mut rtp_out = [0u8; 512];
+        let mut rtp_out = [0u8; 1500];
         let mut rtcp_datagram = [0u8; 1500];
         let mut rtcp_out = [0u8; 256];
         let answered_at = Instant::now();
@@ -493,7 +499,7 @@ impl Call {
         &self,
         request: &Request,
         pipeline: &mut MediaPipeline,
-        negotiated: &Negotiated,
+        negotiated: &NegotiatedMedia,
         answer: &str,
         version: u64,
     ) -> Option<String> {
@@ -501,7 +507,8 @@ impl Call {
             return Some(bump_version(answer, version));
         }
         let offer = parse_offer(request).ok()?;
-        let updated = negotiate(&offer, &[negotiated.codec]).ok()?;
+        // The call keeps its codec; only where the caller's media goes may change.
+        let updated = negotiate_media(&offer, &CodecPreferences::new(&[negotiated.codec])).ok()?;
         pipeline.update_remote(&updated);
         Some(bump_version(answer, version))
     }
