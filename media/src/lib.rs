@@ -4,6 +4,7 @@
 //! and returns what to send and when it next needs attention. Nothing here
 //! knows about SIP, sockets or bots.
 
+pub mod aec;
 pub mod dtmf;
 pub mod frame;
 pub mod g711;
