@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use switchboard_media::codec::{OpusConfig, OpusEncoder};
+use switchboard_media::aec::{AudioSettings, EchoCanceller};
 use switchboard_media::jitter::{JitterBuffer, JitterConfig, Playout};
 use switchboard_media::pacer::Pacer;
 use switchboard_media::resample::Resampler;
@@ -201,9 +202,34 @@ fn pipeline(c: &mut Criterion) {
     });
 }
 
+/// Echo canceller on one 20 ms frame each way (far-end reference in, caller's
+/// audio processed), with the echo already in the caller's audio so the
+/// canceller is busy rather than idle.
+fn aec(c: &mut Criterion) {
+    let aec_only = AudioSettings {
+        echo_cancellation: true,
+        ..AudioSettings::default()
+    };
+    for (name, settings) in [("aec", aec_only), ("aec+ns+agc", AudioSettings::ALL)] {
+        for rate in [8000, 16000] {
+            let mut aec = EchoCanceller::new(settings, rate).unwrap();
+            let far = tone(rate, rate as usize / 50);
+            let echo: Vec<i16> = far.iter().map(|s| s / 2).collect();
+            let mut near = echo.clone();
+            c.bench_function(&format!("{name} {} kHz 20 ms", rate / 1000), |b| {
+                b.iter(|| {
+                    aec.far_end(black_box(&far));
+                    near.copy_from_slice(&echo);
+                    aec.near_end(black_box(&mut near));
+                })
+            });
+        }
+    }
+}
+
 criterion_group! {
     name = stages;
     config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
-    targets = g711, codecs, jitter, resample, pacer, pipeline
+    targets = g711, codecs, jitter, resample, pacer, pipeline, aec
 }
 criterion_main!(stages);

@@ -4,6 +4,7 @@
 //! and returns what to send and when it next needs attention. Nothing here
 //! knows about SIP, sockets or bots.
 
+pub mod aec;
 pub mod codec;
 pub mod dtmf;
 pub mod dtmf_send;
