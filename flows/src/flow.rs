@@ -26,6 +26,22 @@ pub struct FlowConfig {
     /// Record each call as a stereo WAV (caller left, bot right).
     #[serde(default)]
     pub recording: Option<RecordingConfig>,
+    /// Processing of the caller's audio before the bot hears it.
+    #[serde(default)]
+    pub audio: AudioConfig,
+}
+
+/// Echo cancellation (the bot's own voice coming back from a speakerphone),
+/// noise suppression and automatic gain control, each off by default.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AudioConfig {
+    #[serde(default)]
+    pub echo_cancellation: bool,
+    #[serde(default)]
+    pub noise_suppression: bool,
+    #[serde(default)]
+    pub gain_control: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

@@ -12,6 +12,7 @@ pub mod twiml;
 pub use action::{Action, DialTarget};
 pub use bots::{OpenAiRealtimeConfig, RealtimeAudio, ToolKind, UltravoxConfig, WebsocketBotConfig};
 pub use flow::{
-    BotConfig, EchoBotConfig, FlowConfig, FlowError, OnFailure, RecordingConfig, TwilioStreamConfig,
+    AudioConfig, BotConfig, EchoBotConfig, FlowConfig, FlowError, OnFailure, RecordingConfig,
+    TwilioStreamConfig,
 };
 pub use twiml::{actions_from_twiml, parse_twiml, Dial, DialNoun, TwimlError, Verb};

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use switchboard_gateway::call::media::MediaPipeline;
+use switchboard_media::aec::AudioSettings;
 use switchboard_media::sdp::{negotiate_media, CodecPreferences, SessionOffer};
 use switchboard_media::{AudioEncoder, AudioFrame, Codec};
 
@@ -69,9 +70,16 @@ fn steady_state_media_path_does_not_allocate() {
                 )
             })
             .collect();
-        for bot_rate in [8_000, 16_000, 24_000] {
+        let cases = [
+            (8_000, AudioSettings::default()),
+            (16_000, AudioSettings::default()),
+            (24_000, AudioSettings::default()),
+            // Echo cancellation, noise suppression and AGC on.
+            (16_000, AudioSettings::ALL),
+        ];
+        for (bot_rate, audio) in cases {
             let mut pipeline =
-                MediaPipeline::new(&negotiated, bot_rate, 40, "gw@127.0.0.1").unwrap();
+                MediaPipeline::new(&negotiated, bot_rate, 40, "gw@127.0.0.1", audio).unwrap();
             let from = "127.0.0.1:4000".parse().unwrap();
             let bot_frame =
                 AudioFrame::from_samples(bot_rate, &vec![1000i16; bot_rate as usize / 50]);
@@ -96,7 +104,7 @@ fn steady_state_media_path_does_not_allocate() {
             assert_eq!(
                 allocations,
                 0,
-                "{allocations} allocations in 1000 {} frames at a {bot_rate} Hz bot",
+                "{allocations} allocations in 1000 {} frames at a {bot_rate} Hz bot, {audio:?}",
                 codec.name()
             );
         }

@@ -6,8 +6,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use switchboard_media::codec::{OpusConfig, OpusEncoder};
 use switchboard_media::aec::{AudioSettings, EchoCanceller};
+use switchboard_media::codec::{OpusConfig, OpusEncoder};
 use switchboard_media::jitter::{JitterBuffer, JitterConfig, Playout};
 use switchboard_media::pacer::Pacer;
 use switchboard_media::resample::Resampler;

@@ -101,7 +101,7 @@ impl AudioSettings {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AecError {
-    #[error("unsupported call rate {0} (supported: 8000, 16000)")]
+    #[error("unsupported call rate {0} (supported: 8000, 16000, 48000)")]
     UnsupportedRate(u32),
     #[error("webrtc audio processing could not be created (error {0})")]
     Create(i32),
@@ -175,9 +175,10 @@ struct Engine {
 }
 
 impl EchoCanceller {
-    /// `call_rate` is the rate of the PCM on the phone side: 8000 or 16000.
+    /// `call_rate` is the rate of the PCM on the phone side: 8000 (G.711),
+    /// 16000 (G.722) or 48000 (Opus, which needs no resampling here).
     pub fn new(settings: AudioSettings, call_rate: u32) -> Result<EchoCanceller, AecError> {
-        if call_rate != 8000 && call_rate != 16_000 {
+        if !matches!(call_rate, 8000 | 16_000 | 48_000) {
             return Err(AecError::UnsupportedRate(call_rate));
         }
         let engine = if settings.any() {

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use switchboard_media::aec::{AecStats, AudioSettings, EchoCanceller};
 use switchboard_media::dtmf::DtmfReceiver;
 use switchboard_media::dtmf_send::{DtmfSendError, DtmfSender};
 use switchboard_media::jitter::{JitterBuffer, JitterConfig, Playout, PushOutcome};
@@ -22,6 +23,8 @@ use super::recording::{interleave, StereoFrame};
 
 /// Largest encoded frame (an Opus packet's maximum).
 const MAX_PAYLOAD: usize = 1275;
+/// What the caller heard while a DTMF event replaced the audio.
+const SILENCE: [i16; MAX_FRAME_SAMPLES] = [0; MAX_FRAME_SAMPLES];
 /// Digits held between two ticks.
 const MAX_PENDING_DIGITS: usize = 16;
 /// Longest bot audio the pacer holds (bots send whole answers at once).
@@ -66,6 +69,8 @@ pub struct MediaPipeline {
     payload: [u8; MAX_PAYLOAD],
     resampled: AudioFrame,
     counters: MediaCounters,
+    /// Echo canceller, noise suppressor and gain control, when the flow asks.
+    aec: Option<EchoCanceller>,
     /// This tick's caller audio, kept for the recording.
     caller_pcm: [i16; MAX_FRAME_SAMPLES],
     recording: bool,
@@ -93,6 +98,7 @@ impl MediaPipeline {
         bot_rate: u32,
         jitter_depth_ms: u32,
         cname: &str,
+        audio: AudioSettings,
     ) -> Result<Self, String> {
         let codec = negotiated.codec;
         let rate = codec.sample_rate();
@@ -110,7 +116,13 @@ impl MediaPipeline {
             (Ok(decoder), Ok(encoder)) => (decoder, encoder),
             (Err(e), _) | (_, Err(e)) => return Err(format!("{}: {e}", codec.name())),
         };
+        let aec = if audio.any() {
+            Some(EchoCanceller::new(audio, rate).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
         Ok(MediaPipeline {
+            aec,
             codec,
             decoder,
             encoder,
@@ -232,6 +244,9 @@ impl MediaPipeline {
         };
         let to_bot = if decoded {
             self.counters.frames_to_bot += 1;
+            if let Some(aec) = &mut self.aec {
+                aec.near_end(&mut self.pcm[..n]);
+            }
             self.caller_pcm[..n].copy_from_slice(&self.pcm[..n]);
             Some(self.resample_for_bot())
         } else {
@@ -270,6 +285,9 @@ impl MediaPipeline {
                     .sender
                     .packet_at(event_pt, ts, &event.payload, event.start, rtp_out);
                 self.sender.skip(self.timestamp_step);
+                if let Some(aec) = &mut self.aec {
+                    aec.far_end(&SILENCE[..self.frame_samples]);
+                }
                 if len > 0 {
                     self.counters.rtp_out += 1;
                     return (Some((len, remote)), false);
@@ -281,6 +299,10 @@ impl MediaPipeline {
             bot_audio = true;
             let n = self.frame_samples;
             let _kind: FrameKind = self.pacer.next_frame(&mut self.pcm[..n]);
+            // The far-end reference is exactly what the caller is sent.
+            if let Some(aec) = &mut self.aec {
+                aec.far_end(&self.pcm[..n]);
+            }
             let Ok(size) = self.encoder.encode(&self.pcm[..n], &mut self.payload) else {
                 // Keep the clock honest so the caller sees a gap, not a jump.
                 self.sender.skip(self.timestamp_step);
@@ -324,6 +346,11 @@ impl MediaPipeline {
             Some(samples) => self.pcm[samples.min(n)..n].fill(0),
             None => self.pcm[..n].fill(0),
         }
+    }
+
+    /// Echo canceller figures, when it runs (resets its delay window: call rarely).
+    pub fn aec_stats(&mut self) -> Option<AecStats> {
+        self.aec.as_mut().map(EchoCanceller::stats)
     }
 
     pub fn codec(&self) -> Codec {

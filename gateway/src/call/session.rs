@@ -160,6 +160,7 @@ impl Call {
             session.audio_format.sample_rate,
             call.setup.media.jitter_depth_ms,
             &format!("switchboard@{media_ip}"),
+            audio_settings(call.setup.flow.audio),
         ) {
             Ok(pipeline) => pipeline,
             Err(error) => {
@@ -234,6 +235,14 @@ impl Call {
                 }
                 Err(error) => tracing::warn!(path = %path.display(), %error, "recording failed"),
             }
+        }
+        if let Some(aec) = pipeline.aec_stats() {
+            tracing::info!(
+                erle_db = aec.erle_db,
+                echo_delay_ms = aec.delay_median_ms,
+                echo_detected = aec.echo_detected,
+                "audio processing summary"
+            );
         }
         let counters = pipeline.counters();
         let jitter = pipeline.jitter_stats();
@@ -661,4 +670,12 @@ fn info_dtmf(request: &Request) -> Option<char> {
         _ => return None,
     };
     matches!(digit, '0'..='9' | '*' | '#' | 'A'..='D').then_some(digit)
+}
+
+fn audio_settings(audio: switchboard_flows::AudioConfig) -> switchboard_media::aec::AudioSettings {
+    switchboard_media::aec::AudioSettings {
+        echo_cancellation: audio.echo_cancellation,
+        noise_suppression: audio.noise_suppression,
+        gain_control: audio.gain_control,
+    }
 }
