@@ -97,6 +97,11 @@ impl RtpPeer {
         }
     }
 
+    /// Sends one datagram from the peer's RTP socket.
+    pub fn send_raw(&self, datagram: &[u8], target: SocketAddr) {
+        let _ = self.socket.send_to(datagram, target);
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
