@@ -8,6 +8,7 @@ pub mod dtmf;
 pub mod frame;
 pub mod g711;
 pub mod jitter;
+mod jitter_adapt;
 pub mod pacer;
 pub mod resample;
 pub mod rtp;
@@ -15,7 +16,7 @@ pub mod sdp;
 
 pub use frame::{AudioFormat, AudioFrame, FRAME_MS, MAX_FRAME_SAMPLES};
 pub use g711::G711;
-pub use jitter::{JitterBuffer, JitterConfig, JitterStats, Playout, PushOutcome};
+pub use jitter::{AdaptiveConfig, JitterBuffer, JitterConfig, JitterStats, Playout, PushOutcome};
 pub use pacer::{FrameKind, Pacer, PacerEvent};
 pub use resample::{ResampleError, Resampler};
 pub use rtp::{is_rtcp, write_rtp, RtpError, RtpPacket, RtpSender};
