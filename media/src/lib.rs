@@ -10,6 +10,7 @@ pub mod g711;
 pub mod jitter;
 mod jitter_adapt;
 pub mod pacer;
+pub mod plc;
 pub mod resample;
 pub mod rtp;
 pub mod sdp;
@@ -18,6 +19,7 @@ pub use frame::{AudioFormat, AudioFrame, FRAME_MS, MAX_FRAME_SAMPLES};
 pub use g711::G711;
 pub use jitter::{AdaptiveConfig, JitterBuffer, JitterConfig, JitterStats, Playout, PushOutcome};
 pub use pacer::{FrameKind, Pacer, PacerEvent};
+pub use plc::Concealer;
 pub use resample::{ResampleError, Resampler};
 pub use rtp::{is_rtcp, write_rtp, RtpError, RtpPacket, RtpSender};
 pub use sdp::{
