@@ -6,11 +6,11 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use switchboard_media::jitter::{JitterBuffer, JitterConfig, Playout};
+use switchboard_media::jitter::{AdaptiveConfig, JitterBuffer, JitterConfig, Playout};
 use switchboard_media::pacer::Pacer;
 use switchboard_media::resample::Resampler;
 use switchboard_media::rtp::{write_rtp, RtpPacket};
-use switchboard_media::{AudioFrame, G711};
+use switchboard_media::{AudioFrame, Concealer, G711};
 
 fn tone(rate: u32, samples: usize) -> Vec<i16> {
     (0..samples)
@@ -41,7 +41,15 @@ fn jitter(c: &mut Criterion) {
     c.bench_function("jitter push+pop 20 ms", |b| {
         b.iter(|| {
             let now = start + Duration::from_millis(20 * sequence as u64);
-            write_rtp(&mut packet, false, 0, sequence, sequence as u32 * 160, 7, &payload);
+            write_rtp(
+                &mut packet,
+                false,
+                0,
+                sequence,
+                sequence as u32 * 160,
+                7,
+                &payload,
+            );
             let parsed = RtpPacket::parse(&packet).unwrap();
             black_box(buffer.push(&parsed, now));
             if let Playout::Packet { payload, .. } = buffer.pop(now) {
@@ -50,10 +58,87 @@ fn jitter(c: &mut Criterion) {
             sequence = sequence.wrapping_add(1);
         })
     });
+
+    // Adaptive, on a bad network: a fixed pattern of 0-60 ms delays (so
+    // packets arrive out of order), one in twenty lost, the receiver ticking
+    // every 20 ms. One iteration is one 20 ms tick with its arrivals.
+    let mut buffer = JitterBuffer::adaptive(JitterConfig::default(), AdaptiveConfig::default());
+    let mut arrivals: Vec<(u64, u16)> = (0..4096u32)
+        .filter(|i| i % 20 != 7)
+        .map(|i| {
+            let delay = (i.wrapping_mul(2_654_435_761) >> 8) as u64 % 60_000;
+            (i as u64 * 20_000 + delay, i as u16)
+        })
+        .collect();
+    arrivals.sort();
+    let mut next = 0;
+    let mut tick: u64 = 0;
+    let mut replay: u32 = 0;
+    c.bench_function(
+        "jitter adaptive push+pop 20 ms (60 ms jitter, 5% loss)",
+        |b| {
+            b.iter(|| {
+                let base = replay as u64 * 4096 * 20_000;
+                let now_us = tick * 20_000;
+                while next < arrivals.len() && arrivals[next].0 <= now_us {
+                    let (at, index) = arrivals[next];
+                    let ext = replay * 4096 + index as u32;
+                    write_rtp(
+                        &mut packet,
+                        false,
+                        0,
+                        ext as u16,
+                        ext.wrapping_mul(160),
+                        7,
+                        &payload,
+                    );
+                    let parsed = RtpPacket::parse(&packet).unwrap();
+                    black_box(buffer.push(&parsed, start + Duration::from_micros(base + at)));
+                    next += 1;
+                }
+                black_box(buffer.pop(start + Duration::from_micros(base + now_us)));
+                tick += 1;
+                if tick == 4096 {
+                    // Replay the pattern as the next 4096 packets.
+                    replay += 1;
+                    tick = 0;
+                    next = 0;
+                }
+            })
+        },
+    );
+}
+
+fn plc(c: &mut Criterion) {
+    let pcm = tone(8000, 160);
+    let mut frame = [0i16; 160];
+    let mut plc = Concealer::new(8000);
+    c.bench_function("plc good frame 20 ms", |b| {
+        b.iter(|| {
+            frame.copy_from_slice(&pcm);
+            plc.good_frame(black_box(&mut frame));
+        })
+    });
+    // Worst case: every other frame lost, so every loss runs the pitch
+    // search and every good frame the crossfade back.
+    c.bench_function("plc conceal+recover 2x20 ms", |b| {
+        b.iter(|| {
+            plc.conceal(black_box(&mut frame));
+            frame.copy_from_slice(&pcm);
+            plc.good_frame(black_box(&mut frame));
+        })
+    });
 }
 
 fn resample(c: &mut Criterion) {
-    for (from, to) in [(8000, 16000), (16000, 8000), (8000, 24000), (24000, 8000), (8000, 48000), (48000, 8000)] {
+    for (from, to) in [
+        (8000, 16000),
+        (16000, 8000),
+        (8000, 24000),
+        (24000, 8000),
+        (8000, 48000),
+        (48000, 8000),
+    ] {
         let mut resampler = Resampler::new(from, to).unwrap();
         let input = tone(from, from as usize / 50);
         let mut out = AudioFrame::new(to);
@@ -88,13 +173,24 @@ fn pipeline(c: &mut Criterion) {
     let mut encoded = [0u8; 160];
     let mut to_bot = AudioFrame::new(16000);
     let bot_audio = tone(16000, 320);
-    let payload: Vec<u8> = tone(8000, 160).iter().map(|s| switchboard_media::g711::ulaw_encode(*s)).collect();
+    let payload: Vec<u8> = tone(8000, 160)
+        .iter()
+        .map(|s| switchboard_media::g711::ulaw_encode(*s))
+        .collect();
     let start = Instant::now();
     let mut sequence: u16 = 0;
     c.bench_function("pipeline caller->bot 20 ms (G.711 -> 16 kHz)", |b| {
         b.iter(|| {
             let now = start + Duration::from_millis(20 * sequence as u64);
-            write_rtp(&mut packet, false, 0, sequence, sequence as u32 * 160, 7, &payload);
+            write_rtp(
+                &mut packet,
+                false,
+                0,
+                sequence,
+                sequence as u32 * 160,
+                7,
+                &payload,
+            );
             let parsed = RtpPacket::parse(black_box(&packet)).unwrap();
             buffer.push(&parsed, now);
             if let Playout::Packet { payload, .. } = buffer.pop(now) {
@@ -110,7 +206,15 @@ fn pipeline(c: &mut Criterion) {
             down.process_any(black_box(&bot_audio), |chunk| pacer.push_audio(chunk));
             pacer.next_frame(&mut pcm);
             G711::Pcmu.encode(&pcm, &mut encoded);
-            black_box(write_rtp(&mut out_packet, false, 0, out_sequence, out_sequence as u32 * 160, 9, &encoded));
+            black_box(write_rtp(
+                &mut out_packet,
+                false,
+                0,
+                out_sequence,
+                out_sequence as u32 * 160,
+                9,
+                &encoded,
+            ));
             out_sequence = out_sequence.wrapping_add(1);
         })
     });
@@ -119,6 +223,6 @@ fn pipeline(c: &mut Criterion) {
 criterion_group! {
     name = stages;
     config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
-    targets = g711, jitter, resample, pacer, pipeline
+    targets = g711, jitter, plc, resample, pacer, pipeline
 }
 criterion_main!(stages);
