@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use switchboard_media::aec::{AudioSettings, EchoCanceller};
 use switchboard_media::codec::{OpusConfig, OpusEncoder};
-use switchboard_media::jitter::{JitterBuffer, JitterConfig, Playout};
+use switchboard_media::jitter::{AdaptiveConfig, JitterBuffer, JitterConfig, Playout};
 use switchboard_media::pacer::Pacer;
 use switchboard_media::resample::Resampler;
 use switchboard_media::rtp::{write_rtp, RtpPacket};
-use switchboard_media::{AudioDecoder, AudioEncoder, AudioFrame, Codec, G711};
+use switchboard_media::{AudioDecoder, AudioEncoder, AudioFrame, Codec, Concealer, G711};
 
 fn tone(rate: u32, samples: usize) -> Vec<i16> {
     (0..samples)
@@ -108,6 +108,76 @@ fn jitter(c: &mut Criterion) {
                 black_box(payload.len());
             }
             sequence = sequence.wrapping_add(1);
+        })
+    });
+
+    // Adaptive, on a bad network: a fixed pattern of 0-60 ms delays (so
+    // packets arrive out of order), one in twenty lost, the receiver ticking
+    // every 20 ms. One iteration is one 20 ms tick with its arrivals.
+    let mut buffer = JitterBuffer::adaptive(JitterConfig::default(), AdaptiveConfig::default());
+    let mut arrivals: Vec<(u64, u16)> = (0..4096u32)
+        .filter(|i| i % 20 != 7)
+        .map(|i| {
+            let delay = (i.wrapping_mul(2_654_435_761) >> 8) as u64 % 60_000;
+            (i as u64 * 20_000 + delay, i as u16)
+        })
+        .collect();
+    arrivals.sort();
+    let mut next = 0;
+    let mut tick: u64 = 0;
+    let mut replay: u32 = 0;
+    c.bench_function(
+        "jitter adaptive push+pop 20 ms (60 ms jitter, 5% loss)",
+        |b| {
+            b.iter(|| {
+                let base = replay as u64 * 4096 * 20_000;
+                let now_us = tick * 20_000;
+                while next < arrivals.len() && arrivals[next].0 <= now_us {
+                    let (at, index) = arrivals[next];
+                    let ext = replay * 4096 + index as u32;
+                    write_rtp(
+                        &mut packet,
+                        false,
+                        0,
+                        ext as u16,
+                        ext.wrapping_mul(160),
+                        7,
+                        &payload,
+                    );
+                    let parsed = RtpPacket::parse(&packet).unwrap();
+                    black_box(buffer.push(&parsed, start + Duration::from_micros(base + at)));
+                    next += 1;
+                }
+                black_box(buffer.pop(start + Duration::from_micros(base + now_us)));
+                tick += 1;
+                if tick == 4096 {
+                    // Replay the pattern as the next 4096 packets.
+                    replay += 1;
+                    tick = 0;
+                    next = 0;
+                }
+            })
+        },
+    );
+}
+
+fn plc(c: &mut Criterion) {
+    let pcm = tone(8000, 160);
+    let mut frame = [0i16; 160];
+    let mut plc = Concealer::new(8000);
+    c.bench_function("plc good frame 20 ms", |b| {
+        b.iter(|| {
+            frame.copy_from_slice(&pcm);
+            plc.good_frame(black_box(&mut frame));
+        })
+    });
+    // Worst case: every other frame lost, so every loss runs the pitch
+    // search and every good frame the crossfade back.
+    c.bench_function("plc conceal+recover 2x20 ms", |b| {
+        b.iter(|| {
+            plc.conceal(black_box(&mut frame));
+            frame.copy_from_slice(&pcm);
+            plc.good_frame(black_box(&mut frame));
         })
     });
 }
@@ -230,6 +300,6 @@ fn aec(c: &mut Criterion) {
 criterion_group! {
     name = stages;
     config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
-    targets = g711, codecs, jitter, resample, pacer, pipeline, aec
+    targets = g711, codecs, jitter, plc, resample, pacer, pipeline, aec
 }
 criterion_main!(stages);
