@@ -64,9 +64,27 @@ pub struct MediaConfig {
     /// Playout delay the jitter buffer holds before it starts.
     #[serde(default = "default_jitter_ms")]
     pub jitter_depth_ms: u32,
+    /// Let the jitter buffer follow the network's measured jitter between
+    /// `jitter_min_ms` and `jitter_max_ms` (starting at `jitter_depth_ms`).
+    #[serde(default = "default_true")]
+    pub jitter_adaptive: bool,
+    #[serde(default = "default_jitter_min_ms")]
+    pub jitter_min_ms: u32,
+    #[serde(default = "default_jitter_max_ms")]
+    pub jitter_max_ms: u32,
     /// Codecs we accept, best first; the best one both sides offer wins.
     #[serde(default = "default_codecs")]
     pub codecs: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_jitter_min_ms() -> u32 {
+    20
+}
+fn default_jitter_max_ms() -> u32 {
+    200
 }
 
 fn default_codecs() -> Vec<String> {
@@ -87,6 +105,9 @@ impl Default for MediaConfig {
             rtp_ports: default_rtp_ports(),
             rtp_timeout_secs: default_rtp_timeout(),
             jitter_depth_ms: default_jitter_ms(),
+            jitter_adaptive: true,
+            jitter_min_ms: default_jitter_min_ms(),
+            jitter_max_ms: default_jitter_max_ms(),
             codecs: default_codecs(),
         }
     }
@@ -215,6 +236,19 @@ impl Config {
             return Err(ConfigError::new(
                 "media.jitter_depth_ms",
                 "must be between 20 and 1000",
+            ));
+        }
+        let media = &self.media;
+        if media.jitter_min_ms < 20 || media.jitter_min_ms > media.jitter_max_ms {
+            return Err(ConfigError::new(
+                "media.jitter_min_ms",
+                "must be at least 20 and at most media.jitter_max_ms",
+            ));
+        }
+        if media.jitter_max_ms > 1000 {
+            return Err(ConfigError::new(
+                "media.jitter_max_ms",
+                "must be at most 1000",
             ));
         }
         if self.media.codecs.is_empty() {

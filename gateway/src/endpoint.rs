@@ -37,6 +37,8 @@ pub struct MediaSettings {
     pub public_ip: Option<IpAddr>,
     pub rtp_timeout: Duration,
     pub jitter_depth_ms: u32,
+    /// Adaptive jitter bounds; `None` keeps the depth fixed.
+    pub jitter_adaptive: Option<switchboard_media::jitter::AdaptiveConfig>,
     pub codecs: switchboard_media::sdp::CodecPreferences,
 }
 

@@ -57,6 +57,13 @@ impl Gateway {
                 public_ip: config.sip.public_address,
                 rtp_timeout: Duration::from_secs(config.media.rtp_timeout_secs),
                 jitter_depth_ms: config.media.jitter_depth_ms,
+                jitter_adaptive: config.media.jitter_adaptive.then(|| {
+                    switchboard_media::jitter::AdaptiveConfig {
+                        min_depth_ms: config.media.jitter_min_ms,
+                        max_depth_ms: config.media.jitter_max_ms,
+                        ..Default::default()
+                    }
+                }),
                 codecs: switchboard_media::sdp::CodecPreferences::new(
                     &config
                         .media

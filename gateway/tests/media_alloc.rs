@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use switchboard_gateway::call::media::MediaPipeline;
 use switchboard_media::aec::AudioSettings;
+use switchboard_media::jitter::AdaptiveConfig;
 use switchboard_media::sdp::{negotiate_media, CodecPreferences, SessionOffer};
 use switchboard_media::{AudioEncoder, AudioFrame, Codec};
 
@@ -70,16 +71,18 @@ fn steady_state_media_path_does_not_allocate() {
                 )
             })
             .collect();
+        let adaptive = Some(AdaptiveConfig::default());
         let cases = [
-            (8_000, AudioSettings::default()),
-            (16_000, AudioSettings::default()),
-            (24_000, AudioSettings::default()),
+            (8_000, AudioSettings::default(), None),
+            (16_000, AudioSettings::default(), adaptive),
+            (24_000, AudioSettings::default(), adaptive),
             // Echo cancellation, noise suppression and AGC on.
-            (16_000, AudioSettings::ALL),
+            (16_000, AudioSettings::ALL, adaptive),
         ];
-        for (bot_rate, audio) in cases {
+        for (bot_rate, audio, adaptive) in cases {
             let mut pipeline =
-                MediaPipeline::new(&negotiated, bot_rate, 40, "gw@127.0.0.1", audio).unwrap();
+                MediaPipeline::new(&negotiated, bot_rate, 40, adaptive, "gw@127.0.0.1", audio)
+                    .unwrap();
             let from = "127.0.0.1:4000".parse().unwrap();
             let bot_frame =
                 AudioFrame::from_samples(bot_rate, &vec![1000i16; bot_rate as usize / 50]);
@@ -87,7 +90,10 @@ fn steady_state_media_path_does_not_allocate() {
             let start = Instant::now();
             let mut step = |index: u32, pipeline: &mut MediaPipeline| {
                 let now = start + Duration::from_millis(20 * index as u64);
-                pipeline.on_datagram(&packets[index as usize], from, now);
+                // Every tenth packet is lost: concealment runs too.
+                if index % 10 != 5 {
+                    pipeline.on_datagram(&packets[index as usize], from, now);
+                }
                 pipeline.push_bot_audio(&bot_frame);
                 let tick = pipeline.tick(now, &mut out);
                 assert!(tick.rtp.is_some());

@@ -9,14 +9,14 @@ use std::time::Instant;
 use switchboard_media::aec::{AecStats, AudioSettings, EchoCanceller};
 use switchboard_media::dtmf::DtmfReceiver;
 use switchboard_media::dtmf_send::{DtmfSendError, DtmfSender};
-use switchboard_media::jitter::{JitterBuffer, JitterConfig, Playout, PushOutcome};
+use switchboard_media::jitter::{AdaptiveConfig, JitterBuffer, JitterConfig, Playout, PushOutcome};
 use switchboard_media::pacer::{FrameKind, Pacer, PacerEvent};
 use switchboard_media::resample::Resampler;
 use switchboard_media::rtcp::{RtcpSession, RtcpStats};
 use switchboard_media::rtp::{is_rtcp, RtpPacket, RtpSender};
 use switchboard_media::sdp::NegotiatedMedia;
 use switchboard_media::{
-    AudioDecoder, AudioEncoder, AudioFrame, Codec, Decoder, Encoder, MAX_FRAME_SAMPLES,
+    AudioDecoder, AudioEncoder, AudioFrame, Codec, Concealer, Decoder, Encoder, MAX_FRAME_SAMPLES,
 };
 
 use super::recording::{interleave, StereoFrame};
@@ -69,6 +69,8 @@ pub struct MediaPipeline {
     payload: [u8; MAX_PAYLOAD],
     resampled: AudioFrame,
     counters: MediaCounters,
+    /// Repeat-and-fade for codecs without their own concealment (G.711, G.722).
+    concealer: Option<Concealer>,
     /// Echo canceller, noise suppressor and gain control, when the flow asks.
     aec: Option<EchoCanceller>,
     /// This tick's caller audio, kept for the recording.
@@ -97,6 +99,7 @@ impl MediaPipeline {
         negotiated: &NegotiatedMedia,
         bot_rate: u32,
         jitter_depth_ms: u32,
+        jitter_adaptive: Option<AdaptiveConfig>,
         cname: &str,
         audio: AudioSettings,
     ) -> Result<Self, String> {
@@ -109,6 +112,7 @@ impl MediaPipeline {
             clock_rate: clock,
             samples_per_packet: codec.timestamp_step(),
             max_payload: MAX_PAYLOAD,
+            adaptive: jitter_adaptive,
             depth_ms: jitter_depth_ms,
             ..JitterConfig::default()
         });
@@ -121,7 +125,10 @@ impl MediaPipeline {
         } else {
             None
         };
+        // Opus conceals from its own state; the others get repeat-and-fade.
+        let concealer = (codec != Codec::Opus).then(|| Concealer::new(rate));
         Ok(MediaPipeline {
+            concealer,
             aec,
             codec,
             decoder,
@@ -229,7 +236,13 @@ impl MediaPipeline {
             Playout::Waiting => false,
             Playout::Packet { payload, .. } => {
                 match self.decoder.decode(payload, &mut self.pcm[..n]) {
-                    Ok(samples) => self.pcm[samples.min(n)..n].fill(0),
+                    Ok(samples) => {
+                        self.pcm[samples.min(n)..n].fill(0);
+                        if let Some(concealer) = &mut self.concealer {
+                            // Remembers the frame and fades in after a loss.
+                            concealer.good_frame(&mut self.pcm[..n]);
+                        }
+                    }
                     Err(_) => {
                         self.counters.undecodable += 1;
                         self.conceal();
@@ -342,6 +355,10 @@ impl MediaPipeline {
     fn conceal(&mut self) {
         let n = self.frame_samples;
         self.counters.concealed += 1;
+        if let Some(concealer) = &mut self.concealer {
+            concealer.conceal(&mut self.pcm[..n]);
+            return;
+        }
         match self.decoder.conceal(&mut self.pcm[..n]) {
             Some(samples) => self.pcm[samples.min(n)..n].fill(0),
             None => self.pcm[..n].fill(0),

@@ -159,6 +159,7 @@ impl Call {
             &negotiated,
             session.audio_format.sample_rate,
             call.setup.media.jitter_depth_ms,
+            call.setup.media.jitter_adaptive,
             &format!("switchboard@{media_ip}"),
             audio_settings(call.setup.flow.audio),
         ) {
@@ -261,9 +262,14 @@ impl Call {
             ignored_in = counters.ignored_in,
             frames_to_bot = counters.frames_to_bot,
             dropped_to_bot = counters.frames_dropped_to_bot,
+            codec = pipeline.codec().name(),
             lost = jitter.lost,
             late = jitter.late,
             duplicate = jitter.duplicate,
+            concealed_ms = jitter.concealed_ms,
+            jitter_target_ms = jitter.target_ms,
+            jitter_skipped = jitter.dropped,
+            jitter_inserted = jitter.inserted,
             "media summary"
         );
         ending
