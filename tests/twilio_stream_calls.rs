@@ -11,6 +11,7 @@ use common::gateway::{config_with, GatewayProcess};
 use common::rtp_peer::RtpPeer;
 use common::sipp::{self, SipTransport, G711_OFFER};
 use common::twilio_bot::{BotCommand, TwilioBot};
+use serde_json::json;
 use switchboard_media::g711::{ulaw_decode, ulaw_encode};
 
 fn twilio_config(url: &str) -> String {
@@ -334,4 +335,73 @@ fn rfc4733_digits_from_sipp_reach_the_bot_once() {
         .map(|(_, v)| v["dtmf"]["digit"].as_str().unwrap_or("").to_string())
         .collect();
     assert_eq!(digits, vec!["1", "5", "#", "9"]);
+}
+
+#[test]
+fn voiceflow_actions_are_parsed_delivered_and_answered() {
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "twilio-actions",
+        &twilio_config(&format!("ws://{}/media", bot.addr)),
+    );
+    let peer = RtpPeer::bind();
+    let scenario =
+        sipp::gateway_hangs_up("+12125550100", &sipp::sdp_offer(peer.port(), G711_OFFER));
+    let (dir, target) = (gateway.dir.clone(), gateway.udp);
+    let caller = std::thread::spawn(move || {
+        sipp::run(
+            &dir,
+            "call",
+            &scenario,
+            target,
+            SipTransport::Udp,
+            "127.0.0.1",
+        )
+    });
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let twiml = "<Response><Dial callerId=\"+12125550199\"><Sip>sip:agent@pbx.example;transport=tcp</Sip></Dial></Response>";
+    bot.send(BotCommand::Json(
+        json!({"event": "action", "name": "twiml", "body": twiml}),
+    ));
+    let (_, result) = bot.wait_event("action_result", |_| true, Duration::from_secs(3));
+    assert_eq!(result["name"], "dial");
+    assert_eq!(
+        result["ok"], false,
+        "transfers come with the call-control work"
+    );
+    gateway.wait_for_log(
+        &[
+            "not available yet",
+            "sip:agent@pbx.example;transport=tcp",
+            "+12125550199",
+        ],
+        Duration::from_secs(2),
+    );
+    // forward-call with a body given as a JSON string, as Voiceflow sends it.
+    bot.send(BotCommand::Json(
+        json!({"event": "action", "name": "forward-call",
+        "body": "{\"number\":\"sip:frontdesk@pbx.example\"}"}),
+    ));
+    bot.wait_event(
+        "action_result",
+        |v| v["sequenceNumber"] != result["sequenceNumber"],
+        Duration::from_secs(3),
+    );
+    // Broken TwiML is refused by name, and the call goes on.
+    bot.send(BotCommand::Json(
+        json!({"event": "action", "name": "twiml", "body": "<Response><Dial>"}),
+    ));
+    let (_, refused) = bot.wait_event(
+        "action_result",
+        |v| v["message"].as_str().is_some_and(|m| m.contains("TwiML")),
+        Duration::from_secs(3),
+    );
+    assert_eq!(refused["ok"], false);
+    // A hangup action ends the call: BYE to the caller.
+    bot.send(BotCommand::Json(
+        json!({"event": "action", "name": "hangup", "body": {"reason": "done"}}),
+    ));
+    let output = caller.join().unwrap();
+    sipp::assert_success(&output, &gateway.dir);
+    gateway.wait_for_log(&["call ended", "bot hung up: done"], Duration::from_secs(3));
 }

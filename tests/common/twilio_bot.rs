@@ -23,6 +23,8 @@ pub enum BotCommand {
     Clear,
     /// Close the WebSocket (the bot hangs up).
     Close,
+    /// Any other message, e.g. a Voiceflow-style action.
+    Json(Value),
 }
 
 #[derive(Default)]
@@ -97,6 +99,7 @@ impl TwilioBot {
                                 .collect(),
                             BotCommand::Mark(name) => vec![json!({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})],
                             BotCommand::Clear => vec![json!({"event": "clear", "streamSid": stream_sid})],
+                            BotCommand::Json(value) => vec![value],
                             BotCommand::Close => {
                                 let _ = sink.send(Message::Close(None)).await;
                                 break;
