@@ -377,6 +377,20 @@ impl JitterBuffer {
     }
 
     /// Takes the packet due now. Call once per packet time.
+    /// The payload of the packet due next, if it has arrived. Right after
+    /// a pop reported a real loss ([`JitterStats::lost`] went up) this is the
+    /// packet following the lost one, whose Opus in-band FEC can rebuild it.
+    pub fn peek_due(&self) -> Option<&[u8]> {
+        let next = self.playing?;
+        let idx = self.index(next);
+        let slot = &self.slots[idx];
+        if !(slot.filled && slot.ext == next) {
+            return None;
+        }
+        let start = idx * self.config.max_payload;
+        Some(&self.data[start..start + slot.len])
+    }
+
     pub fn pop(&mut self, now: Instant) -> Playout<'_> {
         let mut next = match self.playing {
             Some(next) => next,

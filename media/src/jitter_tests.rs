@@ -346,3 +346,40 @@ fn loss_then_jitter_spike_keeps_order() {
     assert_eq!(played(&out), (1000..1060).collect::<Vec<_>>());
     assert_eq!(jb.stats().lost, 0);
 }
+
+#[test]
+fn peek_due_shows_the_packet_after_a_loss() {
+    let start = Instant::now();
+    let mut buffer = JitterBuffer::new(JitterConfig::default());
+    let mut packet = [0u8; 172];
+    for seq in [0u16, 1, 3, 4, 5] {
+        let len = crate::rtp::write_rtp(
+            &mut packet,
+            false,
+            0,
+            seq,
+            u32::from(seq) * 160,
+            1,
+            &[seq as u8; 160],
+        );
+        buffer.push(&RtpPacket::parse(&packet[..len]).unwrap(), start);
+    }
+    let mut seen = Vec::new();
+    for tick in 0..5u32 {
+        let now = start + Duration::from_millis(40 + 20 * u64::from(tick));
+        let lost_before = buffer.stats().lost;
+        let outcome = match buffer.pop(now) {
+            Playout::Packet { payload, .. } => payload[0] as i32,
+            Playout::Lost => -1,
+            Playout::Waiting => -2,
+        };
+        let lost = buffer.stats().lost > lost_before;
+        seen.push((outcome, lost, buffer.peek_due().map(|p| p[0])));
+    }
+    assert_eq!(
+        seen[2],
+        (-1, true, Some(3)),
+        "after losing 2, packet 3 is due: {seen:?}"
+    );
+    assert_eq!(seen[0], (0, false, Some(1)));
+}

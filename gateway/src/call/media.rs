@@ -40,6 +40,8 @@ pub struct MediaCounters {
     pub frames_dropped_to_bot: u64,
     pub concealed: u64,
     pub undecodable: u64,
+    /// Lost Opus frames rebuilt from the next packet's in-band FEC.
+    pub fec_recovered: u64,
 }
 
 pub struct MediaPipeline {
@@ -232,6 +234,7 @@ impl MediaPipeline {
     /// and NAT bindings alive).
     pub fn tick(&mut self, now: Instant, rtp_out: &mut [u8]) -> Tick {
         let n = self.frame_samples;
+        let lost_before = self.jitter.stats().lost;
         let decoded = match self.jitter.pop(now) {
             Playout::Waiting => false,
             Playout::Packet { payload, .. } => {
@@ -251,7 +254,23 @@ impl MediaPipeline {
                 true
             }
             Playout::Lost => {
-                self.conceal();
+                // A real loss (not a frame added to grow the delay) may be
+                // rebuilt from the next packet's Opus in-band FEC.
+                let really_lost = self.jitter.stats().lost > lost_before;
+                let recovered = really_lost
+                    && self.jitter.peek_due().is_some_and(|next| {
+                        self.decoder
+                            .decode_fec(next, &mut self.pcm[..n])
+                            .is_some_and(|samples| {
+                                self.pcm[samples.min(n)..n].fill(0);
+                                true
+                            })
+                    });
+                if recovered {
+                    self.counters.fec_recovered += 1;
+                } else {
+                    self.conceal();
+                }
                 true
             }
         };

@@ -267,6 +267,7 @@ impl Call {
             late = jitter.late,
             duplicate = jitter.duplicate,
             concealed_ms = jitter.concealed_ms,
+            fec_recovered = counters.fec_recovered,
             jitter_target_ms = jitter.target_ms,
             jitter_skipped = jitter.dropped,
             jitter_inserted = jitter.inserted,
