@@ -303,3 +303,69 @@ fn bot_sends_dtmf_as_rfc4733_events() {
     let output = caller.join().unwrap();
     sipp::assert_success(&output, &gateway.dir);
 }
+
+#[test]
+fn silence_suppression_sends_talkspurts_with_markers() {
+    let ws = WsBot::start();
+    let config = config(&format!("ws://{}/bot", ws.addr), false).replace(
+        "jitter_depth_ms = 40",
+        "jitter_depth_ms = 40\nsend_silence = \"never\"",
+    );
+    let gateway = GatewayProcess::start("websocket-dtx", &config);
+    let peer = RtpPeer::bind();
+    let scenario = sipp::caller_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER), 3000);
+    let (dir, target) = (gateway.dir.clone(), gateway.udp);
+    let caller = std::thread::spawn(move || {
+        sipp::run(
+            &dir,
+            "call",
+            &scenario,
+            target,
+            SipTransport::Udp,
+            "127.0.0.1",
+        )
+    });
+    ws.wait_text("event", "start", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        peer.received().is_empty(),
+        "nothing is sent while the bot is silent"
+    );
+    // Two 200 ms talkspurts, 500 ms apart.
+    for _ in 0..2 {
+        ws.send_binary(s16le(&sine(600.0, 16_000, 3200, 10_000.0)));
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let packets = peer.received();
+    // 200 ms is 10 packets; the resampler may carry a few samples over.
+    assert!(
+        (19..=22).contains(&packets.len()),
+        "{} packets",
+        packets.len()
+    );
+    for pair in packets.windows(2) {
+        assert_eq!(
+            pair[1].sequence,
+            pair[0].sequence.wrapping_add(1),
+            "sequence stays contiguous"
+        );
+    }
+    // The RTP clock runs on through the silence: one jump, where the second
+    // talkspurt starts, and only talkspurt starts carry the marker.
+    let starts: Vec<usize> = (1..packets.len())
+        .filter(|i| packets[*i].timestamp.wrapping_sub(packets[i - 1].timestamp) > 160)
+        .collect();
+    assert_eq!(starts.len(), 1, "one silence gap: {starts:?}");
+    let gap = packets[starts[0]]
+        .timestamp
+        .wrapping_sub(packets[starts[0] - 1].timestamp);
+    assert!(gap >= 160 * 20, "{gap} timestamp units across the silence");
+    let markers: Vec<usize> = (0..packets.len()).filter(|i| packets[*i].marker).collect();
+    assert_eq!(
+        markers,
+        [0, starts[0]],
+        "each talkspurt starts with the marker bit"
+    );
+    let output = caller.join().unwrap();
+    sipp::assert_success(&output, &gateway.dir);
+}

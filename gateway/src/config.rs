@@ -72,9 +72,22 @@ pub struct MediaConfig {
     pub jitter_min_ms: u32,
     #[serde(default = "default_jitter_max_ms")]
     pub jitter_max_ms: u32,
+    /// While the bot is silent: send silence packets (keeps NAT bindings and
+    /// strict endpoints happy) or nothing (RFC 3551 silence suppression;
+    /// the next talkspurt carries the marker bit).
+    #[serde(default)]
+    pub send_silence: SendSilence,
     /// Codecs we accept, best first; the best one both sides offer wins.
     #[serde(default = "default_codecs")]
     pub codecs: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SendSilence {
+    #[default]
+    Always,
+    Never,
 }
 
 fn default_true() -> bool {
@@ -106,6 +119,7 @@ impl Default for MediaConfig {
             rtp_timeout_secs: default_rtp_timeout(),
             jitter_depth_ms: default_jitter_ms(),
             jitter_adaptive: true,
+            send_silence: SendSilence::default(),
             jitter_min_ms: default_jitter_min_ms(),
             jitter_max_ms: default_jitter_max_ms(),
             codecs: default_codecs(),

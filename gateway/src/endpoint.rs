@@ -40,6 +40,8 @@ pub struct MediaSettings {
     /// Adaptive jitter bounds; `None` keeps the depth fixed.
     pub jitter_adaptive: Option<switchboard_media::jitter::AdaptiveConfig>,
     pub codecs: switchboard_media::sdp::CodecPreferences,
+    /// Send nothing while the bot is silent (RFC 3551 silence suppression).
+    pub suppress_silence: bool,
 }
 
 pub struct Endpoint {

@@ -64,6 +64,7 @@ impl Gateway {
                         ..Default::default()
                     }
                 }),
+                suppress_silence: config.media.send_silence == crate::config::SendSilence::Never,
                 codecs: switchboard_media::sdp::CodecPreferences::new(
                     &config
                         .media

@@ -27,6 +27,7 @@ pub struct Received {
     pub sequence: u16,
     pub timestamp: u32,
     pub ssrc: u32,
+    pub marker: bool,
     pub payload: Vec<u8>,
 }
 
@@ -60,6 +61,7 @@ impl RtpPeer {
                         sequence: u16::from_be_bytes([buf[2], buf[3]]),
                         timestamp: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
                         ssrc: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
+                        marker: buf[1] & 0x80 != 0,
                         payload: buf[12..len].to_vec(),
                     });
                 }

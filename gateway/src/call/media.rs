@@ -71,6 +71,10 @@ pub struct MediaPipeline {
     payload: [u8; MAX_PAYLOAD],
     resampled: AudioFrame,
     counters: MediaCounters,
+    /// Send nothing while the pacer has nothing (silence suppression).
+    suppress_silence: bool,
+    /// The next audio packet starts a talkspurt: set the marker bit.
+    talkspurt_start: bool,
     /// Repeat-and-fade for codecs without their own concealment (G.711, G.722).
     concealer: Option<Concealer>,
     /// Echo canceller, noise suppressor and gain control, when the flow asks.
@@ -130,6 +134,8 @@ impl MediaPipeline {
         // Opus conceals from its own state; the others get repeat-and-fade.
         let concealer = (codec != Codec::Opus).then(|| Concealer::new(rate));
         Ok(MediaPipeline {
+            suppress_silence: false,
+            talkspurt_start: true,
             concealer,
             aec,
             codec,
@@ -330,11 +336,18 @@ impl MediaPipeline {
         if let Some(remote) = self.remote {
             bot_audio = true;
             let n = self.frame_samples;
-            let _kind: FrameKind = self.pacer.next_frame(&mut self.pcm[..n]);
+            let kind = self.pacer.next_frame(&mut self.pcm[..n]);
             // The far-end reference is exactly what the caller is sent.
             if let Some(aec) = &mut self.aec {
                 aec.far_end(&self.pcm[..n]);
             }
+            if self.suppress_silence && kind == FrameKind::Silence {
+                // Time passes on the RTP clock; the caller sees a gap.
+                self.sender.skip(self.timestamp_step);
+                self.talkspurt_start = true;
+                return (None, bot_audio);
+            }
+            let marker = std::mem::take(&mut self.talkspurt_start);
             let Ok(size) = self.encoder.encode(&self.pcm[..n], &mut self.payload) else {
                 // Keep the clock honest so the caller sees a gap, not a jump.
                 self.sender.skip(self.timestamp_step);
@@ -343,7 +356,7 @@ impl MediaPipeline {
             let timestamp = self.sender.timestamp();
             let len =
                 self.sender
-                    .packet(&self.payload[..size], self.timestamp_step, false, rtp_out);
+                    .packet(&self.payload[..size], self.timestamp_step, marker, rtp_out);
             if len > 0 {
                 self.rtcp.on_rtp_sent(size, timestamp, now);
                 self.counters.rtp_out += 1;
@@ -351,6 +364,12 @@ impl MediaPipeline {
             }
         }
         (rtp, bot_audio)
+    }
+
+    /// Send nothing while the bot is silent (RFC 3551 §4.1 silence
+    /// suppression); each talkspurt then starts with the marker bit.
+    pub fn suppress_silence(&mut self) {
+        self.suppress_silence = true;
     }
 
     /// Record this call from now on: each tick fills [`Self::recorded_frame`].

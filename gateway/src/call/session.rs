@@ -170,6 +170,9 @@ impl Call {
                 return format!("rejected 500 ({error})");
             }
         };
+        if call.setup.media.suppress_silence {
+            pipeline.suppress_silence();
+        }
         let answer = build_media_answer(
             &offer,
             &negotiated,
