@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 
 pub mod audio;
+pub mod baresip;
 pub mod gateway;
 pub mod http_server;
 pub mod raw_sip;
