@@ -185,3 +185,305 @@ fn unsupported_rates_are_refused() {
     assert_eq!((rs.input_rate(), rs.output_rate()), (8000, 24_000));
     assert!(rs.delay_samples() < 24);
 }
+
+// ---------------------------------------------------------------------------
+// Measurements for every pair of supported rates: in-band SNR against the
+// ideal signal, alias attenuation, continuity across frames, and delay.
+//
+// Specification (all pairs): the pass band runs to PASS_EDGE × the lower rate
+// (3.44 kHz at 8 kHz, just above the 3.4 kHz telephone band); tones from
+// ALIAS_EDGE × the output rate up to 0.95 × the input Nyquist frequency must
+// come out of a downsampler at least 60 dB down.
+
+use std::f64::consts::TAU;
+
+const PASS_EDGE: f64 = 0.43;
+const ALIAS_EDGE: f64 = 0.55;
+const AMPLITUDE: f64 = 16_000.0;
+const REQUIRED_DB: f64 = 60.0;
+
+/// The 12 conversions between distinct supported rates.
+fn pairs() -> Vec<(u32, u32)> {
+    let mut pairs = Vec::new();
+    for from in SUPPORTED_RATES {
+        for to in SUPPORTED_RATES {
+            if from != to {
+                pairs.push((from, to));
+            }
+        }
+    }
+    pairs
+}
+
+fn quantize(x: impl Iterator<Item = f64>) -> Vec<i16> {
+    x.map(|v| v.round().clamp(-32768.0, 32767.0) as i16)
+        .collect()
+}
+
+/// A sum of in-band tones with scattered phases: broadband enough for one
+/// sharp cross-correlation peak, yet exactly known at any instant.
+struct MultiTone(Vec<(f64, f64)>);
+
+impl MultiTone {
+    fn new(top: f64) -> MultiTone {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let n = 24;
+        MultiTone(
+            (0..n)
+                .map(|k| {
+                    let f = 150.0 + (top - 150.0) * k as f64 / (n - 1) as f64;
+                    (f + rng.random_range(-40.0..0.0), rng.random_range(0.0..TAU))
+                })
+                .collect(),
+        )
+    }
+
+    fn at(&self, t: f64) -> f64 {
+        self.0
+            .iter()
+            .map(|&(f, p)| (TAU * f * t + p).sin())
+            .sum::<f64>()
+            * 900.0
+    }
+}
+
+/// Sum of squared differences between `out` and `ideal(n - delay)` over the
+/// steady part of the output (after `skip` samples).
+fn error_energy(out: &[i16], skip: usize, delay: f64, ideal: &dyn Fn(f64) -> f64) -> f64 {
+    out[skip..]
+        .iter()
+        .enumerate()
+        .map(|(i, &y)| (y as f64 - ideal((i + skip) as f64 - delay)).powi(2))
+        .sum()
+}
+
+/// The resampler's actual (fractional) delay in output samples: the integer
+/// cross-correlation peak against the ideal signal, refined to 1/1000 sample
+/// by a golden-section search on the error energy.
+fn measure_delay(from: u32, to: u32) -> f64 {
+    let probe = MultiTone::new(PASS_EDGE * from.min(to) as f64);
+    let input = quantize((0..from as usize / 2).map(|n| probe.at(n as f64 / from as f64)));
+    let (out, _) = run_frames(from, to, &input);
+    let ideal = |n: f64| {
+        if n < 0.0 {
+            0.0
+        } else {
+            probe.at(n / to as f64)
+        }
+    };
+    let max_lag = to as usize / 100; // 10 ms
+    let skip = max_lag + to as usize / 50;
+    let table: Vec<f64> = (0..out.len()).map(|n| ideal(n as f64)).collect();
+    let corr = |lag: usize| -> f64 {
+        (skip..out.len())
+            .map(|n| out[n] as f64 * table[n - lag])
+            .sum()
+    };
+    let lag = (0..max_lag)
+        .max_by(|&a, &b| corr(a).total_cmp(&corr(b)))
+        .unwrap() as f64;
+    let energy = |d: f64| error_energy(&out, skip, d, &ideal);
+    let (mut lo, mut hi) = (lag - 1.0, lag + 1.0);
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    while hi - lo > 1e-3 {
+        let (a, b) = (hi - g * (hi - lo), lo + g * (hi - lo));
+        if energy(a) < energy(b) {
+            hi = b;
+        } else {
+            lo = a;
+        }
+    }
+    (lo + hi) / 2.0
+}
+
+/// Signal-to-(noise + distortion) in dB of `out` against `ideal` delayed by
+/// `delay`, skipping the first `skip` samples. Gain error, phase error,
+/// images, aliases and rounding all count as noise.
+fn snr_db(out: &[i16], skip: usize, delay: f64, ideal: &dyn Fn(f64) -> f64) -> f64 {
+    let signal: f64 = (skip..out.len())
+        .map(|n| ideal(n as f64 - delay).powi(2))
+        .sum();
+    10.0 * (signal / error_energy(out, skip, delay, ideal)).log10()
+}
+
+/// Start-up to leave out of measurements: the filter's delay plus 20 ms.
+fn settle(rs: &Resampler) -> usize {
+    rs.delay_samples() + rs.output_rate() as usize / 50
+}
+
+#[test]
+fn delay_samples_matches_measured_delay_for_every_pair() {
+    let mut failures = Vec::new();
+    for (from, to) in pairs() {
+        let measured = measure_delay(from, to);
+        let rs = Resampler::new(from, to).unwrap();
+        let reported = rs.delay_samples();
+        eprintln!(
+            "{from:>5} -> {to:>5}: delay reported {reported} measured {measured:.3} samples \
+             ({:.2} ms)",
+            measured * 1000.0 / to as f64
+        );
+        if (measured - reported as f64).abs() > 1.0 {
+            failures.push(format!(
+                "{from}->{to}: reported {reported}, measured {measured:.3}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn passband_snr_is_at_least_60db_for_every_pair() {
+    let mut failures = Vec::new();
+    for (from, to) in pairs() {
+        let delay = measure_delay(from, to);
+        let edge = PASS_EDGE * from.min(to) as f64;
+        let mut worst = (f64::INFINITY, 0.0);
+        // 100 Hz to the pass-band edge, log-spaced, edge included.
+        for k in 0..=12 {
+            let f = 100.0 * (edge / 100.0).powf(k as f64 / 12.0);
+            let input = quantize(
+                (0..from as usize / 2)
+                    .map(|n| AMPLITUDE * (TAU * f * n as f64 / from as f64).sin()),
+            );
+            let (out, rs) = run_frames(from, to, &input);
+            let ideal = |n: f64| AMPLITUDE * (TAU * f * n / to as f64).sin();
+            let snr = snr_db(&out, settle(&rs), delay, &ideal);
+            if snr < worst.0 {
+                worst = (snr, f);
+            }
+        }
+        eprintln!(
+            "{from:>5} -> {to:>5}: worst in-band SNR {:.1} dB at {:.0} Hz",
+            worst.0, worst.1
+        );
+        if worst.0 < REQUIRED_DB {
+            failures.push(format!(
+                "{from}->{to}: SNR {:.1} dB at {:.0} Hz",
+                worst.0, worst.1
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn downsampling_attenuates_aliases_by_60db() {
+    let mut failures = Vec::new();
+    for (from, to) in pairs().into_iter().filter(|(from, to)| to < from) {
+        let lowest = ALIAS_EDGE * to as f64;
+        let highest = 0.95 * from as f64 / 2.0;
+        let mut worst = (f64::INFINITY, lowest);
+        for k in 0..=16 {
+            let f = lowest + (highest - lowest) * k as f64 / 16.0;
+            let input = quantize(
+                (0..from as usize / 2)
+                    .map(|n| AMPLITUDE * (TAU * f * n as f64 / from as f64).sin()),
+            );
+            let (out, rs) = run_frames(from, to, &input);
+            // Whatever comes out, at any frequency, is alias.
+            let steady = &out[settle(&rs)..];
+            let attenuation = -db(rms(steady) * 2f64.sqrt() / AMPLITUDE);
+            if attenuation < worst.0 {
+                worst = (attenuation, f);
+            }
+        }
+        eprintln!(
+            "{from:>5} -> {to:>5}: worst alias attenuation {:.1} dB at {:.0} Hz \
+             ({lowest:.0}..{highest:.0} Hz)",
+            worst.0, worst.1
+        );
+        if worst.0 < REQUIRED_DB {
+            failures.push(format!(
+                "{from}->{to}: alias only {:.1} dB down at {:.0} Hz",
+                worst.0, worst.1
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+/// A 2 s logarithmic sweep over the whole pass band, fed 20 ms at a time:
+/// the output must follow the ideal sweep everywhere, frame boundaries
+/// included, and must equal what one call over the whole input gives.
+#[test]
+fn sweeps_are_continuous_across_frame_boundaries() {
+    let mut failures = Vec::new();
+    for (from, to) in pairs() {
+        let delay = measure_delay(from, to);
+        let (f0, f1, seconds) = (100.0, PASS_EDGE * from.min(to) as f64, 2.0);
+        let k = (f1 / f0 as f64).ln() / seconds;
+        let sweep = |t: f64| AMPLITUDE * (TAU * f0 * ((k * t).exp() - 1.0) / k).sin();
+        let input = quantize((0..from as usize * 2).map(|n| sweep(n as f64 / from as f64)));
+
+        let mut rs = Resampler::new(from, to).unwrap();
+        let mut framed = Vec::new();
+        let mut boundaries = Vec::new();
+        let mut buf = AudioFrame::new(0);
+        for chunk in input.chunks(from as usize / 50) {
+            rs.process(chunk, &mut buf);
+            framed.extend_from_slice(buf.samples());
+            boundaries.push(framed.len());
+        }
+        let mut whole = Vec::new();
+        Resampler::new(from, to)
+            .unwrap()
+            .process_any(&input, |s| whole.extend_from_slice(s));
+        assert_eq!(framed, whole, "{from}->{to}: framing changed the output");
+
+        let ideal = |n: f64| if n < 0.0 { 0.0 } else { sweep(n / to as f64) };
+        let skip = settle(&rs);
+        let snr = snr_db(&framed, skip, delay, &ideal);
+        // Largest error and step within two samples of any frame boundary,
+        // against the largest step anywhere else.
+        let error = |n: usize| (framed[n] as f64 - ideal(n as f64 - delay)).abs();
+        let step = |n: usize| (framed[n] as f64 - framed[n - 1] as f64).abs();
+        let near = |n: usize| boundaries.iter().any(|&b| n + 2 >= b && n <= b + 2);
+        let edge_error = (skip..framed.len())
+            .filter(|&n| near(n))
+            .map(error)
+            .fold(0.0, f64::max);
+        let edge_step = (skip..framed.len())
+            .filter(|&n| near(n))
+            .map(step)
+            .fold(0.0, f64::max);
+        let max_step = (skip..framed.len())
+            .filter(|&n| !near(n))
+            .map(step)
+            .fold(0.0, f64::max);
+        eprintln!(
+            "{from:>5} -> {to:>5}: sweep SNR {snr:.1} dB, worst error at frame edges \
+             {:.1} dB, edge step {edge_step:.0} vs {max_step:.0} elsewhere",
+            db(edge_error / AMPLITUDE)
+        );
+        if snr < REQUIRED_DB {
+            failures.push(format!("{from}->{to}: sweep SNR {snr:.1} dB"));
+        }
+        if db(edge_error / AMPLITUDE) > -REQUIRED_DB {
+            failures.push(format!(
+                "{from}->{to}: error {edge_error:.1} at a frame boundary"
+            ));
+        }
+        if edge_step > max_step {
+            failures.push(format!("{from}->{to}: click at a frame boundary"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn reset_starts_a_new_stream_like_a_fresh_resampler() {
+    for (from, to) in pairs() {
+        let input = sine(from, 440.0, 12_000.0, 0.2);
+        let mut used = Resampler::new(from, to).unwrap();
+        let mut sink = Vec::new();
+        used.process_any(&input[..input.len() / 3], |s| sink.extend_from_slice(s));
+        used.reset();
+        let (mut again, mut fresh) = (Vec::new(), Vec::new());
+        used.process_any(&input, |s| again.extend_from_slice(s));
+        Resampler::new(from, to)
+            .unwrap()
+            .process_any(&input, |s| fresh.extend_from_slice(s));
+        assert_eq!(again, fresh, "{from}->{to}");
+    }
+}
