@@ -182,15 +182,14 @@ fn plc(c: &mut Criterion) {
     });
 }
 
+/// Every pair of supported rates, one 20 ms input frame per iteration.
 fn resample(c: &mut Criterion) {
-    for (from, to) in [
-        (8000, 16000),
-        (16000, 8000),
-        (8000, 24000),
-        (24000, 8000),
-        (8000, 48000),
-        (48000, 8000),
-    ] {
+    let rates = switchboard_media::resample::SUPPORTED_RATES;
+    let pairs = rates
+        .iter()
+        .flat_map(|&from| rates.iter().map(move |&to| (from, to)))
+        .filter(|(from, to)| from != to);
+    for (from, to) in pairs {
         let mut resampler = Resampler::new(from, to).unwrap();
         let input = tone(from, from as usize / 50);
         let mut out = AudioFrame::new(to);
