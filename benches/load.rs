@@ -2,7 +2,7 @@
 //! and reports CPU and RSS per call, late frames and the gateway's added
 //! latency (RTP in → bot → RTP out, minus the echo bot's own delay).
 //!
-//!   cargo bench --bench load -- --calls 100 --seconds 20
+//!   cargo bench --bench load -- --calls 100 --seconds 20 [--fixed-jitter]
 //!
 //! Each call is a UDP SIP dialog plus an RTP stream of silence with a 20 ms
 //! tone burst once a second; the burst's return time gives the latency.
@@ -44,12 +44,15 @@ fn main() {
     // `cargo bench` passes `--bench`; ignore everything but our flags.
     let calls = arg("--calls", 100) as usize;
     let seconds = arg("--seconds", 20);
+    // The default is the adaptive jitter buffer; `--fixed-jitter` pins it at
+    // 40 ms, for comparison with figures taken before it existed.
+    let fixed_jitter = std::env::args().any(|a| a == "--fixed-jitter");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(calls, seconds));
+    runtime.block_on(run(calls, seconds, fixed_jitter));
 }
 
 struct Gateway {
@@ -64,7 +67,7 @@ impl Drop for Gateway {
     }
 }
 
-fn start_gateway(calls: usize) -> Gateway {
+fn start_gateway(calls: usize, fixed_jitter: bool) -> Gateway {
     let dir = std::env::temp_dir().join(format!("switchboard-load-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = format!(
@@ -75,6 +78,7 @@ listen = ["udp:127.0.0.1:0"]
 rtp_ports = "20000-39999"
 rtp_timeout_secs = 30
 jitter_depth_ms = 40
+jitter_adaptive = {}
 [limits]
 max_calls = {}
 [[trunks]]
@@ -85,6 +89,7 @@ routes = [{{ pattern = ".*", flow = "echo" }}]
 name = "echo"
 bot = {{ kind = "echo", delay_ms = {ECHO_DELAY_MS}, sample_rate = 16000 }}
 "#,
+        !fixed_jitter,
         calls + 10
     );
     let path = dir.join("load.toml");
@@ -134,8 +139,8 @@ fn proc_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn run(calls: usize, seconds: u64) {
-    let gateway = start_gateway(calls);
+async fn run(calls: usize, seconds: u64, fixed_jitter: bool) {
+    let gateway = start_gateway(calls, fixed_jitter);
     let pid = gateway.child.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_idle = proc_rss_kib(pid);
