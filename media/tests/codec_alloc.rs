@@ -56,19 +56,10 @@ fn allocations_per_frame(codec: Codec) -> f64 {
 }
 
 #[test]
-fn g711_and_opus_never_allocate_per_frame() {
-    for codec in [Codec::Pcmu, Codec::Pcma, Codec::Opus] {
+fn no_codec_allocates_per_frame() {
+    for codec in [Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::Opus] {
         let per_frame = allocations_per_frame(codec);
         println!("{codec}: {per_frame} allocations per frame");
         assert_eq!(per_frame, 0.0, "{codec}");
     }
-}
-
-/// `ezk-g722` returns a new `Vec` from each call; this pins how many
-/// allocations that costs, so a change (better or worse) gets noticed.
-#[test]
-fn g722_allocations_per_frame_are_known() {
-    let per_frame = allocations_per_frame(Codec::G722);
-    println!("G722: {per_frame} allocations per frame (inside ezk-g722)");
-    assert!(per_frame <= 16.0, "{per_frame}");
 }
