@@ -97,6 +97,9 @@ async fn run(loaded: config_file::Loaded, drain: Duration) -> Result<()> {
     for (transport, addr) in gateway.local_addrs() {
         tracing::info!(%transport, %addr, "listening for SIP");
     }
+    if let Some(addr) = gateway.api_addr() {
+        tracing::info!(%addr, "HTTP API listening (/health, /metrics)");
+    }
     wait_for_signal().await;
     tracing::info!(
         drain_secs = drain.as_secs(),

@@ -22,6 +22,8 @@ pub struct Config {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
     pub trunks: Vec<TrunkConfig>,
     #[serde(default)]
     pub flows: Vec<FlowConfig>,
@@ -155,6 +157,15 @@ impl Default for LimitsConfig {
 
 fn default_max_calls() -> usize {
     1000
+}
+
+/// The HTTP API (`/health`, `/metrics`); off unless `listen` is set.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `IP:PORT`, e.g. `"127.0.0.1:8080"`.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -295,10 +306,20 @@ impl Config {
             }
         }
         let router = Router::new(&self.trunks, &names)?;
+        let api_listen = match &self.api.listen {
+            None => None,
+            Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new(
+                    "api.listen",
+                    format!("`{text}` is not IP:PORT (IPv6 as [::1]:8080)"),
+                )
+            })?),
+        };
         Ok(ValidConfig {
             listen,
             rtp_ports,
             router,
+            api_listen,
         })
     }
 }
@@ -309,6 +330,8 @@ pub struct ValidConfig {
     pub listen: Vec<ListenAddr>,
     pub rtp_ports: RangeInclusive<u16>,
     pub router: Router,
+    /// Where the HTTP API listens, when it is on.
+    pub api_listen: Option<SocketAddr>,
 }
 
 fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {

@@ -103,6 +103,7 @@ impl Endpoint {
                             calls.remove(&call_id);
                             client_txs.retain(|_, owner| *owner != call_id);
                             let _ = self.active_calls.send(calls.len());
+                            crate::metrics::active_calls(calls.len());
                         }
                     }
                 }
@@ -252,11 +253,13 @@ impl Endpoint {
         if state != EndpointState::Running {
             tracing::info!(%call_id, "shutting down: 503 for a new call");
             reply(layer, tx, &request, 503, Some("5"), now);
+            crate::metrics::call_rejected(503);
             return;
         }
         if calls.len() >= self.max_calls {
             tracing::warn!(%call_id, max_calls = self.max_calls, "at capacity: 503");
             reply(layer, tx, &request, 503, Some("5"), now);
+            crate::metrics::call_rejected(503);
             return;
         }
         let route = match self.router.route(peer.addr.ip(), &dialed) {
@@ -264,21 +267,25 @@ impl Endpoint {
             Err(error) => {
                 tracing::warn!(%call_id, peer = %peer.addr, %dialed, status = error.status(), "call rejected: {error}");
                 reply(layer, tx, &request, error.status(), None, now);
+                crate::metrics::call_rejected(error.status());
                 return;
             }
         };
         let Some(flow) = self.flows.get(&route.flow) else {
             // Config validation makes this unreachable; answer sanely anyway.
             reply(layer, tx, &request, 500, None, now);
+            crate::metrics::call_rejected(500);
             return;
         };
         let Some(local_sip) = self.transports.local_for(peer) else {
             reply(layer, tx, &request, 500, None, now);
+            crate::metrics::call_rejected(500);
             return;
         };
         let (inputs_tx, inputs) = mpsc::channel(CALL_INPUT_CAPACITY);
         calls.insert(call_id.clone(), CallEntry { inputs: inputs_tx });
         let _ = self.active_calls.send(calls.len());
+        crate::metrics::active_calls(calls.len());
         let setup = CallSetup {
             call_id,
             tx,

@@ -1,8 +1,10 @@
 //! Switchboard gateway: SIP signalling, routing and call control.
 
+pub mod api;
 pub mod call;
 pub mod config;
 pub mod endpoint;
+pub mod metrics;
 pub mod routing;
 mod server;
 pub mod sip;

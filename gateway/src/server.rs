@@ -9,6 +9,7 @@ use switchboard_connectors::connector_for;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::api::ApiServer;
 use crate::call::RtpPorts;
 use crate::config::{Config, ValidConfig};
 use crate::endpoint::{Endpoint, EndpointState, FlowRuntime, MediaSettings};
@@ -19,6 +20,11 @@ use crate::transport::{Transports, INBOUND_CAPACITY};
 pub enum GatewayError {
     #[error("cannot listen: {0}")]
     Bind(#[from] std::io::Error),
+    #[error("cannot listen for the HTTP API on {addr}: {source}")]
+    Api {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 pub struct Gateway {
@@ -27,6 +33,7 @@ pub struct Gateway {
     sockets_shutdown: watch::Sender<bool>,
     active_calls: watch::Receiver<usize>,
     endpoint: JoinHandle<()>,
+    api: Option<ApiServer>,
 }
 
 impl Gateway {
@@ -76,8 +83,20 @@ impl Gateway {
             },
             rtp_ports: Arc::new(RtpPorts::new(valid.rtp_ports)),
             inbound,
-            shutdown: state_watch,
+            shutdown: state_watch.clone(),
             active_calls: active_tx,
+        };
+        let api = match valid.api_listen {
+            Some(listen) => {
+                let server = ApiServer::start(listen, active_calls.clone(), state_watch)
+                    .await
+                    .map_err(|source| GatewayError::Api {
+                        addr: listen,
+                        source,
+                    })?;
+                Some(server)
+            }
+            None => None,
         };
         let endpoint = tokio::spawn(endpoint.run());
         Ok(Gateway {
@@ -86,12 +105,18 @@ impl Gateway {
             sockets_shutdown,
             active_calls,
             endpoint,
+            api,
         })
     }
 
     /// Where the gateway actually listens (ports resolved when configured as 0).
     pub fn local_addrs(&self) -> Vec<(Transport, SocketAddr)> {
         self.local.clone()
+    }
+
+    /// Where the HTTP API listens, when `[api] listen` is set.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api.as_ref().map(ApiServer::local_addr)
     }
 
     /// Refuses new calls, waits up to `drain` for live calls to end, hangs
@@ -122,5 +147,8 @@ impl Gateway {
             self.endpoint.abort();
         }
         let _ = self.sockets_shutdown.send(true);
+        if let Some(api) = self.api.take() {
+            api.stop().await;
+        }
     }
 }

@@ -444,7 +444,7 @@ fn sweeps_are_continuous_across_frame_boundaries() {
     for (from, to) in pairs() {
         let delay = measure_delay(from, to);
         let (f0, f1, seconds) = (100.0, PASS_EDGE * from.min(to) as f64, 2.0);
-        let k = (f1 / f0 as f64).ln() / seconds;
+        let k = (f1 / f0).ln() / seconds;
         let sweep = |t: f64| AMPLITUDE * (TAU * f0 * ((k * t).exp() - 1.0) / k).sin();
         let input = quantize((0..from as usize * 2).map(|n| sweep(n as f64 / from as f64)));
 

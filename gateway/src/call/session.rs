@@ -150,6 +150,7 @@ impl Call {
             Err(error) => {
                 let OnFailure::Hangup(status) = call.setup.flow.on_failure.clone();
                 tracing::warn!(flow = %call.setup.flow.name, %error, status, "bot unreachable: on_failure hang-up");
+                crate::metrics::bot_failed(&call.setup.flow.name);
                 call.reject(status).await;
                 return format!("bot failed before answer ({error})");
             }
@@ -190,6 +191,7 @@ impl Call {
             }
         };
         call.answer(&answer).await;
+        crate::metrics::call_answered(&call.setup.flow.name);
         tracing::info!(
             codec = negotiated.codec.name(),
             rtp_port,
@@ -217,6 +219,7 @@ impl Call {
             },
             None => None,
         };
+        let answered_at = std::time::Instant::now();
         let ending = call
             .media_loop(
                 &info,
@@ -275,6 +278,13 @@ impl Call {
             jitter_skipped = jitter.dropped,
             jitter_inserted = jitter.inserted,
             "media summary"
+        );
+        crate::metrics::call_media(
+            &call.setup.flow.name,
+            answered_at.elapsed().as_secs_f64(),
+            &rtcp,
+            &jitter,
+            &counters,
         );
         ending
     }
@@ -573,6 +583,7 @@ impl Call {
     }
 
     async fn reject(&mut self, status: u16) {
+        crate::metrics::call_rejected(status);
         let response = response_for(
             &self.setup.invite,
             status,

@@ -1,0 +1,134 @@
+//! The gateway's HTTP API: `GET /health` and `GET /metrics` (Prometheus text
+//! format). Off unless `[api] listen` is set; meant for loopback or a
+//! management network, as it carries no authentication of its own.
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::endpoint::EndpointState;
+use crate::metrics as names;
+
+/// How often histograms are compacted so memory stays flat between scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+struct ApiState {
+    prometheus: PrometheusHandle,
+    active_calls: watch::Receiver<usize>,
+    state: watch::Receiver<EndpointState>,
+}
+
+/// A running API listener; dropped or [`ApiServer::stop`]ped with the gateway.
+pub struct ApiServer {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ApiServer {
+    pub async fn start(
+        listen: SocketAddr,
+        active_calls: watch::Receiver<usize>,
+        state: watch::Receiver<EndpointState>,
+    ) -> std::io::Result<ApiServer> {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let prometheus = prometheus().clone();
+        // Scrapes before the first call see the gauge at 0, not missing.
+        names::active_calls(*active_calls.borrow());
+        let state = ApiState {
+            prometheus: prometheus.clone(),
+            active_calls,
+            state,
+        };
+        let app = Router::new()
+            .route("/health", get(health))
+            .route("/metrics", get(render_metrics))
+            .with_state(state);
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let upkeep = async {
+                let mut every = tokio::time::interval(UPKEEP_EVERY);
+                loop {
+                    every.tick().await;
+                    prometheus.run_upkeep();
+                }
+            };
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            });
+            tokio::select! {
+                result = serve => if let Err(error) = result {
+                    tracing::error!(%error, "HTTP API stopped");
+                },
+                _ = upkeep => {}
+            }
+        });
+        Ok(ApiServer { addr, stop, task })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// The process-wide Prometheus recorder, installed on first use. The
+/// `metrics` facade allows one global recorder per process, and a process
+/// runs one gateway.
+fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let buckets = [
+            (names::CALL_LOSS, names::LOSS_BUCKETS),
+            (names::CALL_JITTER, names::MS_BUCKETS),
+            (names::CALL_RTT, names::MS_BUCKETS),
+            (names::CALL_DURATION, names::DURATION_BUCKETS),
+        ];
+        let mut builder = PrometheusBuilder::new();
+        for (name, values) in buckets {
+            builder = builder
+                .set_buckets_for_metric(Matcher::Full(name.into()), values)
+                .expect("bucket lists are not empty");
+        }
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed: /metrics stays empty");
+        }
+        names::describe();
+        handle
+    })
+}
+
+async fn health(State(state): State<ApiState>) -> impl IntoResponse {
+    let status = match *state.state.borrow() {
+        EndpointState::Running => "ok",
+        EndpointState::Draining | EndpointState::Stopping => "draining",
+    };
+    Json(serde_json::json!({
+        "status": status,
+        "active_calls": *state.active_calls.borrow(),
+    }))
+}
+
+async fn render_metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.prometheus.render(),
+    )
+}

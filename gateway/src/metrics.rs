@@ -1,0 +1,115 @@
+//! What the gateway counts, through the `metrics` facade: call admission,
+//! live calls, and each call's media quality recorded once when it ends.
+//!
+//! Nothing here runs per frame: per-call figures are folded into histograms
+//! at the end of the call (labelled by flow, which config bounds, never by
+//! Call-ID, which would grow the exporter without bound). With no recorder
+//! installed (no `[api]` section) every call below is a no-op.
+
+use metrics::{counter, gauge, histogram};
+use switchboard_media::jitter::JitterStats;
+use switchboard_media::rtcp::RtcpStats;
+
+use crate::call::media::MediaCounters;
+
+pub const CALLS_ACTIVE: &str = "switchboard_calls_active";
+pub const CALLS_ANSWERED: &str = "switchboard_calls_answered_total";
+pub const CALLS_REJECTED: &str = "switchboard_calls_rejected_total";
+pub const BOT_FAILURES: &str = "switchboard_bot_failures_total";
+pub const CALL_DURATION: &str = "switchboard_call_duration_seconds";
+pub const CALL_LOSS: &str = "switchboard_call_packet_loss_ratio";
+pub const CALL_JITTER: &str = "switchboard_call_jitter_ms";
+pub const CALL_RTT: &str = "switchboard_call_rtt_ms";
+pub const RTP_PACKETS: &str = "switchboard_rtp_packets_total";
+pub const RTP_LOST: &str = "switchboard_rtp_lost_total";
+pub const RTP_LATE: &str = "switchboard_rtp_late_total";
+pub const RTP_DUPLICATE: &str = "switchboard_rtp_duplicate_total";
+pub const CONCEALED_MS: &str = "switchboard_concealed_ms_total";
+pub const FEC_RECOVERED: &str = "switchboard_fec_recovered_total";
+
+/// Histogram buckets, chosen around what telephony calls good and bad.
+pub const LOSS_BUCKETS: &[f64] = &[0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0];
+pub const MS_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 20.0, 30.0, 50.0, 100.0, 150.0, 250.0, 400.0, 1000.0,
+];
+pub const DURATION_BUCKETS: &[f64] = &[1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0];
+
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(CALLS_ACTIVE, "Calls in progress");
+    describe_counter!(CALLS_ANSWERED, "Calls answered, by flow");
+    describe_counter!(
+        CALLS_REJECTED,
+        "INVITEs refused with a final error status, by status"
+    );
+    describe_counter!(BOT_FAILURES, "Bots that could not be reached, by flow");
+    describe_histogram!(CALL_DURATION, Unit::Seconds, "Answered call length");
+    describe_histogram!(
+        CALL_LOSS,
+        "Per call RTP loss ratio; direction=inbound is the caller's stream as we received it, outbound ours as the caller's RTCP reported it"
+    );
+    describe_histogram!(
+        CALL_JITTER,
+        Unit::Milliseconds,
+        "Per call RFC 3550 interarrival jitter, by direction as for loss"
+    );
+    describe_histogram!(
+        CALL_RTT,
+        Unit::Milliseconds,
+        "Per call round-trip time from RTCP"
+    );
+    describe_counter!(RTP_PACKETS, "RTP packets, by direction");
+    describe_counter!(RTP_LOST, "Caller RTP packets never received");
+    describe_counter!(RTP_LATE, "Caller RTP packets that came too late to play");
+    describe_counter!(RTP_DUPLICATE, "Caller RTP packets received twice");
+    describe_counter!(CONCEALED_MS, "Caller audio concealed (PLC), in ms");
+    describe_counter!(FEC_RECOVERED, "Lost Opus frames rebuilt from in-band FEC");
+}
+
+pub fn active_calls(count: usize) {
+    gauge!(CALLS_ACTIVE).set(count as f64);
+}
+
+pub fn call_rejected(status: u16) {
+    counter!(CALLS_REJECTED, "status" => status.to_string()).increment(1);
+}
+
+pub fn call_answered(flow: &str) {
+    counter!(CALLS_ANSWERED, "flow" => flow.to_owned()).increment(1);
+}
+
+pub fn bot_failed(flow: &str) {
+    counter!(BOT_FAILURES, "flow" => flow.to_owned()).increment(1);
+}
+
+/// Folds one ended call's media figures into the totals.
+pub fn call_media(
+    flow: &str,
+    seconds: f64,
+    rtcp: &RtcpStats,
+    jitter: &JitterStats,
+    counters: &MediaCounters,
+) {
+    let flow = flow.to_owned();
+    histogram!(CALL_DURATION, "flow" => flow.clone()).record(seconds);
+    let inbound = [("flow", flow.clone()), ("direction", "inbound".to_owned())];
+    histogram!(CALL_LOSS, &inbound).record(rtcp.loss_ratio);
+    histogram!(CALL_JITTER, &inbound).record(rtcp.jitter_ms);
+    let outbound = [("flow", flow.clone()), ("direction", "outbound".to_owned())];
+    if let Some(loss) = rtcp.remote_loss_ratio {
+        histogram!(CALL_LOSS, &outbound).record(loss);
+    }
+    if let Some(jitter_ms) = rtcp.remote_jitter_ms {
+        histogram!(CALL_JITTER, &outbound).record(jitter_ms);
+    }
+    if let Some(rtt) = rtcp.rtt_ms {
+        histogram!(CALL_RTT, "flow" => flow.clone()).record(rtt);
+    }
+    counter!(RTP_PACKETS, "direction" => "inbound").increment(counters.rtp_in);
+    counter!(RTP_PACKETS, "direction" => "outbound").increment(counters.rtp_out);
+    counter!(RTP_LOST).increment(jitter.lost);
+    counter!(RTP_LATE).increment(jitter.late);
+    counter!(RTP_DUPLICATE).increment(jitter.duplicate);
+    counter!(CONCEALED_MS).increment(jitter.concealed_ms);
+    counter!(FEC_RECOVERED).increment(counters.fec_recovered);
+}
