@@ -84,6 +84,8 @@ pub async fn run_call(setup: CallSetup) {
     let _ = endpoint.send(EndpointCommand::CallEnded { call_id }).await;
 }
 
+mod delayed_offer;
+
 struct Call {
     setup: CallSetup,
     local_tag: String,
@@ -100,20 +102,27 @@ impl Call {
         };
         tracing::info!(peer = %call.setup.peer.addr, trunk = %call.setup.route.trunk, "incoming call");
 
-        let offer = match parse_offer(&call.setup.invite) {
-            Ok(offer) => offer,
-            Err(reason) => {
-                tracing::warn!(%reason, "unusable SDP offer: 488");
-                call.reject(488).await;
-                return format!("rejected 488 ({reason})");
-            }
-        };
-        let negotiated = match negotiate_media(&offer, &call.setup.media.codecs) {
-            Ok(negotiated) => negotiated,
-            Err(error) => {
-                tracing::warn!(%error, "no common codec: 488");
-                call.reject(488).await;
-                return format!("rejected 488 ({error})");
+        // An INVITE without a body is a delayed offer (RFC 3261 §13.2.1,
+        // the default of some PBX trunks): we offer in the 200 OK and the
+        // caller answers in its ACK.
+        let offered = if call.setup.invite.body.is_empty() {
+            None
+        } else {
+            let offer = match parse_offer(&call.setup.invite) {
+                Ok(offer) => offer,
+                Err(reason) => {
+                    tracing::warn!(%reason, "unusable SDP offer: 488");
+                    call.reject(488).await;
+                    return format!("rejected 488 ({reason})");
+                }
+            };
+            match negotiate_media(&offer, &call.setup.media.codecs) {
+                Ok(negotiated) => Some((offer, negotiated)),
+                Err(error) => {
+                    tracing::warn!(%error, "no common codec: 488");
+                    call.reject(488).await;
+                    return format!("rejected 488 ({error})");
+                }
             }
         };
         let media_ip = call.media_ip();
@@ -156,6 +165,31 @@ impl Call {
             }
         };
 
+        let mut dialog = match Dialog::new_uas(&call.setup.invite, call.local_tag.clone()) {
+            Ok(dialog) => dialog,
+            Err(error) => {
+                tracing::warn!(%error, "cannot form a dialog from the INVITE: 400");
+                call.reject(400).await;
+                return format!("rejected 400 ({error})");
+            }
+        };
+        let session_id = rand::random::<u32>() as u64;
+        let delayed = offered.is_none();
+        let (negotiated, answer) = match offered {
+            Some((offer, negotiated)) => {
+                let answer =
+                    build_media_answer(&offer, &negotiated, media_ip, rtp_port, session_id, 1);
+                (negotiated, answer)
+            }
+            None => match call
+                .delayed_offer(&mut dialog, media_ip, rtp_port, session_id)
+                .await
+            {
+                Ok(agreed) => agreed,
+                Err(reason) => return reason,
+            },
+        };
+
         let mut pipeline = match MediaPipeline::new(
             &negotiated,
             session.audio_format.sample_rate,
@@ -166,31 +200,21 @@ impl Call {
         ) {
             Ok(pipeline) => pipeline,
             Err(error) => {
-                tracing::error!(%error, "media pipeline could not start: 500");
-                call.reject(500).await;
-                return format!("rejected 500 ({error})");
+                tracing::error!(%error, "media pipeline could not start");
+                if delayed {
+                    call.send_bye(&mut dialog).await;
+                } else {
+                    call.reject(500).await;
+                }
+                return format!("media pipeline failed ({error})");
             }
         };
         if call.setup.media.suppress_silence {
             pipeline.suppress_silence();
         }
-        let answer = build_media_answer(
-            &offer,
-            &negotiated,
-            media_ip,
-            rtp_port,
-            rand::random::<u32>() as u64,
-            1,
-        );
-        let mut dialog = match Dialog::new_uas(&call.setup.invite, call.local_tag.clone()) {
-            Ok(dialog) => dialog,
-            Err(error) => {
-                tracing::warn!(%error, "cannot form a dialog from the INVITE: 400");
-                call.reject(400).await;
-                return format!("rejected 400 ({error})");
-            }
-        };
-        call.answer(&answer).await;
+        if !delayed {
+            call.answer(&answer).await;
+        }
         crate::metrics::call_answered(&call.setup.flow.name);
         tracing::info!(
             codec = negotiated.codec.name(),
@@ -640,7 +664,7 @@ fn contact_uri(setup: &CallSetup) -> SipUri {
 
 fn parse_offer(request: &Request) -> Result<SessionOffer, String> {
     if request.body.is_empty() {
-        return Err("INVITE without SDP (delayed offer is not supported yet)".into());
+        return Err(format!("{} without SDP", request.method));
     }
     let text = std::str::from_utf8(&request.body).map_err(|_| "SDP is not UTF-8".to_string())?;
     SessionOffer::parse(text).map_err(|e| e.to_string())
