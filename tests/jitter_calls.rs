@@ -84,18 +84,22 @@ fn jittery_lossy_caller_is_still_heard() {
         })
         .collect();
     // A segment holding one concealed, inserted or skipped frame scores
-    // about 0.85; a segment mostly lost to late packets far less.
-    let good = scores.iter().filter(|s| **s > 0.75).count();
-    let score = good as f64 / scores.len() as f64;
+    // about 0.85, one holding two of them 0.6-0.75 (more of those when a
+    // loaded machine adds its own scheduling jitter to the test's); a
+    // segment mostly lost to late packets scores far less. So: the typical
+    // segment must come back well, and nearly none may be mostly lost.
+    let mut sorted = scores.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let median = sorted[sorted.len() / 2];
+    let heard = scores.iter().filter(|s| **s > 0.55).count();
     let summary = gateway.wait_for_log(&["media summary"], Duration::from_secs(3));
     eprintln!(
-        "{lost} packets lost on the way; {good} of {} segments correlate > 0.75; {summary}",
+        "{lost} packets lost on the way; median segment correlation {median:.2}, {heard} of {} segments > 0.55; {summary}",
         scores.len()
     );
     assert!(
-        score >= 0.8,
-        "only {good} of {} segments came back: {scores:.2?}",
-        scores.len()
+        median >= 0.8 && heard as f64 >= 0.9 * scores.len() as f64,
+        "the caller's speech did not come back: {scores:.2?}"
     );
     let field = |name: &str| -> u64 {
         let start = summary
