@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::gateway::{echo_config, GatewayProcess};
@@ -54,18 +54,6 @@ fn api_addr(gateway: &GatewayProcess) -> SocketAddr {
         .unwrap_or_else(|| panic!("no addr in {line}"))
 }
 
-fn peer_with_rtcp() -> (RtpPeer, UdpSocket) {
-    for _ in 0..50 {
-        let peer = RtpPeer::bind();
-        if let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", peer.port() + 1)) {
-            rtcp.set_read_timeout(Some(Duration::from_millis(200)))
-                .unwrap();
-            return (peer, rtcp);
-        }
-    }
-    panic!("no RTP/RTCP port pair free on loopback");
-}
-
 #[test]
 fn metrics_carry_call_quality_and_refusals() {
     let gateway = GatewayProcess::start(
@@ -79,7 +67,7 @@ fn metrics_carry_call_quality_and_refusals() {
     assert!(body.contains("\"active_calls\":0"), "{body}");
 
     // A call long enough for the gateway's first sender report (2.5–7.5 s).
-    let (peer, rtcp) = peer_with_rtcp();
+    let (peer, rtcp) = RtpPeer::bind_with_rtcp();
     let scenario = sipp::caller_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER), 9000);
     let (dir, target) = (gateway.dir.clone(), gateway.udp);
     let caller = std::thread::spawn(move || {

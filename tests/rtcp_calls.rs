@@ -4,26 +4,13 @@
 
 mod common;
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::gateway::{echo_config, GatewayProcess};
 use common::rtp_peer::{RtpPeer, CALLER_SSRC};
 use common::sipp::{self, SipTransport, G711_OFFER};
 use common::ws_bot::sine;
-
-/// A caller's RTP peer whose RTP port + 1 is free for its RTCP socket.
-fn peer_with_rtcp() -> (RtpPeer, UdpSocket) {
-    for _ in 0..50 {
-        let peer = RtpPeer::bind();
-        if let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", peer.port() + 1)) {
-            rtcp.set_read_timeout(Some(Duration::from_millis(200)))
-                .unwrap();
-            return (peer, rtcp);
-        }
-    }
-    panic!("no RTP/RTCP port pair free on loopback");
-}
 
 fn be32(bytes: &[u8]) -> u32 {
     u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
@@ -32,7 +19,7 @@ fn be32(bytes: &[u8]) -> u32 {
 #[test]
 fn reports_flow_both_ways() {
     let gateway = GatewayProcess::start("rtcp", &echo_config(""));
-    let (peer, rtcp) = peer_with_rtcp();
+    let (peer, rtcp) = RtpPeer::bind_with_rtcp();
     let scenario = sipp::caller_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER), 3000);
     let (dir, target) = (gateway.dir.clone(), gateway.udp);
     let caller = std::thread::spawn(move || {

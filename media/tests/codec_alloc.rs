@@ -1,31 +1,12 @@
 //! Heap use per 20 ms frame of each codec once created: the media path
 //! runs every 20 ms for every call, so the allocator must stay out of it.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common {
+    pub mod counting_alloc;
+}
 
+use common::counting_alloc::{allocations, Counting};
 use switchboard_media::codec::{AudioDecoder, AudioEncoder, Codec};
-
-struct Counting;
-
-thread_local! {
-    // Per thread, so tests running in parallel do not count each other.
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -45,14 +26,14 @@ fn allocations_per_frame(codec: Codec) -> f64 {
         let len = encoder.encode(&pcm, &mut payload).unwrap();
         decoder.decode(&payload[..len], &mut out).unwrap();
     }
-    let before = ALLOCATIONS.with(Cell::get);
+    let before = allocations();
     for _ in 0..50 {
         let len = encoder.encode(&pcm, &mut payload).unwrap();
         decoder.decode_fec(&payload[..len], &mut out);
         decoder.conceal(&mut out);
         decoder.decode(&payload[..len], &mut out).unwrap();
     }
-    (ALLOCATIONS.with(Cell::get) - before) as f64 / 50.0
+    (allocations() - before) as f64 / 50.0
 }
 
 #[test]

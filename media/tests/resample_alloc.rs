@@ -2,35 +2,13 @@
 //! (to and from the bot, and the echo canceller's) 50 times a second. Its
 //! own test binary, because counting needs a global allocator.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common {
+    pub mod counting_alloc;
+}
 
+use common::counting_alloc::{allocations, Counting};
 use switchboard_media::resample::{Resampler, SUPPORTED_RATES};
 use switchboard_media::AudioFrame;
-
-struct Counting;
-
-thread_local! {
-    // `const` so that touching it from inside the allocator cannot allocate.
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: defers to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -38,9 +16,9 @@ static GLOBAL: Counting = Counting;
 #[test]
 fn process_and_process_any_do_not_allocate() {
     // The counter itself works.
-    let before = ALLOCATIONS.with(Cell::get);
+    let before = allocations();
     drop(std::hint::black_box(Box::new(1u8)));
-    assert_eq!(ALLOCATIONS.with(Cell::get), before + 1);
+    assert_eq!(allocations(), before + 1);
 
     for from in SUPPORTED_RATES {
         for to in SUPPORTED_RATES {
@@ -52,7 +30,7 @@ fn process_and_process_any_do_not_allocate() {
                 .collect();
             let mut out = AudioFrame::new(to);
             let mut sum = 0i64;
-            let before = ALLOCATIONS.with(Cell::get);
+            let before = allocations();
             for i in 0..200 {
                 framed.process(&input[..n], &mut out);
                 sum += out.samples().iter().map(|&s| s as i64).sum::<i64>();
@@ -62,7 +40,7 @@ fn process_and_process_any_do_not_allocate() {
             }
             framed.reset();
             any.reset();
-            let allocations = ALLOCATIONS.with(Cell::get) - before;
+            let allocations = allocations() - before;
             std::hint::black_box(sum);
             assert_eq!(allocations, 0, "{from}->{to}");
         }

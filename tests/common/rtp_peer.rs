@@ -32,6 +32,20 @@ pub struct Received {
 }
 
 impl RtpPeer {
+    /// A peer whose RTP port + 1 is free, with its RTCP socket bound there
+    /// (200 ms read timeout).
+    pub fn bind_with_rtcp() -> (RtpPeer, UdpSocket) {
+        for _ in 0..50 {
+            let peer = RtpPeer::bind();
+            if let Ok(rtcp) = UdpSocket::bind(("127.0.0.1", peer.port() + 1)) {
+                rtcp.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                return (peer, rtcp);
+            }
+        }
+        panic!("no RTP/RTCP port pair free on loopback");
+    }
+
     pub fn bind() -> RtpPeer {
         let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         socket
