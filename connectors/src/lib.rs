@@ -12,6 +12,7 @@ pub mod actions;
 pub mod echo;
 pub mod openai_realtime;
 mod playout_position;
+mod socket;
 mod text;
 mod tools;
 pub mod twilio_stream;

@@ -31,16 +31,15 @@ use serde_json::{json, Value};
 use switchboard_flows::{OpenAiRealtimeConfig, RealtimeAudio, ToolKind};
 use switchboard_media::g711::{ulaw_decode, ulaw_encode};
 use switchboard_media::{AudioFormat, AudioFrame};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::playout_position::PlayoutPosition;
+use crate::socket::{finish_close, send_close, Ending, Socket};
 use crate::text::{push_capped, snippet};
 use crate::tools::{self, tool_action};
 use crate::{
@@ -50,8 +49,6 @@ use crate::{
 
 /// A peer that cannot take one message within this time is considered dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the closing handshake may take before the socket is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest message accepted from the server. Deltas are a few kB; this
 /// bounds what one message can make us allocate.
 const MAX_MESSAGE_BYTES: usize = 1 << 20;
@@ -64,8 +61,6 @@ const MAX_TRANSCRIPT_BYTES: usize = 8 * 1024;
 /// Voice detection that ends the model's turn on a pause and lets the
 /// caller interrupt; tuned for phone audio, which is quieter than a headset.
 const SERVER_VAD: &str = r#"{"type":"server_vad","threshold":0.5,"prefix_padding_ms":300,"silence_duration_ms":500,"create_response":true,"interrupt_response":true}"#;
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Opens OpenAI Realtime sessions with one flow's settings.
 pub struct OpenAiRealtimeConnector {
@@ -294,15 +289,6 @@ fn note(count: &mut u64) -> bool {
     *count <= 3 || count.is_multiple_of(100)
 }
 
-/// Why the session loop stopped.
-enum Ending {
-    Hangup,
-    CallGone,
-    Abandoned,
-    BotClosed,
-    Failed(String),
-}
-
 struct Session {
     ws: Socket,
     events: mpsc::Sender<BotEvent>,
@@ -338,11 +324,7 @@ impl Session {
             // The protocol has no goodbye: closing the socket ends the session
             // (and its billing) at once.
             Ending::Hangup | Ending::CallGone | Ending::Abandoned => {
-                match timeout(CLOSE_TIMEOUT, self.ws.close(None)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::debug!(error = %e, "could not send a close frame"),
-                    Err(_) => tracing::debug!("OpenAI took no close frame in time"),
-                }
+                send_close(&mut self.ws, "OpenAI").await;
                 None
             }
             Ending::BotClosed => None,
@@ -352,7 +334,7 @@ impl Session {
         let failed = error.is_some();
         let _ = self.events.send(BotEvent::Closed { error }).await;
         if !failed {
-            self.finish_close().await;
+            finish_close(&mut self.ws, "OpenAI").await;
         }
     }
 
@@ -699,23 +681,6 @@ impl Session {
             self.send_json(&json!({"type": "response.create"})).await?;
         }
         Ok(())
-    }
-
-    /// Finish the closing handshake, bounded by [`CLOSE_TIMEOUT`].
-    async fn finish_close(&mut self) {
-        let ws = &mut self.ws;
-        let drained = timeout(CLOSE_TIMEOUT, async {
-            while let Some(message) = ws.next().await {
-                message?;
-            }
-            Ok::<(), tokio_tungstenite::tungstenite::Error>(())
-        })
-        .await;
-        match drained {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "error while closing the OpenAI socket"),
-            Err(_) => tracing::debug!("OpenAI did not finish closing in time"),
-        }
     }
 }
 

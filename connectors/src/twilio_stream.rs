@@ -28,12 +28,11 @@ use rand::Rng;
 use serde::{Deserialize, Serialize, Serializer};
 use switchboard_flows::TwilioStreamConfig;
 use switchboard_media::{AudioFormat, AudioFrame, G711, MAX_FRAME_SAMPLES};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::socket::{finish_close, send_close, worth_logging, Ending, Socket};
 use crate::{
     BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError, AUDIO_IN_CAPACITY,
     CONTROL_CAPACITY, EVENTS_CAPACITY,
@@ -46,9 +45,6 @@ const BOT_FRAME_SAMPLES: usize = 160;
 /// A bot that cannot take one message within this time is considered dead;
 /// without it a stalled peer would pin the session task forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long we wait for the bot to answer our close frame (or to finish
-/// closing after its own) before dropping the socket.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// We have no Twilio account: bots only echo it back in logs, so a fixed,
 /// obviously fake SID is more honest than a random one.
 const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
@@ -60,8 +56,6 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
         .with_decode_padding_mode(DecodePaddingMode::Indifferent)
         .with_decode_allow_trailing_bits(true),
 );
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Opens Twilio Media Streams sessions to one bot URL.
 pub struct TwilioStreamConnector {
@@ -424,25 +418,6 @@ struct Stats {
     bad_actions: u64,
 }
 
-/// Log the first few occurrences and then one in a hundred.
-fn worth_logging(count: u64) -> bool {
-    count <= 3 || count.is_multiple_of(100)
-}
-
-/// Why the session loop stopped.
-enum Ending {
-    /// The call asked us to hang up.
-    Hangup,
-    /// Caller audio closed: the call is gone.
-    CallGone,
-    /// Nobody reads events any more: the session was dropped.
-    Abandoned,
-    /// The bot sent a close frame.
-    BotClosed,
-    /// The socket failed; the reason goes into `Closed`.
-    Failed(String),
-}
-
 struct Session {
     ws: Socket,
     out: Outgoing,
@@ -469,11 +444,7 @@ impl Session {
                 if let Err(reason) = self.send(stop).await {
                     tracing::debug!(%reason, "could not send stop");
                 } else {
-                    match timeout(CLOSE_TIMEOUT, self.ws.close(None)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::debug!(error = %e, "could not send a close frame"),
-                        Err(_) => tracing::debug!("the bot took no close frame in time"),
-                    }
+                    send_close(&mut self.ws, "the bot").await;
                 }
                 None
             }
@@ -505,7 +476,7 @@ impl Session {
         // listens any more, which is fine.
         let _ = self.events.send(BotEvent::Closed { error }).await;
         if !failed {
-            self.finish_close().await;
+            finish_close(&mut self.ws, "the bot").await;
         }
     }
 
@@ -682,25 +653,6 @@ impl Session {
                 .map_err(|_| Ending::Abandoned)?;
         }
         Ok(())
-    }
-
-    /// Finish the closing handshake, bounded by [`CLOSE_TIMEOUT`]: flush any
-    /// close reply and read (dropping data) until the bot, which as the
-    /// server closes TCP first (RFC 6455 §7.1.1), is gone.
-    async fn finish_close(&mut self) {
-        let ws = &mut self.ws;
-        let drained = timeout(CLOSE_TIMEOUT, async {
-            while let Some(message) = ws.next().await {
-                message?;
-            }
-            Ok::<(), tokio_tungstenite::tungstenite::Error>(())
-        })
-        .await;
-        match drained {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "error while closing the bot's socket"),
-            Err(_) => tracing::debug!("the bot did not finish closing in time"),
-        }
     }
 }
 

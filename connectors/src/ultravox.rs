@@ -18,12 +18,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use switchboard_flows::{ToolKind, UltravoxConfig};
 use switchboard_media::{AudioFormat, AudioFrame};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::socket::{finish_close, send_close, Ending, Socket};
 use crate::text::{error_chain, push_capped, snippet};
 use crate::tools::{self, tool_action};
 use crate::{
@@ -36,8 +35,6 @@ const CLIENT_BUFFER_MS: u32 = 60;
 /// A peer that cannot take one message within this time is considered dead;
 /// without it a stalled socket would pin the session task forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long we wait for Ultravox to finish the closing handshake.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// A call-creation reply is small; reading a huge one whole could exhaust memory.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
 /// Past this many malformed data messages the peer is clearly not speaking
@@ -50,8 +47,6 @@ const MAX_OPEN_TRANSCRIPTS: usize = 4;
 /// Tool invocations awaiting the call's answer (it answers promptly); the
 /// oldest is forgotten beyond this.
 const MAX_PENDING_TOOLS: usize = 8;
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Opens Ultravox calls with one flow's settings.
 pub struct UltravoxConnector {
@@ -367,16 +362,6 @@ fn note(count: &mut u64) -> bool {
     *count <= 3 || count.is_multiple_of(100)
 }
 
-/// Why the session loop stopped.
-enum Ending {
-    Hangup,    // the call asked us to hang up
-    CallGone,  // caller audio closed: the call is gone
-    Abandoned, // nobody reads events: the session was dropped
-    BotClosed, // Ultravox sent a close frame
-    /// The socket failed or the peer broke the protocol; the reason goes into `Closed`.
-    Failed(String),
-}
-
 struct Session {
     ws: Socket,
     events: mpsc::Sender<BotEvent>,
@@ -413,11 +398,7 @@ impl Session {
                 if let Err(reason) = self.send(Message::text(hang_up)).await {
                     tracing::debug!(%reason, "could not send hang_up");
                 } else {
-                    match timeout(CLOSE_TIMEOUT, self.ws.close(None)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::debug!(error = %e, "could not send a close frame"),
-                        Err(_) => tracing::debug!("Ultravox took no close frame in time"),
-                    }
+                    send_close(&mut self.ws, "Ultravox").await;
                 }
                 None
             }
@@ -431,7 +412,7 @@ impl Session {
         // socket hygiene. Fails only when nobody listens, which is fine.
         let _ = self.events.send(BotEvent::Closed { error }).await;
         if !failed {
-            self.finish_close().await;
+            finish_close(&mut self.ws, "Ultravox").await;
         }
     }
 
@@ -734,24 +715,5 @@ impl Session {
         self.send(Message::text(result.to_string()))
             .await
             .map_err(Ending::Failed)
-    }
-
-    /// Finish the closing handshake, bounded by [`CLOSE_TIMEOUT`]: flush any
-    /// close reply and read (dropping data) until the server, which closes
-    /// TCP first (RFC 6455 §7.1.1), is gone.
-    async fn finish_close(&mut self) {
-        let ws = &mut self.ws;
-        let drained = timeout(CLOSE_TIMEOUT, async {
-            while let Some(message) = ws.next().await {
-                message?;
-            }
-            Ok::<(), tokio_tungstenite::tungstenite::Error>(())
-        })
-        .await;
-        match drained {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "error while closing the Ultravox socket"),
-            Err(_) => tracing::debug!("Ultravox did not finish closing in time"),
-        }
     }
 }

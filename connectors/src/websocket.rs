@@ -45,12 +45,11 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchboard_flows::WebsocketBotConfig;
 use switchboard_media::{AudioFormat, AudioFrame, MAX_FRAME_SAMPLES};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+use crate::socket::{finish_close, send_close, worth_logging, Ending, Socket};
 use crate::{
     BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError, AUDIO_IN_CAPACITY,
     CONTROL_CAPACITY, EVENTS_CAPACITY,
@@ -60,10 +59,6 @@ use crate::{
 pub const MAX_MALFORMED: u64 = 20;
 /// A bot that cannot take one message within this time is considered dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the closing handshake may take before the socket is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Opens generic WebSocket bot sessions to one URL.
 pub struct WebsocketConnector {
@@ -173,20 +168,6 @@ struct Stats {
     bytes_in: u64,
 }
 
-/// Log the first few occurrences and then one in a hundred.
-fn worth_logging(count: u64) -> bool {
-    count <= 3 || count.is_multiple_of(100)
-}
-
-/// Why the session loop stopped.
-enum Ending {
-    Hangup,
-    CallGone,
-    Abandoned,
-    BotClosed,
-    Failed(String),
-}
-
 struct Session {
     ws: Socket,
     events: mpsc::Sender<BotEvent>,
@@ -215,11 +196,7 @@ impl Session {
                 if let Err(reason) = self.send(text(&json!({"event": "stop"}))).await {
                     tracing::debug!(%reason, "could not send stop");
                 } else {
-                    match timeout(CLOSE_TIMEOUT, self.ws.close(None)).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::debug!(error = %e, "could not send a close frame"),
-                        Err(_) => tracing::debug!("the bot took no close frame in time"),
-                    }
+                    send_close(&mut self.ws, "the bot").await;
                 }
                 None
             }
@@ -247,7 +224,7 @@ impl Session {
         // The call learns first; the close handshake is only socket hygiene.
         let _ = self.events.send(BotEvent::Closed { error }).await;
         if !failed {
-            self.finish_close().await;
+            finish_close(&mut self.ws, "the bot").await;
         }
     }
 
@@ -440,25 +417,6 @@ impl Session {
             tracing::warn!(count, "ignoring {what} from the bot");
         }
         Ok(())
-    }
-
-    /// Finish the closing handshake, bounded by [`CLOSE_TIMEOUT`]: flush any
-    /// close reply and read (dropping data) until the bot, which as the
-    /// server closes TCP first (RFC 6455 §7.1.1), is gone.
-    async fn finish_close(&mut self) {
-        let ws = &mut self.ws;
-        let drained = timeout(CLOSE_TIMEOUT, async {
-            while let Some(message) = ws.next().await {
-                message?;
-            }
-            Ok::<(), tokio_tungstenite::tungstenite::Error>(())
-        })
-        .await;
-        match drained {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "error while closing the bot's socket"),
-            Err(_) => tracing::debug!("the bot did not finish closing in time"),
-        }
     }
 }
 
