@@ -69,17 +69,7 @@ fn metrics_carry_call_quality_and_refusals() {
     // A call long enough for the gateway's first sender report (2.5–7.5 s).
     let (peer, rtcp) = RtpPeer::bind_with_rtcp();
     let scenario = sipp::caller_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER), 9000);
-    let (dir, target) = (gateway.dir.clone(), gateway.udp);
-    let caller = std::thread::spawn(move || {
-        sipp::run(
-            &dir,
-            "call",
-            &scenario,
-            target,
-            SipTransport::Udp,
-            "127.0.0.1",
-        )
-    });
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
     let gateway_rtp = peer
         .wait_first_packet(Duration::from_secs(10))
         .expect("answered");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::audio::{rms, speech_like};
 use common::gateway::{config_with, GatewayProcess};
 use common::rtp_peer::RtpPeer;
-use common::sipp::{self, SipTransport, G711_OFFER};
+use common::sipp::{self, G711_OFFER};
 use common::ws_bot::{from_s16le, s16le, Received, WsBot};
 use switchboard_media::g711::{ulaw_decode, ulaw_encode};
 
@@ -38,17 +38,7 @@ audio = {{ echo_cancellation = {echo_cancellation} }}
     let gateway = GatewayProcess::start("aec", &config);
     let peer = Arc::new(RtpPeer::bind());
     let scenario = sipp::caller_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER), 8000);
-    let (dir, target) = (gateway.dir.clone(), gateway.udp);
-    let caller = std::thread::spawn(move || {
-        sipp::run(
-            &dir,
-            "call",
-            &scenario,
-            target,
-            SipTransport::Udp,
-            "127.0.0.1",
-        )
-    });
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
     ws.wait_text("event", "start", Duration::from_secs(10));
     let gateway_rtp = peer
         .wait_first_packet(Duration::from_secs(10))

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::audio::{best_correlation, speech_like};
 use common::gateway::{echo_config, GatewayProcess};
 use common::rtp_peer::RtpPeer;
-use common::sipp::{self, SipTransport, G711_OFFER};
+use common::sipp::{self, G711_OFFER};
 use switchboard_media::g711::ulaw_encode;
 
 /// xorshift: deterministic delays without a dependency.
@@ -26,17 +26,7 @@ fn jittery_lossy_caller_is_still_heard() {
     let gateway = GatewayProcess::start("jitter", &echo_config(""));
     let peer = RtpPeer::bind();
     let scenario = sipp::caller_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER), 6000);
-    let (dir, target) = (gateway.dir.clone(), gateway.udp);
-    let caller = std::thread::spawn(move || {
-        sipp::run(
-            &dir,
-            "call",
-            &scenario,
-            target,
-            SipTransport::Udp,
-            "127.0.0.1",
-        )
-    });
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
     let gateway_rtp = peer
         .wait_first_packet(Duration::from_secs(10))
         .expect("answered");

@@ -13,7 +13,7 @@ use common::gateway::{config_with, GatewayProcess};
 use common::http_server::HttpServer;
 use common::raw_sip::{status, RawSip};
 use common::rtp_peer::RtpPeer;
-use common::sipp::{self, SipTransport, G711_OFFER};
+use common::sipp::{self, G711_OFFER};
 use common::ws_bot::{crossings_per_second, sine, WsBot};
 use serde_json::json;
 use switchboard_media::g711::{ulaw_decode, ulaw_encode};
@@ -58,17 +58,7 @@ fn openai_realtime_call_end_to_end() {
         GatewayProcess::start("openai", &config(&format!("ws://{}/v1/realtime", ws.addr)));
     let peer = RtpPeer::bind();
     let scenario = sipp::caller_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER), 6000);
-    let (dir, target) = (gateway.dir.clone(), gateway.udp);
-    let caller = std::thread::spawn(move || {
-        sipp::run(
-            &dir,
-            "call",
-            &scenario,
-            target,
-            SipTransport::Udp,
-            "127.0.0.1",
-        )
-    });
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
 
     let (_, update) = ws.wait_text("type", "session.update", Duration::from_secs(10));
     {
@@ -308,17 +298,7 @@ fn answered_call(
     let gateway = GatewayProcess::start(name, &config(&format!("ws://{}/v1/realtime", ws.addr)));
     let peer = RtpPeer::bind();
     let scenario = sipp::gateway_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER));
-    let (dir, target) = (gateway.dir.clone(), gateway.udp);
-    let caller = std::thread::spawn(move || {
-        sipp::run(
-            &dir,
-            "call",
-            &scenario,
-            target,
-            SipTransport::Udp,
-            "127.0.0.1",
-        )
-    });
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
     ws.wait_text("type", "session.update", Duration::from_secs(10));
     peer.wait_first_packet(Duration::from_secs(10))
         .expect("answered");

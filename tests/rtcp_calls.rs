@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::gateway::{echo_config, GatewayProcess};
 use common::rtp_peer::{RtpPeer, CALLER_SSRC};
-use common::sipp::{self, SipTransport, G711_OFFER};
+use common::sipp::{self, G711_OFFER};
 use common::ws_bot::sine;
 
 fn be32(bytes: &[u8]) -> u32 {
@@ -21,17 +21,7 @@ fn reports_flow_both_ways() {
     let gateway = GatewayProcess::start("rtcp", &echo_config(""));
     let (peer, rtcp) = RtpPeer::bind_with_rtcp();
     let scenario = sipp::caller_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER), 3000);
-    let (dir, target) = (gateway.dir.clone(), gateway.udp);
-    let caller = std::thread::spawn(move || {
-        sipp::run(
-            &dir,
-            "call",
-            &scenario,
-            target,
-            SipTransport::Udp,
-            "127.0.0.1",
-        )
-    });
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
     let gateway_rtp = peer
         .wait_first_packet(Duration::from_secs(10))
         .expect("answered");

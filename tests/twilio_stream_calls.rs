@@ -347,17 +347,7 @@ fn voiceflow_actions_are_parsed_delivered_and_answered() {
     let peer = RtpPeer::bind();
     let scenario =
         sipp::gateway_hangs_up("+12125550100", &sipp::sdp_offer(peer.port(), G711_OFFER));
-    let (dir, target) = (gateway.dir.clone(), gateway.udp);
-    let caller = std::thread::spawn(move || {
-        sipp::run(
-            &dir,
-            "call",
-            &scenario,
-            target,
-            SipTransport::Udp,
-            "127.0.0.1",
-        )
-    });
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
     bot.wait_event("start", |_| true, Duration::from_secs(10));
     let twiml = "<Response><Dial callerId=\"+12125550199\"><Sip>sip:agent@pbx.example;transport=tcp</Sip></Dial></Response>";
     bot.send(BotCommand::Json(

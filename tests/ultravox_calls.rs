@@ -11,7 +11,7 @@ use common::gateway::{config_with, GatewayProcess};
 use common::http_server::HttpServer;
 use common::raw_sip::{status, RawSip};
 use common::rtp_peer::RtpPeer;
-use common::sipp::{self, SipTransport, G711_OFFER};
+use common::sipp::{self, G711_OFFER};
 use common::ws_bot::{crossings_per_second, from_s16le, s16le, sine, WsBot};
 use serde_json::json;
 
@@ -58,17 +58,7 @@ fn ultravox_call_end_to_end() {
     let gateway = GatewayProcess::start("ultravox", &config(&format!("http://{}", rest.addr)));
     let peer = RtpPeer::bind();
     let scenario = sipp::caller_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER), 6000);
-    let (dir, target) = (gateway.dir.clone(), gateway.udp);
-    let caller = std::thread::spawn(move || {
-        sipp::run(
-            &dir,
-            "call",
-            &scenario,
-            target,
-            SipTransport::Udp,
-            "127.0.0.1",
-        )
-    });
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
 
     // REST step: the declared rates are the ones we use.
     let gateway_rtp = peer
@@ -169,17 +159,7 @@ fn hang_up_tool_ends_the_call() {
         GatewayProcess::start("ultravox-hangup", &config(&format!("http://{}", rest.addr)));
     let peer = RtpPeer::bind();
     let scenario = sipp::gateway_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER));
-    let (dir, target) = (gateway.dir.clone(), gateway.udp);
-    let caller = std::thread::spawn(move || {
-        sipp::run(
-            &dir,
-            "call",
-            &scenario,
-            target,
-            SipTransport::Udp,
-            "127.0.0.1",
-        )
-    });
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
     peer.wait_first_packet(Duration::from_secs(10))
         .expect("answered");
     ws.send_json(json!({"type": "client_tool_invocation", "toolName": "hangUp", "invocationId": "inv-9", "parameters": {}}));

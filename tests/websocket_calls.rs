@@ -166,17 +166,7 @@ fn reconnect_once_survives_one_mid_call_drop() {
     );
     let peer = RtpPeer::bind();
     let scenario = sipp::caller_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER), 4000);
-    let (dir, target) = (gateway.dir.clone(), gateway.udp);
-    let caller = std::thread::spawn(move || {
-        sipp::run(
-            &dir,
-            "call",
-            &scenario,
-            target,
-            SipTransport::Udp,
-            "127.0.0.1",
-        )
-    });
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
     ws.wait_text("event", "start", Duration::from_secs(10));
     let gateway_rtp = peer
         .wait_first_packet(Duration::from_secs(10))
@@ -226,17 +216,7 @@ fn without_reconnect_a_drop_hangs_up_with_on_failure() {
     );
     let peer = RtpPeer::bind();
     let scenario = sipp::gateway_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER));
-    let (dir, target) = (gateway.dir.clone(), gateway.udp);
-    let caller = std::thread::spawn(move || {
-        sipp::run(
-            &dir,
-            "call",
-            &scenario,
-            target,
-            SipTransport::Udp,
-            "127.0.0.1",
-        )
-    });
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
     ws.wait_text("event", "start", Duration::from_secs(10));
     peer.wait_first_packet(Duration::from_secs(10))
         .expect("answered");
@@ -256,17 +236,7 @@ fn bot_sends_dtmf_as_rfc4733_events() {
     );
     let peer = RtpPeer::bind();
     let scenario = sipp::caller_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER), 3000);
-    let (dir, target) = (gateway.dir.clone(), gateway.udp);
-    let caller = std::thread::spawn(move || {
-        sipp::run(
-            &dir,
-            "call",
-            &scenario,
-            target,
-            SipTransport::Udp,
-            "127.0.0.1",
-        )
-    });
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
     ws.wait_text("event", "start", Duration::from_secs(10));
     peer.wait_first_packet(Duration::from_secs(10))
         .expect("answered");
@@ -314,17 +284,7 @@ fn silence_suppression_sends_talkspurts_with_markers() {
     let gateway = GatewayProcess::start("websocket-dtx", &config);
     let peer = RtpPeer::bind();
     let scenario = sipp::caller_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER), 3000);
-    let (dir, target) = (gateway.dir.clone(), gateway.udp);
-    let caller = std::thread::spawn(move || {
-        sipp::run(
-            &dir,
-            "call",
-            &scenario,
-            target,
-            SipTransport::Udp,
-            "127.0.0.1",
-        )
-    });
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
     ws.wait_text("event", "start", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
     assert!(

@@ -175,6 +175,25 @@ pub fn run(
     run_with(dir, name, scenario, target, transport, source_ip, &[])
 }
 
+/// Runs one call of `scenario` over UDP from 127.0.0.1 on its own thread,
+/// so the test can play the caller's RTP meanwhile; join for sipp's output.
+pub fn spawn_udp_call(
+    gateway: &super::gateway::GatewayProcess,
+    scenario: String,
+) -> std::thread::JoinHandle<Output> {
+    let (dir, target) = (gateway.dir.clone(), gateway.udp);
+    std::thread::spawn(move || {
+        run(
+            &dir,
+            "call",
+            &scenario,
+            target,
+            SipTransport::Udp,
+            "127.0.0.1",
+        )
+    })
+}
+
 /// Caller plays RFC 4733 digits with sipp's own RTP (`play_pcap_audio` of
 /// the pcaps Debian's sip-tester ships), then hangs up. The SDP offers
 /// sipp's media port, so `run_with` must pass a free `-mp`.
