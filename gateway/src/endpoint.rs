@@ -221,7 +221,7 @@ impl Endpoint {
                     }
                 }
             }
-            TransactionEvent::Timeout { tx } => {
+            TransactionEvent::Timeout { tx } | TransactionEvent::Unreachable { tx } => {
                 if let Some(call_id) = client_txs.remove(&tx) {
                     if let Some(call) = calls.get(&call_id) {
                         forward(call, CallInput::RequestTimeout { tx }, &call_id);

@@ -7,6 +7,7 @@
 //! Content-Length (see DESIGN.md §6).
 
 pub mod dialog;
+pub mod digest;
 pub mod framing;
 pub mod headers;
 pub mod message;

@@ -7,7 +7,10 @@ use super::message::{Request, Response};
 use super::uri::NameAddr;
 
 /// A response to `request`: Vias, From, Call-ID and CSeq copied, To given
-/// our tag unless it has one (or this is a 100, which carries none).
+/// our tag unless it has one (or this is a 100, which carries none). A
+/// response that can create a dialog (101-299 to an INVITE or SUBSCRIBE)
+/// also copies the Record-Route headers in order (RFC 3261 §12.1.1), so
+/// proxies that record-routed stay on the path of the dialog's requests.
 pub fn response_for(
     request: &Request,
     status: u16,
@@ -22,6 +25,15 @@ pub fn response_for(
     };
     for via in request.headers.get_all("Via") {
         response.headers.push("Via", via);
+    }
+    let creates_dialog = matches!(
+        request.method,
+        super::message::Method::Invite | super::message::Method::Subscribe
+    ) && (101..300).contains(&status);
+    if creates_dialog {
+        for route in request.headers.get_all("Record-Route") {
+            response.headers.push("Record-Route", route);
+        }
     }
     if let Some(from) = request.headers.get("From") {
         response.headers.push("From", from);
@@ -51,6 +63,7 @@ pub fn default_reason(status: u16) -> &'static str {
         180 => "Ringing",
         183 => "Session Progress",
         200 => "OK",
+        202 => "Accepted",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -58,19 +71,23 @@ pub fn default_reason(status: u16) -> &'static str {
         405 => "Method Not Allowed",
         407 => "Proxy Authentication Required",
         408 => "Request Timeout",
+        410 => "Gone",
         415 => "Unsupported Media Type",
         423 => "Interval Too Brief",
+        420 => "Bad Extension",
         480 => "Temporarily Unavailable",
         481 => "Call/Transaction Does Not Exist",
         482 => "Loop Detected",
         486 => "Busy Here",
         487 => "Request Terminated",
+        489 => "Bad Event",
         488 => "Not Acceptable Here",
         491 => "Request Pending",
         500 => "Server Internal Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
         504 => "Server Time-out",
+        502 => "Bad Gateway",
         600 => "Busy Everywhere",
         603 => "Decline",
         _ => "Unknown",
@@ -94,4 +111,44 @@ pub fn new_branch() -> String {
 
 pub fn new_call_id(host: &str) -> String {
     format!("{}@{host}", random_hex(24))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::framing::parse_message;
+    use crate::sip::message::SipMessage;
+
+    fn invite() -> Request {
+        let text = "INVITE sip:100@10.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKp, SIP/2.0/UDP 10.0.0.9;branch=z9hG4bKa\r\nRecord-Route: <sip:p2.example.com;lr>\r\nRecord-Route: <sip:p1.example.com;lr>\r\nFrom: <sip:a@example.com>;tag=f\r\nTo: <sip:100@10.0.0.1>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\nContact: <sip:a@10.0.0.9>\r\nContent-Length: 0\r\n\r\n";
+        match parse_message(text.as_bytes()).unwrap() {
+            SipMessage::Request(request) => request,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn dialog_creating_responses_copy_record_route_in_order() {
+        let request = invite();
+        for status in [180, 183, 200] {
+            let response = response_for(&request, status, "x", Some("t"));
+            assert_eq!(
+                response.headers.get_all("Record-Route").collect::<Vec<_>>(),
+                vec!["<sip:p2.example.com;lr>", "<sip:p1.example.com;lr>"],
+                "{status}"
+            );
+        }
+        for status in [100, 486] {
+            let response = response_for(&request, status, "x", Some("t"));
+            assert_eq!(response.headers.get("Record-Route"), None, "{status}");
+        }
+        assert_eq!(
+            response_for(&request, 200, "OK", None)
+                .headers
+                .get_all("Via")
+                .count(),
+            1,
+            "a comma-joined Via is copied as received"
+        );
+    }
 }

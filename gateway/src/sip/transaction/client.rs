@@ -80,6 +80,12 @@ impl ClientTx {
         };
         match (self.state, response.status) {
             (State::Sent | State::Proceeding, 100..=199) => {
+                if self.is_invite && self.state == State::Sent {
+                    // Timer B runs only while Calling: a ringing INVITE
+                    // lasts as long as the TU lets it (ring timeout, then
+                    // CANCEL). Capped so a TU that forgets it cannot leak it.
+                    self.expire_at = Some(now + super::server::INVITE_ANSWER_LIMIT);
+                }
                 self.state = State::Proceeding;
                 outcome.deliver = true;
                 if self.is_invite {
@@ -143,6 +149,15 @@ impl ClientTx {
             self.retransmit_at = Some(now + self.interval);
         }
         outcome
+    }
+
+    /// We sent a CANCEL for this INVITE: its final response must come within
+    /// 64*T1 or the transaction ends (§9.1).
+    pub(super) fn cancelled(&mut self, now: Instant, timers: &Timers) {
+        if self.is_invite && matches!(self.state, State::Sent | State::Proceeding) {
+            let limit = now + timers.t1 * 64;
+            self.expire_at = Some(self.expire_at.map_or(limit, |at| at.min(limit)));
+        }
     }
 
     /// The ACK for a non-2xx final (§17.1.1.3): same branch, To from the response.

@@ -3,7 +3,13 @@
 use std::time::{Duration, Instant};
 
 use super::{Peer, ServerKey, Timers};
-use crate::sip::message::{Method, Request};
+use crate::sip::message::{Method, Request, Response};
+use crate::sip::response::new_tag;
+
+/// Longest an INVITE may go unanswered before the transaction answers it
+/// 500 itself: above the longest ring time a call may wait for (600 s), so
+/// only an owner that vanished hits it.
+pub(super) const INVITE_ANSWER_LIMIT: Duration = Duration::from_secs(660);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -22,10 +28,13 @@ pub(super) struct ServerTx {
     pub(super) key: ServerKey,
     pub(super) peer: Peer,
     pub(super) call_id: String,
-    cseq: u32,
-    is_invite: bool,
+    pub(super) cseq: u32,
+    pub(super) is_invite: bool,
     state: State,
     pub(super) last_response: Option<Vec<u8>>,
+    /// The 100 Trying of an INVITE: the template of a final response the
+    /// transaction sends itself when nobody else does.
+    pub(super) trying: Option<Response>,
     retransmit_at: Option<Instant>,
     interval: Duration,
     expire_at: Option<Instant>,
@@ -35,21 +44,39 @@ pub(super) struct ServerTimeout {
     pub resend: Option<Vec<u8>>,
     pub ack_timeout: bool,
     pub terminated: bool,
+    /// Nobody answered: send this final response (an INVITE's 500).
+    pub give_up: Option<Response>,
 }
 
 impl ServerTx {
-    pub(super) fn new(key: ServerKey, peer: Peer, request: &Request) -> Self {
+    pub(super) fn new(
+        key: ServerKey,
+        peer: Peer,
+        request: &Request,
+        now: Instant,
+        timers: &Timers,
+    ) -> Self {
+        let is_invite = request.method == Method::Invite;
         ServerTx {
             key,
             peer,
             call_id: request.call_id().unwrap_or_default().to_string(),
             cseq: request.cseq().map(|(n, _)| n).unwrap_or(0),
-            is_invite: request.method == Method::Invite,
+            is_invite,
             state: State::Proceeding,
             last_response: None,
+            trying: None,
             retransmit_at: None,
             interval: Duration::ZERO,
-            expire_at: None,
+            // Every transaction ends, answered or not. A non-INVITE's client
+            // gives up after 64*T1 (Timer F); an INVITE is answered 500.
+            expire_at: Some(
+                now + if is_invite {
+                    INVITE_ANSWER_LIMIT
+                } else {
+                    timers.t1 * 64
+                },
+            ),
         }
     }
 
@@ -57,11 +84,23 @@ impl ServerTx {
         self.state == State::Proceeding
     }
 
-    pub(super) fn awaits_ack(&self, call_id: &str, cseq: u32) -> bool {
-        self.is_invite
-            && self.state == State::Accepted
-            && self.call_id == call_id
-            && self.cseq == cseq
+    pub(super) fn awaits_ack(&self) -> bool {
+        self.is_invite && self.state == State::Accepted
+    }
+
+    /// The final response for an INVITE nobody answered.
+    pub(super) fn abandoned_response(&self) -> Option<Response> {
+        if self.state != State::Proceeding {
+            return None;
+        }
+        let mut response = self.trying.clone()?;
+        response.status = 500;
+        response.reason = "Server Internal Error".into();
+        if let Some(to) = response.headers.get("To") {
+            let tagged = format!("{to};tag={}", new_tag());
+            response.headers.set("To", &tagged);
+        }
+        Some(response)
     }
 
     pub(super) fn deadline(&self) -> Option<Instant> {
@@ -90,6 +129,7 @@ impl ServerTx {
         if status < 200 {
             return false;
         }
+        self.trying = None;
         if !self.is_invite {
             self.state = State::Completed;
             if reliable {
@@ -134,8 +174,15 @@ impl ServerTx {
             resend: None,
             ack_timeout: false,
             terminated: false,
+            give_up: None,
         };
         if self.expire_at.is_some_and(|at| at <= now) {
+            if self.state == State::Proceeding {
+                outcome.give_up = self.abandoned_response();
+                if outcome.give_up.is_some() {
+                    return outcome;
+                }
+            }
             outcome.terminated = true;
             outcome.ack_timeout = self.state == State::Accepted;
             return outcome;

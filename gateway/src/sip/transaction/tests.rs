@@ -420,3 +420,104 @@ fn two_layers_over_a_lossy_network() {
         "recovered within a few retransmissions"
     );
 }
+
+/// A request nobody answers still ends: the INVITE with a 500 of its own,
+/// the non-INVITE silently once its client has given up (64*T1).
+#[test]
+fn unanswered_server_transactions_end() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    new_request_tx(&mut layer, request("INVITE", "z9hG4bKu1", 1), UDP, t0);
+    new_request_tx(&mut layer, request("INFO", "z9hG4bKu2", 2), UDP, t0);
+    drain(&mut layer);
+    layer.handle_timeout(t0 + Duration::from_secs(33));
+    let (sent, _) = drain(&mut layer);
+    assert!(sent.is_empty());
+    assert_eq!(layer.len(), 1, "the INFO ended after 64*T1");
+    layer.handle_timeout(t0 + server::INVITE_ANSWER_LIMIT);
+    let (sent, _) = drain(&mut layer);
+    assert_eq!(sent, vec!["SIP/2.0 500 Server Internal Error"]);
+    // Then the usual non-2xx life: ACK or Timer H.
+    layer.handle_timeout(t0 + server::INVITE_ANSWER_LIMIT + Duration::from_secs(40));
+    assert!(layer.is_empty());
+}
+
+/// `abandon` answers a pending INVITE for an owner that is gone; its 500
+/// carries a To tag like any final response.
+#[test]
+fn abandoned_invite_is_answered_500_with_a_tag() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    let tx = new_request_tx(&mut layer, request("INVITE", "z9hG4bKab", 1), TCP, t0);
+    drain(&mut layer);
+    layer.abandon(tx, t0);
+    let transmit = layer.poll_transmit().unwrap();
+    let SipMessage::Response(response) = parse_message(&transmit.bytes).unwrap() else {
+        panic!("not a response")
+    };
+    assert_eq!(response.status, 500);
+    assert!(response.to().unwrap().tag().is_some());
+}
+
+/// A ringing INVITE is not ended by Timer B; a CANCEL gives it 64*T1 for
+/// its final response.
+#[test]
+fn ringing_client_invite_lives_until_cancelled() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    let invite = request("INVITE", "z9hG4bKring", 1);
+    layer.send_request(invite.clone(), UDP, t0);
+    drain(&mut layer);
+    let ringing = crate::sip::response::response_for(&invite, 180, "Ringing", Some("r"));
+    layer.handle_input(SipMessage::Response(ringing), UDP, t0);
+    drain(&mut layer);
+    let (_, events) = run_until(&mut layer, t0, Duration::from_secs(120));
+    assert!(
+        events.is_empty(),
+        "still ringing after 2 minutes: {events:?}"
+    );
+    assert_eq!(layer.len(), 1);
+    let mut cancel = request("CANCEL", "z9hG4bKring", 1);
+    cancel.headers.set("CSeq", "1 CANCEL");
+    let at = t0 + Duration::from_secs(120);
+    layer.send_request(cancel, UDP, at);
+    drain(&mut layer);
+    let (_, events) = run_until(&mut layer, at, Duration::from_secs(40));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, TransactionEvent::Timeout { .. }))
+            .count(),
+        2,
+        "both the CANCEL and the INVITE time out without answers"
+    );
+    assert!(layer.is_empty());
+}
+
+/// The heap never walks: ten thousand transactions, each with its own
+/// timers, fire in order and leave nothing behind.
+#[test]
+fn many_transactions_fire_in_order_and_drain() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    for n in 0..10_000u32 {
+        let at = t0 + Duration::from_millis(n as u64);
+        let bye = request("BYE", &format!("z9hG4bKm{n}"), n + 2);
+        let tx = new_request_tx(&mut layer, bye.clone(), UDP, at);
+        layer.send_response(
+            tx,
+            crate::sip::response::response_for(&bye, 200, "OK", None),
+            at,
+        );
+    }
+    drain(&mut layer);
+    assert_eq!(layer.len(), 10_000);
+    let mut last = t0;
+    while let Some(next) = layer.poll_timeout() {
+        assert!(next >= last);
+        last = next;
+        layer.handle_timeout(next);
+    }
+    assert!(layer.is_empty());
+    assert_eq!(layer.scheduled(), 0);
+}
