@@ -2,6 +2,7 @@
 //! bot session. The endpoint talks to a call only through [`CallInput`]; the
 //! call talks back through [`EndpointCommand`].
 
+pub mod leg;
 pub mod media;
 mod ports;
 mod recording;

@@ -75,6 +75,14 @@ pub struct ServerTxId(u64);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientTxId(u64);
 
+#[cfg(test)]
+impl ServerTxId {
+    /// An id for tests that hand a leg requests without a transaction layer.
+    pub fn for_tests(id: u64) -> ServerTxId {
+        ServerTxId(id)
+    }
+}
+
 #[derive(Debug)]
 pub struct Transmit {
     pub peer: Peer,
