@@ -355,15 +355,20 @@ fn voiceflow_actions_are_parsed_delivered_and_answered() {
     ));
     let (_, result) = bot.wait_event("action_result", |_| true, Duration::from_secs(3));
     assert_eq!(result["name"], "dial");
-    assert_eq!(
-        result["ok"], false,
-        "transfers come with the call-control work"
+    // No [dial] allow in this config: the toll-fraud guard refuses every
+    // target, and no INVITE leaves.
+    assert_eq!(result["ok"], false);
+    assert!(
+        result["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not an allowed dial target")),
+        "{result}"
     );
     gateway.wait_for_log(
         &[
-            "not available yet",
+            "dial refused",
+            "[dial] allow",
             "sip:agent@pbx.example;transport=tcp",
-            "+12125550199",
         ],
         Duration::from_secs(2),
     );

@@ -133,7 +133,8 @@ fn ultravox_call_end_to_end() {
         rms(&after)
     );
 
-    // A transfer tool call is answered (transfers arrive with a later issue).
+    // A transfer tool call is answered; with no [dial] allow the target is
+    // refused by the toll-fraud guard.
     ws.send_json(json!({
         "type": "client_tool_invocation",
         "toolName": "transferCall",
@@ -142,7 +143,10 @@ fn ultravox_call_end_to_end() {
     }));
     let (_, result) = ws.wait_text("type", "client_tool_result", Duration::from_secs(3));
     assert_eq!(result["invocationId"], "inv-1");
-    gateway.wait_for_log(&["action", "dial"], Duration::from_secs(2));
+    gateway.wait_for_log(
+        &["dial refused", "[dial] allow", "sip:agent@127.0.0.1"],
+        Duration::from_secs(2),
+    );
 
     let output = caller.join().unwrap();
     sipp::assert_success(&output, &gateway.dir);

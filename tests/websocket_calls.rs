@@ -130,14 +130,19 @@ fn websocket_bot_call_end_to_end() {
         "playout went on after clear"
     );
 
-    // A Voiceflow-style TwiML transfer is parsed and answered.
+    // A Voiceflow-style TwiML transfer is parsed and answered: refused, as
+    // this config allows no dial target.
     let twiml = "<Response><Dial><Sip>sip:agent@127.0.0.1;transport=tcp</Sip></Dial></Response>";
     ws.send_json(json!({"event": "action", "name": "twiml", "body": twiml}));
     let (_, result) = ws.wait_text("event", "action_result", Duration::from_secs(3));
     assert_eq!(result["name"], "dial");
     assert_eq!(result["ok"], false);
     gateway.wait_for_log(
-        &["not available yet", "sip:agent@127.0.0.1;transport=tcp"],
+        &[
+            "dial refused",
+            "[dial] allow",
+            "sip:agent@127.0.0.1;transport=tcp",
+        ],
         Duration::from_secs(2),
     );
     // A malformed one is refused without ending the call.

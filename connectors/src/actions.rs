@@ -99,10 +99,8 @@ fn forward_call(body: &Value) -> Result<Action, String> {
         .ok_or_else(|| format!("{number:?} is neither a SIP URI nor a phone number"))?;
     Ok(Action::Dial(DialTarget {
         uri,
-        caller_id: None,
-        username: None,
-        password: None,
         timeout_secs: FORWARD_TIMEOUT_SECS,
+        ..DialTarget::default()
     }))
 }
 
@@ -170,10 +168,8 @@ mod tests {
     fn dial(uri: &str) -> Action {
         Action::Dial(DialTarget {
             uri: uri.into(),
-            caller_id: None,
-            username: None,
-            password: None,
             timeout_secs: FORWARD_TIMEOUT_SECS,
+            ..DialTarget::default()
         })
     }
 

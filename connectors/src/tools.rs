@@ -51,10 +51,8 @@ pub(crate) fn tool_action(kind: ToolKind, parameters: Option<&Value>) -> Result<
             }
             Ok(Action::Dial(DialTarget {
                 uri: target.to_owned(),
-                caller_id: None,
-                username: None,
-                password: None,
                 timeout_secs: DIAL_TIMEOUT_SECS,
+                ..DialTarget::default()
             }))
         }
         ToolKind::Hangup => {

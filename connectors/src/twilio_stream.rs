@@ -47,7 +47,7 @@ const BOT_FRAME_SAMPLES: usize = 160;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// We have no Twilio account: bots only echo it back in logs, so a fixed,
 /// obviously fake SID is more honest than a random one.
-const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
+pub const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
 
 /// Bots disagree on base64 padding; accept both rather than drop their audio.
 const BASE64: GeneralPurpose = GeneralPurpose::new(
@@ -151,19 +151,7 @@ fn custom_parameters(call: &CallInfo) -> BTreeMap<String, String> {
     params
 }
 
-/// `"CA"` + 32 hex digits derived from the SIP Call-ID (FNV-1a, 128 bit), so
-/// the same call always shows the same callSid in the bot's logs.
-fn call_sid(call_id: &str) -> String {
-    if call_id.is_empty() {
-        return format!("CA{:032x}", rand::rng().random::<u128>());
-    }
-    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
-    let hash = call_id
-        .bytes()
-        .fold(OFFSET, |h, b| (h ^ u128::from(b)).wrapping_mul(PRIME));
-    format!("CA{hash:032x}")
-}
+use switchboard_flows::call_sid;
 
 // ---- messages we send -------------------------------------------------------
 

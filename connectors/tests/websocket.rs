@@ -267,10 +267,10 @@ async fn actions_and_their_results() {
             target,
             DialTarget {
                 uri: "sip:agent@pbx;transport=tcp?X-Case=42".into(),
-                caller_id: None,
                 username: Some("u".into()),
                 password: Some("p".into()),
                 timeout_secs: 20,
+                ..DialTarget::default()
             }
         ),
         other => panic!("expected a dial, got {other:?}"),

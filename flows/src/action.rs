@@ -1,7 +1,12 @@
 //! Actions a bot can ask of the call: the one vocabulary shared by bot tool
 //! calls, TwiML and (later) the HTTP API.
 
-/// Where a transfer should go.
+/// Ring time of a dial nobody set one for (Twilio's `<Dial>` default).
+pub const DEFAULT_DIAL_TIMEOUT_SECS: u32 = 30;
+/// Longest bridged call when nobody set `timeLimit` (Twilio's: 4 hours).
+pub const DEFAULT_TIME_LIMIT_SECS: u32 = 14_400;
+
+/// Where a transfer should go and how, as `<Dial>` describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DialTarget {
     /// SIP URI of the human or system to reach, e.g. `sip:agent@pbx;transport=tcp`.
@@ -13,6 +18,31 @@ pub struct DialTarget {
     pub password: Option<String>,
     /// Ring time before giving up.
     pub timeout_secs: u32,
+    /// Longest the bridged call may last.
+    pub time_limit_secs: u32,
+    /// `<Dial action>`: told how the dial ended; its TwiML runs next.
+    pub action: Option<String>,
+    /// `<Dial method>` for the action: POST (default) or GET.
+    pub method_get: bool,
+    /// `<Dial hangupOnStar>`: the caller's `*` drops the callee and returns
+    /// the caller to the flow.
+    pub hangup_on_star: bool,
+}
+
+impl Default for DialTarget {
+    fn default() -> Self {
+        DialTarget {
+            uri: String::new(),
+            caller_id: None,
+            username: None,
+            password: None,
+            timeout_secs: DEFAULT_DIAL_TIMEOUT_SECS,
+            time_limit_secs: DEFAULT_TIME_LIMIT_SECS,
+            action: None,
+            method_get: false,
+            hangup_on_star: false,
+        }
+    }
 }
 
 /// Something a bot wants the gateway to do with the call.

@@ -29,6 +29,25 @@ pub struct FlowConfig {
     /// Processing of the caller's audio before the bot hears it.
     #[serde(default)]
     pub audio: AudioConfig,
+    /// How a bot's transfer (`<Dial><Sip>`, `forward-call`, a transfer
+    /// tool) reaches the human: bridged through the gateway (default), or
+    /// handed to the caller's side with REFER.
+    #[serde(default)]
+    pub transfer: TransferMode,
+}
+
+/// How transfers leave a flow.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferMode {
+    /// The gateway dials the target and bridges the caller to it (B2BUA).
+    #[default]
+    Bridge,
+    /// REFER the caller's side to the target (blind transfer); a refused or
+    /// failed REFER returns the caller to the bot.
+    Refer,
+    /// REFER, and bridge instead when the REFER is refused or fails.
+    ReferOrBridge,
 }
 
 /// Echo cancellation (the bot's own voice coming back from a speakerphone),
@@ -127,6 +146,8 @@ fn default_connect_timeout_ms() -> u64 {
 pub enum OnFailure {
     /// Reject (before answer) or end (after) the call with this SIP status.
     Hangup(u16),
+    /// Send the caller to a human at this SIP URI (before or after answer).
+    Dial(String),
 }
 
 impl Default for OnFailure {
@@ -200,10 +221,14 @@ impl FlowConfig {
                 ));
             }
         }
-        match self.on_failure {
-            OnFailure::Hangup(code) if !(400..=699).contains(&code) => Err(FlowError::new(
+        match &self.on_failure {
+            OnFailure::Hangup(code) if !(400..=699).contains(code) => Err(FlowError::new(
                 "on_failure.hangup",
                 format!("{code} is not a SIP failure status (400-699)"),
+            )),
+            OnFailure::Dial(uri) if !crate::twiml::is_sip_uri(uri) => Err(FlowError::new(
+                "on_failure.dial",
+                format!("{uri:?} is not a sip: or sips: URI"),
             )),
             _ => Ok(()),
         }
@@ -244,6 +269,23 @@ mod tests {
             "[[flows]]\nname = \"t\"\nbot = { kind = \"twilio_stream\", url = \"ws://127.0.0.1:1/\" }\non_failure = { hangup = 200 }\n",
         );
         assert_eq!(flow.validate().unwrap_err().key, "on_failure.hangup");
+    }
+
+    #[test]
+    fn on_failure_dial_and_transfer_mode() {
+        let flow = parse(
+            "[[flows]]\nname = \"t\"\nbot = { kind = \"echo\" }\non_failure = { dial = \"sip:desk@127.0.0.1\" }\ntransfer = \"refer_or_bridge\"\n",
+        );
+        assert_eq!(
+            flow.on_failure,
+            OnFailure::Dial("sip:desk@127.0.0.1".into())
+        );
+        assert_eq!(flow.transfer, TransferMode::ReferOrBridge);
+        flow.validate().unwrap();
+        let flow = parse(
+            "[[flows]]\nname = \"t\"\nbot = { kind = \"echo\" }\non_failure = { dial = \"desk\" }\n",
+        );
+        assert_eq!(flow.validate().unwrap_err().key, "on_failure.dial");
     }
 
     #[test]

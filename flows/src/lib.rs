@@ -7,12 +7,14 @@
 pub mod action;
 pub mod bots;
 pub mod flow;
+mod sid;
 pub mod twiml;
 
-pub use action::{Action, DialTarget};
+pub use action::{Action, DialTarget, DEFAULT_DIAL_TIMEOUT_SECS, DEFAULT_TIME_LIMIT_SECS};
 pub use bots::{OpenAiRealtimeConfig, RealtimeAudio, ToolKind, UltravoxConfig, WebsocketBotConfig};
 pub use flow::{
     AudioConfig, BotConfig, EchoBotConfig, FlowConfig, FlowError, OnFailure, RecordingConfig,
-    TwilioStreamConfig,
+    TransferMode, TwilioStreamConfig,
 };
+pub use sid::call_sid;
 pub use twiml::{actions_from_twiml, parse_twiml, Dial, DialNoun, TwimlError, Verb};

@@ -23,8 +23,7 @@ pub const MAX_ELEMENTS: usize = 256;
 pub const MAX_DEPTH: usize = 8;
 /// Longest SIP URI accepted, X- headers included (PROTOCOLS.md §1).
 const MAX_URI_LEN: usize = 1280;
-const DEFAULT_TIMEOUT_SECS: u32 = 30;
-const DEFAULT_TIME_LIMIT_SECS: u32 = 14_400;
+use crate::action::{DEFAULT_DIAL_TIMEOUT_SECS as DEFAULT_TIMEOUT_SECS, DEFAULT_TIME_LIMIT_SECS};
 
 /// One TwiML verb, in document order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +84,10 @@ pub struct Dial {
     pub answer_on_bridge: bool,
     /// `action`: URL told how the dialled leg ended.
     pub action: Option<String>,
+    /// `method` for the action: GET instead of the default POST.
+    pub method_get: bool,
+    /// `hangupOnStar`, default false.
+    pub hangup_on_star: bool,
     /// `record`, e.g. `record-from-answer`.
     pub record: Option<String>,
 }
@@ -154,6 +157,10 @@ pub fn actions_from_twiml(verbs: &[Verb]) -> Result<Vec<Action>, TwimlError> {
                     username: username.clone(),
                     password: password.clone(),
                     timeout_secs: dial.timeout_secs,
+                    time_limit_secs: dial.time_limit_secs,
+                    action: dial.action.clone(),
+                    method_get: dial.method_get,
+                    hangup_on_star: dial.hangup_on_star,
                 })),
                 DialNoun::Number(_) => Err(TwimlError::Unsupported("Number".into())),
             },
@@ -225,6 +232,15 @@ impl Element {
             Ok(())
         } else {
             Err(invalid(&self.name, "takes no content"))
+        }
+    }
+
+    fn bool_attr(&self, name: &str) -> Result<bool, TwimlError> {
+        match self.attr(name).map(str::trim) {
+            None => Ok(false),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+            Some(_) => Err(invalid(&self.name, format!("{name} must be true or false"))),
         }
     }
 
@@ -435,11 +451,13 @@ fn dial(element: &Element) -> Result<Dial, TwimlError> {
         // `<Dial>+15551234567</Dial>` is short for a `<Number>`.
         DialNoun::Number(phone_number(element, element.text()?)?)
     };
-    let answer_on_bridge = match element.attr("answerOnBridge").map(str::trim) {
+    let answer_on_bridge = element.bool_attr("answerOnBridge")?;
+    let hangup_on_star = element.bool_attr("hangupOnStar")?;
+    let method_get = match element.attr("method").map(str::trim) {
         None => false,
-        Some(v) if v.eq_ignore_ascii_case("true") => true,
-        Some(v) if v.eq_ignore_ascii_case("false") => false,
-        Some(_) => return Err(invalid("Dial", "answerOnBridge must be true or false")),
+        Some(m) if m.eq_ignore_ascii_case("POST") => false,
+        Some(m) if m.eq_ignore_ascii_case("GET") => true,
+        Some(_) => return Err(invalid("Dial", "method must be GET or POST")),
     };
     let record = match element.attr("record").map(str::trim) {
         None => None,
@@ -481,6 +499,8 @@ fn dial(element: &Element) -> Result<Dial, TwimlError> {
         caller_id,
         answer_on_bridge,
         action,
+        method_get,
+        hangup_on_star,
         record,
     })
 }

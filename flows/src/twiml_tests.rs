@@ -35,15 +35,14 @@ fn the_documented_example() {
         caller_id: None,
         answer_on_bridge: false,
         action: None,
+        method_get: false,
+        hangup_on_star: false,
         record: None,
     };
     assert_eq!(verbs, vec![Verb::Dial(expected)]);
     let target = DialTarget {
         uri: "sip:agent@pbx;transport=tcp".into(),
-        caller_id: None,
-        username: None,
-        password: None,
-        timeout_secs: 30,
+        ..DialTarget::default()
     };
     assert_eq!(actions_from_twiml(&verbs), Ok(vec![Action::Dial(target)]));
 }
@@ -78,6 +77,9 @@ fn dial_attributes_and_sip_credentials() {
         username: Some("bob".into()),
         password: Some("p<w\"d".into()),
         timeout_secs: 12,
+        time_limit_secs: 600,
+        action: Some("https://example.com/after?a=1&b=2".into()),
+        ..DialTarget::default()
     };
     assert_eq!(actions_from_twiml(&verbs), Ok(vec![Action::Dial(target)]));
 }

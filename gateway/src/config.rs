@@ -9,6 +9,7 @@ use std::ops::RangeInclusive;
 use serde::Deserialize;
 use switchboard_flows::FlowConfig;
 
+use crate::call::dial::{DialPolicy, Ringback};
 use crate::routing::Router;
 use crate::sip::transaction::Transport;
 
@@ -23,6 +24,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub api: ApiConfig,
+    #[serde(default)]
+    pub dial: DialConfig,
     #[serde(default)]
     pub trunks: Vec<TrunkConfig>,
     #[serde(default)]
@@ -39,6 +42,10 @@ pub struct SipConfig {
     /// wildcard or sits behind NAT.
     #[serde(default)]
     pub public_address: Option<IpAddr>,
+    /// Name servers (`IP:PORT`) for dial targets and registrars; the
+    /// system's (`/etc/resolv.conf`) when empty.
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
 }
 
 impl Default for SipConfig {
@@ -46,8 +53,23 @@ impl Default for SipConfig {
         Self {
             listen: default_listen(),
             public_address: None,
+            dns_servers: Vec::new(),
         }
     }
+}
+
+/// Where calls may be sent: the toll-fraud guard. Bots, TwiML and the API
+/// may only dial (or REFER to) targets one of `allow` matches; a flow's own
+/// `on_failure = { dial }` is the operator's and is not checked.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialConfig {
+    /// Regexes over the whole target URI, e.g. `'^sip:[^@]+@pbx\.example\.com(;|\?|$)'`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// What a caller hears while a transfer rings: `us`, `eu`, `uk` or `none`.
+    #[serde(default)]
+    pub ringback: Option<String>,
 }
 
 fn default_listen() -> Vec<String> {
@@ -315,11 +337,49 @@ impl Config {
                 )
             })?),
         };
+        let mut allow = Vec::with_capacity(self.dial.allow.len());
+        for (index, pattern) in self.dial.allow.iter().enumerate() {
+            allow.push(regex::Regex::new(pattern).map_err(|error| {
+                ConfigError::new(
+                    format!("dial.allow[{index}]"),
+                    format!("invalid regex: {error}"),
+                )
+            })?);
+        }
+        let ringback = match self
+            .dial
+            .ringback
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("us") => Ringback::Us,
+            Some("eu") => Ringback::Eu,
+            Some("uk") => Ringback::Uk,
+            Some("none") => Ringback::None,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "dial.ringback",
+                    format!("`{other}` is not us, eu, uk or none"),
+                ))
+            }
+        };
+        let mut dns_servers = Vec::with_capacity(self.sip.dns_servers.len());
+        for (index, text) in self.sip.dns_servers.iter().enumerate() {
+            dns_servers.push(text.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new(
+                    format!("sip.dns_servers[{index}]"),
+                    format!("`{text}` is not IP:PORT"),
+                )
+            })?);
+        }
         Ok(ValidConfig {
             listen,
             rtp_ports,
             router,
             api_listen,
+            dial: DialPolicy { allow, ringback },
+            dns_servers,
         })
     }
 }
@@ -332,6 +392,8 @@ pub struct ValidConfig {
     pub router: Router,
     /// Where the HTTP API listens, when it is on.
     pub api_listen: Option<SocketAddr>,
+    pub dial: DialPolicy,
+    pub dns_servers: Vec<SocketAddr>,
 }
 
 fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
@@ -409,5 +471,13 @@ mod tests {
         let mut config = parse(MINIMAL);
         config.flows.push(config.flows[0].clone());
         assert_eq!(config.validate().unwrap_err().key, "flows[1].name");
+
+        let mut config = parse(MINIMAL);
+        config.dial.allow = vec!["^sip:ok@".into(), "(unclosed".into()];
+        assert_eq!(config.validate().unwrap_err().key, "dial.allow[1]");
+
+        let mut config = parse(MINIMAL);
+        config.dial.ringback = Some("mars".into());
+        assert_eq!(config.validate().unwrap_err().key, "dial.ringback");
     }
 }

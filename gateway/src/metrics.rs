@@ -16,6 +16,7 @@ pub const CALLS_ACTIVE: &str = "switchboard_calls_active";
 pub const CALLS_ANSWERED: &str = "switchboard_calls_answered_total";
 pub const CALLS_REJECTED: &str = "switchboard_calls_rejected_total";
 pub const BOT_FAILURES: &str = "switchboard_bot_failures_total";
+pub const TRANSFERS: &str = "switchboard_transfers_total";
 pub const CALL_DURATION: &str = "switchboard_call_duration_seconds";
 pub const CALL_LOSS: &str = "switchboard_call_packet_loss_ratio";
 pub const CALL_JITTER: &str = "switchboard_call_jitter_ms";
@@ -43,6 +44,10 @@ pub fn describe() {
         "INVITEs refused with a final error status, by status"
     );
     describe_counter!(BOT_FAILURES, "Bots that could not be reached, by flow");
+    describe_counter!(
+        TRANSFERS,
+        "Transfers to a human, by outcome: answered, busy, no-answer, failed, canceled, referred, refused"
+    );
     describe_histogram!(CALL_DURATION, Unit::Seconds, "Answered call length");
     describe_histogram!(
         CALL_LOSS,
@@ -76,6 +81,10 @@ pub fn call_rejected(status: u16) {
 
 pub fn call_answered(flow: &str) {
     counter!(CALLS_ANSWERED, "flow" => flow.to_owned()).increment(1);
+}
+
+pub fn transfer_finished(outcome: &'static str) {
+    counter!(TRANSFERS, "outcome" => outcome).increment(1);
 }
 
 pub fn bot_failed(flow: &str) {

@@ -10,9 +10,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::ApiServer;
+use crate::call::dial::CallShared;
 use crate::call::RtpPorts;
 use crate::config::{Config, ValidConfig};
 use crate::endpoint::{Endpoint, EndpointState, FlowRuntime, MediaSettings};
+use crate::sip::resolve::Resolver;
 use crate::sip::transaction::Transport;
 use crate::transport::{Transports, INBOUND_CAPACITY};
 
@@ -60,28 +62,39 @@ impl Gateway {
             router: valid.router,
             flows,
             max_calls: config.limits.max_calls,
-            media: MediaSettings {
-                public_ip: config.sip.public_address,
-                rtp_timeout: Duration::from_secs(config.media.rtp_timeout_secs),
-                jitter_depth_ms: config.media.jitter_depth_ms,
-                jitter_adaptive: config.media.jitter_adaptive.then(|| {
-                    switchboard_media::jitter::AdaptiveConfig {
-                        min_depth_ms: config.media.jitter_min_ms,
-                        max_depth_ms: config.media.jitter_max_ms,
-                        ..Default::default()
-                    }
-                }),
-                suppress_silence: config.media.send_silence == crate::config::SendSilence::Never,
-                codecs: switchboard_media::sdp::CodecPreferences::new(
-                    &config
-                        .media
-                        .codecs
-                        .iter()
-                        .filter_map(|name| crate::config::codec_named(name))
-                        .collect::<Vec<_>>(),
-                ),
-            },
-            rtp_ports: Arc::new(RtpPorts::new(valid.rtp_ports)),
+            calls: Arc::new(CallShared {
+                media: MediaSettings {
+                    public_ip: config.sip.public_address,
+                    rtp_timeout: Duration::from_secs(config.media.rtp_timeout_secs),
+                    jitter_depth_ms: config.media.jitter_depth_ms,
+                    jitter_adaptive: config.media.jitter_adaptive.then(|| {
+                        switchboard_media::jitter::AdaptiveConfig {
+                            min_depth_ms: config.media.jitter_min_ms,
+                            max_depth_ms: config.media.jitter_max_ms,
+                            ..Default::default()
+                        }
+                    }),
+                    suppress_silence: config.media.send_silence
+                        == crate::config::SendSilence::Never,
+                    codecs: switchboard_media::sdp::CodecPreferences::new(
+                        &config
+                            .media
+                            .codecs
+                            .iter()
+                            .filter_map(|name| crate::config::codec_named(name))
+                            .collect::<Vec<_>>(),
+                    ),
+                },
+                rtp_ports: Arc::new(RtpPorts::new(valid.rtp_ports)),
+                dial: valid.dial,
+                http: http_client(),
+                resolver: if valid.dns_servers.is_empty() {
+                    Resolver::system()
+                } else {
+                    Resolver::with_servers(&valid.dns_servers)
+                },
+                local: local.clone(),
+            }),
             inbound,
             shutdown: state_watch.clone(),
             active_calls: active_tx,
@@ -151,4 +164,16 @@ impl Gateway {
             api.stop().await;
         }
     }
+}
+
+/// The HTTP client calls use for webhooks: no redirects to other hosts'
+/// surprises, bounded waits.
+fn http_client() -> reqwest::Client {
+    switchboard_connectors::install_crypto_provider();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
 }

@@ -14,10 +14,12 @@ pub mod jitter;
 mod jitter_adapt;
 pub mod pacer;
 pub mod plc;
+pub mod relay;
 pub mod resample;
 pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
+pub mod tone;
 
 pub use codec::{AudioDecoder, AudioEncoder, Codec, CodecError, Decoder, Encoder, OpusConfig};
 pub use frame::{AudioFormat, AudioFrame, FRAME_MS, MAX_FRAME_SAMPLES};
@@ -25,6 +27,7 @@ pub use g711::G711;
 pub use jitter::{AdaptiveConfig, JitterBuffer, JitterConfig, JitterStats, Playout, PushOutcome};
 pub use pacer::{FrameKind, Pacer, PacerEvent};
 pub use plc::Concealer;
+pub use relay::{Rewritten, RtpRewriter};
 pub use resample::{ResampleError, Resampler};
 pub use rtp::{is_rtcp, write_rtp, RtpError, RtpPacket, RtpSender};
 pub use sdp::{

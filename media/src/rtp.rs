@@ -187,6 +187,13 @@ impl RtpSender {
         n
     }
 
+    /// Carries on from where another sender of the same stream left off
+    /// (a relay that spoke for us while a call was bridged).
+    pub fn resume_at(&mut self, sequence: u16, timestamp: u32) {
+        self.sequence = sequence;
+        self.timestamp = timestamp;
+    }
+
     /// Lets time pass without sending (silence suppression): the receiver
     /// sees a timestamp jump with contiguous sequence numbers.
     pub fn skip(&mut self, samples: u32) {

@@ -88,6 +88,8 @@ pub struct MediaPipeline {
     remote_rtcp: Option<SocketAddr>,
     /// The caller multiplexes RTCP on its RTP port (RFC 5761): answer there.
     rtcp_mux: bool,
+    /// Someone else (a relay) sends the caller's RTP for now.
+    send_paused: bool,
 }
 
 /// What one 20 ms tick produced.
@@ -168,7 +170,57 @@ impl MediaPipeline {
             rtcp,
             remote_rtcp: None,
             rtcp_mux: false,
+            send_paused: false,
         })
+    }
+
+    /// Stops (or resumes) sending to the far end while a relay speaks for
+    /// us; resuming carries on the stream from [`Self::resume_rtp`].
+    pub fn pause_sending(&mut self, paused: bool) {
+        self.send_paused = paused;
+    }
+
+    /// Our outgoing stream: SSRC, next sequence number, next timestamp.
+    pub fn rtp_position(&self) -> (u32, u16, u32) {
+        (
+            self.sender.ssrc(),
+            self.sender.sequence(),
+            self.sender.timestamp(),
+        )
+    }
+
+    /// Continues our stream where a relay left it.
+    pub fn resume_rtp(&mut self, sequence: u16, timestamp: u32) {
+        self.sender.resume_at(sequence, timestamp);
+        self.talkspurt_start = true;
+    }
+
+    /// Where the far end's RTP goes (learned from its packets, else SDP).
+    pub fn remote(&self) -> Option<SocketAddr> {
+        self.remote
+    }
+
+    pub fn payload_type(&self) -> u8 {
+        self.payload_type
+    }
+
+    pub fn telephone_event(&self) -> Option<u8> {
+        self.telephone_event
+    }
+
+    /// Nothing queued to play: the bot (or whoever fed the pacer) is quiet.
+    pub fn playout_idle(&self) -> bool {
+        self.pacer.queued_samples() == 0
+    }
+
+    /// Audio already at the codec's rate (a tone the gateway makes).
+    pub fn push_codec_audio(&mut self, samples: &[i16]) {
+        self.pacer.push_audio(samples);
+    }
+
+    /// Samples per 20 ms frame at the codec's rate.
+    pub fn frame_samples(&self) -> usize {
+        self.frame_samples
     }
 
     /// A re-INVITE may move the caller's media; symmetric RTP keeps the
@@ -291,7 +343,11 @@ impl MediaPipeline {
             self.caller_pcm[..n].fill(0);
             None
         };
-        let (rtp, bot_audio) = self.send_to_caller(now, rtp_out);
+        let (rtp, bot_audio) = if self.send_paused {
+            (None, false)
+        } else {
+            self.send_to_caller(now, rtp_out)
+        };
         if self.recording {
             let bot: &[i16] = if bot_audio { &self.pcm[..n] } else { &[] };
             interleave(&self.caller_pcm[..n], bot, n, &mut self.recorded);

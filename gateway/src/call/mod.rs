@@ -1,38 +1,53 @@
-//! Calls: one task per call owning its dialog, RTP socket, media pipeline and
-//! bot session. The endpoint talks to a call only through [`CallInput`]; the
-//! call talks back through [`EndpointCommand`].
+//! Calls: one task per call owning its legs (the caller's, and the party it
+//! is transferred to), their RTP sockets and media, and a bot session or a
+//! bridge. The endpoint talks to a call only through [`CallInput`]; the call
+//! talks back through [`EndpointCommand`].
 
+mod audio;
+mod bot;
+mod bridge;
+mod caller;
+pub mod dial;
+mod dial_action;
 pub mod leg;
 pub mod media;
 mod ports;
 mod recording;
+mod refer;
 mod session;
+mod transfer;
 
 use crate::sip::message::{Request, Response, SipMessage};
-use crate::sip::transaction::{ClientTxId, Peer, ServerTxId};
+use crate::sip::transaction::{Peer, ServerTxId};
 
+pub use leg::LegInput;
 pub use ports::RtpPorts;
 pub use session::{run_call, CallSetup};
 
-/// Messages queued from the endpoint to one call. A full queue means the call
-/// task is stuck; the endpoint drops the message and SIP retransmits.
-pub const CALL_INPUT_CAPACITY: usize = 32;
+/// Messages queued from the endpoint to one call. A full queue means the
+/// call task is stuck: the endpoint answers requests 503 itself and drops
+/// the rest (SIP retransmits).
+pub const CALL_INPUT_CAPACITY: usize = 64;
 
-/// What the endpoint hands a call.
+/// How the endpoint and a call name the call: unique for the process's life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallRef(pub u64);
+
+/// One of a call's legs; the caller's is [`LegId::CALLER`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LegId(pub u32);
+
+impl LegId {
+    pub const CALLER: LegId = LegId(0);
+}
+
+/// What the endpoint hands a call. SIP messages are the common case, so
+/// they travel inline rather than boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum CallInput {
-    /// An in-dialog request (BYE, re-INVITE, INFO, OPTIONS, UPDATE…).
-    Request { tx: ServerTxId, request: Request },
-    /// The ACK for our 2xx.
-    Ack(Request),
-    /// The caller cancelled the INVITE before we answered.
-    Cancelled,
-    /// A response to a request this call sent (its BYE).
-    Response { tx: ClientTxId, response: Response },
-    /// A request this call sent got no answer.
-    RequestTimeout { tx: ClientTxId },
-    /// Our 2xx was never acknowledged.
-    AckTimeout,
+    /// Something for one of the call's legs.
+    Leg { leg: LegId, input: LegInput },
     /// The gateway is stopping: end the call now.
     Shutdown,
 }
@@ -42,15 +57,22 @@ pub enum CallInput {
 pub enum EndpointCommand {
     /// Answer a server transaction.
     Respond { tx: ServerTxId, response: Response },
-    /// Send a request in a new client transaction; the endpoint routes its
-    /// responses back to `call_id`.
+    /// Send a request in a new client transaction; its responses (or its
+    /// failure) go back to `leg` of `call`.
     SendRequest {
-        call_id: String,
+        call: CallRef,
+        leg: LegId,
         request: Request,
         peer: Peer,
     },
     /// Send without a transaction (ACK for a 2xx).
     SendStateless { message: SipMessage, peer: Peer },
-    /// The call has ended and released everything it held.
-    CallEnded { call_id: String },
+    /// Route requests of the dialog with this Call-ID and our tag to `leg`
+    /// (a leg the call created: its dialog is ours to name).
+    AddDialog {
+        call: CallRef,
+        leg: LegId,
+        call_id: String,
+        local_tag: String,
+    },
 }

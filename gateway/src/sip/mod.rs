@@ -11,6 +11,7 @@ pub mod digest;
 pub mod framing;
 pub mod headers;
 pub mod message;
+pub mod resolve;
 pub mod response;
 pub mod transaction;
 pub mod uri;

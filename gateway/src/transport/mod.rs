@@ -20,11 +20,18 @@ pub use tcp::TcpConnections;
 /// readers drop (the sender retransmits) and TCP readers wait.
 pub const INBOUND_CAPACITY: usize = 4096;
 
-/// A parsed message and who sent it.
+/// What the sockets tell the endpoint; messages, by far the most common,
+/// travel inline.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-pub struct Inbound {
-    pub message: SipMessage,
-    pub peer: Peer,
+pub enum Inbound {
+    /// A parsed message and who sent it.
+    Message { message: SipMessage, peer: Peer },
+    /// An outbound TCP connection we opened is up.
+    Connected { addr: SocketAddr },
+    /// An outbound TCP connection could not be opened: what waited for it
+    /// is unreachable.
+    ConnectFailed { addr: SocketAddr },
 }
 
 /// Every bound SIP socket, for sending.
@@ -43,7 +50,7 @@ impl Transports {
         shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<Transports> {
         let mut udp = Vec::new();
-        let tcp = TcpConnections::default();
+        let tcp = TcpConnections::new(inbound.clone(), shutdown.clone());
         let mut local = Vec::new();
         for entry in listen {
             match entry.transport {
@@ -87,8 +94,15 @@ impl Transports {
             .or_else(|| self.local.iter().map(|(_, addr)| *addr).find(same_family))
     }
 
+    /// Whether a TCP connection to `addr` is open (not just being opened).
+    pub fn tcp_ready(&self, addr: SocketAddr) -> bool {
+        self.tcp.is_ready(addr)
+    }
+
     /// Sends without waiting: a full socket buffer or a vanished TCP
-    /// connection loses the message, which SIP retransmission recovers.
+    /// connection loses the message, which SIP retransmission recovers. A
+    /// TCP peer we have no connection to gets one opened (the message waits
+    /// for it), with our listening address as its local one.
     pub fn send(&self, peer: Peer, bytes: Vec<u8>) {
         match peer.transport {
             Transport::Udp => {
@@ -111,7 +125,14 @@ impl Transports {
                     None => tracing::warn!(peer = %peer.addr, "no UDP socket to send SIP on"),
                 }
             }
-            Transport::Tcp => self.tcp.send(peer.addr, bytes),
+            Transport::Tcp => {
+                let local = self
+                    .local
+                    .iter()
+                    .find(|(t, a)| *t == Transport::Tcp && a.is_ipv4() == peer.addr.is_ipv4())
+                    .map(|(_, a)| a.ip());
+                self.tcp.send(peer.addr, bytes, local)
+            }
         }
     }
 }

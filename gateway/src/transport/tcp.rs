@@ -3,12 +3,13 @@
 //! in-dialog requests back on the connection the peer opened.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use super::Inbound;
@@ -25,38 +26,143 @@ const MAX_CONNECTIONS: usize = 10_000;
 /// A connection with no traffic for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-#[derive(Clone, Default)]
+/// Longest wait for an outbound connection to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+struct Writer {
+    queue: mpsc::Sender<Vec<u8>>,
+    /// Set once an outbound connection is open (accepted ones start open).
+    ready: Arc<AtomicBool>,
+}
+
+/// Every live connection, accepted or opened by us, by peer address.
+#[derive(Clone)]
 pub struct TcpConnections {
-    writers: Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>>,
+    writers: Arc<Mutex<HashMap<SocketAddr, Writer>>>,
+    inbound: mpsc::Sender<Inbound>,
+    shutdown: watch::Receiver<bool>,
 }
 
 impl TcpConnections {
-    pub fn send(&self, peer: SocketAddr, bytes: Vec<u8>) {
-        let writer = self.writers.lock().unwrap().get(&peer).cloned();
-        match writer {
-            Some(writer) => {
-                if writer.try_send(bytes).is_err() {
-                    tracing::warn!(%peer, "TCP peer not reading: closing its connection");
-                    self.writers.lock().unwrap().remove(&peer);
-                }
-            }
-            None => {
-                tracing::warn!(%peer, "no TCP connection to this peer any more; message dropped")
-            }
+    pub fn new(inbound: mpsc::Sender<Inbound>, shutdown: watch::Receiver<bool>) -> Self {
+        TcpConnections {
+            writers: Arc::default(),
+            inbound,
+            shutdown,
         }
+    }
+
+    /// Queues `bytes` for `peer`, opening a connection from `local` when
+    /// there is none.
+    pub fn send(&self, peer: SocketAddr, bytes: Vec<u8>, local: Option<IpAddr>) {
+        let mut writers = self.writers.lock().unwrap();
+        if let Some(writer) = writers.get(&peer) {
+            if writer.queue.try_send(bytes).is_err() {
+                tracing::warn!(%peer, "TCP peer not reading: closing its connection");
+                writers.remove(&peer);
+            }
+            return;
+        }
+        if writers.len() >= MAX_CONNECTIONS {
+            tracing::warn!(%peer, "too many TCP connections: not opening another");
+            drop(writers);
+            let _ = self.inbound.try_send(Inbound::ConnectFailed { addr: peer });
+            return;
+        }
+        let (queue, outgoing) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        let _ = queue.try_send(bytes);
+        let ready = Arc::new(AtomicBool::new(false));
+        writers.insert(
+            peer,
+            Writer {
+                queue: queue.clone(),
+                ready: ready.clone(),
+            },
+        );
+        drop(writers);
+        tokio::spawn(connect(self.clone(), peer, local, queue, outgoing, ready));
+    }
+
+    pub fn is_ready(&self, peer: SocketAddr) -> bool {
+        self.writers
+            .lock()
+            .unwrap()
+            .get(&peer)
+            .is_some_and(|writer| writer.ready.load(Ordering::Relaxed))
     }
 
     fn len(&self) -> usize {
         self.writers.lock().unwrap().len()
     }
 
-    fn insert(&self, peer: SocketAddr, writer: mpsc::Sender<Vec<u8>>) {
-        self.writers.lock().unwrap().insert(peer, writer);
+    fn insert(&self, peer: SocketAddr, queue: mpsc::Sender<Vec<u8>>) {
+        let ready = Arc::new(AtomicBool::new(true));
+        self.writers
+            .lock()
+            .unwrap()
+            .insert(peer, Writer { queue, ready });
     }
 
     fn remove(&self, peer: SocketAddr) {
         self.writers.lock().unwrap().remove(&peer);
     }
+}
+
+/// Opens an outbound connection and serves it like an accepted one.
+async fn connect(
+    connections: TcpConnections,
+    peer: SocketAddr,
+    local: Option<IpAddr>,
+    queue: mpsc::Sender<Vec<u8>>,
+    outgoing: mpsc::Receiver<Vec<u8>>,
+    ready: Arc<AtomicBool>,
+) {
+    let attempt = async {
+        let socket = if peer.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = local.filter(|ip| ip.is_ipv4() == peer.is_ipv4() && !ip.is_unspecified())
+        {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        socket.connect(peer).await
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(Ok(stream)) => {
+            tracing::debug!(%peer, "TCP connection opened");
+            ready.store(true, Ordering::Relaxed);
+            let _ = connections
+                .inbound
+                .send(Inbound::Connected { addr: peer })
+                .await;
+            let _ = stream.set_nodelay(true);
+            let shutdown = connections.shutdown.clone();
+            let inbound = connections.inbound.clone();
+            run(
+                stream,
+                peer,
+                connections,
+                inbound,
+                shutdown,
+                queue,
+                outgoing,
+            )
+            .await;
+        }
+        Ok(Err(error)) => connect_failed(&connections, peer, &error.to_string()).await,
+        Err(_) => connect_failed(&connections, peer, "timed out").await,
+    }
+}
+
+async fn connect_failed(connections: &TcpConnections, peer: SocketAddr, reason: &str) {
+    tracing::warn!(%peer, %reason, "cannot open a TCP connection");
+    connections.remove(peer);
+    let _ = connections
+        .inbound
+        .send(Inbound::ConnectFailed { addr: peer })
+        .await;
 }
 
 pub async fn accept_loop(
@@ -98,11 +204,33 @@ async fn serve(
     peer: SocketAddr,
     connections: TcpConnections,
     inbound: mpsc::Sender<Inbound>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let (queue, outgoing) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+    connections.insert(peer, queue.clone());
+    run(
+        stream,
+        peer,
+        connections,
+        inbound,
+        shutdown,
+        queue,
+        outgoing,
+    )
+    .await;
+}
+
+/// Reads and writes one connection until either side ends it.
+async fn run(
+    stream: TcpStream,
+    peer: SocketAddr,
+    connections: TcpConnections,
+    inbound: mpsc::Sender<Inbound>,
     mut shutdown: watch::Receiver<bool>,
+    queue: mpsc::Sender<Vec<u8>>,
+    mut outgoing: mpsc::Receiver<Vec<u8>>,
 ) {
     let (mut reader, mut writer) = stream.into_split();
-    let (queue, mut outgoing) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
-    connections.insert(peer, queue.clone());
     let write_task = tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
             if writer.write_all(&bytes).await.is_err() {
@@ -136,7 +264,7 @@ async fn serve(
             match item {
                 StreamItem::Message(message) => {
                     let delivered = inbound
-                        .send(Inbound {
+                        .send(Inbound::Message {
                             message,
                             peer: tcp_peer,
                         })

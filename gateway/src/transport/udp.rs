@@ -47,7 +47,10 @@ pub async fn read_loop(
         match parse_datagram(&buf[..len]) {
             Datagram::KeepAlive => {}
             Datagram::Message(message) => {
-                if inbound.try_send(Inbound { message, peer }).is_err() {
+                if inbound
+                    .try_send(Inbound::Message { message, peer })
+                    .is_err()
+                {
                     tracing::warn!(peer = %from, "endpoint busy: dropped a SIP datagram");
                 }
             }

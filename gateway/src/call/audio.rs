@@ -1,0 +1,271 @@
+//! Who hears whom, every packet and every 20 ms: the caller's pipeline
+//! feeds the bot (unless muted) or, in a transcoded bridge, the party's
+//! pipeline; a relayed bridge forwards packets between the two sockets;
+//! ringback fills the silence while a transfer rings.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use switchboard_connectors::BotControl;
+use switchboard_media::tone::{Cadence, ToneGenerator};
+
+use super::dial::Ringback;
+use super::session::Call;
+use super::transfer::Transfer;
+
+impl Call {
+    pub(super) fn on_caller_rtp(&mut self, packet: &mut [u8], from: SocketAddr, now: Instant) {
+        let relaying = self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.is_bridged() && t.media().is_some_and(|m| m.is_relay()));
+        if !relaying {
+            if let Some(pipeline) = &mut self.caller_media.pipeline {
+                pipeline.on_datagram(packet, from, now);
+            }
+            return;
+        }
+        let hangup_on_star = self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.target.hangup_on_star);
+        let Some(media) = self.transfer.as_mut().and_then(Transfer::media_mut) else {
+            return;
+        };
+        let (send, star) = media.relay_from_caller(packet, now);
+        if send {
+            if let Some(to) = media.remote {
+                let _ = media.rtp.try_send_to(packet, to);
+            }
+        }
+        if star && hangup_on_star {
+            self.star_hang_up();
+        }
+    }
+
+    pub(super) fn on_agent_rtp(&mut self, packet: &mut [u8], from: SocketAddr, now: Instant) {
+        let Some(media) = self.transfer.as_mut().and_then(Transfer::media_mut) else {
+            return;
+        };
+        let Some(relayed) = media.relay_from_agent(packet, from, now) else {
+            return;
+        };
+        let to = self.caller_media.pipeline.as_ref().and_then(|p| p.remote());
+        if let (Some(to), Some(socket)) = (to, self.caller_media.rtp()) {
+            let _ = socket.try_send_to(relayed, to);
+        }
+    }
+
+    /// A key the caller pressed (RFC 4733 through the pipeline, or INFO).
+    pub(super) fn on_caller_digit(&mut self, digit: char) {
+        if let Some(transfer) = &mut self.transfer {
+            if transfer.is_bridged() {
+                if digit == '*' && transfer.target.hangup_on_star {
+                    return self.star_hang_up();
+                }
+                if let Some(agent) = transfer.media_mut().and_then(|m| m.pipeline_mut()) {
+                    let _ = agent.send_digits(&digit.to_string());
+                }
+                return;
+            }
+        }
+        if let Some(bot) = self.bot.as_ref().filter(|bot| !bot.muted) {
+            bot.tell(BotControl::Dtmf(digit));
+        }
+    }
+
+    pub(super) fn on_tick(&mut self, now: Instant) {
+        let bridged = self.transfer.as_ref().is_some_and(Transfer::is_bridged);
+        let relaying = bridged
+            && self
+                .transfer
+                .as_ref()
+                .and_then(Transfer::media)
+                .is_some_and(|m| m.is_relay());
+        let mut digits = [None::<char>; 4];
+        if !relaying {
+            self.tick_caller(now, bridged, &mut digits);
+        }
+        self.tick_ringback(now);
+        self.tick_agent(now);
+        for digit in digits.into_iter().flatten() {
+            tracing::info!(%digit, "DTMF (RFC 4733)");
+            self.on_caller_digit(digit);
+        }
+        self.check_rtp_timeouts(now, relaying);
+    }
+
+    /// The caller's 20 ms: its audio to the bot or the party, ours to it.
+    fn tick_caller(&mut self, now: Instant, bridged: bool, digits: &mut [Option<char>; 4]) {
+        let Call {
+            caller_media,
+            bot,
+            transfer,
+            info,
+            ..
+        } = self;
+        let Some(pipeline) = caller_media.pipeline.as_mut() else {
+            return;
+        };
+        let tick = pipeline.tick(now, &mut caller_media.rtp_out[..]);
+        if let Some(frame) = tick.to_bot {
+            let agent = transfer
+                .as_mut()
+                .filter(|_| bridged)
+                .and_then(Transfer::media_mut)
+                .and_then(|m| m.pipeline_mut());
+            match (agent, bot.as_ref().filter(|b| !b.muted)) {
+                (Some(agent), _) => agent.push_bot_audio(&frame),
+                (None, Some(bot)) => {
+                    if bot.session.audio_in.try_send(frame).is_err() {
+                        pipeline.note_dropped_to_bot();
+                    }
+                }
+                (None, None) => {}
+            }
+        }
+        if let (true, Some(recorder)) = (tick.recorded, caller_media.recorder.as_mut()) {
+            recorder.push(pipeline.recorded_frame());
+        }
+        let Some((rtp, rtcp)) = caller_media.sockets.as_ref().map(|(a, b)| (a, b)) else {
+            return;
+        };
+        if let Some((len, to)) = tick.rtp {
+            let _ = rtp.try_send_to(&caller_media.rtp_out[..len], to);
+        }
+        if let Some((len, to, mux)) = pipeline.poll_rtcp(now, &mut caller_media.rtcp_out[..]) {
+            let from = if mux { rtp } else { rtcp };
+            let _ = from.try_send_to(&caller_media.rtcp_out[..len], to);
+        }
+        info.playout.set_played_ms(pipeline.played_ms());
+        for slot in digits.iter_mut() {
+            *slot = pipeline.poll_digit();
+        }
+        while let Some(mark) = pipeline.poll_mark() {
+            if let Some(bot) = bot.as_ref() {
+                bot.tell(BotControl::MarkPlayed(mark));
+            }
+        }
+    }
+
+    /// While the party rings without early media, the caller hears
+    /// ringback once the bot's last words have played.
+    fn tick_ringback(&mut self, _now: Instant) {
+        let ringing = self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.is_ringing() && t.media().is_some_and(|m| m.path.is_none()));
+        let cadence = match self.shared.dial.ringback {
+            Ringback::Us => Cadence::US_RINGBACK,
+            Ringback::Eu => Cadence::EU_RINGBACK,
+            Ringback::Uk => Cadence::UK_RINGBACK,
+            Ringback::None => return,
+        };
+        let media = &mut self.caller_media;
+        if !ringing {
+            media.ringback = None;
+            return;
+        }
+        let Some(pipeline) = media.pipeline.as_mut() else {
+            return;
+        };
+        if !pipeline.playout_idle() {
+            return;
+        }
+        let rate = pipeline.codec().sample_rate();
+        let tone = media
+            .ringback
+            .get_or_insert_with(|| ToneGenerator::new(cadence, rate));
+        let n = pipeline.frame_samples();
+        let mut frame = [0i16; switchboard_media::MAX_FRAME_SAMPLES];
+        tone.fill(&mut frame[..n]);
+        pipeline.push_codec_audio(&frame[..n]);
+    }
+
+    /// The party's 20 ms when transcoding: its audio to the caller's
+    /// pipeline, the caller's (queued by `tick_caller`) out to it.
+    fn tick_agent(&mut self, now: Instant) {
+        let Call {
+            caller_media,
+            transfer,
+            ..
+        } = self;
+        let Some(media) = transfer.as_mut().and_then(Transfer::media_mut) else {
+            return;
+        };
+        let remote = media.remote;
+        let rtp_socket = &media.rtp;
+        let rtcp_socket = &media.rtcp;
+        let out = &mut media.rtp_out;
+        let rtcp_out = &mut media.rtcp_out;
+        let Some(agent) = (match &mut media.path {
+            Some(super::bridge::MediaPath::Transcode(pipeline)) => Some(pipeline),
+            _ => None,
+        }) else {
+            return;
+        };
+        let tick = agent.tick(now, &mut out[..]);
+        if let (Some(frame), Some(caller)) = (tick.to_bot, caller_media.pipeline.as_mut()) {
+            caller.push_bot_audio(&frame);
+        }
+        if let (Some((len, to)), Some(_)) = (tick.rtp, remote) {
+            let _ = rtp_socket.try_send_to(&out[..len], to);
+        }
+        if let Some((len, to, mux)) = agent.poll_rtcp(now, &mut rtcp_out[..]) {
+            let from = if mux { rtp_socket } else { rtcp_socket };
+            let _ = from.try_send_to(&rtcp_out[..len], to);
+        }
+        while let Some(digit) = agent.poll_digit() {
+            if let Some(caller) = caller_media.pipeline.as_mut() {
+                let _ = caller.send_digits(&digit.to_string());
+            }
+        }
+    }
+
+    /// Nobody sends media for `rtp_timeout`: the call is dead.
+    fn check_rtp_timeouts(&mut self, now: Instant, relaying: bool) {
+        let timeout = self.shared.media.rtp_timeout;
+        let started = self.caller_media.answered_at.unwrap_or(now);
+        let caller_last = if relaying {
+            self.transfer
+                .as_ref()
+                .and_then(Transfer::media)
+                .and_then(|m| m.relay_last_from_caller())
+        } else {
+            self.caller_media
+                .pipeline
+                .as_ref()
+                .and_then(|p| p.last_packet())
+        };
+        if self.caller_media.pipeline.is_some()
+            && now.duration_since(caller_last.unwrap_or(started).max(started)) >= timeout
+        {
+            tracing::info!(
+                timeout_secs = timeout.as_secs(),
+                "no RTP from the caller: hanging up"
+            );
+            return self.end("rtp timeout");
+        }
+        let Some(transfer) = self.transfer.as_ref().filter(|t| t.is_bridged()) else {
+            return;
+        };
+        let Some(media) = transfer.media() else {
+            return;
+        };
+        let agent_last = media
+            .last_packet
+            .or_else(|| media.pipeline_last_packet())
+            .unwrap_or(started);
+        let since = match &transfer.stage {
+            super::transfer::Stage::Bridged { since, .. } => since.into_std(),
+            _ => now,
+        };
+        if now.duration_since(agent_last.max(since)) >= timeout {
+            tracing::info!(
+                timeout_secs = timeout.as_secs(),
+                "no RTP from the transferred party: hanging up"
+            );
+            self.end("rtp timeout (transferred party)");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! Where calls may be sent and how a target URI becomes an INVITE: the
+//! operator's allow-list (the toll-fraud guard), the target's parts (URI
+//! parameters kept, `?X-…` headers moved into the INVITE), and what every
+//! call shares for dialing out.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use regex::Regex;
+
+use super::RtpPorts;
+use crate::endpoint::MediaSettings;
+use crate::sip::resolve::Resolver;
+use crate::sip::transaction::Transport;
+use crate::sip::uri::{NameAddr, Scheme, SipUri};
+
+/// Longest target URI, headers included (PROTOCOLS.md §1: under 255 for
+/// the URI, under 1024 for its headers).
+const MAX_TARGET_LEN: usize = 1280;
+/// Most headers a target may carry.
+const MAX_TARGET_HEADERS: usize = 16;
+
+/// Which ringback callers hear while a transfer rings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ringback {
+    Us,
+    Eu,
+    Uk,
+    None,
+}
+
+/// The operator's rules for outbound calls.
+#[derive(Clone, Debug)]
+pub struct DialPolicy {
+    /// Targets a bot (or TwiML, or the API) may dial: regexes over the
+    /// whole target URI. Empty: bots may dial nothing.
+    pub allow: Vec<Regex>,
+    pub ringback: Ringback,
+}
+
+impl Default for DialPolicy {
+    fn default() -> Self {
+        DialPolicy {
+            allow: Vec::new(),
+            ringback: Ringback::Us,
+        }
+    }
+}
+
+impl DialPolicy {
+    pub fn allows(&self, uri: &str) -> bool {
+        self.allow.iter().any(|pattern| pattern.is_match(uri))
+    }
+}
+
+/// What every call shares: media settings, RTP ports, the dial policy and
+/// the clients it dials and calls webhooks with.
+pub struct CallShared {
+    pub media: MediaSettings,
+    pub rtp_ports: Arc<RtpPorts>,
+    pub dial: DialPolicy,
+    pub http: reqwest::Client,
+    pub resolver: Resolver,
+    /// Where we listen, to pick our address for an outbound leg.
+    pub local: Vec<(Transport, SocketAddr)>,
+}
+
+impl CallShared {
+    /// Our SIP address for a leg to `peer`: same transport and family.
+    pub fn local_for(&self, transport: Transport, peer: SocketAddr) -> Option<SocketAddr> {
+        let same_family = |addr: &SocketAddr| addr.is_ipv4() == peer.is_ipv4();
+        self.local
+            .iter()
+            .filter(|(t, _)| *t == transport)
+            .map(|(_, addr)| *addr)
+            .find(same_family)
+    }
+}
+
+/// A dial target taken apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The Request-URI: the target with its parameters, without headers.
+    pub request_uri: SipUri,
+    /// `X-…` and `User-to-User` headers for the INVITE.
+    pub headers: Vec<(String, String)>,
+    /// `;transport=` when given.
+    pub transport: Option<Transport>,
+}
+
+impl Target {
+    pub fn to_header(&self) -> NameAddr {
+        NameAddr {
+            display: None,
+            uri: self.request_uri.clone(),
+            params: Vec::new(),
+        }
+    }
+}
+
+/// Parses a target URI such as
+/// `sip:agent@pbx.example.com;transport=tcp?X-Case=42&User-to-User=…`.
+/// Headers other than `X-…` and `User-to-User` are refused (a target must
+/// not forge Route, From or Authorization); so are `tel:` targets (they
+/// need a trunk's outbound side) and TLS (not supported yet).
+pub fn parse_target(text: &str) -> Result<Target, String> {
+    let text = text.trim();
+    if text.len() > MAX_TARGET_LEN {
+        return Err(format!("target is longer than {MAX_TARGET_LEN} characters"));
+    }
+    let mut uri = SipUri::parse(text).map_err(|e| format!("not a SIP URI: {e}"))?;
+    match uri.scheme {
+        Scheme::Sip => {}
+        Scheme::Sips => {
+            return Err("sips: targets need SIP over TLS, which is not supported yet".into())
+        }
+        Scheme::Tel => return Err("tel: targets need a trunk to send them through".into()),
+    }
+    if matches!(uri.host, crate::sip::uri::Host::Domain(ref d) if d.is_empty()) {
+        return Err("target has no host".into());
+    }
+    let transport = match uri.transport().map(str::to_ascii_lowercase).as_deref() {
+        None => None,
+        Some("udp") => Some(Transport::Udp),
+        Some("tcp") => Some(Transport::Tcp),
+        Some("tls") => return Err("transport=tls is not supported yet".into()),
+        Some(other) => return Err(format!("transport `{other}` is not udp or tcp")),
+    };
+    if uri.headers.len() > MAX_TARGET_HEADERS {
+        return Err(format!(
+            "target carries more than {MAX_TARGET_HEADERS} headers"
+        ));
+    }
+    let mut headers = Vec::with_capacity(uri.headers.len());
+    for (name, value) in std::mem::take(&mut uri.headers) {
+        let allowed = name.len() > 2 && name[..2].eq_ignore_ascii_case("x-")
+            || name.eq_ignore_ascii_case("User-to-User");
+        if !allowed {
+            return Err(format!(
+                "header `{name}` may not be set from a target (only X- headers and User-to-User)"
+            ));
+        }
+        let valid_name = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.!%*+`'~".contains(c));
+        if !valid_name || value.chars().any(|c| c.is_control()) {
+            return Err(format!("header `{name}` is malformed"));
+        }
+        headers.push((name, value));
+    }
+    Ok(Target {
+        request_uri: uri,
+        headers,
+        transport,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_move_out_of_the_uri() {
+        let target = parse_target(
+            "sip:agent@127.0.0.1:5090;transport=tcp?X-Case=42&User-to-User=abc%3Bencoding%3Dhex",
+        )
+        .unwrap();
+        assert_eq!(
+            target.request_uri.to_string(),
+            "sip:agent@127.0.0.1:5090;transport=tcp"
+        );
+        assert_eq!(target.transport, Some(Transport::Tcp));
+        assert_eq!(
+            target.headers,
+            vec![
+                ("X-Case".to_string(), "42".to_string()),
+                ("User-to-User".to_string(), "abc;encoding=hex".to_string())
+            ]
+        );
+        assert_eq!(
+            target.to_header().to_string(),
+            "<sip:agent@127.0.0.1:5090;transport=tcp>"
+        );
+    }
+
+    #[test]
+    fn dangerous_or_unsupported_targets_are_refused() {
+        for bad in [
+            "sip:a@b?Route=%3Csip:evil%3E",
+            "sip:a@b?From=x",
+            "sip:a@b?X-A=1%0D%0AVia:%20x",
+            "tel:+15551234567",
+            "sips:a@b",
+            "sip:a@b;transport=sctp",
+            "http://example.com",
+        ] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn allow_list_matches_whole_uris() {
+        let policy = DialPolicy {
+            allow: vec![Regex::new(r"^sip:[^@]+@pbx\.example\.com(;|\?|$)").unwrap()],
+            ringback: Ringback::Us,
+        };
+        assert!(policy.allows("sip:agent@pbx.example.com;transport=tcp"));
+        assert!(!policy.allows("sip:agent@pbx.example.com.evil.net"));
+        assert!(!DialPolicy::default().allows("sip:a@127.0.0.1"));
+    }
+}

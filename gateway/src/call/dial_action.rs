@@ -1,0 +1,176 @@
+//! `<Dial action="…">`: when the dialed leg ends, the URL hears how
+//! (Twilio's request parameters: `DialCallStatus`, `DialCallSid`,
+//! `DialCallDuration`, `DialSipResponseCode`, `DialSipCallId`, with the
+//! call's `CallSid`, `From`, `To`) and the TwiML it answers decides what the
+//! call does next.
+
+use std::time::Duration;
+
+use switchboard_flows::{actions_from_twiml, parse_twiml, Action};
+
+use super::session::{Call, JobOutput};
+use super::transfer::{Origin, Stage};
+
+/// Longest wait for the action URL.
+const ACTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest TwiML document read from it.
+const MAX_BODY: usize = switchboard_flows::twiml::MAX_TWIML_BYTES;
+
+impl Call {
+    /// Tells the transfer's action URL how the dial ended.
+    pub(super) fn report_dial(&mut self, status: &str, sip_code: u16, duration_secs: u64) {
+        let Some(transfer) = &mut self.transfer else {
+            return;
+        };
+        let Some(url) = transfer.target.action.clone() else {
+            return;
+        };
+        transfer.stage = Stage::Reporting;
+        let dial_call_id = transfer.dial_call_id.clone().unwrap_or_default();
+        let bridged = matches!(status, "completed" | "answered");
+        let params: Vec<(&str, String)> = vec![
+            ("CallSid", self.sid.clone()),
+            (
+                "AccountSid",
+                switchboard_connectors::twilio_stream::ACCOUNT_SID.to_string(),
+            ),
+            ("From", self.from_user.clone()),
+            ("To", self.route.number.clone()),
+            ("CallStatus", "in-progress".into()),
+            ("Direction", "inbound".into()),
+            ("ApiVersion", "2010-04-01".into()),
+            ("DialCallStatus", status.to_string()),
+            ("DialCallSid", switchboard_flows::call_sid(&dial_call_id)),
+            ("DialCallDuration", duration_secs.to_string()),
+            ("DialBridged", bridged.to_string()),
+            ("DialSipResponseCode", sip_code.to_string()),
+            ("DialSipCallId", dial_call_id),
+        ];
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
+            .finish();
+        let attempt = transfer.attempt;
+        let method_get = transfer.target.method_get;
+        let http = self.shared.http.clone();
+        tracing::info!(%url, %status, sip_code, "transfer: telling the dial action");
+        self.spawn_job(Box::pin(async move {
+            let result = fetch_twiml(&http, &url, method_get, body).await;
+            JobOutput::DialAction { attempt, result }
+        }));
+    }
+
+    /// Runs what the action URL answered.
+    pub(super) fn on_dial_action(&mut self, attempt: u64, result: Result<String, String>) {
+        let Some(transfer) = &self.transfer else {
+            return;
+        };
+        if transfer.attempt != attempt || self.is_ending() {
+            return;
+        }
+        let origin = transfer.origin;
+        let bridged = transfer.was_bridged;
+        let url = transfer.target.action.clone().unwrap_or_default();
+        self.transfer = None;
+        let twiml = match result {
+            Ok(twiml) => twiml,
+            Err(error) => {
+                tracing::warn!(%url, %error, "dial action failed");
+                return self.after_action_without_twiml(
+                    origin,
+                    bridged,
+                    format!("dial action failed: {error}"),
+                );
+            }
+        };
+        let actions = parse_twiml(&twiml)
+            .map_err(|e| e.to_string())
+            .and_then(|verbs| actions_from_twiml(&verbs).map_err(|e| e.to_string()));
+        let actions = match actions {
+            Ok(actions) => actions,
+            Err(error) => {
+                tracing::warn!(%url, %error, "dial action answered unusable TwiML");
+                return self.after_action_without_twiml(
+                    origin,
+                    bridged,
+                    format!("dial action TwiML: {error}"),
+                );
+            }
+        };
+        let mut actions = actions.into_iter();
+        let Some(first) = actions.next() else {
+            return self.after_action_without_twiml(
+                origin,
+                bridged,
+                "the dial action had nothing more to do".into(),
+            );
+        };
+        if actions.next().is_some() {
+            tracing::info!(%url, "dial action TwiML holds several verbs: only the first runs");
+        }
+        tracing::info!(action = first.kind(), "running the dial action's TwiML");
+        match first {
+            Action::Hangup { reason } => self.end(format!(
+                "dial action hung up{}",
+                reason.map(|r| format!(": {r}")).unwrap_or_default()
+            )),
+            Action::Dial(target) => {
+                self.mute_bot(true);
+                self.start_dial(target, Origin::DialAction);
+            }
+            Action::Refer { uri } => self.start_refer(uri, None, Origin::DialAction),
+            Action::SendDtmf { digits } => {
+                if let Some(pipeline) = self.caller_media.pipeline.as_mut() {
+                    let _ = pipeline.send_digits(&digits);
+                }
+                self.return_to_flow("dial action played digits".into());
+            }
+            Action::Redirect { url } => {
+                tracing::info!(%url, "dial action redirects, which is not available yet");
+                self.return_to_flow("redirect is not available yet on this gateway".into());
+            }
+        }
+    }
+
+    /// The action gave nothing to run. A bridged call that ended is over
+    /// (Twilio hangs up there too); a failed dial goes back to the bot so
+    /// the caller is never left in silence.
+    fn after_action_without_twiml(&mut self, origin: Origin, bridged: bool, message: String) {
+        if origin == Origin::OnFailure || bridged {
+            self.end(message);
+        } else {
+            self.return_to_flow(message);
+        }
+    }
+}
+
+async fn fetch_twiml(
+    http: &reqwest::Client,
+    url: &str,
+    method_get: bool,
+    form: String,
+) -> Result<String, String> {
+    let request = if method_get {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        http.get(format!("{url}{separator}{form}"))
+    } else {
+        http.post(url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(form)
+    };
+    let mut response = request
+        .timeout(ACTION_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(format!("answer larger than {MAX_BODY} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| "answer is not UTF-8".into())
+}

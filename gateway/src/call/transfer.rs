@@ -1,0 +1,568 @@
+//! Transferring the caller to a human: one code path for a bot's `<Dial>`
+//! or transfer tool, a flow's `on_failure = { dial }` and a `<Dial
+//! action>`'s TwiML. Check the target against `[dial] allow`, resolve it,
+//! place the INVITE (a UAC leg), keep the caller company (ringback, or the
+//! callee's early media), bridge on answer, and report how it went: to the
+//! `<Dial action>` URL, or back to the bot with the caller returned to it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use switchboard_flows::{DialTarget, TransferMode};
+use tokio::time::Instant;
+
+use super::bridge::AgentMedia;
+use super::dial::{parse_target, Target};
+use super::leg::{FailKind, Leg, LegConfig, LegEvent, LegState, OutgoingCall};
+use super::session::{contact_uri, Call, JobOutput};
+use super::LegId;
+use crate::sip::response::new_call_id;
+use crate::sip::transaction::Peer;
+use crate::sip::uri::NameAddr;
+
+/// Who asked for the transfer; decides who hears how it went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Origin {
+    /// A bot's action or tool call: checked against `[dial] allow`.
+    Bot,
+    /// The flow's `on_failure = { dial }`: the operator's own target.
+    OnFailure,
+    /// The TwiML a `<Dial action>` URL returned: checked like a bot's.
+    DialAction,
+}
+
+pub(super) enum Stage {
+    Resolving,
+    Ringing {
+        leg: LegId,
+        media: AgentMedia,
+    },
+    Bridged {
+        leg: LegId,
+        media: AgentMedia,
+        since: Instant,
+        limit: Instant,
+    },
+    /// The `<Dial action>` URL is being told the outcome.
+    Reporting,
+}
+
+pub(super) struct Transfer {
+    pub(super) attempt: u64,
+    pub(super) target: DialTarget,
+    parsed: Target,
+    pub(super) origin: Origin,
+    pub(super) stage: Stage,
+    /// The party's Call-ID (`DialSipCallId`).
+    pub(super) dial_call_id: Option<String>,
+    /// The party answered at some point (the action then reports a call
+    /// that happened, not a failed dial).
+    pub(super) was_bridged: bool,
+}
+
+impl Transfer {
+    pub(super) fn media(&self) -> Option<&AgentMedia> {
+        match &self.stage {
+            Stage::Ringing { media, .. } | Stage::Bridged { media, .. } => Some(media),
+            _ => None,
+        }
+    }
+
+    pub(super) fn media_mut(&mut self) -> Option<&mut AgentMedia> {
+        match &mut self.stage {
+            Stage::Ringing { media, .. } | Stage::Bridged { media, .. } => Some(media),
+            _ => None,
+        }
+    }
+
+    pub(super) fn leg(&self) -> Option<LegId> {
+        match &self.stage {
+            Stage::Ringing { leg, .. } | Stage::Bridged { leg, .. } => Some(*leg),
+            _ => None,
+        }
+    }
+
+    pub(super) fn is_bridged(&self) -> bool {
+        matches!(self.stage, Stage::Bridged { .. })
+    }
+
+    pub(super) fn is_ringing(&self) -> bool {
+        matches!(self.stage, Stage::Ringing { .. })
+    }
+
+    /// The bridge's time limit.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match &self.stage {
+            Stage::Bridged { limit, .. } => Some(*limit),
+            _ => None,
+        }
+    }
+
+    pub(super) fn on_agent_rtcp(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddr,
+        now: std::time::Instant,
+    ) {
+        if let Some(pipeline) = self.media_mut().and_then(AgentMedia::pipeline_mut) {
+            pipeline.on_rtcp_datagram(datagram, from, now);
+        }
+    }
+}
+
+static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+impl Call {
+    /// Starts a transfer to `target` the way the flow transfers (bridge or
+    /// REFER), or says why not.
+    pub(super) fn start_dial(&mut self, target: DialTarget, origin: Origin) {
+        self.dial(target, origin, true);
+    }
+
+    /// Bridges to `target` whatever the flow's transfer mode (a REFER that
+    /// failed falls back here).
+    pub(super) fn start_bridge(&mut self, target: DialTarget, origin: Origin) {
+        self.dial(target, origin, false);
+    }
+
+    fn dial(&mut self, target: DialTarget, origin: Origin, may_refer: bool) {
+        if self.is_ending() {
+            return;
+        }
+        if self.transfer.is_some() || self.referring.is_some() {
+            self.action_result("dial", false, "a transfer is already in progress");
+            return;
+        }
+        if origin != Origin::OnFailure && !self.shared.dial.allows(&target.uri) {
+            tracing::warn!(target = %target.uri, "dial refused: the target is not allowed by [dial] allow");
+            crate::metrics::transfer_finished("refused");
+            return self.dial_refused(
+                &target,
+                origin,
+                format!("{} is not an allowed dial target", target.uri),
+            );
+        }
+        let parsed = match parse_target(&target.uri) {
+            Ok(parsed) => parsed,
+            Err(reason) => {
+                tracing::warn!(target = %target.uri, %reason, "dial refused: unusable target");
+                crate::metrics::transfer_finished("refused");
+                return self.dial_refused(&target, origin, reason);
+            }
+        };
+        let answered = self.caller.state() == LegState::Confirmed;
+        if origin != Origin::OnFailure && answered && may_refer {
+            match self.flow.transfer {
+                TransferMode::Bridge => {}
+                TransferMode::Refer => return self.start_refer(target.uri, None, origin),
+                TransferMode::ReferOrBridge => {
+                    let uri = target.uri.clone();
+                    return self.start_refer(uri, Some(target), origin);
+                }
+            }
+        }
+        self.mute_bot(true);
+        let attempt = ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let resolver = self.shared.resolver.clone();
+        let (uri, transport) = (parsed.request_uri.clone(), parsed.transport);
+        self.spawn_job(Box::pin(async move {
+            let result = resolver.resolve(&uri, transport).await;
+            JobOutput::Resolved { attempt, result }
+        }));
+        tracing::info!(target = %target.uri, ring_secs = target.timeout_secs, "transfer: dialing");
+        self.transfer = Some(Transfer {
+            attempt,
+            target,
+            parsed,
+            origin,
+            stage: Stage::Resolving,
+            dial_call_id: None,
+            was_bridged: false,
+        });
+    }
+
+    fn dial_refused(&mut self, target: &DialTarget, origin: Origin, reason: String) {
+        match origin {
+            Origin::Bot => self.action_result("dial", false, reason),
+            Origin::DialAction => {
+                self.return_to_flow(format!("dial to {} refused: {reason}", target.uri))
+            }
+            Origin::OnFailure => self.end(format!("on_failure dial impossible: {reason}")),
+        }
+    }
+
+    pub(super) fn on_resolved(&mut self, attempt: u64, result: Result<Peer, String>) {
+        let Some(transfer) = &self.transfer else {
+            return;
+        };
+        if transfer.attempt != attempt || self.is_ending() {
+            return;
+        }
+        let peer = match result {
+            Ok(peer) => peer,
+            Err(reason) => {
+                tracing::warn!(target = %transfer.target.uri, %reason, "transfer target does not resolve");
+                return self.dial_failed(FailKind::Failed, 503, reason);
+            }
+        };
+        let Some(local) = self.shared.local_for(peer.transport, peer.addr) else {
+            let reason = format!("no {} listener to reach {} from", peer.transport, peer.addr);
+            tracing::warn!(%reason, "transfer impossible");
+            return self.dial_failed(FailKind::Failed, 503, reason);
+        };
+        let sockets = match self.shared.rtp_ports.bind(local.ip()) {
+            Ok(sockets) => sockets,
+            Err(error) => {
+                tracing::error!(%error, "no RTP port for the transfer");
+                return self.dial_failed(FailKind::Failed, 503, format!("no RTP port: {error}"));
+            }
+        };
+        let media_ip = self.shared.media.public_ip.unwrap_or(local.ip());
+        let caller_codec = self.caller_media.negotiated.as_ref().map(|n| n.codec);
+        let media = AgentMedia::new(sockets, media_ip, caller_codec, &self.shared.media.codecs);
+        let transfer = self.transfer.as_ref().expect("checked above");
+        let from = self.caller_id(transfer.target.caller_id.as_deref(), local);
+        let credentials = match (&transfer.target.username, &transfer.target.password) {
+            (Some(user), Some(password)) => Some((user.clone(), password.clone())),
+            _ => None,
+        };
+        let outgoing = OutgoingCall {
+            call_id: new_call_id(&local.ip().to_string()),
+            request_uri: transfer.parsed.request_uri.clone(),
+            from,
+            to: transfer.parsed.to_header(),
+            headers: transfer.parsed.headers.clone(),
+            sdp: media.offer(),
+            credentials,
+            ring_timeout: Duration::from_secs(transfer.target.timeout_secs.max(1) as u64),
+        };
+        let config = LegConfig {
+            local,
+            contact: contact_uri(&self.shared, local, peer.transport),
+            peer,
+        };
+        let leg = Leg::outgoing(outgoing, config, std::time::Instant::now());
+        tracing::info!(peer = %peer.addr, transport = %peer.transport, dial_call_id = %leg.call_id(), "transfer: INVITE sent");
+        let dial_call_id = leg.call_id().to_string();
+        let id = self.add_leg(leg);
+        if let Some(transfer) = &mut self.transfer {
+            transfer.dial_call_id = Some(dial_call_id);
+            transfer.stage = Stage::Ringing { leg: id, media };
+        }
+    }
+
+    /// From for the party: the dial's `callerId`, else the caller's number.
+    fn caller_id(&self, chosen: Option<&str>, local: SocketAddr) -> NameAddr {
+        if let Some(uri) = chosen.and_then(|c| NameAddr::parse(c).ok().filter(|_| c.contains(':')))
+        {
+            return uri;
+        }
+        let user: String = chosen
+            .unwrap_or(&self.from_user)
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "+-_.".contains(*c))
+            .take(64)
+            .collect();
+        let user = if user.is_empty() {
+            "switchboard".to_string()
+        } else {
+            user
+        };
+        let host = crate::call::leg::sent_by(SocketAddr::new(
+            self.shared.media.public_ip.unwrap_or(local.ip()),
+            local.port(),
+        ));
+        NameAddr::parse(&format!("<sip:{user}@{host}>"))
+            .expect("a caller ID URI of safe characters parses")
+    }
+
+    pub(super) fn on_agent_event(&mut self, id: LegId, event: LegEvent) {
+        let current = self.transfer.as_ref().and_then(Transfer::leg) == Some(id);
+        if !current {
+            return;
+        }
+        match event {
+            LegEvent::Progress { status, sdp } => self.on_agent_progress(status, sdp),
+            LegEvent::Answered { sdp } => self.on_agent_answered(sdp),
+            LegEvent::Failed(failure) => {
+                tracing::info!(status = failure.status, reason = %failure.reason, outcome = failure.kind.twilio_status(), "transfer: not connected");
+                self.dial_failed(failure.kind, failure.status, failure.reason);
+            }
+            LegEvent::Ended(reason) => {
+                tracing::info!(?reason, "transfer: the party hung up");
+                self.bridge_ended("completed");
+            }
+            LegEvent::Offer { sdp } => self.reanswer_agent(id, sdp),
+            LegEvent::Info { content_type, body } => {
+                let digit = std::str::from_utf8(&body)
+                    .ok()
+                    .filter(|_| content_type.contains("dtmf"))
+                    .and_then(|text| text.trim().chars().last());
+                if let (Some(digit), Some(pipeline)) = (digit, self.caller_media.pipeline.as_mut())
+                {
+                    let _ = pipeline.send_digits(&digit.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_agent_progress(&mut self, status: u16, sdp: Option<String>) {
+        if self.caller.state() == LegState::Inviting {
+            // The caller has not been answered (on_failure before answer):
+            // let it hear that the human's phone rings.
+            self.caller.ring(None);
+        }
+        let Some(sdp) = sdp else { return };
+        let recording = self.flow.recording.is_some();
+        let (party_rate, jitter) = (self.caller_media.pipeline_rate(), self.jitter_settings());
+        let Some(caller) = self.caller_media.pipeline.as_mut() else {
+            return;
+        };
+        let Some(media) = self.transfer.as_mut().and_then(Transfer::media_mut) else {
+            return;
+        };
+        if let Err(error) = media.take_answer(&sdp) {
+            tracing::info!(%error, status, "early media not usable");
+            return;
+        }
+        let now = std::time::Instant::now();
+        match media.choose_path(caller, recording, party_rate, jitter, now) {
+            Ok(()) => {
+                if media.is_relay() {
+                    caller.pause_sending(true);
+                } else if let Some(agent) = media.pipeline_mut() {
+                    agent.pause_sending(true);
+                }
+                caller.clear();
+                tracing::info!(status, "transfer: early media from the party");
+            }
+            Err(error) => tracing::info!(%error, "early media not usable"),
+        }
+    }
+
+    fn on_agent_answered(&mut self, sdp: Option<String>) {
+        let answered_caller = self.caller.state() != LegState::Inviting;
+        if !answered_caller {
+            let rate = self
+                .caller_media
+                .negotiated
+                .as_ref()
+                .map(|n| n.codec.sample_rate())
+                .unwrap_or(8000);
+            if let Err(error) = self.answer_caller(rate) {
+                tracing::error!(%error, "cannot answer the caller for the bridge");
+                return self.hang_up_agent_and_end(format!("media pipeline failed ({error})"));
+            }
+        }
+        let recording = self.flow.recording.is_some();
+        let (party_rate, jitter) = (self.caller_media.pipeline_rate(), self.jitter_settings());
+        let now = std::time::Instant::now();
+        let Some(caller) = self.caller_media.pipeline.as_mut() else {
+            return self
+                .hang_up_agent_and_end("the caller's media is not ready for a bridge".into());
+        };
+        let Some(transfer) = self.transfer.as_mut() else {
+            return;
+        };
+        let Some(media) = transfer.media_mut() else {
+            return;
+        };
+        let ready = match (sdp, media.negotiated.is_some()) {
+            (Some(sdp), _) => media.take_answer(&sdp).map(|_| ()),
+            (None, true) => Ok(()),
+            (None, false) => Err("the party answered without SDP".to_string()),
+        }
+        .and_then(|()| {
+            if media.path.is_none() {
+                media.choose_path(caller, recording, party_rate, jitter, now)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(error) = ready {
+            tracing::warn!(%error, "transfer: cannot bridge");
+            return self.hang_up_agent_and_end(format!("bridge failed: {error}"));
+        }
+        caller.clear();
+        if media.is_relay() {
+            caller.pause_sending(true);
+        } else if let Some(agent) = media.pipeline_mut() {
+            agent.pause_sending(false);
+        }
+        let limit =
+            Instant::now() + Duration::from_secs(transfer.target.time_limit_secs.max(1) as u64);
+        let Stage::Ringing { leg, media } =
+            std::mem::replace(&mut transfer.stage, Stage::Resolving)
+        else {
+            return;
+        };
+        transfer.stage = Stage::Bridged {
+            leg,
+            media,
+            since: Instant::now(),
+            limit,
+        };
+        transfer.was_bridged = true;
+        tracing::info!("transfer: bridged");
+        crate::metrics::transfer_finished("answered");
+        // The bot's part is over: it gets its protocol's goodbye.
+        self.close_bot();
+    }
+
+    fn hang_up_agent_and_end(&mut self, reason: String) {
+        self.end(reason);
+    }
+
+    /// A re-INVITE from the party: same media, our SDP again.
+    fn reanswer_agent(&mut self, id: LegId, _sdp: Option<String>) {
+        let offer = self
+            .transfer
+            .as_ref()
+            .and_then(Transfer::media)
+            .map(AgentMedia::offer);
+        if let Some(leg) = self.leg_mut(id) {
+            match offer {
+                Some(sdp) => leg.accept_offer(Some(&sdp)),
+                None => leg.reject_offer(488),
+            }
+        }
+    }
+
+    pub(super) fn transfer_timeout(&mut self, now: Instant) {
+        let due = self
+            .transfer
+            .as_ref()
+            .and_then(Transfer::deadline)
+            .is_some_and(|at| at <= now);
+        if due {
+            tracing::info!("transfer: time limit reached");
+            if let Some(id) = self.transfer.as_ref().and_then(Transfer::leg) {
+                if let Some(leg) = self.leg_mut(id) {
+                    leg.hang_up(now.into_std());
+                }
+            }
+            self.bridge_ended("completed");
+        }
+    }
+
+    /// The caller pressed `*` in a bridge with `hangupOnStar`.
+    pub(super) fn star_hang_up(&mut self) {
+        tracing::info!("transfer: the caller pressed * (hangupOnStar)");
+        if let Some(id) = self.transfer.as_ref().and_then(Transfer::leg) {
+            if let Some(leg) = self.leg_mut(id) {
+                leg.hang_up(std::time::Instant::now());
+            }
+        }
+        self.bridge_ended("completed");
+    }
+
+    /// The bridge is over with the caller still here.
+    fn bridge_ended(&mut self, status: &'static str) {
+        let Some(transfer) = &self.transfer else {
+            return;
+        };
+        let Stage::Bridged { since, .. } = &transfer.stage else {
+            return;
+        };
+        let seconds = since.elapsed().as_secs();
+        let star = transfer.target.hangup_on_star;
+        self.stop_agent_media();
+        let has_action = self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.target.action.is_some());
+        if has_action {
+            self.report_dial(status, 200, seconds);
+        } else if star {
+            self.transfer = None;
+            self.return_to_flow("the caller left the human (hangupOnStar)".into());
+        } else {
+            self.transfer = None;
+            self.end("the transferred call ended");
+        }
+    }
+
+    /// The party was not reached: tell the action URL, else the bot.
+    pub(super) fn dial_failed(&mut self, kind: FailKind, status: u16, reason: String) {
+        crate::metrics::transfer_finished(kind.twilio_status());
+        self.stop_agent_media();
+        let Some(transfer) = &self.transfer else {
+            return;
+        };
+        if transfer.target.action.is_some() {
+            return self.report_dial(kind.twilio_status(), status, 0);
+        }
+        let origin = transfer.origin;
+        let uri = transfer.target.uri.clone();
+        self.transfer = None;
+        let message = format!("{}: {status} {reason}", kind.twilio_status());
+        match origin {
+            Origin::OnFailure => self.end_unconnected(kind, status, message),
+            Origin::Bot | Origin::DialAction => {
+                self.return_to_flow(format!("transfer to {uri} failed ({message})"));
+            }
+        }
+    }
+
+    /// Nobody is left to talk to: refuse or hang up the caller.
+    fn end_unconnected(&mut self, kind: FailKind, status: u16, message: String) {
+        if self.caller.state() == LegState::Inviting {
+            let status = match kind {
+                FailKind::Busy => 486,
+                _ if (400..700).contains(&status) && status != 487 => status,
+                _ => 480,
+            };
+            self.reject(status, format!("transfer failed ({message})"));
+        } else {
+            self.end(format!("transfer failed ({message})"));
+        }
+    }
+
+    /// Drops the party's media; the caller's pipeline speaks again.
+    fn stop_agent_media(&mut self) {
+        let now = std::time::Instant::now();
+        let Some(transfer) = &mut self.transfer else {
+            return;
+        };
+        let stage = std::mem::replace(&mut transfer.stage, Stage::Reporting);
+        if let Stage::Ringing { media, .. } | Stage::Bridged { media, .. } = stage {
+            if let Some(pipeline) = self.caller_media.pipeline.as_mut() {
+                if let Some((sequence, timestamp)) = media.relay_position(now) {
+                    pipeline.resume_rtp(sequence, timestamp);
+                }
+                pipeline.pause_sending(false);
+                pipeline.clear();
+            }
+        }
+    }
+
+    /// Back to the bot after a transfer that did not (or no longer) hold
+    /// the caller: told why, its audio heard again. Without a bot (closed
+    /// at the bridge) a new session opens; without a connector that works,
+    /// the flow's `on_failure` decides.
+    pub(super) fn return_to_flow(&mut self, message: String) {
+        self.transfer = None;
+        if self.is_ending() {
+            return;
+        }
+        match &self.bot {
+            Some(_) => {
+                self.mute_bot(false);
+                tracing::info!(%message, "caller back with the bot");
+                self.action_result("dial", false, message);
+            }
+            None if self.caller.state() == LegState::Confirmed => {
+                self.open_bot(super::bot::OpenPurpose::Return);
+            }
+            None => self.end(message),
+        }
+    }
+
+    fn jitter_settings(&self) -> (u32, Option<switchboard_media::jitter::AdaptiveConfig>) {
+        (
+            self.shared.media.jitter_depth_ms,
+            self.shared.media.jitter_adaptive,
+        )
+    }
+}

@@ -1,0 +1,566 @@
+//! The SIP endpoint task: owns the transaction layer, admits new calls
+//! (capacity, routing), answers out-of-dialog requests, and routes every
+//! response and in-dialog request to the leg that owns its dialog. It
+//! supervises call tasks: however a call ends (even by panicking), its slot
+//! and routes are released and an INVITE it left unanswered gets a 500.
+//! It never touches media.
+
+mod routes;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_connectors::BotConnector;
+use switchboard_flows::FlowConfig;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::call::leg::LegInput;
+use crate::call::{
+    run_call, CallInput, CallRef, CallSetup, EndpointCommand, LegId, CALL_INPUT_CAPACITY,
+};
+use crate::routing::Router;
+use crate::sip::message::{Method, Request};
+use crate::sip::response::{default_reason, new_tag, response_for};
+use crate::sip::transaction::{
+    ClientTxId, Peer, ServerTxId, Timers, TransactionEvent, TransactionLayer, Transport,
+};
+use crate::transport::{Inbound, Transports};
+
+pub use routes::{ClientOwner, Routes};
+
+/// Commands queued from all calls towards the endpoint.
+pub const COMMAND_CAPACITY: usize = 4096;
+/// What we answer out of dialog.
+const ALLOW: &str = crate::call::leg::ALLOW;
+
+/// A flow ready to take calls.
+pub struct FlowRuntime {
+    pub config: Arc<FlowConfig>,
+    pub connector: Arc<dyn BotConnector>,
+}
+
+/// Media settings every call gets.
+#[derive(Clone, Debug)]
+pub struct MediaSettings {
+    pub public_ip: Option<IpAddr>,
+    pub rtp_timeout: Duration,
+    pub jitter_depth_ms: u32,
+    /// Adaptive jitter bounds; `None` keeps the depth fixed.
+    pub jitter_adaptive: Option<switchboard_media::jitter::AdaptiveConfig>,
+    pub codecs: switchboard_media::sdp::CodecPreferences,
+    /// Send nothing while the bot is silent (RFC 3551 silence suppression).
+    pub suppress_silence: bool,
+}
+
+pub struct Endpoint {
+    pub transports: Transports,
+    pub router: Router,
+    pub flows: HashMap<String, FlowRuntime>,
+    pub max_calls: usize,
+    /// What every call shares: media settings, RTP ports, dial policy…
+    pub calls: Arc<crate::call::dial::CallShared>,
+    pub inbound: mpsc::Receiver<Inbound>,
+    pub shutdown: watch::Receiver<EndpointState>,
+    /// Live call count, readable by whoever drains the gateway.
+    pub active_calls: watch::Sender<usize>,
+}
+
+/// What the owner of the gateway wants the endpoint to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndpointState {
+    Running,
+    /// Refuse new calls (503), let existing ones finish.
+    Draining,
+    /// Hang up every call, then stop.
+    Stopping,
+}
+
+/// The endpoint's moving parts, apart from its configuration.
+struct Core {
+    layer: TransactionLayer,
+    routes: Routes,
+    tasks: JoinSet<()>,
+    commands: mpsc::Sender<EndpointCommand>,
+    /// Our requests waiting for an outbound TCP connection to open.
+    connecting: HashMap<SocketAddr, Vec<ClientTxId>>,
+    state: EndpointState,
+}
+
+impl Endpoint {
+    pub async fn run(mut self) {
+        let (commands_tx, mut commands) = mpsc::channel::<EndpointCommand>(COMMAND_CAPACITY);
+        let mut core = Core {
+            layer: TransactionLayer::new(Timers::default()),
+            routes: Routes::default(),
+            tasks: JoinSet::new(),
+            commands: commands_tx,
+            connecting: HashMap::new(),
+            state: EndpointState::Running,
+        };
+        loop {
+            let deadline = core
+                .layer
+                .poll_timeout()
+                .map(Instant::from_std)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                inbound = self.inbound.recv() => {
+                    let Some(inbound) = inbound else { break };
+                    self.on_inbound(&mut core, inbound);
+                }
+                command = commands.recv() => {
+                    // The endpoint holds a sender itself, so this never closes.
+                    let Some(command) = command else { break };
+                    self.on_command(&mut core, command);
+                }
+                Some(joined) = core.tasks.join_next_with_id(), if !core.tasks.is_empty() => {
+                    // What the call sent before it ended comes first: its
+                    // last responses must not lose the race to our cleanup.
+                    while let Ok(command) = commands.try_recv() {
+                        self.on_command(&mut core, command);
+                    }
+                    self.on_call_ended(&mut core, joined);
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    core.layer.handle_timeout(std::time::Instant::now());
+                }
+                changed = self.shutdown.changed() => {
+                    let next = if changed.is_err() { EndpointState::Stopping } else { *self.shutdown.borrow() };
+                    if next == EndpointState::Stopping && core.state != EndpointState::Stopping {
+                        for inputs in core.routes.senders() {
+                            let _ = inputs.try_send(CallInput::Shutdown);
+                        }
+                    }
+                    core.state = next;
+                }
+            }
+            self.flush(&mut core);
+            while let Some(event) = core.layer.poll_event() {
+                self.dispatch(&mut core, event);
+            }
+            self.flush(&mut core);
+            if core.state == EndpointState::Stopping && core.routes.is_empty() {
+                break;
+            }
+        }
+    }
+
+    fn flush(&self, core: &mut Core) {
+        while let Some(transmit) = core.layer.poll_transmit() {
+            self.transports.send(transmit.peer, transmit.bytes);
+        }
+    }
+
+    fn on_inbound(&self, core: &mut Core, inbound: Inbound) {
+        match inbound {
+            Inbound::Message { message, peer } => {
+                core.layer
+                    .handle_input(message, peer, std::time::Instant::now());
+            }
+            Inbound::Connected { addr } => {
+                core.connecting.remove(&addr);
+            }
+            Inbound::ConnectFailed { addr } => {
+                for tx in core.connecting.remove(&addr).unwrap_or_default() {
+                    core.layer.unreachable(tx);
+                }
+            }
+        }
+    }
+
+    fn on_command(&self, core: &mut Core, command: EndpointCommand) {
+        let now = std::time::Instant::now();
+        match command {
+            EndpointCommand::Respond { tx, response } => {
+                core.layer.send_response(tx, response, now)
+            }
+            EndpointCommand::SendRequest {
+                call,
+                leg,
+                request,
+                peer,
+            } => {
+                let Ok((cseq, method)) = request.cseq() else {
+                    return;
+                };
+                let tx = core.layer.send_request(request, peer, now);
+                core.routes.add_client(
+                    tx,
+                    ClientOwner {
+                        call,
+                        leg,
+                        cseq,
+                        method,
+                    },
+                );
+                if peer.transport == Transport::Tcp && !self.transports.tcp_ready(peer.addr) {
+                    core.connecting.entry(peer.addr).or_default().push(tx);
+                }
+            }
+            EndpointCommand::SendStateless { message, peer } => {
+                core.layer.send_stateless(message, peer)
+            }
+            EndpointCommand::AddDialog {
+                call,
+                leg,
+                call_id,
+                local_tag,
+            } => core.routes.add_dialog(call, leg, call_id, local_tag),
+        }
+    }
+
+    fn on_call_ended(
+        &self,
+        core: &mut Core,
+        joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    ) {
+        core.release(joined);
+        let _ = self.active_calls.send(core.routes.len());
+        crate::metrics::active_calls(core.routes.len());
+    }
+
+    fn forward(&self, core: &mut Core, call: CallRef, leg: LegId, input: LegInput) {
+        core.forward(call, leg, input);
+    }
+
+    fn dispatch(&self, core: &mut Core, event: TransactionEvent) {
+        match event {
+            TransactionEvent::Request { tx, request, peer } => {
+                self.on_request(core, tx, request, peer)
+            }
+            TransactionEvent::Ack { request, .. } => {
+                let call_id = request.call_id().unwrap_or_default();
+                let to_tag = request
+                    .to()
+                    .ok()
+                    .and_then(|to| to.tag().map(str::to_string));
+                if let Some((call, leg)) = to_tag.and_then(|tag| core.routes.dialog(call_id, &tag))
+                {
+                    self.forward(core, call, leg, LegInput::Ack(request));
+                }
+            }
+            TransactionEvent::Cancelled { invite_tx, .. } => {
+                if let Some((call, leg)) = core.routes.invite(invite_tx) {
+                    self.forward(core, call, leg, LegInput::Cancelled);
+                }
+            }
+            TransactionEvent::Response { tx, response } => {
+                let owner = if response.status >= 200 {
+                    core.routes.take_client(tx)
+                } else {
+                    core.routes.client(tx).cloned()
+                };
+                if let Some(owner) = owner {
+                    self.forward(core, owner.call, owner.leg, LegInput::Response(response));
+                }
+            }
+            TransactionEvent::Timeout { tx } | TransactionEvent::Unreachable { tx } => {
+                let unreachable = matches!(event, TransactionEvent::Unreachable { .. });
+                if let Some(owner) = core.routes.take_client(tx) {
+                    let input = LegInput::RequestFailed {
+                        cseq: owner.cseq,
+                        method: owner.method,
+                        unreachable,
+                    };
+                    self.forward(core, owner.call, owner.leg, input);
+                }
+            }
+            TransactionEvent::AckTimeout { tx, .. } => {
+                if let Some((call, leg)) = core.routes.invite(tx) {
+                    self.forward(core, call, leg, LegInput::AckTimeout);
+                }
+            }
+        }
+    }
+
+    fn on_request(&self, core: &mut Core, tx: ServerTxId, request: Request, peer: Peer) {
+        let call_id = request.call_id().unwrap_or_default().to_string();
+        let to_tag = request
+            .to()
+            .ok()
+            .and_then(|to| to.tag().map(str::to_string));
+        if let Some(tag) = to_tag {
+            match core.routes.dialog(&call_id, &tag) {
+                Some((call, leg)) => {
+                    self.forward(core, call, leg, LegInput::Request { tx, request })
+                }
+                None => {
+                    tracing::info!(method = %request.method, %call_id, peer = %peer.addr, "request for an unknown dialog: 481");
+                    reply(&mut core.layer, tx, &request, 481, None);
+                }
+            }
+            return;
+        }
+        match request.method {
+            Method::Invite => {
+                let from_tag = request
+                    .from()
+                    .ok()
+                    .and_then(|from| from.tag().map(str::to_string))
+                    .unwrap_or_default();
+                if core.routes.is_known_invite(&call_id, &from_tag) {
+                    // The same INVITE by another path (RFC 3261 §8.2.2.2).
+                    tracing::info!(%call_id, peer = %peer.addr, "merged INVITE: 482");
+                    reply(&mut core.layer, tx, &request, 482, None);
+                    return;
+                }
+                self.admit(core, tx, request, peer, from_tag);
+            }
+            Method::Options => {
+                let mut response = response_for(&request, 200, "OK", Some(&new_tag()));
+                response.headers.push("Allow", ALLOW);
+                response.headers.push("Accept", "application/sdp");
+                core.layer
+                    .send_response(tx, response, std::time::Instant::now());
+            }
+            Method::Bye
+            | Method::Info
+            | Method::Update
+            | Method::Notify
+            | Method::Prack
+            | Method::Ack
+            | Method::Cancel => {
+                tracing::info!(method = %request.method, %call_id, peer = %peer.addr, "request outside any dialog: 481");
+                reply(&mut core.layer, tx, &request, 481, None)
+            }
+            _ => {
+                tracing::info!(method = %request.method, peer = %peer.addr, "method not supported: 405");
+                let mut response =
+                    response_for(&request, 405, "Method Not Allowed", Some(&new_tag()));
+                response.headers.push("Allow", ALLOW);
+                core.layer
+                    .send_response(tx, response, std::time::Instant::now());
+            }
+        }
+    }
+
+    fn admit(
+        &self,
+        core: &mut Core,
+        tx: ServerTxId,
+        request: Request,
+        peer: Peer,
+        from_tag: String,
+    ) {
+        let call_id = request.call_id().unwrap_or_default().to_string();
+        let dialed = request.uri.user_decoded().unwrap_or_default();
+        if core.state != EndpointState::Running {
+            tracing::info!(%call_id, "shutting down: 503 for a new call");
+            reply(&mut core.layer, tx, &request, 503, Some("5"));
+            crate::metrics::call_rejected(503);
+            return;
+        }
+        if core.routes.len() >= self.max_calls {
+            tracing::warn!(%call_id, max_calls = self.max_calls, "at capacity: 503");
+            reply(&mut core.layer, tx, &request, 503, Some("5"));
+            crate::metrics::call_rejected(503);
+            return;
+        }
+        let route = match self.router.route(peer.addr.ip(), &dialed) {
+            Ok(route) => route,
+            Err(error) => {
+                tracing::warn!(%call_id, peer = %peer.addr, %dialed, status = error.status(), "call rejected: {error}");
+                reply(&mut core.layer, tx, &request, error.status(), None);
+                crate::metrics::call_rejected(error.status());
+                return;
+            }
+        };
+        let Some(flow) = self.flows.get(&route.flow) else {
+            // Config validation makes this unreachable; answer sanely anyway.
+            reply(&mut core.layer, tx, &request, 500, None);
+            crate::metrics::call_rejected(500);
+            return;
+        };
+        let Some(local_sip) = self.transports.local_for(peer) else {
+            reply(&mut core.layer, tx, &request, 500, None);
+            crate::metrics::call_rejected(500);
+            return;
+        };
+        let (inputs_tx, inputs) = mpsc::channel(CALL_INPUT_CAPACITY);
+        let local_tag = new_tag();
+        let call = core
+            .routes
+            .admit(&call_id, &from_tag, &local_tag, tx, inputs_tx);
+        let setup = CallSetup {
+            call,
+            call_id,
+            tx,
+            invite: request,
+            peer,
+            local_tag,
+            route,
+            flow: flow.config.clone(),
+            connector: flow.connector.clone(),
+            local_sip,
+            shared: self.calls.clone(),
+            endpoint: core.commands.clone(),
+            inputs,
+        };
+        let task = core.tasks.spawn(run_call(setup));
+        core.routes.attach_task(task.id(), call);
+        let _ = self.active_calls.send(core.routes.len());
+        crate::metrics::active_calls(core.routes.len());
+    }
+}
+
+impl Core {
+    /// Forgets a call whose task ended, however it ended (a panic too):
+    /// its routes go, and an INVITE it left unanswered gets a 500.
+    fn release(&mut self, joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
+        let id = match joined {
+            Ok((id, ())) => id,
+            Err(error) => {
+                if error.is_panic() {
+                    tracing::error!(task = %error.id(), "call task panicked; releasing its call");
+                }
+                error.id()
+            }
+        };
+        if let Some((_, Some(tx))) = self.routes.remove_task(id) {
+            self.layer.abandon(tx, std::time::Instant::now());
+        }
+    }
+
+    /// Hands `input` to a call; a call that cannot take it gets its
+    /// request answered here (503, or 481 when it is gone), so no server
+    /// transaction is left waiting for an answer nobody will give.
+    fn forward(&mut self, call: CallRef, leg: LegId, input: LegInput) {
+        let Some(inputs) = self.routes.sender(call) else {
+            if let LegInput::Request { tx, request } = input {
+                reply(&mut self.layer, tx, &request, 481, None);
+            }
+            return;
+        };
+        if let Err(error) = inputs.try_send(CallInput::Leg { leg, input }) {
+            let (input, status) = match error {
+                mpsc::error::TrySendError::Full(input) => (input, 503),
+                mpsc::error::TrySendError::Closed(input) => (input, 481),
+            };
+            tracing::warn!(
+                call = call.0,
+                status,
+                "call task cannot take a SIP message: answered here"
+            );
+            if let CallInput::Leg {
+                input: LegInput::Request { tx, request },
+                ..
+            } = input
+            {
+                let retry = (status == 503).then_some("1");
+                reply(&mut self.layer, tx, &request, status, retry);
+            }
+        }
+    }
+}
+
+fn reply(
+    layer: &mut TransactionLayer,
+    tx: ServerTxId,
+    request: &Request,
+    status: u16,
+    retry_after: Option<&str>,
+) {
+    let mut response = response_for(request, status, default_reason(status), Some(&new_tag()));
+    if let Some(seconds) = retry_after {
+        response.headers.push("Retry-After", seconds);
+    }
+    layer.send_response(tx, response, std::time::Instant::now());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::framing::parse_message;
+    use crate::sip::message::SipMessage;
+
+    fn core() -> Core {
+        let (commands, _) = mpsc::channel(1);
+        Core {
+            layer: TransactionLayer::new(Timers::default()),
+            routes: Routes::default(),
+            tasks: JoinSet::new(),
+            commands,
+            connecting: HashMap::new(),
+            state: EndpointState::Running,
+        }
+    }
+
+    fn request(method: &str, branch: &str, to_tag: &str) -> SipMessage {
+        let text = format!(
+            "{method} sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch}\r\nFrom: <sip:a@127.0.0.1>;tag=f1\r\nTo: <sip:100@127.0.0.1>{to_tag}\r\nCall-ID: c1\r\nCSeq: 2 {method}\r\nContact: <sip:a@127.0.0.1:5070>\r\nContent-Length: 0\r\n\r\n"
+        );
+        parse_message(text.as_bytes()).unwrap()
+    }
+
+    const PEER: Peer = Peer {
+        transport: Transport::Udp,
+        addr: SocketAddr::V4(std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::LOCALHOST,
+            5070,
+        )),
+    };
+
+    fn sent(core: &mut Core) -> Vec<String> {
+        std::iter::from_fn(|| core.layer.poll_transmit())
+            .map(|t| {
+                String::from_utf8_lossy(&t.bytes)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// A call task that panics before answering: its routes are released
+    /// and the caller's INVITE gets a 500 instead of ringing forever.
+    #[tokio::test]
+    async fn a_panicking_call_is_released_and_its_invite_answered() {
+        let mut core = core();
+        let now = std::time::Instant::now();
+        core.layer
+            .handle_input(request("INVITE", "z9hG4bKp1", ""), PEER, now);
+        let Some(TransactionEvent::Request { tx, .. }) = core.layer.poll_event() else {
+            panic!("no INVITE")
+        };
+        assert_eq!(sent(&mut core), vec!["SIP/2.0 100 Trying"]);
+        let (inputs, _rx) = mpsc::channel(1);
+        let call = core.routes.admit("c1", "f1", "ours", tx, inputs);
+        let task = core.tasks.spawn(async { panic!("a bug in a call") });
+        core.routes.attach_task(task.id(), call);
+        let joined = core.tasks.join_next_with_id().await.unwrap();
+        assert!(joined.as_ref().is_err_and(|e| e.is_panic()));
+        core.release(joined);
+        assert_eq!(core.routes.sizes(), (0, 0, 0, 0));
+        assert_eq!(sent(&mut core), vec!["SIP/2.0 500 Server Internal Error"]);
+    }
+
+    /// A call whose queue is full gets its in-dialog request answered 503
+    /// by the endpoint: the transaction ends instead of absorbing the
+    /// caller's retransmissions forever.
+    #[tokio::test]
+    async fn a_request_a_call_cannot_take_is_answered_503() {
+        let mut core = core();
+        let now = std::time::Instant::now();
+        let (inputs, _rx) = mpsc::channel(1);
+        let invite_tx = ServerTxId::for_tests(99);
+        let call = core
+            .routes
+            .admit("c1", "f1", "ours", invite_tx, inputs.clone());
+        inputs.try_send(CallInput::Shutdown).unwrap(); // the queue is now full
+        core.layer
+            .handle_input(request("INFO", "z9hG4bKi1", ";tag=ours"), PEER, now);
+        let Some(TransactionEvent::Request { tx, request, .. }) = core.layer.poll_event() else {
+            panic!("no INFO")
+        };
+        core.forward(call, LegId::CALLER, LegInput::Request { tx, request });
+        assert_eq!(sent(&mut core), vec!["SIP/2.0 503 Service Unavailable"]);
+        assert!(core.layer.poll_timeout().is_some(), "Timer J, then gone");
+        core.layer.handle_timeout(now + Duration::from_secs(33));
+        assert!(core.layer.is_empty());
+    }
+}

@@ -1,0 +1,233 @@
+//! Locating a SIP server (RFC 3263, without NAPTR): an IP literal is used
+//! as it is; a host name with a port gets A/AAAA; a host name without one
+//! gets SRV (`_sip._udp` / `_sip._tcp`, or the one its `;transport=` names),
+//! ordered by priority and weighted at random (RFC 2782), and A/AAAA at
+//! 5060 when it has no SRV records.
+
+use std::net::{IpAddr, SocketAddr};
+
+use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::TokioResolver;
+use rand::Rng;
+
+use super::transaction::{Peer, Transport};
+use super::uri::{Host, SipUri};
+
+/// DNS for dial targets and registrars: the system's resolver settings
+/// (`/etc/resolv.conf`, `/etc/hosts`), or name servers the operator named.
+#[derive(Clone)]
+pub struct Resolver {
+    dns: Option<TokioResolver>,
+}
+
+impl Resolver {
+    /// The system's configuration; without a readable one, host names are
+    /// resolved by the system's `getaddrinfo` (no SRV).
+    pub fn system() -> Resolver {
+        match TokioResolver::builder_tokio() {
+            Ok(builder) => Resolver {
+                dns: Some(builder.build()),
+            },
+            Err(error) => {
+                tracing::warn!(%error, "no usable DNS configuration: SRV lookups are off");
+                Resolver { dns: None }
+            }
+        }
+    }
+
+    /// These name servers only (UDP and TCP), e.g. a local one in tests.
+    pub fn with_servers(servers: &[SocketAddr]) -> Resolver {
+        let mut group = NameServerConfigGroup::new();
+        for server in servers {
+            group.merge(NameServerConfigGroup::from_ips_clear(
+                &[server.ip()],
+                server.port(),
+                true,
+            ));
+        }
+        let config = ResolverConfig::from_parts(None, Vec::new(), group);
+        let dns =
+            TokioResolver::builder_with_config(config, TokioConnectionProvider::default()).build();
+        Resolver { dns: Some(dns) }
+    }
+
+    /// Where to send requests for `uri`; `transport` from its
+    /// `;transport=` parameter when it has one.
+    pub async fn resolve(
+        &self,
+        uri: &SipUri,
+        transport: Option<Transport>,
+    ) -> Result<Peer, String> {
+        let domain = match &uri.host {
+            Host::Ip(ip) => {
+                return Ok(Peer {
+                    transport: transport.unwrap_or(Transport::Udp),
+                    addr: SocketAddr::new(*ip, uri.port.unwrap_or(5060)),
+                })
+            }
+            Host::Domain(domain) => domain.clone(),
+        };
+        if let Some(port) = uri.port {
+            let ip = self.address(&domain).await?;
+            return Ok(Peer {
+                transport: transport.unwrap_or(Transport::Udp),
+                addr: SocketAddr::new(ip, port),
+            });
+        }
+        let candidates: &[Transport] = match transport {
+            Some(Transport::Udp) => &[Transport::Udp],
+            Some(Transport::Tcp) => &[Transport::Tcp],
+            None => &[Transport::Udp, Transport::Tcp],
+        };
+        for candidate in candidates {
+            let records = self.srv(&format!("_sip._{candidate}.{domain}.")).await;
+            let ordered = order_srv(records, &mut rand::rng());
+            for (port, target) in ordered {
+                if let Ok(ip) = self.address(&target).await {
+                    return Ok(Peer {
+                        transport: *candidate,
+                        addr: SocketAddr::new(ip, port),
+                    });
+                }
+            }
+        }
+        let ip = self.address(&domain).await?;
+        Ok(Peer {
+            transport: transport.unwrap_or(Transport::Udp),
+            addr: SocketAddr::new(ip, 5060),
+        })
+    }
+
+    /// SRV records: (priority, weight, port, target).
+    async fn srv(&self, name: &str) -> Vec<(u16, u16, u16, String)> {
+        let Some(dns) = &self.dns else {
+            return Vec::new();
+        };
+        match dns.srv_lookup(name).await {
+            Ok(lookup) => lookup
+                .iter()
+                .map(|srv| {
+                    (
+                        srv.priority(),
+                        srv.weight(),
+                        srv.port(),
+                        srv.target().to_utf8().trim_end_matches('.').to_string(),
+                    )
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    async fn address(&self, host: &str) -> Result<IpAddr, String> {
+        if let Some(dns) = &self.dns {
+            let fqdn = if host.contains('.') && !host.ends_with('.') {
+                format!("{host}.")
+            } else {
+                host.to_string()
+            };
+            if let Ok(found) = dns.lookup_ip(fqdn).await {
+                if let Some(ip) = found.iter().next() {
+                    return Ok(ip);
+                }
+            }
+        }
+        // Names the DNS does not know may still be in /etc/hosts or NSS.
+        let mut found = tokio::net::lookup_host((host, 0))
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+        found
+            .next()
+            .map(|addr| addr.ip())
+            .ok_or_else(|| format!("{host} has no address"))
+    }
+}
+
+/// RFC 2782 order: lowest priority first; within a priority, at random in
+/// proportion to weight. A target of `.` means "no service here".
+pub fn order_srv(
+    mut records: Vec<(u16, u16, u16, String)>,
+    rng: &mut impl Rng,
+) -> Vec<(u16, String)> {
+    records.retain(|(_, _, _, target)| !target.is_empty() && target != ".");
+    records.sort_by_key(|(priority, _, _, _)| *priority);
+    let mut ordered = Vec::with_capacity(records.len());
+    while !records.is_empty() {
+        let priority = records[0].0;
+        let end = records
+            .iter()
+            .position(|r| r.0 != priority)
+            .unwrap_or(records.len());
+        let mut group: Vec<_> = records.drain(..end).collect();
+        while !group.is_empty() {
+            let total: u32 = group.iter().map(|r| u32::from(r.1)).sum();
+            let index = if total == 0 {
+                0
+            } else {
+                let mut pick = rng.random_range(0..total);
+                group
+                    .iter()
+                    .position(|r| {
+                        let weight = u32::from(r.1);
+                        if pick < weight {
+                            true
+                        } else {
+                            pick -= weight;
+                            false
+                        }
+                    })
+                    .unwrap_or(0)
+            };
+            let (_, _, port, target) = group.remove(index);
+            ordered.push((port, target));
+        }
+    }
+    ordered
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+
+    use super::*;
+
+    #[test]
+    fn srv_priority_first_then_weight() {
+        let records = vec![
+            (20, 0, 5080, "backup.example.com".to_string()),
+            (10, 90, 5060, "a.example.com".to_string()),
+            (10, 10, 5062, "b.example.com".to_string()),
+            (10, 0, 5064, ".".to_string()),
+        ];
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut first_a = 0;
+        for _ in 0..1000 {
+            let ordered = order_srv(records.clone(), &mut rng);
+            assert_eq!(ordered.len(), 3);
+            assert_eq!(ordered[2], (5080, "backup.example.com".to_string()));
+            if ordered[0].1 == "a.example.com" {
+                first_a += 1;
+            }
+        }
+        assert!(
+            (850..=950).contains(&first_a),
+            "weight 90 of 100 won {first_a} times"
+        );
+    }
+
+    #[tokio::test]
+    async fn literals_and_hosts_resolve_without_dns_servers() {
+        let resolver = Resolver { dns: None };
+        let uri = SipUri::parse("sip:a@127.0.0.1:5090;transport=tcp").unwrap();
+        let peer = resolver.resolve(&uri, Some(Transport::Tcp)).await.unwrap();
+        assert_eq!(peer.addr, "127.0.0.1:5090".parse().unwrap());
+        assert_eq!(peer.transport, Transport::Tcp);
+        let uri = SipUri::parse("sip:a@[::1]").unwrap();
+        let peer = resolver.resolve(&uri, None).await.unwrap();
+        assert_eq!(peer.addr, "[::1]:5060".parse().unwrap());
+        let uri = SipUri::parse("sip:a@localhost:5099").unwrap();
+        let peer = resolver.resolve(&uri, None).await.unwrap();
+        assert!(peer.addr.ip().is_loopback() && peer.addr.port() == 5099);
+    }
+}
