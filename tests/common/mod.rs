@@ -1,5 +1,6 @@
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod audio;
 pub mod baresip;
 pub mod gateway;

@@ -1,0 +1,298 @@
+//! Transfers to a human, end to end: sipp plays the caller and the agent
+//! (a UAS on its own port), a Twilio Media Streams bot asks for the
+//! transfer, and the audio is checked by content in both directions.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::agent::{check_proxy_authorization, Agent, AgentScenario, Behaviour};
+use common::audio::{best_correlation, rms, speech_like};
+use common::baresip::voice_like;
+use common::gateway::{config_with, scratch_dir, GatewayProcess};
+use common::http_server::HttpServer;
+use common::rtp_peer::RtpPeer;
+use common::sipp::{self, SipTransport, G711_OFFER};
+use common::twilio_bot::{BotCommand, TwilioBot};
+use serde_json::json;
+use switchboard_media::g711::{ulaw_decode, ulaw_encode};
+
+const PCMU_AGENT: &[(u8, &str)] = &[(0, "PCMU/8000"), (101, "telephone-event/8000")];
+
+fn config(bot_url: &str, extra: &str) -> String {
+    config_with(&format!(
+        r#"
+[dial]
+allow = ['^sip:(agent|frontdesk)@127\.0\.0\.1[:;?]']
+
+[[trunks]]
+name = "loopback"
+allow = ["127.0.0.1"]
+routes = [{{ pattern = '^\+1\d{{10}}$', flow = "bot" }}]
+
+[[flows]]
+name = "bot"
+bot = {{ kind = "twilio_stream", url = "{bot_url}", connect_timeout_ms = 2000 }}
+on_failure = {{ hangup = 503 }}
+{extra}
+"#
+    ))
+    .replace(
+        "jitter_depth_ms = 40",
+        "jitter_depth_ms = 40\njitter_adaptive = false",
+    )
+}
+
+fn dial_twiml(sip: &str, attributes: &str) -> serde_json::Value {
+    let twiml = format!("<Response><Dial{attributes}>{sip}</Dial></Response>");
+    json!({"event": "action", "name": "twiml", "body": twiml})
+}
+
+/// μ-law payloads received after `since`, decoded.
+fn heard_since(peer: &RtpPeer, since: Instant) -> Vec<i16> {
+    peer.received()
+        .iter()
+        .filter(|p| p.at >= since && p.payload_type == 0)
+        .flat_map(|p| p.payload.iter().map(|b| ulaw_decode(*b)))
+        .collect()
+}
+
+#[test]
+fn bot_transfers_the_caller_to_an_agent_who_challenges_and_talks() {
+    let scratch = scratch_dir("transfer-answer");
+    let agent_rtp = RtpPeer::bind();
+    let agent = Agent::start(
+        &scratch,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::Answer {
+                rtp_port: agent_rtp.port(),
+                hold_ms: 6000,
+            },
+            challenge: true,
+            require: Some("X-Case: 42"),
+            formats: PCMU_AGENT,
+        },
+        SipTransport::Udp,
+    );
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "transfer-answer",
+        &config(&format!("ws://{}/media", bot.addr), ""),
+    );
+    let caller_rtp = RtpPeer::bind();
+    let scenario = sipp::gateway_hangs_up(
+        "+12125550100",
+        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
+    );
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let gateway_rtp = caller_rtp
+        .wait_first_packet(Duration::from_secs(5))
+        .expect("gateway RTP towards the caller");
+
+    let action_sent = Instant::now();
+    bot.send(BotCommand::Json(dial_twiml(
+        &format!(
+            "<Sip username=\"agent\" password=\"s3cret\">sip:agent@{}?X-Case=42</Sip>",
+            agent.addr
+        ),
+        "",
+    )));
+    gateway.wait_for_log(&["transfer: INVITE sent"], Duration::from_secs(5));
+    gateway.wait_for_log(&["transfer: bridged"], Duration::from_secs(10));
+    let bridged_at = Instant::now();
+    assert!(bridged_at - action_sent < Duration::from_secs(5));
+    bot.wait_event("stop", |_| true, Duration::from_secs(3));
+    bot.wait_closed(Duration::from_secs(3));
+
+    // Both talk at once: the caller a speech-like signal, the agent a
+    // different voice-like one.
+    let from_caller = speech_like(3 * 8000);
+    let from_agent: Vec<i16> = voice_like(8000, 3 * 8000);
+    std::thread::scope(|scope| {
+        scope.spawn(|| caller_rtp.stream_pcmu(gateway_rtp, &from_caller));
+        let gateway_agent_rtp = agent_rtp
+            .wait_first_packet(Duration::from_secs(3))
+            .expect("the caller's audio reaches the agent");
+        agent_rtp.stream_pcmu(gateway_agent_rtp, &from_agent[..20_000]);
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let heard_by_caller = heard_since(&caller_rtp, bridged_at);
+    let heard_by_agent = heard_since(&agent_rtp, bridged_at);
+    let (caller_score, _) = best_correlation(
+        &from_agent[8000..],
+        &heard_by_caller,
+        0..heard_by_caller.len(),
+    );
+    let (agent_score, _) = best_correlation(
+        &from_caller[8000..],
+        &heard_by_agent,
+        0..heard_by_agent.len(),
+    );
+    assert!(
+        caller_score > 0.95,
+        "the caller hears the agent (correlation {caller_score:.3})"
+    );
+    assert!(
+        agent_score > 0.95,
+        "the agent hears the caller (correlation {agent_score:.3})"
+    );
+    gateway.wait_for_log(
+        &["bridge relays RTP without decoding"],
+        Duration::from_secs(1),
+    );
+
+    // The agent hangs up: the caller gets BYE.
+    let messages = agent.messages();
+    check_proxy_authorization(&messages);
+    let agent_output = agent.join();
+    sipp::assert_success(&agent_output, &scratch.join("agent"));
+    let output = caller.join().unwrap();
+    sipp::assert_success(&output, &gateway.dir);
+    gateway.wait_for_log(
+        &["call ended", "the transferred call ended"],
+        Duration::from_secs(5),
+    );
+    gateway.assert_no_panic();
+}
+
+#[test]
+fn busy_agent_reports_to_the_dial_action_which_hangs_up() {
+    let scratch = scratch_dir("transfer-busy");
+    let agent = Agent::start(
+        &scratch,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::Busy,
+            challenge: false,
+            require: None,
+            formats: PCMU_AGENT,
+        },
+        SipTransport::Tcp,
+    );
+    let action = HttpServer::start(|_| (200, "<Response><Hangup/></Response>".to_string()));
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "transfer-busy",
+        &config(&format!("ws://{}/media", bot.addr), ""),
+    );
+    let caller_rtp = RtpPeer::bind();
+    let scenario = sipp::gateway_hangs_up(
+        "+12125550100",
+        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
+    );
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    let (_, start) = bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let call_sid = start["start"]["callSid"].as_str().unwrap().to_string();
+    bot.send(BotCommand::Json(dial_twiml(
+        &format!("<Sip>sip:agent@{};transport=tcp</Sip>", agent.addr),
+        &format!(" action=\"http://{}/after-dial\"", action.addr),
+    )));
+    let output = caller.join().unwrap();
+    sipp::assert_success(&output, &gateway.dir);
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+    let requests = action.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let form: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(requests[0].body.as_bytes())
+            .into_owned()
+            .collect();
+    assert_eq!(requests[0].method, "POST");
+    assert_eq!(requests[0].path, "/after-dial");
+    assert_eq!(form["DialCallStatus"], "busy");
+    assert_eq!(form["DialSipResponseCode"], "486");
+    assert_eq!(form["CallSid"], call_sid);
+    assert_eq!(form["To"], "+12125550100");
+    assert!(form["DialCallSid"].starts_with("CA"));
+    assert!(!form["DialSipCallId"].is_empty());
+    gateway.wait_for_log(
+        &["call ended", "dial action hung up"],
+        Duration::from_secs(5),
+    );
+    gateway.assert_no_panic();
+}
+
+#[test]
+fn unanswered_transfer_returns_the_caller_to_the_bot() {
+    let scratch = scratch_dir("transfer-noanswer");
+    let agent = Agent::start(
+        &scratch,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::NeverAnswers,
+            challenge: false,
+            require: None,
+            formats: PCMU_AGENT,
+        },
+        SipTransport::Udp,
+    );
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "transfer-noanswer",
+        &config(&format!("ws://{}/media", bot.addr), ""),
+    );
+    let caller_rtp = RtpPeer::bind();
+    let scenario = sipp::gateway_hangs_up(
+        "+12125550100",
+        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
+    );
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    caller_rtp
+        .wait_first_packet(Duration::from_secs(5))
+        .unwrap();
+    bot.send(BotCommand::Json(dial_twiml(
+        &format!("<Sip>sip:agent@{}</Sip>", agent.addr),
+        " timeout=\"2\"",
+    )));
+    // While it rings the caller hears ringback: 440 + 480 Hz.
+    gateway.wait_for_log(&["transfer: INVITE sent"], Duration::from_secs(5));
+    let ringing_from = Instant::now() + Duration::from_millis(300);
+    std::thread::sleep(Duration::from_millis(1500));
+    let ringback = heard_since(&caller_rtp, ringing_from);
+    assert!(
+        rms(&ringback) > 1000.0,
+        "ringback is heard (rms {})",
+        rms(&ringback)
+    );
+    let crossings = ringback
+        .windows(2)
+        .filter(|w| (w[0] < 0) != (w[1] < 0))
+        .count() as f64
+        / (ringback.len() as f64 / 8000.0);
+    assert!(
+        (800.0..1000.0).contains(&crossings),
+        "a 440+480 Hz tone crosses zero ~920 times a second, not {crossings}"
+    );
+
+    let (_, result) = bot.wait_event(
+        "action_result",
+        |v| v["name"] == "dial",
+        Duration::from_secs(5),
+    );
+    assert_eq!(result["ok"], false);
+    let message = result["message"].as_str().unwrap();
+    assert!(message.contains("no-answer"), "{message}");
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+
+    // The bot speaks again and the caller hears it.
+    let spoken = speech_like(8000);
+    let back_at = Instant::now();
+    bot.send(BotCommand::Media {
+        ulaw: spoken.iter().map(|s| ulaw_encode(*s)).collect(),
+        chunk: 160,
+    });
+    std::thread::sleep(Duration::from_millis(1300));
+    let heard = heard_since(&caller_rtp, back_at);
+    let (score, _) = best_correlation(&spoken, &heard, 0..heard.len());
+    assert!(
+        score > 0.95,
+        "the bot's audio reaches the caller again ({score:.3})"
+    );
+    bot.send(BotCommand::Json(
+        json!({"event": "action", "name": "hangup"}),
+    ));
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    gateway.assert_no_panic();
+}
