@@ -296,3 +296,99 @@ fn unanswered_transfer_returns_the_caller_to_the_bot() {
     sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
     gateway.assert_no_panic();
 }
+
+/// The flow's bot cannot be reached: `on_failure = { dial }` sends the
+/// caller to a human within a second, and they talk.
+#[test]
+fn unreachable_bot_sends_the_caller_to_a_human() {
+    let scratch = scratch_dir("transfer-onfailure");
+    let agent_rtp = RtpPeer::bind();
+    let agent = Agent::start(
+        &scratch,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::AnswerAndWait {
+                rtp_port: agent_rtp.port(),
+            },
+            challenge: false,
+            require: None,
+            formats: PCMU_AGENT,
+        },
+        SipTransport::Udp,
+    );
+    // A port nobody listens on: the bot's connection is refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gateway = GatewayProcess::start(
+        "transfer-onfailure",
+        &config(&format!("ws://{closed}/media"), "").replace(
+            "on_failure = { hangup = 503 }",
+            &format!("on_failure = {{ dial = \"sip:frontdesk@{}\" }}", agent.addr),
+        ),
+    );
+    let caller_rtp = RtpPeer::bind();
+    let scenario = sipp::caller_hangs_up(
+        "+12125550100",
+        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
+        4000,
+    );
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    gateway.wait_for_log(&["transfer: bridged"], Duration::from_secs(5));
+    let incoming = gateway.wait_for_log(&["incoming call"], Duration::from_secs(1));
+    let dialing = gateway.wait_for_log(&["transfer: INVITE sent"], Duration::from_secs(1));
+    let waited = log_time(&dialing) - log_time(&incoming);
+    assert!(
+        waited < 1.0,
+        "the human was dialed {waited:.3} s after the call came in"
+    );
+    // The agent speaks first (the gateway learns nothing of the caller's
+    // RTP before it does); the caller answers back.
+    let from_agent = voice_like(8000, 16_000);
+    let from_caller = speech_like(16_000);
+    std::thread::scope(|scope| {
+        scope.spawn(|| agent_rtp.stream_pcmu(agent.gateway_rtp(), &from_agent));
+        let gateway_rtp = caller_rtp
+            .wait_first_packet(Duration::from_secs(3))
+            .expect("the agent's audio reaches the caller");
+        caller_rtp.stream_pcmu(gateway_rtp, &from_caller[..12_000]);
+    });
+    let heard_by_caller = heard_since(&caller_rtp, Instant::now() - Duration::from_secs(10));
+    let heard_by_agent = heard_since(&agent_rtp, Instant::now() - Duration::from_secs(10));
+    let (to_caller, _) = best_correlation(
+        &from_agent[4000..],
+        &heard_by_caller,
+        0..heard_by_caller.len(),
+    );
+    let (to_agent, _) = best_correlation(
+        &from_caller[4000..],
+        &heard_by_agent,
+        0..heard_by_agent.len(),
+    );
+    assert!(
+        to_caller > 0.95 && to_agent > 0.95,
+        "{to_caller:.3} {to_agent:.3}"
+    );
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+    gateway.wait_for_log(
+        &["bot unreachable: on_failure dial"],
+        Duration::from_secs(1),
+    );
+    gateway.assert_no_panic();
+}
+
+/// Seconds of the day of a log line's RFC 3339 timestamp.
+fn log_time(line: &str) -> f64 {
+    let time = line
+        .split('T')
+        .nth(1)
+        .and_then(|t| t.split('Z').next())
+        .unwrap();
+    let mut parts = time.split(':');
+    let hours: f64 = parts.next().unwrap().parse().unwrap();
+    let minutes: f64 = parts.next().unwrap().parse().unwrap();
+    let seconds: f64 = parts.next().unwrap().parse().unwrap();
+    hours * 3600.0 + minutes * 60.0 + seconds
+}

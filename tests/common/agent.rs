@@ -325,6 +325,34 @@ impl Agent {
     }
 }
 
+/// The RTP port of the last SDP in `messages` that follows a line starting
+/// with `start` (e.g. the INVITE sipp received): where the gateway listens.
+pub fn sdp_port_after(messages: &str, start: &str) -> Option<u16> {
+    let at = messages.rfind(&format!("\n{start}"))?;
+    messages[at..]
+        .lines()
+        .find_map(|line| line.strip_prefix("m=audio "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|port| port.parse().ok())
+}
+
+impl Agent {
+    /// Where the gateway takes this agent's RTP, from the INVITE's SDP.
+    pub fn gateway_rtp(&self) -> SocketAddr {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Some(port) = sdp_port_after(&self.messages(), "INVITE ") {
+                return SocketAddr::from(([127, 0, 0, 1], port));
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no INVITE with SDP reached the agent"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
 fn free_port(transport: SipTransport) -> u16 {
     match transport {
         SipTransport::Udp => std::net::UdpSocket::bind("127.0.0.1:0")
