@@ -107,6 +107,47 @@ impl Baresip {
         Baresip { child, dir, log }
     }
 
+    /// Starts baresip as a callee on `port`: it answers any call at once
+    /// (`answermode=auto`) with only `codec`, plays `source` into it and
+    /// exits `quit_after_secs` after starting (hanging up a call in progress).
+    pub fn answer(
+        dir: &Path,
+        codec: &CodecCase,
+        source: &Path,
+        port: u16,
+        quit_after_secs: u32,
+    ) -> Baresip {
+        let dir = dir.join("baresip-callee");
+        let recordings = dir.join("recordings");
+        std::fs::create_dir_all(&recordings).unwrap();
+        let config = config(source, &recordings).replace(
+            "sip_listen\t\t127.0.0.1:0",
+            &format!("sip_listen\t\t127.0.0.1:{port}"),
+        );
+        std::fs::write(dir.join("config"), config).unwrap();
+        std::fs::write(
+            dir.join("accounts"),
+            format!(
+                "<sip:agent@127.0.0.1>;regint=0;answermode=auto;audio_codecs={}\n",
+                codec.account
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("contacts"), "").unwrap();
+        let log = dir.join("baresip.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new("baresip")
+            .arg("-f")
+            .arg(&dir)
+            .args(["-t", &quit_after_secs.to_string()])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawning baresip (scripts/bootstrap installs baresip-core)");
+        Baresip { child, dir, log }
+    }
+
     /// Everything baresip printed so far (its status line uses `\r`).
     pub fn log(&self) -> String {
         let mut text = Vec::new();
