@@ -66,7 +66,9 @@ bot = {{ kind = "twilio_stream", url = "ws://{}/media" }}
     );
     let caller = sipp::spawn_udp_call(&gateway, scenario);
     bot.wait_event("start", |_| true, Duration::from_secs(10));
-    let gateway_rtp = caller_rtp.wait_first_packet(Duration::from_secs(5)).unwrap();
+    let gateway_rtp = caller_rtp
+        .wait_first_packet(Duration::from_secs(5))
+        .unwrap();
     let twiml = format!("<Response><Dial><Sip>sip:agent@127.0.0.1:{port}</Sip></Dial></Response>");
     bot.send(BotCommand::Json(
         json!({"event": "action", "name": "twiml", "body": twiml}),
@@ -94,7 +96,10 @@ bot = {{ kind = "twilio_stream", url = "ws://{}/media" }}
     let status = agent.wait(Duration::from_secs(15));
     let log = agent.log();
     assert!(status.success(), "baresip: {status}\n{log}");
-    assert!(log.contains(codec.baresip_decoder), "baresip decoded with another codec:\n{log}");
+    assert!(
+        log.contains(codec.baresip_decoder),
+        "baresip decoded with another codec:\n{log}"
+    );
     let agent_heard = agent.recording("dec").mono();
     let rate = codec.rate;
     let (to_agent, _) = peak_correlation(&backwards(rate), &agent_heard, rate, rate as usize);
@@ -108,7 +113,10 @@ bot = {{ kind = "twilio_stream", url = "ws://{}/media" }}
         "the agent hears the caller through PCMU -> {} ({to_agent:.3})",
         codec.account
     );
-    println!("{}: caller <- agent {to_caller:.3}, agent <- caller {to_agent:.3}", codec.account);
+    println!(
+        "{}: caller <- agent {to_caller:.3}, agent <- caller {to_agent:.3}",
+        codec.account
+    );
     sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
     gateway.assert_no_panic();
 }

@@ -5,6 +5,7 @@ pub mod audio;
 pub mod baresip;
 pub mod gateway;
 pub mod http_server;
+pub mod kamailio;
 pub mod raw_sip;
 pub mod rtp_peer;
 pub mod sipp;
