@@ -223,7 +223,7 @@ impl Call {
     }
 
     /// Nobody sends media for `rtp_timeout`: the call is dead.
-    fn check_rtp_timeouts(&mut self, now: Instant, relaying: bool) {
+    pub(super) fn check_rtp_timeouts(&mut self, now: Instant, relaying: bool) {
         let timeout = self.shared.media.rtp_timeout;
         let started = self.caller_media.answered_at.unwrap_or(now);
         let caller_last = if relaying {

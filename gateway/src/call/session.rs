@@ -33,6 +33,8 @@ use crate::sip::uri::SipUri;
 /// Longest a call lingers once it has decided to end, for its legs to
 /// finish (a BYE's answer, a CANCEL's 487).
 const END_GRACE: Duration = Duration::from_secs(40);
+/// How often a relayed bridge looks for media that stopped.
+const RELAY_CHECK: Duration = Duration::from_secs(1);
 
 pub struct CallSetup {
     pub call: CallRef,
@@ -160,6 +162,8 @@ pub(super) struct Call {
     bufs: Box<Buffers>,
     /// Why the call is ending, once it is, and since when.
     pub(super) ending: Option<(String, Instant)>,
+    /// When a relayed bridge last checked that media still flows.
+    relay_checked: Instant,
 }
 
 impl Call {
@@ -236,6 +240,7 @@ impl Call {
                 agent_rtcp: [0; 1500],
             }),
             ending: None,
+            relay_checked: Instant::now(),
         };
         call.take_offer();
         call.drive().await;
@@ -310,8 +315,11 @@ impl Call {
             bot,
             ..
         } = self;
-        let media_running =
-            caller_media.is_running() || transfer.as_ref().is_some_and(|t| t.media().is_some());
+        // A relayed bridge has nothing to do every 20 ms: packets wake it.
+        let relaying = transfer.as_ref().is_some_and(Transfer::is_relaying);
+        let media_running = !relaying
+            && (caller_media.is_running()
+                || transfer.as_ref().is_some_and(|t| t.media().is_some()));
         let caller_sockets = caller_media.sockets();
         let agent_sockets = transfer
             .as_ref()
@@ -348,7 +356,16 @@ impl Call {
             .map(Instant::from_std);
         let transfer = self.transfer.as_ref().and_then(Transfer::deadline);
         let ending = self.ending.as_ref().map(|(_, since)| *since + END_GRACE);
-        legs.chain(transfer).chain(ending).min().unwrap_or(far)
+        let relay_check = self
+            .transfer
+            .as_ref()
+            .filter(|t| t.is_relaying())
+            .map(|_| self.relay_checked + RELAY_CHECK);
+        legs.chain(transfer)
+            .chain(ending)
+            .chain(relay_check)
+            .min()
+            .unwrap_or(far)
     }
 
     fn on_timer(&mut self, now: std::time::Instant) {
@@ -357,6 +374,11 @@ impl Call {
             leg.handle_timeout(now);
         }
         self.transfer_timeout(Instant::from_std(now));
+        let relaying = self.transfer.as_ref().is_some_and(Transfer::is_relaying);
+        if relaying && Instant::from_std(now) >= self.relay_checked + RELAY_CHECK {
+            self.relay_checked = Instant::from_std(now);
+            self.check_rtp_timeouts(now, true);
+        }
     }
 
     fn on_job(&mut self, output: JobOutput) {

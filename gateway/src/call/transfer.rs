@@ -86,6 +86,11 @@ impl Transfer {
         matches!(self.stage, Stage::Bridged { .. })
     }
 
+    /// Bridged with RTP relayed untouched.
+    pub(super) fn is_relaying(&self) -> bool {
+        matches!(&self.stage, Stage::Bridged { media, .. } if media.is_relay())
+    }
+
     pub(super) fn is_ringing(&self) -> bool {
         matches!(self.stage, Stage::Ringing { .. })
     }

@@ -1,0 +1,334 @@
+//! What the load benchmarks share: the gateway process, /proc figures, and
+//! a caller that holds one UDP SIP call streaming PCMU with a tone burst
+//! once a second, timing each burst's return.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::Mutex;
+
+pub const BURST_EVERY: u64 = 50;
+
+#[derive(Default, Debug, Clone)]
+pub struct CallStats {
+    pub answered: bool,
+    pub sent: u64,
+    pub received: u64,
+    pub late_gaps: u64,
+    pub latencies_ms: Vec<f64>,
+}
+
+pub fn arg(name: &str, default: u64) -> u64 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+pub fn ulaw(sample: i16) -> u8 {
+    switchboard_media::g711::ulaw_encode(sample)
+}
+
+pub struct Gateway {
+    pub child: Child,
+    pub udp: SocketAddr,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the real binary on `config` (a full TOML document) and waits for
+/// its UDP SIP address.
+pub fn start_gateway(config: &str) -> Gateway {
+    let dir = std::env::temp_dir().join(format!("switchboard-load-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("load.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .env("SWITCHBOARD_LOG", "warn,switchboard=info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn switchboard");
+    use std::io::BufRead;
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let udp = loop {
+        let line = lines.next().expect("gateway exited").unwrap();
+        if line.contains("listening for SIP") {
+            let addr = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("addr="))
+                .unwrap()
+                .parse()
+                .unwrap();
+            break addr;
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Gateway { child, udp }
+}
+
+pub fn proc_cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+pub fn proc_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What a steady window of N calls measured.
+pub struct Figures {
+    pub requested: usize,
+    pub answered: usize,
+    pub sent: u64,
+    pub received: u64,
+    pub late: u64,
+    /// Gateway CPU over the window, one core = 100.
+    pub cpu_percent: f64,
+    pub rss_idle_kib: u64,
+    pub rss_loaded_kib: u64,
+    /// Sorted.
+    pub latencies_ms: Vec<f64>,
+}
+
+impl Figures {
+    pub fn percentile(&self, p: f64) -> f64 {
+        self.latencies_ms
+            .get(((self.latencies_ms.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    }
+
+    pub fn cpu_per_call(&self) -> f64 {
+        self.cpu_percent / self.answered.max(1) as f64
+    }
+
+    pub fn rss_per_call(&self) -> f64 {
+        self.rss_loaded_kib.saturating_sub(self.rss_idle_kib) as f64 / self.answered.max(1) as f64
+    }
+
+    pub fn print(&self) {
+        println!("calls requested        {}", self.requested);
+        println!("calls answered         {}", self.answered);
+        println!("RTP sent / received    {} / {}", self.sent, self.received);
+        println!("late frames (gap>40ms) {}", self.late);
+        println!(
+            "gateway CPU            {:.1}% of one core ({:.3}% per call)",
+            self.cpu_percent,
+            self.cpu_per_call()
+        );
+        println!(
+            "gateway RSS            {} KiB idle, {} KiB loaded ({:.1} KiB per call)",
+            self.rss_idle_kib,
+            self.rss_loaded_kib,
+            self.rss_per_call()
+        );
+        println!(
+            "added latency (ms)     p50 {:.1}  p99 {:.1}  max {:.1}  ({} bursts)",
+            self.percentile(0.5),
+            self.percentile(0.99),
+            self.latencies_ms.last().copied().unwrap_or(f64::NAN),
+            self.latencies_ms.len()
+        );
+    }
+}
+
+/// Places `calls` calls (one every 20 ms), lets them settle for `settle`,
+/// measures the gateway over `seconds`, then hangs them all up.
+pub async fn hold_calls(
+    gateway: &Gateway,
+    calls: usize,
+    seconds: u64,
+    echo_delay_ms: u64,
+    settle: Duration,
+) -> Figures {
+    let pid = gateway.child.id();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_idle_kib = proc_rss_kib(pid);
+    let stop_at = Arc::new(Mutex::new(None::<Instant>));
+    let mut tasks = Vec::new();
+    for index in 0..calls {
+        let stop_at = stop_at.clone();
+        let target = gateway.udp;
+        tasks.push(tokio::spawn(async move {
+            one_call(index, target, stop_at, echo_delay_ms).await
+        }));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(settle).await;
+    let ticks_per_sec = 100.0;
+    let cpu_start = proc_cpu_ticks(pid);
+    let window_start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let cpu_ticks = proc_cpu_ticks(pid) - cpu_start;
+    let window = window_start.elapsed().as_secs_f64();
+    let rss_loaded_kib = proc_rss_kib(pid);
+    *stop_at.lock().await = Some(Instant::now());
+    let mut all = Vec::new();
+    for task in tasks {
+        all.push(task.await.unwrap());
+    }
+    let mut latencies_ms: Vec<f64> = all.iter().flat_map(|s| s.latencies_ms.clone()).collect();
+    latencies_ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    Figures {
+        requested: calls,
+        answered: all.iter().filter(|s| s.answered).count(),
+        sent: all.iter().map(|s| s.sent).sum(),
+        received: all.iter().map(|s| s.received).sum(),
+        late: all.iter().map(|s| s.late_gaps).sum(),
+        cpu_percent: cpu_ticks as f64 / ticks_per_sec / window * 100.0,
+        rss_idle_kib,
+        rss_loaded_kib,
+        latencies_ms,
+    }
+}
+
+/// One call: INVITE/200/ACK, PCMU every 20 ms with a 1 kHz burst once a
+/// second until `stop_at` is set, then BYE. A burst coming back
+/// `echo_delay_ms` plus the gateway's added latency later is timed.
+pub async fn one_call(
+    index: usize,
+    target: SocketAddr,
+    stop_at: Arc<Mutex<Option<Instant>>>,
+    echo_delay_ms: u64,
+) -> CallStats {
+    let mut stats = CallStats::default();
+    let sip = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sip_port = sip.local_addr().unwrap().port();
+    let rtp_port = rtp.local_addr().unwrap().port();
+    let call_id = format!("load-{index}-{}", std::process::id());
+    let sdp = format!(
+        "v=0\r\no=load 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n"
+    );
+    let invite = format!(
+        "INVITE sip:{index}@{target} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK-inv-{index}\r\nFrom: <sip:load{index}@127.0.0.1>;tag=load{index}\r\nTo: <sip:{index}@{target}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:load@127.0.0.1:{sip_port}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    let mut buf = vec![0u8; 4096];
+    let mut to_header = String::new();
+    let mut remote_rtp: Option<SocketAddr> = None;
+    for _attempt in 0..8 {
+        sip.send_to(invite.as_bytes(), target).await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(1000);
+        while let Ok(Ok((len, _))) =
+            tokio::time::timeout_at(deadline, sip.recv_from(&mut buf)).await
+        {
+            let text = String::from_utf8_lossy(&buf[..len]).to_string();
+            if text.starts_with("SIP/2.0 200") {
+                to_header = text
+                    .lines()
+                    .find(|l| l.starts_with("To:"))
+                    .unwrap_or("")
+                    .to_string();
+                let port: Option<u16> = text
+                    .lines()
+                    .find(|l| l.starts_with("m=audio"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|p| p.parse().ok());
+                remote_rtp = port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+                break;
+            } else if text.starts_with("SIP/2.0 ") && !text.starts_with("SIP/2.0 1") {
+                eprintln!("call {index}: {}", text.lines().next().unwrap_or(""));
+                return stats;
+            }
+        }
+        if remote_rtp.is_some() {
+            break;
+        }
+    }
+    let Some(remote_rtp) = remote_rtp else {
+        return stats;
+    };
+    stats.answered = true;
+    let ack = format!(
+        "ACK sip:{index}@{target} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK-ack-{index}\r\nFrom: <sip:load@127.0.0.1>;tag=load{index}\r\n{to_header}\r\nCall-ID: {call_id}\r\nCSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    sip.send_to(ack.as_bytes(), target).await.unwrap();
+
+    let tone: Vec<u8> = (0..160)
+        .map(|n| {
+            ulaw(
+                (f64::sin(2.0 * std::f64::consts::PI * 1000.0 * n as f64 / 8000.0) * 16000.0)
+                    as i16,
+            )
+        })
+        .collect();
+    let silence = [0xffu8; 160];
+    let mut packet = [0u8; 172];
+    let mut ticker = tokio::time::interval(Duration::from_millis(20));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sequence: u16 = 0;
+    let mut last_burst: Option<Instant> = None;
+    let mut last_arrival: Option<Instant> = None;
+    let mut in_burst = false;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if stop_at.lock().await.is_some() { break; }
+                let burst = sequence as u64 % BURST_EVERY == 10;
+                packet[0] = 0x80;
+                packet[1] = 0;
+                packet[2..4].copy_from_slice(&sequence.to_be_bytes());
+                packet[4..8].copy_from_slice(&(sequence as u32 * 160).to_be_bytes());
+                packet[8..12].copy_from_slice(&(index as u32 + 1).to_be_bytes());
+                packet[12..].copy_from_slice(if burst { &tone } else { &silence });
+                let _ = rtp.send_to(&packet, remote_rtp).await;
+                if burst { last_burst = Some(Instant::now()); }
+                sequence = sequence.wrapping_add(1);
+                stats.sent += 1;
+            }
+            received = rtp.recv_from(&mut buf) => {
+                let Ok((len, _)) = received else { continue };
+                let now = Instant::now();
+                if len < 12 { continue; }
+                stats.received += 1;
+                if let Some(previous) = last_arrival {
+                    if now.duration_since(previous) > Duration::from_millis(40) && stats.received > 10 {
+                        stats.late_gaps += 1;
+                    }
+                }
+                last_arrival = Some(now);
+                let energy: f64 = buf[12..len].iter().map(|b| (switchboard_media::g711::ulaw_decode(*b) as f64).abs()).sum::<f64>() / (len - 12) as f64;
+                let loud = energy > 2000.0;
+                if loud && !in_burst {
+                    if let Some(sent_at) = last_burst {
+                        let latency = now.duration_since(sent_at).as_secs_f64() * 1000.0 - echo_delay_ms as f64;
+                        if latency > -20.0 && latency < 900.0 { stats.latencies_ms.push(latency); }
+                    }
+                }
+                in_burst = loud;
+            }
+        }
+    }
+    let bye = format!(
+        "BYE sip:switchboard@{target} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK-bye-{index}\r\nFrom: <sip:load@127.0.0.1>;tag=load{index}\r\n{to_header}\r\nCall-ID: {call_id}\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    );
+    let _ = sip.send_to(bye.as_bytes(), target).await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), sip.recv_from(&mut buf)).await;
+    stats
+}
