@@ -392,3 +392,213 @@ fn log_time(line: &str) -> f64 {
     let seconds: f64 = parts.next().unwrap().parse().unwrap();
     hours * 3600.0 + minutes * 60.0 + seconds
 }
+
+/// A bridged call with `hangupOnStar`: the caller's RFC 4733 `5` reaches
+/// the agent through the relay, its `*` drops the agent (BYE) and brings
+/// the caller back to the flow: a new bot session starts.
+#[test]
+fn star_drops_the_agent_and_returns_the_caller_to_the_bot() {
+    let scratch = scratch_dir("transfer-star");
+    let agent_rtp = RtpPeer::bind();
+    let agent = Agent::start(
+        &scratch,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::AnswerAndWait {
+                rtp_port: agent_rtp.port(),
+            },
+            challenge: false,
+            require: None,
+            formats: PCMU_AGENT,
+        },
+        SipTransport::Udp,
+    );
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "transfer-star",
+        &config(&format!("ws://{}/media", bot.addr), ""),
+    );
+    let caller_rtp = RtpPeer::bind();
+    let scenario = sipp::gateway_hangs_up(
+        "+12125550100",
+        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
+    );
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let gateway_rtp = caller_rtp
+        .wait_first_packet(Duration::from_secs(5))
+        .unwrap();
+    bot.send(BotCommand::Json(dial_twiml(
+        &format!("<Sip>sip:agent@{}</Sip>", agent.addr),
+        " hangupOnStar=\"true\"",
+    )));
+    gateway.wait_for_log(&["transfer: bridged"], Duration::from_secs(10));
+    bot.wait_closed(Duration::from_secs(3));
+    caller_rtp.stream_pcmu(gateway_rtp, &speech_like(4000));
+    // Key 5 crosses the relay as an RFC 4733 event (payload type 101 both sides).
+    caller_rtp.press(gateway_rtp, 101, 5, 2000, 100_000);
+    std::thread::sleep(Duration::from_millis(200));
+    let events: Vec<u8> = agent_rtp
+        .received()
+        .iter()
+        .filter(|p| p.payload_type == 101)
+        .map(|p| p.payload[0])
+        .collect();
+    assert!(
+        events.len() >= 4 && events.iter().all(|e| *e == 5),
+        "the agent got the caller's key: {events:?}"
+    );
+    // `*` ends the bridge: the agent gets BYE, the bot a new session.
+    caller_rtp.press(gateway_rtp, 101, 10, 2010, 101_000);
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+    gateway.wait_for_log(&["hangupOnStar"], Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while bot
+        .log
+        .lock()
+        .unwrap()
+        .events
+        .iter()
+        .filter(|(_, e)| e["event"] == "start")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "no second bot session");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    gateway.wait_for_log(&["caller back with the bot"], Duration::from_secs(3));
+    bot.send(BotCommand::Json(
+        json!({"event": "action", "name": "hangup"}),
+    ));
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    gateway.assert_no_panic();
+}
+
+/// The agent's 183 with SDP: the caller hears its early media (instead of
+/// ringback) before the 200 OK bridges them.
+#[test]
+fn early_media_reaches_the_caller_while_it_rings() {
+    let scratch = scratch_dir("transfer-early");
+    let agent_rtp = RtpPeer::bind();
+    let agent = Agent::start(
+        &scratch,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::EarlyMediaThenAnswer {
+                rtp_port: agent_rtp.port(),
+                early_ms: 2500,
+            },
+            challenge: false,
+            require: None,
+            formats: PCMU_AGENT,
+        },
+        SipTransport::Udp,
+    );
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "transfer-early",
+        &config(&format!("ws://{}/media", bot.addr), ""),
+    );
+    let caller_rtp = RtpPeer::bind();
+    let scenario = sipp::gateway_hangs_up(
+        "+12125550100",
+        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
+    );
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    caller_rtp
+        .wait_first_packet(Duration::from_secs(5))
+        .unwrap();
+    bot.send(BotCommand::Json(dial_twiml(
+        &format!("<Sip>sip:agent@{}</Sip>", agent.addr),
+        "",
+    )));
+    gateway.wait_for_log(&["transfer: early media"], Duration::from_secs(5));
+    let announcement = voice_like(8000, 12_000);
+    let early_from = Instant::now();
+    agent_rtp.stream_pcmu(agent.gateway_rtp(), &announcement);
+    let bridged = gateway.wait_for_log(&["transfer: bridged"], Duration::from_secs(5));
+    assert!(!bridged.is_empty());
+    let heard = heard_since(&caller_rtp, early_from);
+    let (score, _) = best_correlation(&announcement[2000..], &heard, 0..heard.len());
+    assert!(
+        score > 0.95,
+        "the caller heard the early media ({score:.3})"
+    );
+    bot.wait_closed(Duration::from_secs(3));
+    drop(caller_rtp);
+    // The caller side ends: the gateway BYEs both.
+    gateway.terminate();
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+}
+
+/// A recorded call keeps recording through the bridge: caller left, agent
+/// right (the bridge transcodes to get at the audio).
+#[test]
+fn recording_goes_on_through_the_bridge() {
+    let scratch = scratch_dir("transfer-recording");
+    let agent_rtp = RtpPeer::bind();
+    let agent = Agent::start(
+        &scratch,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::Answer {
+                rtp_port: agent_rtp.port(),
+                hold_ms: 4000,
+            },
+            challenge: false,
+            require: None,
+            formats: PCMU_AGENT,
+        },
+        SipTransport::Udp,
+    );
+    let bot = TwilioBot::start();
+    let recordings = scratch.join("calls");
+    let gateway = GatewayProcess::start(
+        "transfer-recording",
+        &config(
+            &format!("ws://{}/media", bot.addr),
+            &format!("recording = {{ dir = \"{}\" }}", recordings.display()),
+        ),
+    );
+    let caller_rtp = RtpPeer::bind();
+    let scenario = sipp::gateway_hangs_up(
+        "+12125550100",
+        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
+    );
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let gateway_rtp = caller_rtp
+        .wait_first_packet(Duration::from_secs(5))
+        .unwrap();
+    bot.send(BotCommand::Json(dial_twiml(
+        &format!("<Sip>sip:agent@{}</Sip>", agent.addr),
+        "",
+    )));
+    gateway.wait_for_log(&["bridge transcodes"], Duration::from_secs(10));
+    let from_caller = speech_like(2 * 8000);
+    let from_agent = voice_like(8000, 2 * 8000);
+    std::thread::scope(|scope| {
+        scope.spawn(|| caller_rtp.stream_pcmu(gateway_rtp, &from_caller));
+        agent_rtp.stream_pcmu(agent.gateway_rtp(), &from_agent);
+    });
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    gateway.wait_for_log(&["recording saved"], Duration::from_secs(5));
+    let file = std::fs::read_dir(&recordings)
+        .unwrap()
+        .next()
+        .expect("a recording")
+        .unwrap()
+        .path();
+    let wav = common::baresip::Wav::read(&file);
+    assert_eq!((wav.rate, wav.channels), (8000, 2));
+    let left: Vec<i16> = wav.samples.iter().step_by(2).copied().collect();
+    let right: Vec<i16> = wav.samples.iter().skip(1).step_by(2).copied().collect();
+    let (caller_score, _) = best_correlation(&from_caller[4000..], &left, 0..left.len());
+    let (agent_score, _) = best_correlation(&from_agent[4000..], &right, 0..right.len());
+    assert!(caller_score > 0.9, "left is the caller ({caller_score:.3})");
+    assert!(agent_score > 0.9, "right is the agent ({agent_score:.3})");
+    gateway.assert_no_panic();
+}

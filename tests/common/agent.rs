@@ -24,6 +24,9 @@ pub enum Behaviour {
     Busy,
     /// Rings until the gateway cancels.
     NeverAnswers,
+    /// 183 with SDP (early media at `rtp_port`), `early_ms` later 200 OK,
+    /// then waits for the gateway's BYE.
+    EarlyMediaThenAnswer { rtp_port: u16, early_ms: u64 },
 }
 
 pub struct AgentScenario {
@@ -133,6 +136,17 @@ impl AgentScenario {
                 xml.push_str(&response("200 OK", 2, "", Some(&sdp(rtp_port))));
                 xml.push_str("  <recv request=\"ACK\"/>\n");
             }
+            Behaviour::EarlyMediaThenAnswer { rtp_port, early_ms } => {
+                xml.push_str(&response(
+                    "183 Session Progress",
+                    2,
+                    "",
+                    Some(&sdp(rtp_port)),
+                ));
+                xml.push_str(&format!("  <pause milliseconds=\"{early_ms}\"/>\n"));
+                xml.push_str(&response("200 OK", 2, "", Some(&sdp(rtp_port))));
+                xml.push_str("  <recv request=\"ACK\"/>\n");
+            }
             Behaviour::Busy => {
                 xml.push_str(&response("486 Busy Here", 2, "", None));
                 xml.push_str("  <recv request=\"ACK\"/>\n");
@@ -189,8 +203,9 @@ impl AgentScenario {
   <recv response="200"/>
 "#
             )),
-            Behaviour::AnswerAndWait { .. } => xml.push_str(
-                r#"  <recv request="BYE" timeout="60000"/>
+            Behaviour::AnswerAndWait { .. } | Behaviour::EarlyMediaThenAnswer { .. } => xml
+                .push_str(
+                    r#"  <recv request="BYE" timeout="60000"/>
   <send>
     <![CDATA[
       SIP/2.0 200 OK
@@ -204,7 +219,7 @@ impl AgentScenario {
     ]]>
   </send>
 "#,
-            ),
+                ),
             _ => {}
         }
         xml.push_str("</scenario>\n");

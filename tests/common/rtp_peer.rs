@@ -113,6 +113,27 @@ impl RtpPeer {
         }
     }
 
+    /// Presses one key as RFC 4733 events of payload type `pt` (`event`
+    /// 0-9, 10 for `*`, 11 for `#`): three packets of progress, then the
+    /// end packet three times, 20 ms apart, from sequence `sequence` on.
+    pub fn press(&self, target: SocketAddr, pt: u8, event: u8, sequence: u16, timestamp: u32) {
+        for n in 0..6u16 {
+            let end = n >= 3;
+            let duration = 160 * (n.min(3) + 1);
+            let mut packet = Vec::with_capacity(16);
+            packet.push(0x80);
+            packet.push(pt | if n == 0 { 0x80 } else { 0 });
+            packet.extend_from_slice(&sequence.wrapping_add(n).to_be_bytes());
+            packet.extend_from_slice(&timestamp.to_be_bytes());
+            packet.extend_from_slice(&CALLER_SSRC.to_be_bytes());
+            packet.push(event);
+            packet.push(if end { 0x80 | 10 } else { 10 });
+            packet.extend_from_slice(&duration.to_be_bytes());
+            self.socket.send_to(&packet, target).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends one datagram from the peer's RTP socket.
     pub fn send_raw(&self, datagram: &[u8], target: SocketAddr) {
         let _ = self.socket.send_to(datagram, target);

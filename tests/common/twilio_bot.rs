@@ -57,63 +57,66 @@ impl TwilioBot {
         let (commands, mut command_rx) = mpsc::channel::<BotCommand>(64);
         let server_log = log.clone();
         runtime.spawn(async move {
-            let Ok((stream, _)) = listener.accept().await else { return };
-            let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { return };
-            let (mut sink, mut stream) = ws.split();
-            let mut stream_sid = String::new();
-            loop {
-                tokio::select! {
-                    message = stream.next() => {
-                        let Some(Ok(message)) = message else { break };
-                        let text = match message {
-                            Message::Text(text) => text.to_string(),
-                            Message::Close(_) => break,
-                            _ => continue,
-                        };
-                        let value: Value = serde_json::from_str(&text).expect("bot got JSON");
-                        let mut log = server_log.lock().unwrap();
-                        match value["event"].as_str() {
-                            Some("start") => {
-                                stream_sid = value["streamSid"].as_str().unwrap_or_default().to_string();
-                                log.start = Some(value.clone());
+            // Sessions one after another (a caller back from a transfer
+            // gets a new one); commands go to the current session.
+            while let Ok((stream, _)) = listener.accept().await {
+                let Ok(ws) = tokio_tungstenite::accept_async(stream).await else { continue };
+                let (mut sink, mut stream) = ws.split();
+                let mut stream_sid = String::new();
+                loop {
+                    tokio::select! {
+                        message = stream.next() => {
+                            let Some(Ok(message)) = message else { break };
+                            let text = match message {
+                                Message::Text(text) => text.to_string(),
+                                Message::Close(_) => break,
+                                _ => continue,
+                            };
+                            let value: Value = serde_json::from_str(&text).expect("bot got JSON");
+                            let mut log = server_log.lock().unwrap();
+                            match value["event"].as_str() {
+                                Some("start") => {
+                                    stream_sid = value["streamSid"].as_str().unwrap_or_default().to_string();
+                                    log.start = Some(value.clone());
+                                }
+                                Some("media") => {
+                                    let payload = value["media"]["payload"].as_str().unwrap_or_default();
+                                    let bytes = base64::engine::general_purpose::STANDARD.decode(payload).expect("base64 payload");
+                                    log.inbound_ulaw.extend_from_slice(&bytes);
+                                }
+                                _ => {}
                             }
-                            Some("media") => {
-                                let payload = value["media"]["payload"].as_str().unwrap_or_default();
-                                let bytes = base64::engine::general_purpose::STANDARD.decode(payload).expect("base64 payload");
-                                log.inbound_ulaw.extend_from_slice(&bytes);
-                            }
-                            _ => {}
+                            log.events.push((Instant::now(), value));
                         }
-                        log.events.push((Instant::now(), value));
-                    }
-                    command = command_rx.recv() => {
-                        let Some(command) = command else { break };
-                        let messages: Vec<Value> = match command {
-                            BotCommand::Media { ulaw, chunk } => ulaw
-                                .chunks(chunk)
-                                .map(|part| json!({
-                                    "event": "media",
-                                    "streamSid": stream_sid,
-                                    "media": { "payload": base64::engine::general_purpose::STANDARD.encode(part) }
-                                }))
-                                .collect(),
-                            BotCommand::Mark(name) => vec![json!({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})],
-                            BotCommand::Clear => vec![json!({"event": "clear", "streamSid": stream_sid})],
-                            BotCommand::Json(value) => vec![value],
-                            BotCommand::Close => {
-                                let _ = sink.send(Message::Close(None)).await;
-                                break;
-                            }
-                        };
-                        for message in messages {
-                            if sink.send(Message::Text(message.to_string().into())).await.is_err() {
-                                break;
+                        command = command_rx.recv() => {
+                            let Some(command) = command else { return };
+                            let messages: Vec<Value> = match command {
+                                BotCommand::Media { ulaw, chunk } => ulaw
+                                    .chunks(chunk)
+                                    .map(|part| json!({
+                                        "event": "media",
+                                        "streamSid": stream_sid,
+                                        "media": { "payload": base64::engine::general_purpose::STANDARD.encode(part) }
+                                    }))
+                                    .collect(),
+                                BotCommand::Mark(name) => vec![json!({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})],
+                                BotCommand::Clear => vec![json!({"event": "clear", "streamSid": stream_sid})],
+                                BotCommand::Json(value) => vec![value],
+                                BotCommand::Close => {
+                                    let _ = sink.send(Message::Close(None)).await;
+                                    break;
+                                }
+                            };
+                            for message in messages {
+                                if sink.send(Message::Text(message.to_string().into())).await.is_err() {
+                                    break;
+                                }
                             }
                         }
                     }
                 }
+                server_log.lock().unwrap().closed = true;
             }
-            server_log.lock().unwrap().closed = true;
         });
         TwilioBot {
             addr,
