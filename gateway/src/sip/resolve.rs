@@ -122,18 +122,22 @@ impl Resolver {
 
     async fn address(&self, host: &str) -> Result<IpAddr, String> {
         if let Some(dns) = &self.dns {
+            // Its own /etc/hosts reading covers local names.
             let fqdn = if host.contains('.') && !host.ends_with('.') {
                 format!("{host}.")
             } else {
                 host.to_string()
             };
-            if let Ok(found) = dns.lookup_ip(fqdn).await {
-                if let Some(ip) = found.iter().next() {
-                    return Ok(ip);
-                }
-            }
+            let found = dns
+                .lookup_ip(fqdn)
+                .await
+                .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+            return found
+                .iter()
+                .next()
+                .ok_or_else(|| format!("{host} has no address"));
         }
-        // Names the DNS does not know may still be in /etc/hosts or NSS.
+        // Without a DNS configuration, the system's own lookup.
         let mut found = tokio::net::lookup_host((host, 0))
             .await
             .map_err(|e| format!("cannot resolve {host}: {e}"))?;
@@ -214,6 +218,84 @@ mod tests {
             (850..=950).contains(&first_a),
             "weight 90 of 100 won {first_a} times"
         );
+    }
+
+    /// A DNS server on loopback that knows one SIP service: SRV for
+    /// `_sip._tcp.pbx.test` (priority 10 → b, priority 20 → a) and the A
+    /// records of its targets.
+    async fn dns_server() -> SocketAddr {
+        use hickory_proto::op::{Message, MessageType, ResponseCode};
+        use hickory_proto::rr::rdata::{A, SRV};
+        use hickory_proto::rr::{Name, RData, Record, RecordType};
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1500];
+            while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+                let Ok(query) = Message::from_vec(&buf[..len]) else {
+                    continue;
+                };
+                let mut response = Message::new();
+                response
+                    .set_id(query.id())
+                    .set_message_type(MessageType::Response)
+                    .set_recursion_available(true);
+                let mut found = false;
+                for question in query.queries() {
+                    response.add_query(question.clone());
+                    let name = question.name().to_utf8();
+                    let answers: Vec<RData> = match (question.query_type(), name.as_str()) {
+                        (RecordType::SRV, "_sip._tcp.pbx.test.") => vec![
+                            RData::SRV(SRV::new(
+                                20,
+                                0,
+                                5080,
+                                Name::from_ascii("a.pbx.test.").unwrap(),
+                            )),
+                            RData::SRV(SRV::new(
+                                10,
+                                0,
+                                5070,
+                                Name::from_ascii("b.pbx.test.").unwrap(),
+                            )),
+                        ],
+                        (RecordType::A, "a.pbx.test.") => vec![RData::A(A::new(127, 0, 0, 2))],
+                        (RecordType::A, "b.pbx.test.") => vec![RData::A(A::new(127, 0, 0, 3))],
+                        (RecordType::A, "pbx.test.") => vec![RData::A(A::new(127, 0, 0, 4))],
+                        _ => vec![],
+                    };
+                    for rdata in answers {
+                        found = true;
+                        response.add_answer(Record::from_rdata(question.name().clone(), 60, rdata));
+                    }
+                }
+                if !found {
+                    response.set_response_code(ResponseCode::NXDomain);
+                }
+                let _ = socket.send_to(&response.to_vec().unwrap(), from).await;
+            }
+        });
+        addr
+    }
+
+    /// RFC 3263 against a real DNS exchange: no port and no transport →
+    /// SRV (no UDP records, so TCP), lowest priority first; with a port,
+    /// A only.
+    #[tokio::test]
+    async fn srv_then_a_through_a_dns_server() {
+        let resolver = Resolver::with_servers(&[dns_server().await]);
+        let uri = SipUri::parse("sip:agent@pbx.test").unwrap();
+        let peer = resolver.resolve(&uri, None).await.unwrap();
+        assert_eq!(peer.transport, Transport::Tcp);
+        assert_eq!(peer.addr, "127.0.0.3:5070".parse().unwrap());
+        let uri = SipUri::parse("sip:agent@pbx.test:5099").unwrap();
+        let peer = resolver.resolve(&uri, None).await.unwrap();
+        assert_eq!(
+            (peer.transport, peer.addr),
+            (Transport::Udp, "127.0.0.4:5099".parse().unwrap())
+        );
+        let uri = SipUri::parse("sip:agent@nowhere.test").unwrap();
+        assert!(resolver.resolve(&uri, Some(Transport::Udp)).await.is_err());
     }
 
     #[tokio::test]
