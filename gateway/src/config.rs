@@ -10,7 +10,11 @@ use serde::Deserialize;
 use switchboard_flows::FlowConfig;
 
 use crate::call::dial::{DialPolicy, Ringback};
+use crate::registrar::users::Directory;
+use crate::registrar::Policy;
 use crate::routing::Router;
+use crate::sip::authenticator::AuthSettings;
+use crate::sip::digest::Algorithm;
 use crate::sip::transaction::Transport;
 
 #[derive(Clone, Debug, Deserialize)]
@@ -26,6 +30,10 @@ pub struct Config {
     pub api: ApiConfig,
     #[serde(default)]
     pub dial: DialConfig,
+    #[serde(default)]
+    pub registrar: RegistrarConfig,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
     #[serde(default)]
     pub trunks: Vec<TrunkConfig>,
     #[serde(default)]
@@ -194,11 +202,23 @@ pub struct ApiConfig {
 #[serde(deny_unknown_fields)]
 pub struct TrunkConfig {
     pub name: String,
-    /// Source IPs and CIDRs allowed to send calls on this trunk.
+    /// Source IPs and CIDRs allowed to send calls on this trunk. May be
+    /// empty when `auth` is set (a carrier whose addresses change).
+    #[serde(default)]
     pub allow: Vec<String>,
+    /// Digest credentials every call from this trunk must present (407).
+    #[serde(default)]
+    pub auth: Option<TrunkAuth>,
     /// Tried in order; the first pattern matching the dialed number wins.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkAuth {
+    pub username: String,
+    pub password: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -207,7 +227,107 @@ pub struct RouteConfig {
     /// Regex over the dialed number (last `#`-separated piece of the
     /// Request-URI user part).
     pub pattern: String,
-    pub flow: String,
+    /// The flow the call goes to...
+    #[serde(default)]
+    pub flow: Option<String>,
+    /// ...or the registered user whose phones ring.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// Our registrar: softphones register here and call (and are called).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrarConfig {
+    /// Domains we are the registrar for; a REGISTER or a call to a user of
+    /// any other domain is refused (404). Empty: any domain.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Digest realm; the first domain (or "switchboard") by default.
+    #[serde(default)]
+    pub realm: Option<String>,
+    /// Challenge algorithms in order, `MD5` and/or `SHA-256`; one challenge
+    /// per algorithm (RFC 8760). MD5 alone by default: many phones give up
+    /// on a challenge naming SHA-256.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(default = "default_min_expires")]
+    pub min_expires: u32,
+    #[serde(default = "default_max_expires")]
+    pub max_expires: u32,
+    #[serde(default = "default_max_expires")]
+    pub default_expires: u32,
+    /// Contacts one user may have registered at once.
+    #[serde(default = "default_max_contacts")]
+    pub max_contacts: usize,
+    /// Where authenticated users' calls go when the user has no `flow` of
+    /// its own (regex over the dialed user, like trunk routes).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Shared bindings in Redis (`redis://127.0.0.1:6379/0`) for several
+    /// gateways; in memory when unset.
+    #[serde(default)]
+    pub redis: Option<String>,
+    /// How long a nonce is good for, seconds.
+    #[serde(default = "default_nonce_ttl")]
+    pub nonce_ttl_secs: u64,
+    /// Failed authentications per source IP (and per username) within a
+    /// minute before that source (or name) is refused outright.
+    #[serde(default = "default_max_failures")]
+    pub max_failures: u32,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            domains: Vec::new(),
+            realm: None,
+            algorithms: default_algorithms(),
+            min_expires: default_min_expires(),
+            max_expires: default_max_expires(),
+            default_expires: default_max_expires(),
+            max_contacts: default_max_contacts(),
+            routes: Vec::new(),
+            redis: None,
+            nonce_ttl_secs: default_nonce_ttl(),
+            max_failures: default_max_failures(),
+        }
+    }
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["MD5".into()]
+}
+fn default_min_expires() -> u32 {
+    60
+}
+fn default_max_expires() -> u32 {
+    3600
+}
+fn default_max_contacts() -> usize {
+    10
+}
+fn default_nonce_ttl() -> u64 {
+    300
+}
+fn default_max_failures() -> u32 {
+    10
+}
+
+/// A user who registers and calls with a username and password.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub username: String,
+    /// The password (from the environment: `"${ALICE_PASSWORD}"`)...
+    #[serde(default)]
+    pub password: Option<String>,
+    /// ...or MD5(username:realm:password), so the password is never stored.
+    #[serde(default)]
+    pub ha1: Option<String>,
+    /// The flow this user's calls go to; `[registrar] routes` otherwise.
+    #[serde(default)]
+    pub flow: Option<String>,
 }
 
 /// A configuration value that parsed but cannot work.
@@ -327,7 +447,75 @@ impl Config {
                 ));
             }
         }
-        let router = Router::new(&self.trunks, &names)?;
+        let user_names: HashSet<&str> = self.users.iter().map(|u| u.username.as_str()).collect();
+        let router = Router::new(&self.trunks, &self.registrar.routes, &names, &user_names)?;
+        let realm = self
+            .registrar
+            .realm
+            .clone()
+            .or_else(|| self.registrar.domains.first().cloned())
+            .unwrap_or_else(|| "switchboard".to_string());
+        let directory = Directory::new(&self.users, &self.trunks, &realm, &names)?;
+        let registrar = &self.registrar;
+        let mut algorithms = Vec::new();
+        for (index, name) in registrar.algorithms.iter().enumerate() {
+            let algorithm = Algorithm::parse(name).ok_or_else(|| {
+                ConfigError::new(
+                    format!("registrar.algorithms[{index}]"),
+                    format!("`{name}` is not MD5 or SHA-256"),
+                )
+            })?;
+            algorithms.push(algorithm);
+        }
+        if algorithms.is_empty() {
+            return Err(ConfigError::new(
+                "registrar.algorithms",
+                "needs at least one",
+            ));
+        }
+        if registrar.min_expires == 0 || registrar.min_expires > registrar.max_expires {
+            return Err(ConfigError::new(
+                "registrar.min_expires",
+                "must be at least 1 and at most registrar.max_expires",
+            ));
+        }
+        if registrar.default_expires < registrar.min_expires
+            || registrar.default_expires > registrar.max_expires
+        {
+            return Err(ConfigError::new(
+                "registrar.default_expires",
+                "must lie between registrar.min_expires and registrar.max_expires",
+            ));
+        }
+        if registrar.max_contacts == 0 {
+            return Err(ConfigError::new(
+                "registrar.max_contacts",
+                "must be at least 1",
+            ));
+        }
+        if registrar.nonce_ttl_secs < 10 {
+            return Err(ConfigError::new(
+                "registrar.nonce_ttl_secs",
+                "must be at least 10",
+            ));
+        }
+        if registrar.max_failures == 0 {
+            return Err(ConfigError::new(
+                "registrar.max_failures",
+                "must be at least 1",
+            ));
+        }
+        if let Some(url) = &registrar.redis {
+            if !(url.starts_with("redis://")
+                || url.starts_with("rediss://")
+                || url.starts_with("redis+unix://"))
+            {
+                return Err(ConfigError::new(
+                    "registrar.redis",
+                    format!("`{url}` is not a redis:// URL"),
+                ));
+            }
+        }
         let api_listen = match &self.api.listen {
             None => None,
             Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
@@ -380,6 +568,19 @@ impl Config {
             api_listen,
             dial: DialPolicy { allow, ringback },
             dns_servers,
+            directory,
+            auth: AuthSettings {
+                realm,
+                algorithms,
+                nonce_ttl: std::time::Duration::from_secs(registrar.nonce_ttl_secs),
+                max_failures: registrar.max_failures,
+            },
+            policy: Policy {
+                min_expires: registrar.min_expires,
+                max_expires: registrar.max_expires,
+                default_expires: registrar.default_expires,
+                max_contacts: registrar.max_contacts,
+            },
         })
     }
 }
@@ -394,6 +595,10 @@ pub struct ValidConfig {
     pub api_listen: Option<SocketAddr>,
     pub dial: DialPolicy,
     pub dns_servers: Vec<SocketAddr>,
+    /// Users and trunk logins with their secrets.
+    pub directory: Directory,
+    pub auth: AuthSettings,
+    pub policy: Policy,
 }
 
 fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
@@ -463,7 +668,7 @@ mod tests {
         assert_eq!(config.validate().unwrap_err().key, "media.rtp_ports");
 
         let mut config = parse(MINIMAL);
-        config.trunks[0].routes[0].flow = "missing".into();
+        config.trunks[0].routes[0].flow = Some("missing".into());
         let error = config.validate().unwrap_err();
         assert_eq!(error.key, "trunks[0].routes[0].flow");
         assert!(error.reason.contains("missing"), "{error}");

@@ -5,6 +5,7 @@ pub mod call;
 pub mod config;
 pub mod endpoint;
 pub mod metrics;
+pub mod registrar;
 pub mod routing;
 mod server;
 pub mod sip;

@@ -17,6 +17,8 @@ pub const CALLS_ANSWERED: &str = "switchboard_calls_answered_total";
 pub const CALLS_REJECTED: &str = "switchboard_calls_rejected_total";
 pub const BOT_FAILURES: &str = "switchboard_bot_failures_total";
 pub const TRANSFERS: &str = "switchboard_transfers_total";
+pub const BINDINGS: &str = "switchboard_registrar_bindings";
+pub const AUTH_FAILURES: &str = "switchboard_auth_failures_total";
 pub const CALL_DURATION: &str = "switchboard_call_duration_seconds";
 pub const CALL_LOSS: &str = "switchboard_call_packet_loss_ratio";
 pub const CALL_JITTER: &str = "switchboard_call_jitter_ms";
@@ -44,6 +46,8 @@ pub fn describe() {
         "INVITEs refused with a final error status, by status"
     );
     describe_counter!(BOT_FAILURES, "Bots that could not be reached, by flow");
+    describe_gauge!(BINDINGS, "Registered contacts (as of the last sweep)");
+    describe_counter!(AUTH_FAILURES, "Failed digest authentications, by reason");
     describe_counter!(
         TRANSFERS,
         "Transfers to a human, by outcome: answered, busy, no-answer, failed, canceled, referred, refused"
@@ -81,6 +85,14 @@ pub fn call_rejected(status: u16) {
 
 pub fn call_answered(flow: &str) {
     counter!(CALLS_ANSWERED, "flow" => flow.to_owned()).increment(1);
+}
+
+pub fn bindings(count: usize) {
+    gauge!(BINDINGS).set(count as f64);
+}
+
+pub fn auth_failed(reason: &'static str) {
+    counter!(AUTH_FAILURES, "reason" => reason).increment(1);
 }
 
 pub fn transfer_finished(outcome: &'static str) {

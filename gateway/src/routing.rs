@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use regex::Regex;
 
-use crate::config::{ConfigError, TrunkConfig};
+use crate::config::{ConfigError, RouteConfig, TrunkConfig};
 
 /// Why a call could not be routed; each maps to one SIP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -16,9 +16,9 @@ pub enum RouteError {
     /// No trunk allows this source address: 403.
     #[error("source {0} is not allowed by any trunk")]
     SourceNotAllowed(IpAddr),
-    /// The source is a known trunk but no route matches: 404.
-    #[error("no route on trunk `{trunk}` matches `{number}`")]
-    NoRoute { trunk: String, number: String },
+    /// The source is known but no route matches: 404.
+    #[error("no route on `{from}` matches `{number}`")]
+    NoRoute { from: String, number: String },
 }
 
 impl RouteError {
@@ -30,41 +30,116 @@ impl RouteError {
     }
 }
 
-/// Where a call goes.
+/// Where a routed call goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A flow: a bot, a webhook…
+    Flow(String),
+    /// A registered user: every phone of theirs rings.
+    User(String),
+}
+
+/// Where a call goes, and who sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteMatch {
-    pub trunk: String,
-    pub flow: String,
+    /// The trunk's name, or `user:NAME` for a registered user's call.
+    pub source: String,
+    pub destination: Destination,
     /// The dialed number the patterns were matched against.
     pub number: String,
 }
 
+/// The trunk a call came from, once known (by address or by credentials).
 #[derive(Debug)]
-struct Trunk {
-    name: String,
+pub struct Trunk {
+    pub name: String,
     allow: Vec<IpNet>,
-    routes: Vec<(Regex, String)>,
+    /// Digest username and password calls from it must present.
+    pub auth: Option<(String, String)>,
+    routes: Vec<(Regex, Destination)>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Router {
     trunks: Vec<Trunk>,
+    /// Routes for registered users' calls (`[registrar] routes`).
+    user_routes: Vec<(Regex, Destination)>,
+}
+
+/// Compiles `routes` (under config key `key`), checking their targets.
+pub fn compile_routes(
+    routes: &[RouteConfig],
+    key: &dyn Fn(&str) -> String,
+    flows: &HashSet<&str>,
+    users: &HashSet<&str>,
+) -> Result<Vec<(Regex, Destination)>, ConfigError> {
+    let mut compiled = Vec::with_capacity(routes.len());
+    for (position, route) in routes.iter().enumerate() {
+        let regex = Regex::new(&route.pattern).map_err(|error| {
+            ConfigError::new(
+                key(&format!("routes[{position}].pattern")),
+                format!("invalid regex: {error}"),
+            )
+        })?;
+        let destination = match (&route.flow, &route.user) {
+            (Some(flow), None) => {
+                if !flows.contains(flow.as_str()) {
+                    return Err(ConfigError::new(
+                        key(&format!("routes[{position}].flow")),
+                        format!("no flow named `{flow}` is defined"),
+                    ));
+                }
+                Destination::Flow(flow.clone())
+            }
+            (None, Some(user)) => {
+                if !users.contains(user.as_str()) {
+                    return Err(ConfigError::new(
+                        key(&format!("routes[{position}].user")),
+                        format!("no user named `{user}` is defined"),
+                    ));
+                }
+                Destination::User(user.clone())
+            }
+            _ => {
+                return Err(ConfigError::new(
+                    key(&format!("routes[{position}]")),
+                    "needs exactly one of flow or user",
+                ))
+            }
+        };
+        compiled.push((regex, destination));
+    }
+    Ok(compiled)
 }
 
 impl Router {
-    /// Compiles every trunk; `flows` are the names routes may point at.
-    pub fn new(trunks: &[TrunkConfig], flows: &HashSet<&str>) -> Result<Router, ConfigError> {
+    /// Compiles every trunk and the users' routes; `flows` and `users` are
+    /// the names routes may point at.
+    pub fn new(
+        trunks: &[TrunkConfig],
+        user_routes: &[RouteConfig],
+        flows: &HashSet<&str>,
+        users: &HashSet<&str>,
+    ) -> Result<Router, ConfigError> {
         let mut compiled = Vec::with_capacity(trunks.len());
         for (index, trunk) in trunks.iter().enumerate() {
             let key = |rest: &str| format!("trunks[{index}].{rest}");
             if trunk.name.trim().is_empty() {
                 return Err(ConfigError::new(key("name"), "must not be empty"));
             }
-            if trunk.allow.is_empty() {
+            if trunk.allow.is_empty() && trunk.auth.is_none() {
                 return Err(ConfigError::new(
                     key("allow"),
-                    "lists no address: the trunk could never receive a call",
+                    "lists no address and the trunk has no auth: it could never receive a call",
                 ));
+            }
+            if let Some(auth) = &trunk.auth {
+                if auth.username.trim().is_empty() || auth.password.is_empty() {
+                    return Err(ConfigError::new(
+                        key("auth"),
+                        "needs a username and a password",
+                    ));
+                }
             }
             let mut allow = Vec::with_capacity(trunk.allow.len());
             for (position, entry) in trunk.allow.iter().enumerate() {
@@ -72,56 +147,114 @@ impl Router {
                     ConfigError::new(key(&format!("allow[{position}]")), reason)
                 })?);
             }
-            let mut routes = Vec::with_capacity(trunk.routes.len());
-            for (position, route) in trunk.routes.iter().enumerate() {
-                let regex = Regex::new(&route.pattern).map_err(|error| {
-                    ConfigError::new(
-                        key(&format!("routes[{position}].pattern")),
-                        format!("invalid regex: {error}"),
-                    )
-                })?;
-                if !flows.contains(route.flow.as_str()) {
-                    return Err(ConfigError::new(
-                        key(&format!("routes[{position}].flow")),
-                        format!("no flow named `{}` is defined", route.flow),
-                    ));
-                }
-                routes.push((regex, route.flow.clone()));
-            }
+            let routes = compile_routes(&trunk.routes, &key, flows, users)?;
             compiled.push(Trunk {
                 name: trunk.name.clone(),
                 allow,
+                auth: trunk
+                    .auth
+                    .as_ref()
+                    .map(|a| (a.username.clone(), a.password.clone())),
                 routes,
             });
         }
-        Ok(Router { trunks: compiled })
+        let user_routes = compile_routes(
+            user_routes,
+            &|rest| format!("registrar.{rest}"),
+            flows,
+            users,
+        )?;
+        Ok(Router {
+            trunks: compiled,
+            user_routes,
+        })
     }
 
-    /// Routes a call from `source` to the Request-URI user part `dialed`.
-    pub fn route(&self, source: IpAddr, dialed: &str) -> Result<RouteMatch, RouteError> {
+    /// The first trunk whose allow-list holds `source`.
+    pub fn trunk_for(&self, source: IpAddr) -> Option<&Trunk> {
         let source = canonical(source);
-        let number = dialed_number(dialed);
-        let mut first_trunk = None;
-        for trunk in self
-            .trunks
+        self.trunks
             .iter()
-            .filter(|trunk| trunk.allow.iter().any(|net| net.contains(&source)))
-        {
+            .find(|trunk| trunk.allow.iter().any(|net| net.contains(&source)))
+    }
+
+    /// The trunk whose credentials name `username`, usable from `source`
+    /// (its allow-list holds it, or it has none).
+    pub fn trunk_with_login(&self, username: &str, source: IpAddr) -> Option<&Trunk> {
+        let source = canonical(source);
+        self.trunks.iter().find(|trunk| {
+            trunk
+                .auth
+                .as_ref()
+                .is_some_and(|(user, _)| user == username)
+                && (trunk.allow.is_empty() || trunk.allow.iter().any(|net| net.contains(&source)))
+        })
+    }
+
+    /// Whether some trunk takes calls by credentials from `source`.
+    pub fn any_trunk_login_from(&self, source: IpAddr) -> bool {
+        let source = canonical(source);
+        self.trunks.iter().any(|trunk| {
+            trunk.auth.is_some()
+                && (trunk.allow.is_empty() || trunk.allow.iter().any(|net| net.contains(&source)))
+        })
+    }
+
+    /// Routes `dialed` by `trunk`'s rules.
+    pub fn route_trunk(&self, trunk: &Trunk, dialed: &str) -> Result<RouteMatch, RouteError> {
+        let number = dialed_number(dialed);
+        match trunk.routes.iter().find(|(re, _)| re.is_match(number)) {
+            Some((_, destination)) => Ok(RouteMatch {
+                source: trunk.name.clone(),
+                destination: destination.clone(),
+                number: number.to_string(),
+            }),
+            None => Err(RouteError::NoRoute {
+                from: trunk.name.clone(),
+                number: number.to_string(),
+            }),
+        }
+    }
+
+    /// Routes `dialed` for a registered user's call by `[registrar] routes`.
+    pub fn route_user(&self, username: &str, dialed: &str) -> Result<RouteMatch, RouteError> {
+        let number = dialed_number(dialed);
+        let source = format!("user:{username}");
+        match self.user_routes.iter().find(|(re, _)| re.is_match(number)) {
+            Some((_, destination)) => Ok(RouteMatch {
+                source,
+                destination: destination.clone(),
+                number: number.to_string(),
+            }),
+            None => Err(RouteError::NoRoute {
+                from: source,
+                number: number.to_string(),
+            }),
+        }
+    }
+
+    /// Routes a call from `source` to the Request-URI user part `dialed`
+    /// by address alone (trunks without credentials).
+    pub fn route(&self, source: IpAddr, dialed: &str) -> Result<RouteMatch, RouteError> {
+        let canonical_source = canonical(source);
+        let mut first_trunk = None;
+        for trunk in self.trunks.iter().filter(|trunk| {
+            trunk
+                .allow
+                .iter()
+                .any(|net| net.contains(&canonical_source))
+        }) {
             first_trunk.get_or_insert(trunk);
-            if let Some((_, flow)) = trunk.routes.iter().find(|(re, _)| re.is_match(number)) {
-                return Ok(RouteMatch {
-                    trunk: trunk.name.clone(),
-                    flow: flow.clone(),
-                    number: number.to_string(),
-                });
+            if let Ok(found) = self.route_trunk(trunk, dialed) {
+                return Ok(found);
             }
         }
         match first_trunk {
             Some(trunk) => Err(RouteError::NoRoute {
-                trunk: trunk.name.clone(),
-                number: number.to_string(),
+                from: trunk.name.clone(),
+                number: dialed_number(dialed).to_string(),
             }),
-            None => Err(RouteError::SourceNotAllowed(source)),
+            None => Err(RouteError::SourceNotAllowed(canonical_source)),
         }
     }
 }
@@ -157,17 +290,18 @@ fn parse_net(entry: &str) -> Result<IpNet, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RouteConfig;
 
     fn trunk(name: &str, allow: &[&str], routes: &[(&str, &str)]) -> TrunkConfig {
         TrunkConfig {
             name: name.into(),
             allow: allow.iter().map(|s| s.to_string()).collect(),
+            auth: None,
             routes: routes
                 .iter()
                 .map(|(pattern, flow)| RouteConfig {
                     pattern: pattern.to_string(),
-                    flow: flow.to_string(),
+                    flow: Some(flow.to_string()),
+                    user: None,
                 })
                 .collect(),
         }
@@ -175,7 +309,7 @@ mod tests {
 
     fn router(trunks: &[TrunkConfig]) -> Router {
         let flows: HashSet<&str> = ["sales", "support", "echo"].into_iter().collect();
-        Router::new(trunks, &flows).unwrap()
+        Router::new(trunks, &[], &flows, &HashSet::new()).unwrap()
     }
 
     #[test]
@@ -190,9 +324,18 @@ mod tests {
             ],
         )]);
         let ip: IpAddr = "198.51.100.7".parse().unwrap();
-        assert_eq!(router.route(ip, "+18005551234").unwrap().flow, "sales");
-        assert_eq!(router.route(ip, "+12125551234").unwrap().flow, "support");
-        assert_eq!(router.route(ip, "alice").unwrap().flow, "echo");
+        assert_eq!(
+            router.route(ip, "+18005551234").unwrap().destination,
+            Destination::Flow("sales".into())
+        );
+        assert_eq!(
+            router.route(ip, "+12125551234").unwrap().destination,
+            Destination::Flow("support".into())
+        );
+        assert_eq!(
+            router.route(ip, "alice").unwrap().destination,
+            Destination::Flow("echo".into())
+        );
     }
 
     #[test]
@@ -228,14 +371,14 @@ mod tests {
             router
                 .route("2001:db8::5".parse().unwrap(), "1")
                 .unwrap()
-                .trunk,
+                .source,
             "v6"
         );
         assert_eq!(
             router
                 .route("::ffff:192.0.2.10".parse().unwrap(), "1")
                 .unwrap()
-                .trunk,
+                .source,
             "v4"
         );
     }
@@ -247,16 +390,61 @@ mod tests {
             trunk("b", &["10.0.0.0/8"], &[(r"^1", "support")]),
         ]);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        assert_eq!(router.route(ip, "123").unwrap().trunk, "b");
+        assert_eq!(router.route(ip, "123").unwrap().source, "b");
     }
 
     #[test]
     fn bad_entries_are_named() {
         let flows: HashSet<&str> = ["echo"].into_iter().collect();
-        let error = Router::new(&[trunk("x", &["10.0.0.300"], &[])], &flows).unwrap_err();
-        assert_eq!(error.key, "trunks[0].allow[0]");
+        let users = HashSet::new();
         let error =
-            Router::new(&[trunk("x", &["10.0.0.1"], &[("(", "echo")])], &flows).unwrap_err();
+            Router::new(&[trunk("x", &["10.0.0.300"], &[])], &[], &flows, &users).unwrap_err();
+        assert_eq!(error.key, "trunks[0].allow[0]");
+        let error = Router::new(
+            &[trunk("x", &["10.0.0.1"], &[("(", "echo")])],
+            &[],
+            &flows,
+            &users,
+        )
+        .unwrap_err();
         assert_eq!(error.key, "trunks[0].routes[0].pattern");
+        let mut no_way_in = trunk("x", &[], &[]);
+        no_way_in.allow.clear();
+        let error = Router::new(&[no_way_in], &[], &flows, &users).unwrap_err();
+        assert_eq!(error.key, "trunks[0].allow");
+    }
+
+    #[test]
+    fn trunks_by_login_and_routes_to_users() {
+        let flows: HashSet<&str> = ["echo"].into_iter().collect();
+        let users: HashSet<&str> = ["bob"].into_iter().collect();
+        let mut carrier = trunk("carrier", &[], &[]);
+        carrier.auth = Some(crate::config::TrunkAuth {
+            username: "acme".into(),
+            password: "pw".into(),
+        });
+        carrier.routes.push(RouteConfig {
+            pattern: "^\\+1555".into(),
+            flow: None,
+            user: Some("bob".into()),
+        });
+        let user_routes = [RouteConfig {
+            pattern: ".*".into(),
+            flow: Some("echo".into()),
+            user: None,
+        }];
+        let router = Router::new(&[carrier], &user_routes, &flows, &users).unwrap();
+        let anywhere: IpAddr = "203.0.113.9".parse().unwrap();
+        assert!(router.trunk_for(anywhere).is_none());
+        assert!(router.any_trunk_login_from(anywhere));
+        let trunk = router.trunk_with_login("acme", anywhere).unwrap();
+        assert!(router.trunk_with_login("other", anywhere).is_none());
+        assert_eq!(
+            router.route_trunk(trunk, "+15550100").unwrap().destination,
+            Destination::User("bob".into())
+        );
+        let route = router.route_user("alice", "100").unwrap();
+        assert_eq!(route.source, "user:alice");
+        assert_eq!(route.destination, Destination::Flow("echo".into()));
     }
 }

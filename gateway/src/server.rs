@@ -14,6 +14,10 @@ use crate::call::dial::CallShared;
 use crate::call::RtpPorts;
 use crate::config::{Config, ValidConfig};
 use crate::endpoint::{Endpoint, EndpointState, FlowRuntime, MediaSettings};
+use crate::registrar::redis_store::RedisStore;
+use crate::registrar::service::{Registrar, JOBS_CAPACITY};
+use crate::registrar::store::{LocationStore, MemoryStore};
+use crate::sip::authenticator::Authenticator;
 use crate::sip::resolve::Resolver;
 use crate::sip::transaction::Transport;
 use crate::transport::{Transports, INBOUND_CAPACITY};
@@ -22,6 +26,8 @@ use crate::transport::{Transports, INBOUND_CAPACITY};
 pub enum GatewayError {
     #[error("cannot listen: {0}")]
     Bind(#[from] std::io::Error),
+    #[error("cannot reach the location store at {url}: {reason}")]
+    Store { url: String, reason: String },
     #[error("cannot listen for the HTTP API on {addr}: {source}")]
     Api {
         addr: SocketAddr,
@@ -55,6 +61,39 @@ impl Gateway {
                 (flow.name.clone(), runtime)
             })
             .collect::<HashMap<_, _>>();
+        let (commands_tx, commands_rx) = mpsc::channel(crate::endpoint::COMMAND_CAPACITY);
+        let auth = Arc::new(std::sync::Mutex::new(Authenticator::new(
+            valid.auth.clone(),
+        )));
+        let directory = Arc::new(valid.directory);
+        let (registrar, register_jobs) = if directory.has_users() {
+            let store: Arc<dyn LocationStore> = match &config.registrar.redis {
+                Some(url) => Arc::new(RedisStore::connect(url).await.map_err(|error| {
+                    GatewayError::Store {
+                        url: url.clone(),
+                        reason: error.to_string(),
+                    }
+                })?),
+                None => Arc::new(MemoryStore::default()),
+            };
+            let registrar = Arc::new(Registrar {
+                policy: valid.policy.clone(),
+                domains: config
+                    .registrar
+                    .domains
+                    .iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect(),
+                auth: auth.clone(),
+                directory: directory.clone(),
+                store,
+            });
+            let (jobs_tx, jobs_rx) = mpsc::channel(JOBS_CAPACITY);
+            tokio::spawn(registrar.clone().run(jobs_rx, commands_tx.clone()));
+            (Some(registrar), Some(jobs_tx))
+        } else {
+            (None, None)
+        };
         let (state, state_watch) = watch::channel(EndpointState::Running);
         let (active_tx, active_calls) = watch::channel(0usize);
         let endpoint = Endpoint {
@@ -94,10 +133,18 @@ impl Gateway {
                     Resolver::with_servers(&valid.dns_servers)
                 },
                 local: local.clone(),
+                registrar: registrar.clone(),
             }),
             inbound,
             shutdown: state_watch.clone(),
             active_calls: active_tx,
+            auth,
+            directory,
+            registrar,
+            register_jobs,
+            user_calls: user_calls(),
+            commands_tx,
+            commands_rx,
         };
         let api = match valid.api_listen {
             Some(listen) => {
@@ -176,4 +223,26 @@ fn http_client() -> reqwest::Client {
         .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
         .build()
         .unwrap_or_default()
+}
+
+/// The flow calls routed to a registered user run as: no bot is ever
+/// opened for them (they go straight to the user's phones).
+fn user_calls() -> FlowRuntime {
+    let config = switchboard_flows::FlowConfig {
+        name: "users".into(),
+        bot: switchboard_flows::BotConfig::Echo(switchboard_flows::EchoBotConfig {
+            delay_ms: 0,
+            sample_rate: 8000,
+        }),
+        on_failure: switchboard_flows::OnFailure::Hangup(480),
+        parameters: Default::default(),
+        reconnect_once: false,
+        recording: None,
+        audio: Default::default(),
+        transfer: Default::default(),
+    };
+    FlowRuntime {
+        connector: Arc::from(connector_for(&config.bot)),
+        config: Arc::new(config),
+    }
 }

@@ -153,7 +153,24 @@ impl Call {
                 return self.reject(503, format!("rejected 503 (RTP ports: {error})"));
             }
         }
-        self.open_bot(super::bot::OpenPurpose::Initial);
+        match self.route.destination.clone() {
+            crate::routing::Destination::Flow(_) => self.open_bot(super::bot::OpenPurpose::Initial),
+            crate::routing::Destination::User(user) => {
+                // No bot: the user's phones ring, and the caller is answered
+                // when one of them answers.
+                let domain = self
+                    .shared
+                    .registrar
+                    .as_ref()
+                    .and_then(|r| r.domains.first().cloned())
+                    .unwrap_or_else(|| crate::call::leg::sent_by(self.local_sip));
+                let target = switchboard_flows::DialTarget {
+                    uri: format!("sip:{user}@{domain}"),
+                    ..Default::default()
+                };
+                self.start_dial(target, super::transfer::Origin::Route);
+            }
+        }
     }
 
     /// Refuses the caller's INVITE and ends the call.

@@ -63,6 +63,8 @@ pub struct CallShared {
     pub resolver: Resolver,
     /// Where we listen, to pick our address for an outbound leg.
     pub local: Vec<(Transport, SocketAddr)>,
+    /// Our registrar: dialing one of its users rings their phones.
+    pub registrar: Option<Arc<crate::registrar::service::Registrar>>,
 }
 
 impl CallShared {

@@ -31,7 +31,7 @@ impl Call {
             self.action_result("refer", false, "a transfer is already in progress");
             return;
         }
-        if origin != Origin::OnFailure && !self.shared.dial.allows(&uri) {
+        if !matches!(origin, Origin::OnFailure | Origin::Route) && !self.shared.dial.allows(&uri) {
             tracing::warn!(target = %uri, "REFER refused: the target is not allowed by [dial] allow");
             crate::metrics::transfer_finished("refused");
             self.action_result(

@@ -98,7 +98,7 @@ pub(super) enum JobOutput {
     /// A dial target resolved, for transfer `attempt`.
     Resolved {
         attempt: u64,
-        result: Result<Peer, String>,
+        result: super::transfer::DialTargets,
     },
     /// A `<Dial action>` webhook answered with TwiML (or failed).
     DialAction {
@@ -191,7 +191,7 @@ impl Call {
                 return Err("rejected 400 (no dialog)".into());
             }
         };
-        tracing::info!(peer = %setup.peer.addr, trunk = %setup.route.trunk, "incoming call");
+        tracing::info!(peer = %setup.peer.addr, source = %setup.route.source, "incoming call");
         let mut ticker = tokio::time::interval(Duration::from_millis(20));
         ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let invite = caller.invite().expect("an incoming leg has its INVITE");

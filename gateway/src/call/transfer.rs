@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use super::bridge::AgentMedia;
 use super::dial::{parse_target, Target};
-use super::leg::{FailKind, Leg, LegConfig, LegEvent, LegState, OutgoingCall};
+use super::leg::{DialFailure, FailKind, Leg, LegConfig, LegEvent, LegState, OutgoingCall};
 use super::session::{contact_uri, Call, JobOutput};
 use super::LegId;
 use crate::sip::response::new_call_id;
@@ -29,12 +29,25 @@ pub(super) enum Origin {
     OnFailure,
     /// The TwiML a `<Dial action>` URL returned: checked like a bot's.
     DialAction,
+    /// The call was routed to a registered user: the operator's routing.
+    Route,
+}
+
+impl Origin {
+    /// The operator chose the target: no allow-list check, and no bot to
+    /// go back to if it fails.
+    fn operators(self) -> bool {
+        matches!(self, Origin::OnFailure | Origin::Route)
+    }
 }
 
 pub(super) enum Stage {
     Resolving,
+    /// One leg per target (a user's phones ring in parallel): the first
+    /// to answer wins, the others are cancelled.
     Ringing {
-        leg: LegId,
+        legs: Vec<LegId>,
+        failures: Vec<DialFailure>,
         media: AgentMedia,
     },
     Bridged {
@@ -75,10 +88,20 @@ impl Transfer {
         }
     }
 
+    /// The leg bridged to the caller.
     pub(super) fn leg(&self) -> Option<LegId> {
         match &self.stage {
-            Stage::Ringing { leg, .. } | Stage::Bridged { leg, .. } => Some(*leg),
+            Stage::Bridged { leg, .. } => Some(*leg),
             _ => None,
+        }
+    }
+
+    /// Whether `id` is one of this transfer's live legs.
+    fn owns(&self, id: LegId) -> bool {
+        match &self.stage {
+            Stage::Ringing { legs, .. } => legs.contains(&id),
+            Stage::Bridged { leg, .. } => *leg == id,
+            _ => false,
         }
     }
 
@@ -117,6 +140,52 @@ impl Transfer {
 
 static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// Where a dial goes: Request-URI and next hop of each target, or the
+/// status and reason it cannot go anywhere.
+pub(super) type DialTargets = Result<Vec<(crate::sip::uri::SipUri, Peer)>, (u16, String)>;
+
+/// A user's live contacts, each reached where its REGISTER came from.
+async fn user_contacts(
+    registrar: &crate::registrar::service::Registrar,
+    user: &str,
+) -> DialTargets {
+    let bindings = registrar
+        .store
+        .bindings(user, crate::registrar::unix_now())
+        .await
+        .map_err(|error| (503, error.to_string()))?;
+    let targets: Vec<_> = bindings
+        .iter()
+        .filter_map(|binding| {
+            let uri = crate::sip::uri::SipUri::parse(&binding.contact).ok()?;
+            Some((uri, binding.peer()))
+        })
+        .collect();
+    if targets.is_empty() {
+        return Err((480, format!("{user} has no registered phone")));
+    }
+    Ok(targets)
+}
+
+/// What a dial whose every fork failed reports: busy when all were busy,
+/// else the most telling failure (not a timeout or a cancel).
+fn overall_failure(failures: &[DialFailure]) -> DialFailure {
+    if !failures.is_empty() && failures.iter().all(|f| f.kind == FailKind::Busy) {
+        return failures[0].clone();
+    }
+    failures
+        .iter()
+        .find(|f| !matches!(f.kind, FailKind::Busy) && f.status != 408 && f.status != 487)
+        .or_else(|| failures.iter().find(|f| f.kind == FailKind::NoAnswer))
+        .or(failures.first())
+        .cloned()
+        .unwrap_or(DialFailure {
+            status: 480,
+            reason: "nobody answered".into(),
+            kind: FailKind::NoAnswer,
+        })
+}
+
 impl Call {
     /// Starts a transfer to `target` the way the flow transfers (bridge or
     /// REFER), or says why not.
@@ -138,7 +207,7 @@ impl Call {
             self.action_result("dial", false, "a transfer is already in progress");
             return;
         }
-        if origin != Origin::OnFailure && !self.shared.dial.allows(&target.uri) {
+        if !origin.operators() && !self.shared.dial.allows(&target.uri) {
             tracing::warn!(target = %target.uri, "dial refused: the target is not allowed by [dial] allow");
             crate::metrics::transfer_finished("refused");
             return self.dial_refused(
@@ -156,7 +225,7 @@ impl Call {
             }
         };
         let answered = self.caller.state() == LegState::Confirmed;
-        if origin != Origin::OnFailure && answered && may_refer {
+        if !origin.operators() && answered && may_refer {
             match self.flow.transfer {
                 TransferMode::Bridge => {}
                 TransferMode::Refer => return self.start_refer(target.uri, None, origin),
@@ -168,12 +237,34 @@ impl Call {
         }
         self.mute_bot(true);
         let attempt = ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let resolver = self.shared.resolver.clone();
-        let (uri, transport) = (parsed.request_uri.clone(), parsed.transport);
-        self.spawn_job(Box::pin(async move {
-            let result = resolver.resolve(&uri, transport).await;
-            JobOutput::Resolved { attempt, result }
-        }));
+        let job = match self.local_user(&parsed) {
+            Some(user) => {
+                let registrar = self
+                    .shared
+                    .registrar
+                    .clone()
+                    .expect("a local user has a registrar");
+                Box::pin(async move {
+                    JobOutput::Resolved {
+                        attempt,
+                        result: user_contacts(&registrar, &user).await,
+                    }
+                }) as super::session::Job
+            }
+            None => {
+                let resolver = self.shared.resolver.clone();
+                let (uri, transport) = (parsed.request_uri.clone(), parsed.transport);
+                Box::pin(async move {
+                    let result = resolver
+                        .resolve(&uri, transport)
+                        .await
+                        .map(|peer| vec![(uri, peer)])
+                        .map_err(|reason| (503, reason));
+                    JobOutput::Resolved { attempt, result }
+                })
+            }
+        };
+        self.spawn_job(job);
         tracing::info!(target = %target.uri, ring_secs = target.timeout_secs, "transfer: dialing");
         self.transfer = Some(Transfer {
             attempt,
@@ -192,26 +283,48 @@ impl Call {
             Origin::DialAction => {
                 self.return_to_flow(format!("dial to {} refused: {reason}", target.uri))
             }
-            Origin::OnFailure => self.end(format!("on_failure dial impossible: {reason}")),
+            Origin::OnFailure | Origin::Route => {
+                self.end_unconnected(FailKind::Failed, 500, format!("dial impossible: {reason}"))
+            }
         }
     }
 
-    pub(super) fn on_resolved(&mut self, attempt: u64, result: Result<Peer, String>) {
+    /// Whether `target` names one of our registered users.
+    fn local_user(&self, target: &Target) -> Option<String> {
+        let registrar = self.shared.registrar.as_ref()?;
+        let user = target.request_uri.user_decoded()?;
+        (registrar.serves(&target.request_uri.host.to_string())
+            && registrar.directory.user(&user).is_some())
+        .then_some(user)
+    }
+
+    /// Places one INVITE per target (several: a user's phones, in parallel).
+    pub(super) fn on_resolved(&mut self, attempt: u64, result: DialTargets) {
         let Some(transfer) = &self.transfer else {
             return;
         };
         if transfer.attempt != attempt || self.is_ending() {
             return;
         }
-        let peer = match result {
-            Ok(peer) => peer,
-            Err(reason) => {
-                tracing::warn!(target = %transfer.target.uri, %reason, "transfer target does not resolve");
-                return self.dial_failed(FailKind::Failed, 503, reason);
+        let targets = match result {
+            Ok(targets) if !targets.is_empty() => targets,
+            Ok(_) => return self.dial_failed(FailKind::Failed, 480, "no contact to call".into()),
+            Err((status, reason)) => {
+                tracing::warn!(target = %transfer.target.uri, status, %reason, "transfer target unreachable");
+                let kind = if status == 480 {
+                    FailKind::NoAnswer
+                } else {
+                    FailKind::Failed
+                };
+                return self.dial_failed(kind, status, reason);
             }
         };
-        let Some(local) = self.shared.local_for(peer.transport, peer.addr) else {
-            let reason = format!("no {} listener to reach {} from", peer.transport, peer.addr);
+        let first = targets[0].1;
+        let Some(local) = self.shared.local_for(first.transport, first.addr) else {
+            let reason = format!(
+                "no {} listener to reach {} from",
+                first.transport, first.addr
+            );
             tracing::warn!(%reason, "transfer impossible");
             return self.dial_failed(FailKind::Failed, 503, reason);
         };
@@ -225,34 +338,50 @@ impl Call {
         let media_ip = self.shared.media.public_ip.unwrap_or(local.ip());
         let caller_codec = self.caller_media.negotiated.as_ref().map(|n| n.codec);
         let media = AgentMedia::new(sockets, media_ip, caller_codec, &self.shared.media.codecs);
-        let transfer = self.transfer.as_ref().expect("checked above");
-        let from = self.caller_id(transfer.target.caller_id.as_deref(), local);
-        let credentials = match (&transfer.target.username, &transfer.target.password) {
-            (Some(user), Some(password)) => Some((user.clone(), password.clone())),
-            _ => None,
-        };
-        let outgoing = OutgoingCall {
-            call_id: new_call_id(&local.ip().to_string()),
-            request_uri: transfer.parsed.request_uri.clone(),
-            from,
-            to: transfer.parsed.to_header(),
-            headers: transfer.parsed.headers.clone(),
-            sdp: media.offer(),
-            credentials,
-            ring_timeout: Duration::from_secs(transfer.target.timeout_secs.max(1) as u64),
-        };
-        let config = LegConfig {
-            local,
-            contact: contact_uri(&self.shared, local, peer.transport),
-            peer,
-        };
-        let leg = Leg::outgoing(outgoing, config, std::time::Instant::now());
-        tracing::info!(peer = %peer.addr, transport = %peer.transport, dial_call_id = %leg.call_id(), "transfer: INVITE sent");
-        let dial_call_id = leg.call_id().to_string();
-        let id = self.add_leg(leg);
+        let offer = media.offer();
+        let mut legs = Vec::with_capacity(targets.len());
+        let call_id = new_call_id(&local.ip().to_string());
+        for (request_uri, peer) in targets {
+            let Some(local) = self.shared.local_for(peer.transport, peer.addr) else {
+                tracing::warn!(peer = %peer.addr, transport = %peer.transport, "no listener for this contact");
+                continue;
+            };
+            let transfer = self.transfer.as_ref().expect("checked above");
+            let from = self.caller_id(transfer.target.caller_id.as_deref(), local);
+            let credentials = match (&transfer.target.username, &transfer.target.password) {
+                (Some(user), Some(password)) => Some((user.clone(), password.clone())),
+                _ => None,
+            };
+            let outgoing = OutgoingCall {
+                // Forks of one dial share the Call-ID; each has its own tag.
+                call_id: call_id.clone(),
+                request_uri,
+                from,
+                to: transfer.parsed.to_header(),
+                headers: transfer.parsed.headers.clone(),
+                sdp: offer.clone(),
+                credentials,
+                ring_timeout: Duration::from_secs(transfer.target.timeout_secs.max(1) as u64),
+            };
+            let config = LegConfig {
+                local,
+                contact: contact_uri(&self.shared, local, peer.transport),
+                peer,
+            };
+            let leg = Leg::outgoing(outgoing, config, std::time::Instant::now());
+            tracing::info!(peer = %peer.addr, transport = %peer.transport, dial_call_id = %leg.call_id(), "transfer: INVITE sent");
+            legs.push(self.add_leg(leg));
+        }
+        if legs.is_empty() {
+            return self.dial_failed(FailKind::Failed, 503, "no contact reachable".into());
+        }
         if let Some(transfer) = &mut self.transfer {
-            transfer.dial_call_id = Some(dial_call_id);
-            transfer.stage = Stage::Ringing { leg: id, media };
+            transfer.dial_call_id = Some(call_id);
+            transfer.stage = Stage::Ringing {
+                legs,
+                failures: Vec::new(),
+                media,
+            };
         }
     }
 
@@ -282,17 +411,13 @@ impl Call {
     }
 
     pub(super) fn on_agent_event(&mut self, id: LegId, event: LegEvent) {
-        let current = self.transfer.as_ref().and_then(Transfer::leg) == Some(id);
-        if !current {
+        if !self.transfer.as_ref().is_some_and(|t| t.owns(id)) {
             return;
         }
         match event {
             LegEvent::Progress { status, sdp } => self.on_agent_progress(status, sdp),
-            LegEvent::Answered { sdp } => self.on_agent_answered(sdp),
-            LegEvent::Failed(failure) => {
-                tracing::info!(status = failure.status, reason = %failure.reason, outcome = failure.kind.twilio_status(), "transfer: not connected");
-                self.dial_failed(failure.kind, failure.status, failure.reason);
-            }
+            LegEvent::Answered { sdp } => self.on_agent_answered(id, sdp),
+            LegEvent::Failed(failure) => self.on_fork_failed(id, failure),
             LegEvent::Ended(reason) => {
                 tracing::info!(?reason, "transfer: the party hung up");
                 self.bridge_ended("completed");
@@ -312,13 +437,36 @@ impl Call {
         }
     }
 
+    /// One fork failed; when the last one has, the dial has.
+    fn on_fork_failed(&mut self, id: LegId, failure: DialFailure) {
+        tracing::info!(status = failure.status, reason = %failure.reason, outcome = failure.kind.twilio_status(), "transfer: not connected");
+        let Some(Transfer {
+            stage: Stage::Ringing { legs, failures, .. },
+            ..
+        }) = &mut self.transfer
+        else {
+            return;
+        };
+        legs.retain(|leg| *leg != id);
+        failures.push(failure);
+        if !legs.is_empty() {
+            return;
+        }
+        let overall = overall_failure(failures);
+        self.dial_failed(overall.kind, overall.status, overall.reason);
+    }
+
     fn on_agent_progress(&mut self, status: u16, sdp: Option<String>) {
         if self.caller.state() == LegState::Inviting {
             // The caller has not been answered (on_failure before answer):
             // let it hear that the human's phone rings.
             self.caller.ring(None);
         }
-        let Some(sdp) = sdp else { return };
+        let forked = matches!(&self.transfer, Some(Transfer { stage: Stage::Ringing { legs, .. }, .. }) if legs.len() > 1);
+        // Several phones' early media cannot share one stream: ringback.
+        let Some(sdp) = sdp.filter(|_| !forked) else {
+            return;
+        };
         let recording = self.flow.recording.is_some();
         let (party_rate, jitter) = (self.caller_media.pipeline_rate(), self.jitter_settings());
         let Some(caller) = self.caller_media.pipeline.as_mut() else {
@@ -346,7 +494,21 @@ impl Call {
         }
     }
 
-    fn on_agent_answered(&mut self, sdp: Option<String>) {
+    fn on_agent_answered(&mut self, id: LegId, sdp: Option<String>) {
+        // The first phone to answer wins; the others stop ringing.
+        let others: Vec<LegId> = match &self.transfer {
+            Some(Transfer {
+                stage: Stage::Ringing { legs, .. },
+                ..
+            }) => legs.iter().copied().filter(|leg| *leg != id).collect(),
+            _ => Vec::new(),
+        };
+        let now = std::time::Instant::now();
+        for other in others {
+            if let Some(leg) = self.leg_mut(other) {
+                leg.hang_up(now);
+            }
+        }
         let answered_caller = self.caller.state() != LegState::Inviting;
         if !answered_caller {
             let rate = self
@@ -397,13 +559,12 @@ impl Call {
         }
         let limit =
             Instant::now() + Duration::from_secs(transfer.target.time_limit_secs.max(1) as u64);
-        let Stage::Ringing { leg, media } =
-            std::mem::replace(&mut transfer.stage, Stage::Resolving)
+        let Stage::Ringing { media, .. } = std::mem::replace(&mut transfer.stage, Stage::Resolving)
         else {
             return;
         };
         transfer.stage = Stage::Bridged {
-            leg,
+            leg: id,
             media,
             since: Instant::now(),
             limit,
@@ -503,7 +664,7 @@ impl Call {
         self.transfer = None;
         let message = format!("{}: {status} {reason}", kind.twilio_status());
         match origin {
-            Origin::OnFailure => self.end_unconnected(kind, status, message),
+            Origin::OnFailure | Origin::Route => self.end_unconnected(kind, status, message),
             Origin::Bot | Origin::DialAction => {
                 self.return_to_flow(format!("transfer to {uri} failed ({message})"));
             }

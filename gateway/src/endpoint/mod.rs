@@ -5,6 +5,7 @@
 //! and routes are released and an INVITE it left unanswered gets a 500.
 //! It never touches media.
 
+mod admission;
 mod routes;
 
 use std::collections::HashMap;
@@ -67,6 +68,18 @@ pub struct Endpoint {
     pub shutdown: watch::Receiver<EndpointState>,
     /// Live call count, readable by whoever drains the gateway.
     pub active_calls: watch::Sender<usize>,
+    /// Digest authentication, shared with the registrar.
+    pub auth: Arc<std::sync::Mutex<crate::sip::authenticator::Authenticator>>,
+    /// Users and trunk logins.
+    pub directory: Arc<crate::registrar::users::Directory>,
+    /// Our registrar, when users are configured, and its queue.
+    pub registrar: Option<Arc<crate::registrar::service::Registrar>>,
+    pub register_jobs: Option<mpsc::Sender<crate::registrar::service::RegisterJob>>,
+    /// What calls routed straight to a user run as (they have no bot).
+    pub user_calls: FlowRuntime,
+    /// The queue calls and the registrar send commands on, and its end.
+    pub commands_tx: mpsc::Sender<EndpointCommand>,
+    pub commands_rx: mpsc::Receiver<EndpointCommand>,
 }
 
 /// What the owner of the gateway wants the endpoint to do.
@@ -92,7 +105,9 @@ struct Core {
 
 impl Endpoint {
     pub async fn run(mut self) {
-        let (commands_tx, mut commands) = mpsc::channel::<EndpointCommand>(COMMAND_CAPACITY);
+        let commands_tx = self.commands_tx.clone();
+        let (_, unused) = mpsc::channel(1);
+        let mut commands = std::mem::replace(&mut self.commands_rx, unused);
         let mut core = Core {
             layer: TransactionLayer::new(Timers::default()),
             routes: Routes::default(),
@@ -296,6 +311,18 @@ impl Endpoint {
             return;
         }
         match request.method {
+            Method::Register if self.register_jobs.is_some() => {
+                let jobs = self.register_jobs.as_ref().expect("checked");
+                let job = crate::registrar::service::RegisterJob { tx, request, peer };
+                if let Err(error) = jobs.try_send(job) {
+                    let job = match error {
+                        mpsc::error::TrySendError::Full(job)
+                        | mpsc::error::TrySendError::Closed(job) => job,
+                    };
+                    tracing::warn!(peer = %peer.addr, "registrar busy: 503");
+                    reply(&mut core.layer, tx, &job.request, 503, Some("2"));
+                }
+            }
             Method::Invite => {
                 let from_tag = request
                     .from()
@@ -347,7 +374,6 @@ impl Endpoint {
         from_tag: String,
     ) {
         let call_id = request.call_id().unwrap_or_default().to_string();
-        let dialed = request.uri.user_decoded().unwrap_or_default();
         if core.state != EndpointState::Running {
             tracing::info!(%call_id, "shutting down: 503 for a new call");
             reply(&mut core.layer, tx, &request, 503, Some("5"));
@@ -360,16 +386,14 @@ impl Endpoint {
             crate::metrics::call_rejected(503);
             return;
         }
-        let route = match self.router.route(peer.addr.ip(), &dialed) {
-            Ok(route) => route,
-            Err(error) => {
-                tracing::warn!(%call_id, peer = %peer.addr, %dialed, status = error.status(), "call rejected: {error}");
-                reply(&mut core.layer, tx, &request, error.status(), None);
-                crate::metrics::call_rejected(error.status());
-                return;
-            }
+        let Some(route) = self.authorize(core, tx, &request, peer) else {
+            return;
         };
-        let Some(flow) = self.flows.get(&route.flow) else {
+        let flow = match &route.destination {
+            crate::routing::Destination::Flow(name) => self.flows.get(name),
+            crate::routing::Destination::User(_) => Some(&self.user_calls),
+        };
+        let Some(flow) = flow else {
             // Config validation makes this unreachable; answer sanely anyway.
             reply(&mut core.layer, tx, &request, 500, None);
             crate::metrics::call_rejected(500);

@@ -6,6 +6,7 @@
 //! ignores compact header forms and folding, and does not check
 //! Content-Length (see DESIGN.md §6).
 
+pub mod authenticator;
 pub mod dialog;
 pub mod digest;
 pub mod framing;

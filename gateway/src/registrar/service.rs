@@ -1,0 +1,195 @@
+//! The registrar task: takes REGISTERs from the endpoint, checks the domain
+//! and the credentials, applies the registrar's rules against the location
+//! store and answers through the endpoint. One task, so REGISTERs of one
+//! AOR never race each other on this gateway.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::store::LocationStore;
+use super::users::Directory;
+use super::{aor_of, contact_headers, register, unix_now, Outcome, Policy, RegisterRequest};
+use crate::call::EndpointCommand;
+use crate::sip::authenticator::{Authenticator, Verdict};
+use crate::sip::message::{Request, Response};
+use crate::sip::response::{default_reason, new_tag, response_for};
+use crate::sip::transaction::{Peer, ServerTxId};
+
+/// REGISTERs queued towards the registrar; when full the endpoint answers
+/// 503 itself.
+pub const JOBS_CAPACITY: usize = 1024;
+/// How often lapsed bindings are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
+
+pub struct RegisterJob {
+    pub tx: ServerTxId,
+    pub request: Request,
+    pub peer: Peer,
+}
+
+/// What the registrar and the calls that look users up share.
+pub struct Registrar {
+    pub policy: Policy,
+    /// Domains we serve (lower case); empty: any.
+    pub domains: Vec<String>,
+    pub auth: Arc<Mutex<Authenticator>>,
+    pub directory: Arc<Directory>,
+    pub store: Arc<dyn LocationStore>,
+}
+
+impl Registrar {
+    pub fn serves(&self, domain: &str) -> bool {
+        self.domains.is_empty() || self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    /// Runs until the endpoint goes away.
+    pub async fn run(
+        self: Arc<Self>,
+        mut jobs: mpsc::Receiver<RegisterJob>,
+        endpoint: mpsc::Sender<EndpointCommand>,
+    ) {
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                job = jobs.recv() => {
+                    let Some(job) = job else { break };
+                    let response = self.handle(&job).await;
+                    let command = EndpointCommand::Respond { tx: job.tx, response };
+                    if endpoint.send(command).await.is_err() {
+                        break;
+                    }
+                }
+                _ = sweep.tick() => {
+                    match self.store.sweep(unix_now()).await {
+                        Ok(left) => crate::metrics::bindings(left),
+                        Err(error) => tracing::warn!(%error, "cannot sweep lapsed bindings"),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&self, job: &RegisterJob) -> Response {
+        let request = &job.request;
+        let reply = |status: u16, reason: Option<&str>| {
+            response_for(
+                request,
+                status,
+                reason.unwrap_or(default_reason(status)),
+                Some(&new_tag()),
+            )
+        };
+        let Some((user, domain)) = aor_of(request) else {
+            tracing::info!(peer = %job.peer.addr, "REGISTER without a user in To: 400");
+            return reply(400, None);
+        };
+        if !self.serves(&domain) {
+            tracing::info!(peer = %job.peer.addr, %domain, "REGISTER for a domain we do not serve: 404");
+            return reply(404, Some("Domain Not Served Here"));
+        }
+        let now = std::time::Instant::now();
+        let verdict = match request.headers.get("Authorization") {
+            None => Verdict::Challenge {
+                stale: false,
+                reason: "no credentials",
+            },
+            Some(header) => {
+                let directory = &self.directory;
+                self.auth.lock().unwrap().verify(
+                    header,
+                    "REGISTER",
+                    job.peer.addr.ip(),
+                    |name| directory.secret(name),
+                    now,
+                )
+            }
+        };
+        match verdict {
+            Verdict::Authenticated(name)
+                if name == user && self.directory.user(&name).is_some() => {}
+            Verdict::Authenticated(name) => {
+                tracing::info!(peer = %job.peer.addr, %name, aor = %user, "REGISTER for someone else's AOR: 403");
+                crate::metrics::auth_failed("wrong aor");
+                return reply(403, Some("Credentials Do Not Match The AOR"));
+            }
+            Verdict::Challenge { stale, reason } => {
+                if reason != "no credentials" {
+                    tracing::info!(peer = %job.peer.addr, aor = %user, %reason, "REGISTER not authenticated: 401");
+                }
+                let mut response = reply(401, None);
+                for challenge in self.auth.lock().unwrap().challenges(stale, now) {
+                    response.headers.push("WWW-Authenticate", &challenge);
+                }
+                return response;
+            }
+            Verdict::Throttled => return reply(403, Some("Too Many Failed Attempts")),
+        }
+        let parsed = match RegisterRequest::from_request(request, job.peer) {
+            Ok(parsed) => parsed,
+            Err(reason) => {
+                tracing::info!(peer = %job.peer.addr, aor = %user, %reason, "malformed REGISTER: 400");
+                let mut response = reply(400, None);
+                response
+                    .headers
+                    .push("Warning", &format!("399 switchboard \"{reason}\""));
+                return response;
+            }
+        };
+        let wall = unix_now();
+        let current = match self.store.bindings(&user, wall).await {
+            Ok(current) => current,
+            Err(error) => {
+                tracing::error!(%error, aor = %user, "location store unavailable: 500");
+                return reply(500, None);
+            }
+        };
+        if parsed.contacts.is_empty() && !parsed.wildcard {
+            // A query: the current bindings, changed nothing.
+            return self.ok(request, &current, wall);
+        }
+        match register(&self.policy, &current, &parsed, wall) {
+            Outcome::Registered { changes, bindings } => {
+                if let Err(error) = self.store.apply(&user, &changes, wall).await {
+                    tracing::error!(%error, aor = %user, "location store unavailable: 500");
+                    return reply(500, None);
+                }
+                tracing::debug!(aor = %user, peer = %job.peer.addr, contacts = bindings.len(), "registered");
+                self.ok(request, &bindings, wall)
+            }
+            Outcome::IntervalTooBrief { min_expires } => {
+                tracing::info!(aor = %user, min_expires, "REGISTER interval too brief: 423");
+                let mut response = reply(423, None);
+                response
+                    .headers
+                    .push("Min-Expires", &min_expires.to_string());
+                response
+            }
+            Outcome::TooManyContacts { max } => {
+                tracing::info!(aor = %user, max, "REGISTER would exceed max_contacts: 403");
+                reply(403, Some(&format!("Too Many Contacts (at most {max})")))
+            }
+            Outcome::OutOfOrder => {
+                tracing::info!(aor = %user, "REGISTER out of order: 500");
+                reply(500, Some("Out Of Order"))
+            }
+            Outcome::Invalid(reason) => {
+                tracing::info!(aor = %user, %reason, "invalid REGISTER: 400");
+                let mut response = reply(400, None);
+                response
+                    .headers
+                    .push("Warning", &format!("399 switchboard \"{reason}\""));
+                response
+            }
+        }
+    }
+
+    fn ok(&self, request: &Request, bindings: &[super::Binding], now: u64) -> Response {
+        let mut response = response_for(request, 200, "OK", Some(&new_tag()));
+        for contact in contact_headers(bindings, now) {
+            response.headers.push("Contact", &contact);
+        }
+        response
+    }
+}
