@@ -94,6 +94,7 @@ impl Gateway {
         } else {
             (None, None)
         };
+        let api_registrar = registrar.clone();
         let (state, state_watch) = watch::channel(EndpointState::Running);
         let (active_tx, active_calls) = watch::channel(0usize);
         let endpoint = Endpoint {
@@ -148,12 +149,13 @@ impl Gateway {
         };
         let api = match valid.api_listen {
             Some(listen) => {
-                let server = ApiServer::start(listen, active_calls.clone(), state_watch)
-                    .await
-                    .map_err(|source| GatewayError::Api {
-                        addr: listen,
-                        source,
-                    })?;
+                let server =
+                    ApiServer::start(listen, active_calls.clone(), state_watch, api_registrar)
+                        .await
+                        .map_err(|source| GatewayError::Api {
+                            addr: listen,
+                            source,
+                        })?;
                 Some(server)
             }
             None => None,

@@ -1,12 +1,14 @@
 #![allow(dead_code)]
 
 pub mod agent;
+pub mod api;
 pub mod audio;
 pub mod baresip;
 pub mod gateway;
 pub mod http_server;
 pub mod kamailio;
 pub mod raw_sip;
+pub mod registering;
 pub mod rtp_peer;
 pub mod sipp;
 pub mod twilio_bot;

@@ -26,6 +26,7 @@ struct ApiState {
     prometheus: PrometheusHandle,
     active_calls: watch::Receiver<usize>,
     state: watch::Receiver<EndpointState>,
+    registrar: Option<std::sync::Arc<crate::registrar::service::Registrar>>,
 }
 
 /// A running API listener; dropped or [`ApiServer::stop`]ped with the gateway.
@@ -40,6 +41,7 @@ impl ApiServer {
         listen: SocketAddr,
         active_calls: watch::Receiver<usize>,
         state: watch::Receiver<EndpointState>,
+        registrar: Option<std::sync::Arc<crate::registrar::service::Registrar>>,
     ) -> std::io::Result<ApiServer> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
@@ -50,10 +52,12 @@ impl ApiServer {
             prometheus: prometheus.clone(),
             active_calls,
             state,
+            registrar,
         };
         let app = Router::new()
             .route("/health", get(health))
             .route("/metrics", get(render_metrics))
+            .route("/v1/users", get(users))
             .with_state(state);
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -131,4 +135,50 @@ async fn render_metrics(State(state): State<ApiState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.prometheus.render(),
     )
+}
+
+/// `GET /v1/users`: every configured user with its live contacts.
+async fn users(State(state): State<ApiState>) -> impl IntoResponse {
+    use axum::http::StatusCode;
+    let Some(registrar) = &state.registrar else {
+        return (StatusCode::OK, Json(serde_json::json!({ "users": [] })));
+    };
+    let now = crate::registrar::unix_now();
+    let all = match registrar.store.all(now).await {
+        Ok(all) => all,
+        Err(error) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({ "error": error.to_string() })),
+            )
+        }
+    };
+    let mut names: Vec<&str> = registrar.directory.names().collect();
+    names.sort_unstable();
+    let users: Vec<serde_json::Value> = names
+        .into_iter()
+        .map(|name| {
+            let contacts: Vec<serde_json::Value> = all
+                .iter()
+                .find(|(aor, _)| aor == name)
+                .map(|(_, bindings)| {
+                    bindings
+                        .iter()
+                        .map(|b| {
+                            serde_json::json!({
+                                "uri": b.contact,
+                                "source": b.source.to_string(),
+                                "transport": b.transport.to_string(),
+                                "expires_in": b.seconds_left(now),
+                                "user_agent": b.user_agent,
+                                "instance": b.instance,
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            serde_json::json!({ "username": name, "contacts": contacts })
+        })
+        .collect();
+    (StatusCode::OK, Json(serde_json::json!({ "users": users })))
 }

@@ -1,0 +1,325 @@
+//! The registrar on the real binary: digest REGISTER (MD5 by sipp, SHA-256
+//! and MD5 by a test phone of our own), the registrar's rules, throttling,
+//! `/v1/users`, NAT'd bindings called at their source, and calls that
+//! must authenticate.
+
+mod common;
+
+use std::time::Duration;
+
+use common::api::{api_addr, http_get, sample};
+use common::gateway::{config_with, GatewayProcess};
+use common::raw_sip::{header, status, RawSip};
+use common::registering::Phone;
+use common::sipp::{self, SipTransport, G711_OFFER};
+
+fn config(extra: &str) -> String {
+    config_with(&format!(
+        r#"
+[api]
+listen = "127.0.0.1:0"
+
+[registrar]
+max_failures = 5
+{extra}
+
+[[users]]
+username = "alice"
+password = "wonderland"
+flow = "echo"
+
+[[users]]
+username = "nat"
+password = "behind"
+
+[[trunks]]
+name = "loopback"
+allow = ["127.0.0.1"]
+routes = [
+  {{ pattern = '^nat$', user = "nat" }},
+  {{ pattern = '.*', flow = "echo" }},
+]
+
+[[flows]]
+name = "echo"
+bot = {{ kind = "echo" }}
+"#
+    ))
+}
+
+fn contact(phone: &Phone, tag: &str) -> String {
+    format!("<sip:{}@{};line={tag}>", phone.user, phone.sip.sent_by())
+}
+
+#[test]
+fn digest_registration_follows_the_registrars_rules() {
+    let gateway = GatewayProcess::start("registrar-rules", &config(""));
+    let api = api_addr(&gateway);
+    let mut alice = Phone::new(gateway.udp, "alice", "wonderland");
+
+    // Unauthenticated: challenged with MD5 (the default) only.
+    let text = alice.sip.request(
+        "REGISTER",
+        "alice",
+        "bare",
+        1,
+        "Contact: <sip:alice@127.0.0.1:9>\r\n",
+        "",
+    );
+    alice.sip.send(&text);
+    let challenge = alice
+        .sip
+        .wait_for(|t| status(t) == Some(401), Duration::from_secs(3))
+        .expect("401");
+    let www: Vec<&str> = challenge
+        .lines()
+        .filter(|l| l.starts_with("WWW-Authenticate"))
+        .collect();
+    assert_eq!(www.len(), 1, "{challenge}");
+    assert!(www[0].contains("algorithm=MD5") && www[0].contains("qop=\"auth\""));
+
+    // The right password: 200 with the granted expiry.
+    let line = contact(&alice, "a");
+    let ok = alice.register(std::slice::from_ref(&line), Some(600), "MD5");
+    assert_eq!(status(&ok), Some(200), "{ok}");
+    assert!(
+        ok.contains(";expires=600") || ok.contains(";expires=599"),
+        "{ok}"
+    );
+    let (code, users) = http_get(api, "/v1/users");
+    assert_eq!(code, 200);
+    let users: serde_json::Value = serde_json::from_str(&users).unwrap();
+    let alice_entry = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == "alice")
+        .unwrap();
+    let contacts = alice_entry["contacts"].as_array().unwrap();
+    assert_eq!(contacts.len(), 1, "{users}");
+    assert_eq!(contacts[0]["source"], alice.sip.local().to_string());
+    assert_eq!(contacts[0]["transport"], "udp");
+    assert_eq!(contacts[0]["user_agent"], "test-phone/1.0");
+    assert!(contacts[0]["expires_in"].as_u64().unwrap() > 590);
+
+    // The same Authorization again is a replay: challenged, not accepted.
+    let replayed = alice.last_authorization.clone().unwrap();
+    let again = alice.register_with(std::slice::from_ref(&line), Some(600), &replayed);
+    assert_eq!(status(&again), Some(401), "{again}");
+
+    // Too brief: 423 with Min-Expires; too long: clamped to the maximum.
+    let brief = alice.register(std::slice::from_ref(&line), Some(30), "MD5");
+    assert_eq!(status(&brief), Some(423), "{brief}");
+    assert_eq!(header(&brief, "Min-Expires"), Some("60"));
+    let long = alice.register(std::slice::from_ref(&line), Some(86_400), "MD5");
+    assert_eq!(status(&long), Some(200));
+    assert!(
+        long.contains(";expires=3600") || long.contains(";expires=3599"),
+        "{long}"
+    );
+
+    // Ten contacts fit; the eleventh is refused with the reason.
+    let lines: Vec<String> = (0..10).map(|n| contact(&alice, &format!("c{n}"))).collect();
+    let ten = alice.register(&lines[1..], Some(600), "MD5");
+    assert_eq!(status(&ten), Some(200), "{ten}");
+    assert_eq!(
+        ten.lines().filter(|l| l.starts_with("Contact:")).count(),
+        10
+    );
+    let eleventh = alice.register(&[contact(&alice, "c10")], Some(600), "MD5");
+    assert_eq!(status(&eleventh), Some(403), "{eleventh}");
+    assert!(eleventh
+        .lines()
+        .next()
+        .unwrap()
+        .contains("Too Many Contacts (at most 10)"));
+
+    // Un-REGISTER: Contact * with Expires 0 empties the AOR.
+    let gone = alice.register(&["*".to_string()], Some(0), "MD5");
+    assert_eq!(status(&gone), Some(200), "{gone}");
+    assert!(!gone.contains("Contact:"));
+    let (_, users) = http_get(api, "/v1/users");
+    assert!(!users.contains("test-phone"), "{users}");
+
+    // A wrong password is challenged again, then the source is refused:
+    // five failures a minute (the replay above was the first).
+    let mut mallory = Phone::new(gateway.udp, "alice", "guess");
+    for _ in 0..4 {
+        let response = mallory.register(&[contact(&mallory, "m")], Some(600), "MD5");
+        assert_eq!(status(&response), Some(401), "{response}");
+    }
+    let refused = mallory.register(&[contact(&mallory, "m")], Some(600), "MD5");
+    assert_eq!(status(&refused), Some(403), "{refused}");
+    gateway.wait_for_log(
+        &["authentication failures: refusing"],
+        Duration::from_secs(2),
+    );
+    let (_, metrics) = http_get(api, "/metrics");
+    let wrong = sample(
+        &metrics,
+        "switchboard_auth_failures_total{reason=\"wrong password\"}",
+    );
+    assert!(wrong.is_some_and(|n| n >= 4.0), "{metrics}");
+    gateway.assert_no_panic();
+}
+
+#[test]
+fn sha256_phone_registers_when_sha256_is_offered_first() {
+    let gateway = GatewayProcess::start(
+        "registrar-sha256",
+        &config("algorithms = [\"SHA-256\", \"MD5\"]\ndomains = [\"127.0.0.1\"]"),
+    );
+    let mut alice = Phone::new(gateway.udp, "alice", "wonderland");
+    alice.domain = "127.0.0.1".into();
+    let text = alice.sip.request("REGISTER", "alice", "probe", 1, "", "");
+    alice.sip.send(&text);
+    let challenge = alice
+        .sip
+        .wait_for(|t| status(t) == Some(401), Duration::from_secs(3))
+        .unwrap();
+    let algorithms: Vec<&str> = challenge
+        .lines()
+        .filter(|l| l.starts_with("WWW-Authenticate"))
+        .map(|l| {
+            if l.contains("SHA-256") {
+                "SHA-256"
+            } else {
+                "MD5"
+            }
+        })
+        .collect();
+    assert_eq!(
+        algorithms,
+        vec!["SHA-256", "MD5"],
+        "one challenge per algorithm, in order"
+    );
+    let ok = alice.register(&[contact(&alice, "s")], Some(300), "SHA-256");
+    assert_eq!(status(&ok), Some(200), "{ok}");
+    assert!(alice
+        .last_authorization
+        .as_deref()
+        .unwrap()
+        .contains("algorithm=SHA-256"));
+    // A domain we do not serve.
+    let mut stranger = Phone::new(gateway.udp, "alice", "wonderland");
+    stranger.domain = "elsewhere.example".into();
+    let refused = stranger.register(&[contact(&stranger, "x")], Some(300), "MD5");
+    assert_eq!(status(&refused), Some(404), "{refused}");
+}
+
+#[test]
+fn sipp_registers_with_md5_digest() {
+    let gateway = GatewayProcess::start("registrar-sipp", &config(""));
+    let scenario = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="register">
+  <send retrans="500">
+    <![CDATA[
+      REGISTER sip:[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:alice@[remote_ip]:[remote_port]>;tag=[pid]r[call_number]
+      To: <sip:alice@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 REGISTER
+      Contact: <sip:alice@[local_ip]:[local_port]>
+      Expires: 600
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="401" auth="true"/>
+  <send retrans="500">
+    <![CDATA[
+      REGISTER sip:[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:alice@[remote_ip]:[remote_port]>;tag=[pid]r[call_number]
+      To: <sip:alice@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 2 REGISTER
+      Contact: <sip:alice@[local_ip]:[local_port]>
+      Expires: 600
+      [authentication username=alice password=wonderland]
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200">
+    <action><ereg regexp="expires=(600|599)" search_in="msg" check_it="true" assign_to="granted"/><log message="[$granted]"/></action>
+  </recv>
+</scenario>
+"#;
+    let output = sipp::run(
+        &gateway.dir,
+        "register",
+        scenario,
+        gateway.udp,
+        SipTransport::Udp,
+        "127.0.0.1",
+    );
+    sipp::assert_success(&output, &gateway.dir);
+}
+
+/// A phone behind NAT registers a private Contact; a call for it is sent
+/// where its REGISTER came from.
+#[test]
+fn nat_binding_is_called_at_its_source_address() {
+    let gateway = GatewayProcess::start("registrar-nat", &config(""));
+    let mut phone = Phone::new(gateway.udp, "nat", "behind");
+    let ok = phone.register(&["<sip:nat@10.0.0.5:5060>".to_string()], Some(600), "MD5");
+    assert_eq!(status(&ok), Some(200), "{ok}");
+    // A trunk call routed to the user `nat`.
+    let caller = RawSip::new(gateway.udp);
+    let sdp = sipp::sdp_offer(4000, G711_OFFER);
+    let invite = caller.request(
+        "INVITE",
+        "nat",
+        "to-nat",
+        1,
+        "Content-Type: application/sdp\r\n",
+        &sdp,
+    );
+    caller.send(&invite);
+    let reached = phone
+        .sip
+        .wait_for(|t| t.starts_with("INVITE "), Duration::from_secs(5))
+        .expect("the INVITE reaches the phone at its source address");
+    assert!(
+        reached.starts_with("INVITE sip:nat@10.0.0.5:5060 SIP/2.0"),
+        "{reached}"
+    );
+    gateway.wait_for_log(
+        &["transfer: INVITE sent", &phone.sip.local().to_string()],
+        Duration::from_secs(2),
+    );
+}
+
+/// An INVITE from a source in no trunk must authenticate; it never
+/// reaches a flow on its own.
+#[test]
+fn strangers_must_authenticate_to_call() {
+    let gateway = GatewayProcess::start(
+        "registrar-stranger",
+        &config("").replace("allow = [\"127.0.0.1\"]", "allow = [\"192.0.2.1\"]"),
+    );
+    let stranger = RawSip::new(gateway.udp);
+    let sdp = sipp::sdp_offer(4000, G711_OFFER);
+    let invite = stranger.request(
+        "INVITE",
+        "100",
+        "stranger",
+        1,
+        "Content-Type: application/sdp\r\n",
+        &sdp,
+    );
+    stranger.send(&invite);
+    let response = stranger
+        .wait_for(
+            |t| status(t).is_some_and(|s| s >= 200),
+            Duration::from_secs(3),
+        )
+        .unwrap();
+    assert_eq!(status(&response), Some(407), "{response}");
+    assert!(header(&response, "Proxy-Authenticate").is_some());
+    assert!(!gateway.logs().iter().any(|l| l.contains("incoming call")));
+}
