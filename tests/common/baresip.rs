@@ -60,6 +60,8 @@ pub struct Baresip {
     child: Child,
     pub dir: PathBuf,
     log: PathBuf,
+    /// Its `cons` module's UDP port, for commands (`/accept`…).
+    console: SocketAddr,
 }
 
 impl Baresip {
@@ -78,33 +80,18 @@ impl Baresip {
             target.ip().is_loopback(),
             "baresip must only talk to loopback"
         );
-        let dir = dir.join("baresip");
-        let recordings = dir.join("recordings");
-        std::fs::create_dir_all(&recordings).unwrap();
-        std::fs::write(dir.join("config"), config(source, &recordings)).unwrap();
-        std::fs::write(
-            dir.join("accounts"),
-            format!(
-                "<sip:baresip@127.0.0.1>;regint=0;audio_codecs={}\n",
-                codec.account
-            ),
+        let account = format!(
+            "<sip:baresip@127.0.0.1>;regint=0;audio_codecs={}",
+            codec.account
+        );
+        Baresip::launch(
+            dir.join("baresip"),
+            source,
+            &account,
+            0,
+            Some(format!("/dial sip:{number}@{target}")),
+            quit_after_secs,
         )
-        .unwrap();
-        // Created empty so baresip does not write its own example there.
-        std::fs::write(dir.join("contacts"), "").unwrap();
-        let log = dir.join("baresip.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("baresip")
-            .arg("-f")
-            .arg(&dir)
-            .args(["-t", &quit_after_secs.to_string()])
-            .args(["-e", &format!("/dial sip:{number}@{target}")])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawning baresip (scripts/bootstrap installs baresip-core)");
-        Baresip { child, dir, log }
     }
 
     /// Starts baresip as a callee on `port`: it answers any call at once
@@ -117,35 +104,119 @@ impl Baresip {
         port: u16,
         quit_after_secs: u32,
     ) -> Baresip {
-        let dir = dir.join("baresip-callee");
+        let account = format!(
+            "<sip:agent@127.0.0.1>;regint=0;answermode=auto;audio_codecs={}",
+            codec.account
+        );
+        Baresip::launch(
+            dir.join("baresip-callee"),
+            source,
+            &account,
+            port,
+            None,
+            quit_after_secs,
+        )
+    }
+
+    /// A phone registered to `registrar` as `user` (digest with
+    /// `password`), answering calls by `answermode` (`auto` or `manual`),
+    /// optionally dialling `dial` (a full SIP URI) at once.
+    #[allow(clippy::too_many_arguments)]
+    pub fn registered(
+        dir: &Path,
+        name: &str,
+        codec: &CodecCase,
+        source: &Path,
+        registrar: SocketAddr,
+        user: &str,
+        password: &str,
+        answermode: &str,
+        dial: Option<&str>,
+        quit_after_secs: u32,
+    ) -> Baresip {
+        assert!(
+            registrar.ip().is_loopback(),
+            "baresip must only talk to loopback"
+        );
+        let account = format!(
+            "<sip:{user}@{registrar}>;auth_pass={password};regint=600;answermode={answermode};audio_codecs={}",
+            codec.account
+        );
+        Baresip::launch(
+            dir.join(name),
+            source,
+            &account,
+            0,
+            dial.map(|uri| format!("/dial {uri}")),
+            quit_after_secs,
+        )
+    }
+
+    fn launch(
+        dir: PathBuf,
+        source: &Path,
+        account: &str,
+        port: u16,
+        command: Option<String>,
+        quit_after_secs: u32,
+    ) -> Baresip {
         let recordings = dir.join("recordings");
         std::fs::create_dir_all(&recordings).unwrap();
+        let console = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let config = config(source, &recordings).replace(
             "sip_listen\t\t127.0.0.1:0",
             &format!("sip_listen\t\t127.0.0.1:{port}"),
-        );
+        ) + &format!("module\t\t\tcons.so\ncons_listen\t\t{console}\n");
         std::fs::write(dir.join("config"), config).unwrap();
-        std::fs::write(
-            dir.join("accounts"),
-            format!(
-                "<sip:agent@127.0.0.1>;regint=0;answermode=auto;audio_codecs={}\n",
-                codec.account
-            ),
-        )
-        .unwrap();
+        std::fs::write(dir.join("accounts"), format!("{account}\n")).unwrap();
+        // Created empty so baresip does not write its own example there.
         std::fs::write(dir.join("contacts"), "").unwrap();
         let log = dir.join("baresip.log");
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("baresip")
+        let mut baresip = Command::new("baresip");
+        baresip
             .arg("-f")
             .arg(&dir)
-            .args(["-t", &quit_after_secs.to_string()])
+            .args(["-t", &quit_after_secs.to_string()]);
+        if let Some(command) = command {
+            baresip.args(["-e", &command]);
+        }
+        let child = baresip
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
             .expect("spawning baresip (scripts/bootstrap installs baresip-core)");
-        Baresip { child, dir, log }
+        Baresip {
+            child,
+            dir,
+            log,
+            console,
+        }
+    }
+
+    /// Sends a command to its console (`/accept` answers a ringing call).
+    pub fn command(&self, command: &str) {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .send_to(format!("{command}\n").as_bytes(), self.console)
+            .unwrap();
+    }
+
+    /// Waits until its log holds `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "baresip never logged {needle:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Everything baresip printed so far (its status line uses `\r`).

@@ -1,0 +1,285 @@
+//! Real softphones (baresip) registered to the gateway: one calls a flow,
+//! two share a user and ring together when that user is called.
+
+mod common;
+
+use std::time::Duration;
+
+use common::api::{api_addr, http_get};
+use common::audio::best_correlation;
+use common::baresip::{peak_correlation, voice_like, Baresip, Wav, PCMU};
+use common::gateway::{config_with, GatewayProcess};
+use common::rtp_peer::RtpPeer;
+use common::sipp::{self, SipTransport, G711_OFFER};
+
+fn config() -> String {
+    config_with(
+        r#"
+[api]
+listen = "127.0.0.1:0"
+
+[[users]]
+username = "alice"
+password = "wonderland"
+flow = "echo"
+
+[[users]]
+username = "bob"
+password = "builder"
+
+[[flows]]
+name = "echo"
+bot = { kind = "echo", delay_ms = 200, sample_rate = 16000 }
+"#,
+    )
+}
+
+fn microphone(gateway: &GatewayProcess, name: &str) -> std::path::PathBuf {
+    let path = gateway.dir.join(format!("{name}.wav"));
+    Wav {
+        rate: 8000,
+        channels: 1,
+        samples: voice_like(8000, 12 * 8000),
+    }
+    .write(&path);
+    path
+}
+
+/// alice registers, calls the echo flow (her own flow) and hears herself.
+#[test]
+fn registered_baresip_calls_its_flow() {
+    let gateway = GatewayProcess::start("phones-alice", &config());
+    let mic = microphone(&gateway, "alice-mic");
+    let target = format!("sip:100@{}", gateway.udp);
+    let mut alice = Baresip::registered(
+        &gateway.dir,
+        "alice",
+        &PCMU,
+        &mic,
+        gateway.udp,
+        "alice",
+        "wonderland",
+        "manual",
+        Some(&target),
+        6,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, users) = http_get(api_addr(&gateway), "/v1/users");
+    assert!(
+        users.contains("baresip"),
+        "alice's baresip is registered: {users}"
+    );
+    let status = alice.wait(Duration::from_secs(20));
+    let log = alice.log();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("Call established"), "{log}");
+    let heard = alice.recording("dec").mono();
+    let sent = voice_like(8000, 12 * 8000);
+    let (score, delay) = peak_correlation(&sent, &heard, 8000, 8000);
+    assert!(
+        score > 0.8,
+        "alice hears her echo ({score:.3} at {delay} samples)\n{log}"
+    );
+    gateway.wait_for_log(
+        &["incoming call", "source=user:alice"],
+        Duration::from_secs(1),
+    );
+    gateway.assert_no_panic();
+}
+
+/// bob has two phones. A call to bob rings both; the one that answers
+/// talks to the caller, the other is cancelled.
+#[test]
+fn both_phones_of_a_user_ring_and_the_first_answer_wins() {
+    let gateway = GatewayProcess::start("phones-bob", &config());
+    let mic = microphone(&gateway, "bob-mic");
+    let mut desk = Baresip::registered(
+        &gateway.dir,
+        "bob-desk",
+        &PCMU,
+        &mic,
+        gateway.udp,
+        "bob",
+        "builder",
+        "manual",
+        None,
+        12,
+    );
+    let mut mobile = Baresip::registered(
+        &gateway.dir,
+        "bob-mobile",
+        &PCMU,
+        &mic,
+        gateway.udp,
+        "bob",
+        "builder",
+        "manual",
+        None,
+        12,
+    );
+    let api = api_addr(&gateway);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, users) = http_get(api, "/v1/users");
+        let parsed: serde_json::Value = serde_json::from_str(&users).unwrap();
+        let bob = parsed["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["username"] == "bob")
+            .cloned()
+            .unwrap();
+        if bob["contacts"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob's phones did not both register: {users}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // alice (sipp, authenticating) calls bob.
+    let alice_rtp = RtpPeer::bind();
+    let scenario = caller_with_digest("bob", &sipp::sdp_offer(alice_rtp.port(), &G711_OFFER[..1]));
+    let caller = std::thread::spawn({
+        let dir = gateway.dir.clone();
+        let target = gateway.udp;
+        move || {
+            sipp::run(
+                &dir,
+                "alice",
+                &scenario,
+                target,
+                SipTransport::Udp,
+                "127.0.0.1",
+            )
+        }
+    });
+    // Both phones ring; the desk phone picks up.
+    desk.wait_for_log("Incoming call", Duration::from_secs(5));
+    mobile.wait_for_log("Incoming call", Duration::from_secs(5));
+    desk.command("/accept");
+    gateway.wait_for_log(&["transfer: bridged"], Duration::from_secs(10));
+    let sent_at = std::time::Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let heard: Vec<i16> = alice_rtp
+        .received()
+        .iter()
+        .filter(|p| p.at >= sent_at && p.payload_type == 0)
+        .flat_map(|p| {
+            p.payload
+                .iter()
+                .map(|b| switchboard_media::g711::ulaw_decode(*b))
+        })
+        .collect();
+    let voice = voice_like(8000, 12 * 8000);
+    let window = &heard[heard.len().saturating_sub(12_000)..heard.len().saturating_sub(4000)];
+    let (score, _) = best_correlation(window, &voice, 0..voice.len());
+    assert!(score > 0.8, "alice hears bob's desk phone ({score:.3})");
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    let _ = desk.wait(Duration::from_secs(20));
+    let _ = mobile.wait(Duration::from_secs(20));
+    let (desk_log, mobile_log) = (desk.log(), mobile.log());
+    assert!(desk_log.contains("Call established"), "{desk_log}");
+    assert!(
+        mobile_log.contains("Incoming call") && !mobile_log.contains("Call established"),
+        "the other phone rang and was not connected:\n{mobile_log}"
+    );
+    // baresip reports the CANCEL of a ringing call as the session closing.
+    assert!(
+        mobile_log.contains("session closed"),
+        "the other phone's ringing was cancelled:\n{mobile_log}"
+    );
+    gateway.assert_no_panic();
+}
+
+/// A caller that answers a 407 with alice's credentials, talks for a few
+/// seconds and hangs up.
+fn caller_with_digest(dialed: &str, sdp: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="authenticated caller">
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:{dialed}@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:alice@[remote_ip]:[remote_port]>;tag=[pid]a[call_number]
+      To: <sip:{dialed}@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:alice@[local_ip]:[local_port]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+{sdp}
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="407" auth="true"/>
+  <send>
+    <![CDATA[
+      ACK sip:{dialed}@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-1]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:{dialed}@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:alice@[remote_ip]:[remote_port]>;tag=[pid]a[call_number]
+      To: <sip:{dialed}@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 2 INVITE
+      Contact: <sip:alice@[local_ip]:[local_port]>
+      [authentication username=alice password=wonderland]
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+{sdp}
+    ]]>
+  </send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="183" optional="true"/>
+  <recv response="200" rrs="true"/>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      CSeq: 2 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <pause milliseconds="4000"/>
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      CSeq: 3 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+</scenario>
+"#
+    )
+}
