@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod http_server;
 pub mod kamailio;
 pub mod raw_sip;
+pub mod redis;
 pub mod registering;
 pub mod rtp_peer;
 pub mod sipp;
