@@ -9,6 +9,7 @@ use common::api::{api_addr, http_get};
 use common::audio::best_correlation;
 use common::baresip::{peak_correlation, voice_like, Baresip, Wav, PCMU};
 use common::gateway::{config_with, GatewayProcess};
+use common::linphone::Linphone;
 use common::rtp_peer::RtpPeer;
 use common::sipp::{self, SipTransport, G711_OFFER};
 
@@ -84,6 +85,34 @@ fn registered_baresip_calls_its_flow() {
         &["incoming call", "source=user:alice"],
         Duration::from_secs(1),
     );
+    gateway.assert_no_panic();
+}
+
+/// linphonec (linphone-cli 5.1) calls as alice: the gateway challenges
+/// its INVITE (407), it answers with alice's credentials, the call reaches
+/// her flow and media runs. (Its `register` command only stores the
+/// identity and credentials here: this build sends no REGISTER from the
+/// sandbox, so registering is shown with baresip and sipp.)
+#[test]
+fn linphonec_authenticates_and_calls() {
+    let gateway = GatewayProcess::start("phones-linphone", &config());
+    let mut phone = Linphone::start(&gateway.dir);
+    phone.command(&format!("ports sip {}", free_udp_port()));
+    phone.command(&format!(
+        "register sip:alice@{gw} sip:{gw} wonderland",
+        gw = gateway.udp
+    ));
+    std::thread::sleep(Duration::from_millis(500));
+    phone.command(&format!("call sip:100@{}", gateway.udp));
+    phone.wait_for("Media streams established", Duration::from_secs(10));
+    gateway.wait_for_log(&["answered", "codec="], Duration::from_secs(2));
+    gateway.wait_for_log(
+        &["incoming call", "source=user:alice"],
+        Duration::from_secs(1),
+    );
+    phone.command("terminate");
+    gateway.wait_for_log(&["call ended", "caller hung up"], Duration::from_secs(5));
+    phone.command("quit");
     gateway.assert_no_panic();
 }
 
@@ -191,6 +220,14 @@ fn both_phones_of_a_user_ring_and_the_first_answer_wins() {
         "the other phone's ringing was cancelled:\n{mobile_log}"
     );
     gateway.assert_no_panic();
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A caller that answers a 407 with alice's credentials, talks for a few

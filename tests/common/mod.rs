@@ -7,6 +7,7 @@ pub mod baresip;
 pub mod gateway;
 pub mod http_server;
 pub mod kamailio;
+pub mod linphone;
 pub mod raw_sip;
 pub mod redis;
 pub mod registering;
