@@ -57,6 +57,8 @@ pub enum CallInput {
 pub enum EndpointCommand {
     /// Answer a server transaction.
     Respond { tx: ServerTxId, response: Response },
+    /// Answer and forget the transaction (a challenge).
+    RespondStatelessly { tx: ServerTxId, response: Response },
     /// Send a request in a new client transaction; its responses (or its
     /// failure) go back to `leg` of `call`.
     SendRequest {

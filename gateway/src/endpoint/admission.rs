@@ -84,6 +84,8 @@ impl Endpoint {
                 for challenge in self.auth.lock().unwrap().challenges(stale, now) {
                     response.headers.push("Proxy-Authenticate", &challenge);
                 }
+                // A 407 keeps its INVITE transaction for the ACK (Timer
+                // H/I), as every non-2xx final must.
                 core.layer.send_response(tx, response, now);
                 return None;
             }

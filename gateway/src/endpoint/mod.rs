@@ -193,6 +193,9 @@ impl Endpoint {
             EndpointCommand::Respond { tx, response } => {
                 core.layer.send_response(tx, response, now)
             }
+            EndpointCommand::RespondStatelessly { tx, response } => {
+                core.layer.respond_statelessly(tx, response)
+            }
             EndpointCommand::SendRequest {
                 call,
                 leg,

@@ -56,7 +56,13 @@ impl Registrar {
                 job = jobs.recv() => {
                     let Some(job) = job else { break };
                     let response = self.handle(&job).await;
-                    let command = EndpointCommand::Respond { tx: job.tx, response };
+                    // A challenge keeps no transaction: a retransmission
+                    // just gets a fresh one.
+                    let command = if response.status == 401 {
+                        EndpointCommand::RespondStatelessly { tx: job.tx, response }
+                    } else {
+                        EndpointCommand::Respond { tx: job.tx, response }
+                    };
                     if endpoint.send(command).await.is_err() {
                         break;
                     }

@@ -42,10 +42,11 @@ pub fn canonical_name(name: &str) -> String {
         ("route", "Route"),
         ("www-authenticate", "WWW-Authenticate"),
     ];
-    let lower = name.to_ascii_lowercase();
+    // Compared without lowering a copy: this runs for every header of
+    // every message.
     known
         .iter()
-        .find(|(alias, _)| *alias == lower)
+        .find(|(alias, _)| alias.len() == name.len() && alias.eq_ignore_ascii_case(name))
         .map(|(_, canonical)| canonical.to_string())
         .unwrap_or_else(|| name.to_string())
 }

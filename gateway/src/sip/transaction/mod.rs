@@ -392,6 +392,21 @@ impl TransactionLayer {
         self.schedule(TxRef::Server(id));
     }
 
+    /// Answers and forgets at once (RFC 3261 §8.2.7's stateless UAS): for
+    /// challenges, which a retransmitted request may just as well get
+    /// again, fresh. Keeps nothing for 32 s per challenged request.
+    pub fn respond_statelessly(&mut self, id: ServerTxId, response: Response) {
+        let Some(tx) = self.servers.get(&id) else {
+            return;
+        };
+        let peer = tx.peer;
+        self.transmits.push_back(Transmit {
+            peer,
+            bytes: response.to_bytes(),
+        });
+        self.remove_server(id);
+    }
+
     /// Ends a server transaction whose owner is gone without answering: a
     /// pending INVITE gets a 500 so the caller is not left ringing.
     pub fn abandon(&mut self, id: ServerTxId, now: Instant) {
