@@ -169,7 +169,11 @@ fn both_phones_of_a_user_ring_and_the_first_answer_wins() {
     }
     // alice (sipp, authenticating) calls bob.
     let alice_rtp = RtpPeer::bind();
-    let scenario = caller_with_digest("bob", &sipp::sdp_offer(alice_rtp.port(), &G711_OFFER[..1]));
+    let scenario = sipp::caller_with_digest(
+        "bob",
+        &sipp::sdp_offer(alice_rtp.port(), &G711_OFFER[..1]),
+        ("alice", "wonderland"),
+    );
     let caller = std::thread::spawn({
         let dir = gateway.dir.clone();
         let target = gateway.udp;
@@ -228,95 +232,4 @@ fn free_udp_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// A caller that answers a 407 with alice's credentials, talks for a few
-/// seconds and hangs up.
-fn caller_with_digest(dialed: &str, sdp: &str) -> String {
-    format!(
-        r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="authenticated caller">
-  <send retrans="500">
-    <![CDATA[
-      INVITE sip:{dialed}@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:alice@[remote_ip]:[remote_port]>;tag=[pid]a[call_number]
-      To: <sip:{dialed}@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:alice@[local_ip]:[local_port]>
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-{sdp}
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="407" auth="true"/>
-  <send>
-    <![CDATA[
-      ACK sip:{dialed}@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-1]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <send retrans="500">
-    <![CDATA[
-      INVITE sip:{dialed}@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:alice@[remote_ip]:[remote_port]>;tag=[pid]a[call_number]
-      To: <sip:{dialed}@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 2 INVITE
-      Contact: <sip:alice@[local_ip]:[local_port]>
-      [authentication username=alice password=wonderland]
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-{sdp}
-    ]]>
-  </send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="183" optional="true"/>
-  <recv response="200" rrs="true"/>
-  <send>
-    <![CDATA[
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      CSeq: 2 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <pause milliseconds="4000"/>
-  <send retrans="500">
-    <![CDATA[
-      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      CSeq: 3 BYE
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv response="200"/>
-</scenario>
-"#
-    )
 }

@@ -323,3 +323,55 @@ fn strangers_must_authenticate_to_call() {
     assert!(header(&response, "Proxy-Authenticate").is_some());
     assert!(!gateway.logs().iter().any(|l| l.contains("incoming call")));
 }
+
+/// A carrier trunk with credentials and no address list: its calls pass
+/// digest and go by the trunk's routes; a wrong password never gets in.
+#[test]
+fn trunk_with_credentials_and_no_allow_list() {
+    let gateway = GatewayProcess::start(
+        "registrar-trunk-auth",
+        &config("").replace(
+            "[[trunks]]\nname = \"loopback\"\nallow = [\"127.0.0.1\"]",
+            "[[trunks]]\nname = \"carrier\"\nauth = { username = \"acme\", password = \"trunk-secret\" }",
+        ),
+    );
+    let peer = common::rtp_peer::RtpPeer::bind();
+    let scenario = sipp::caller_with_digest(
+        "100",
+        &sipp::sdp_offer(peer.port(), G711_OFFER),
+        ("acme", "trunk-secret"),
+    );
+    let output = sipp::run(
+        &gateway.dir,
+        "carrier",
+        &scenario,
+        gateway.udp,
+        SipTransport::Udp,
+        "127.0.0.1",
+    );
+    sipp::assert_success(&output, &gateway.dir);
+    gateway.wait_for_log(&["incoming call", "source=carrier"], Duration::from_secs(2));
+    let wrong = sipp::caller_with_digest(
+        "100",
+        &sipp::sdp_offer(peer.port(), G711_OFFER),
+        ("acme", "guess"),
+    );
+    let output = sipp::run_with(
+        &gateway.dir,
+        "intruder",
+        &wrong,
+        gateway.udp,
+        SipTransport::Udp,
+        "127.0.0.1",
+        &["-timeout", "5s"],
+    );
+    assert!(!output.status.success(), "a wrong trunk password got in");
+    assert_eq!(
+        gateway
+            .logs()
+            .iter()
+            .filter(|l| l.contains("incoming call"))
+            .count(),
+        1
+    );
+}
