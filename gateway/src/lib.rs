@@ -6,6 +6,7 @@ pub mod config;
 pub mod endpoint;
 pub mod metrics;
 pub mod registrar;
+pub mod registration;
 pub mod routing;
 mod server;
 pub mod sip;
