@@ -95,11 +95,26 @@ fn forward_call(body: &Value) -> Result<Action, String> {
         .map(|n| n.trim().to_owned())
         .filter(|n| !n.is_empty())
         .ok_or("forward-call needs a number")?;
-    let uri = dial_uri(&number)
-        .ok_or_else(|| format!("{number:?} is neither a SIP URI nor a phone number"))?;
+    // Through an outbound registration the number is an extension of its PBX.
+    let registration = string_field(body, "registration")?
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
+    let uri = match &registration {
+        Some(_)
+            if !number.contains(':')
+                && number
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-_.*#".contains(c)) =>
+        {
+            format!("sip:{number}")
+        }
+        _ => dial_uri(&number)
+            .ok_or_else(|| format!("{number:?} is neither a SIP URI nor a phone number"))?,
+    };
     Ok(Action::Dial(DialTarget {
         uri,
         timeout_secs: FORWARD_TIMEOUT_SECS,
+        registration,
         ..DialTarget::default()
     }))
 }

@@ -27,6 +27,9 @@ pub struct DialTarget {
     /// `<Dial hangupOnStar>`: the caller's `*` drops the callee and returns
     /// the caller to the flow.
     pub hangup_on_star: bool,
+    /// `<Sip registration="…">`: dial out through this outbound
+    /// registration, as its extension (`uri` may then be `sip:1002`).
+    pub registration: Option<String>,
 }
 
 impl Default for DialTarget {
@@ -41,6 +44,7 @@ impl Default for DialTarget {
             action: None,
             method_get: false,
             hangup_on_star: false,
+            registration: None,
         }
     }
 }

@@ -101,6 +101,8 @@ pub enum DialNoun {
         uri: String,
         username: Option<String>,
         password: Option<String>,
+        /// Dial through this outbound registration.
+        registration: Option<String>,
     },
     /// `<Number>` (or bare text in `<Dial>`): to be sent to a trunk.
     Number(String),
@@ -151,7 +153,9 @@ pub fn actions_from_twiml(verbs: &[Verb]) -> Result<Vec<Action>, TwimlError> {
                     uri,
                     username,
                     password,
+                    registration,
                 } => Ok(Action::Dial(DialTarget {
+                    registration: registration.clone(),
                     uri: uri.clone(),
                     caller_id: dial.caller_id.clone(),
                     username: username.clone(),
@@ -439,11 +443,19 @@ fn dial(element: &Element) -> Result<Dial, TwimlError> {
     let target = if has_elements {
         let noun = single_noun(element)?;
         match noun.name.as_str() {
-            "Sip" => DialNoun::Sip {
-                uri: sip_uri(noun)?,
-                username: noun.attr("username").map(str::to_owned),
-                password: noun.attr("password").map(str::to_owned),
-            },
+            "Sip" => {
+                let registration = noun.attr("registration").map(|r| r.trim().to_owned());
+                let uri = match &registration {
+                    Some(_) => extension_uri(noun)?,
+                    None => sip_uri(noun)?,
+                };
+                DialNoun::Sip {
+                    uri,
+                    username: noun.attr("username").map(str::to_owned),
+                    password: noun.attr("password").map(str::to_owned),
+                    registration,
+                }
+            }
             "Number" => DialNoun::Number(phone_number(noun, noun.text()?)?),
             other => return Err(invalid("Dial", format!("unsupported noun <{other}>"))),
         }
@@ -584,6 +596,22 @@ fn sip_uri(noun: &Element) -> Result<String, TwimlError> {
         ));
     }
     Ok(uri)
+}
+
+/// Through a registration the target may be just an extension:
+/// `sip:1002`, or a full SIP URI.
+fn extension_uri(noun: &Element) -> Result<String, TwimlError> {
+    let text = noun.text()?;
+    let user = text.strip_prefix("sip:").unwrap_or(&text);
+    let plain = !user.is_empty()
+        && user.len() <= 64
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-_.*#".contains(c));
+    if plain {
+        return Ok(format!("sip:{user}"));
+    }
+    sip_uri(noun)
 }
 
 fn phone_number(element: &Element, text: String) -> Result<String, TwimlError> {

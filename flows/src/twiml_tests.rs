@@ -21,7 +21,31 @@ fn sip(uri: &str, username: Option<&str>, password: Option<&str>) -> DialNoun {
         uri: uri.into(),
         username: owned(username),
         password: owned(password),
+        registration: None,
     }
+}
+
+#[test]
+fn dial_through_a_registration_takes_an_extension() {
+    let verbs = parse_twiml(&doc(r#"<Dial hangupOnStar="true" method="GET" action="https://x.example/a"><Sip registration="pbx-1001">sip:1002</Sip></Dial>"#)).unwrap();
+    let Verb::Dial(dial) = &verbs[0] else {
+        panic!("{verbs:?}")
+    };
+    assert!(dial.hangup_on_star && dial.method_get);
+    assert_eq!(
+        dial.target,
+        DialNoun::Sip {
+            uri: "sip:1002".into(),
+            username: None,
+            password: None,
+            registration: Some("pbx-1001".into()),
+        }
+    );
+    let actions = actions_from_twiml(&verbs).unwrap();
+    let Action::Dial(target) = &actions[0] else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(target.registration.as_deref(), Some("pbx-1001"));
 }
 
 #[test]

@@ -12,10 +12,12 @@ use switchboard_flows::FlowConfig;
 use crate::call::dial::{DialPolicy, Ringback};
 use crate::registrar::users::Directory;
 use crate::registrar::Policy;
+use crate::registration::manager::RegistrationSpec;
 use crate::routing::Router;
 use crate::sip::authenticator::AuthSettings;
 use crate::sip::digest::Algorithm;
 use crate::sip::transaction::Transport;
+use crate::sip::uri::SipUri;
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -34,6 +36,8 @@ pub struct Config {
     pub registrar: RegistrarConfig,
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub registrations: Vec<RegistrationConfig>,
     #[serde(default)]
     pub trunks: Vec<TrunkConfig>,
     #[serde(default)]
@@ -314,6 +318,35 @@ fn default_max_failures() -> u32 {
     10
 }
 
+/// The gateway registered to a PBX or provider as one of its extensions.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrationConfig {
+    /// Names it in the API, logs, callbacks and `<Sip registration>`.
+    pub id: String,
+    /// The registrar: `host[:port][;transport=udp|tcp]`.
+    pub proxy: String,
+    pub username: String,
+    pub password: String,
+    /// Digest username, when it differs from `username`.
+    #[serde(default)]
+    pub auth_user: Option<String>,
+    /// Send everything here instead (`host[:port][;transport=…]`).
+    #[serde(default)]
+    pub outbound_proxy: Option<String>,
+    #[serde(default = "default_registration_expires")]
+    pub expires: u32,
+    /// Calls the PBX sends to this extension go to this flow.
+    pub flow: String,
+    /// Told (JSON POST) when the registration turns successful or failed.
+    #[serde(default)]
+    pub status_callback: Option<String>,
+}
+
+fn default_registration_expires() -> u32 {
+    3600
+}
+
 /// A user who registers and calls with a username and password.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -561,7 +594,9 @@ impl Config {
                 )
             })?);
         }
+        let registrations = self.registrations()?;
         Ok(ValidConfig {
+            registrations,
             listen,
             rtp_ports,
             router,
@@ -585,6 +620,90 @@ impl Config {
     }
 }
 
+impl Config {
+    fn registrations(&self) -> Result<Vec<RegistrationSpec>, ConfigError> {
+        let flows: HashSet<&str> = self.flows.iter().map(|f| f.name.as_str()).collect();
+        let mut ids = HashSet::new();
+        let mut specs = Vec::with_capacity(self.registrations.len());
+        for (index, registration) in self.registrations.iter().enumerate() {
+            let key = |rest: &str| format!("registrations[{index}].{rest}");
+            let id = registration.id.trim();
+            let valid_id = !id.is_empty()
+                && id.len() <= 64
+                && id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !valid_id {
+                return Err(ConfigError::new(
+                    key("id"),
+                    "must be 1-64 letters, digits, '-', '_' or '.'",
+                ));
+            }
+            if !ids.insert(id) {
+                return Err(ConfigError::new(key("id"), format!("`{id}` is used twice")));
+            }
+            let proxy_uri = |field: &str, text: &str| {
+                let uri = SipUri::parse(&format!("sip:{}", text.trim()))
+                    .map_err(|e| ConfigError::new(key(field), format!("`{text}`: {e}")))?;
+                match uri.transport().map(str::to_ascii_lowercase).as_deref() {
+                    None | Some("udp") | Some("tcp") => Ok(uri),
+                    Some("tls") => Err(ConfigError::new(key(field), "TLS is not supported yet")),
+                    Some(other) => Err(ConfigError::new(
+                        key(field),
+                        format!("transport `{other}` is not udp or tcp"),
+                    )),
+                }
+            };
+            let proxy = proxy_uri("proxy", &registration.proxy)?;
+            if proxy.user.is_some() {
+                return Err(ConfigError::new(
+                    key("proxy"),
+                    "is host[:port][;transport=…], without a user",
+                ));
+            }
+            let outbound_proxy = match &registration.outbound_proxy {
+                Some(text) => Some(proxy_uri("outbound_proxy", text)?),
+                None => None,
+            };
+            if registration.username.trim().is_empty() {
+                return Err(ConfigError::new(key("username"), "must not be empty"));
+            }
+            if registration.expires < 30 {
+                return Err(ConfigError::new(key("expires"), "must be at least 30"));
+            }
+            if !flows.contains(registration.flow.as_str()) {
+                return Err(ConfigError::new(
+                    key("flow"),
+                    format!("no flow named `{}` is defined", registration.flow),
+                ));
+            }
+            if let Some(url) = &registration.status_callback {
+                let parsed = url::Url::parse(url).map_err(|e| {
+                    ConfigError::new(key("status_callback"), format!("not a URL: {e}"))
+                })?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(ConfigError::new(
+                        key("status_callback"),
+                        "must be http or https",
+                    ));
+                }
+            }
+            specs.push(RegistrationSpec {
+                id: id.to_string(),
+                proxy,
+                username: registration.username.trim().to_string(),
+                password: registration.password.clone(),
+                auth_user: registration.auth_user.clone(),
+                outbound_proxy,
+                expires: registration.expires,
+                flow: registration.flow.clone(),
+                status_callback: registration.status_callback.clone(),
+            });
+        }
+        Ok(specs)
+    }
+}
+
 /// The parts of a [`Config`] that had to be parsed further.
 #[derive(Debug)]
 pub struct ValidConfig {
@@ -597,6 +716,7 @@ pub struct ValidConfig {
     pub dns_servers: Vec<SocketAddr>,
     /// Users and trunk logins with their secrets.
     pub directory: Directory,
+    pub registrations: Vec<RegistrationSpec>,
     pub auth: AuthSettings,
     pub policy: Policy,
 }

@@ -18,6 +18,7 @@ pub const CALLS_REJECTED: &str = "switchboard_calls_rejected_total";
 pub const BOT_FAILURES: &str = "switchboard_bot_failures_total";
 pub const TRANSFERS: &str = "switchboard_transfers_total";
 pub const BINDINGS: &str = "switchboard_registrar_bindings";
+pub const REGISTRATIONS: &str = "switchboard_registrations";
 pub const AUTH_FAILURES: &str = "switchboard_auth_failures_total";
 pub const CALL_DURATION: &str = "switchboard_call_duration_seconds";
 pub const CALL_LOSS: &str = "switchboard_call_packet_loss_ratio";
@@ -47,6 +48,10 @@ pub fn describe() {
     );
     describe_counter!(BOT_FAILURES, "Bots that could not be reached, by flow");
     describe_gauge!(BINDINGS, "Registered contacts (as of the last sweep)");
+    describe_gauge!(
+        REGISTRATIONS,
+        "Outbound registrations, by state: in_progress, successful, failed"
+    );
     describe_counter!(AUTH_FAILURES, "Failed digest authentications, by reason");
     describe_counter!(
         TRANSFERS,
@@ -85,6 +90,10 @@ pub fn call_rejected(status: u16) {
 
 pub fn call_answered(flow: &str) {
     counter!(CALLS_ANSWERED, "flow" => flow.to_owned()).increment(1);
+}
+
+pub fn registrations(state: &'static str, count: usize) {
+    gauge!(REGISTRATIONS, "state" => state).set(count as f64);
 }
 
 pub fn bindings(count: usize) {

@@ -17,6 +17,10 @@ use crate::endpoint::{Endpoint, EndpointState, FlowRuntime, MediaSettings};
 use crate::registrar::redis_store::RedisStore;
 use crate::registrar::service::{Registrar, JOBS_CAPACITY};
 use crate::registrar::store::{LocationStore, MemoryStore};
+use crate::registration::manager::{
+    Addresses, Event as RegistrationEvent, Manager, Registry,
+    EVENTS_CAPACITY as REGISTRATION_EVENTS,
+};
 use crate::sip::authenticator::Authenticator;
 use crate::sip::resolve::Resolver;
 use crate::sip::transaction::Transport;
@@ -42,6 +46,8 @@ pub struct Gateway {
     active_calls: watch::Receiver<usize>,
     endpoint: JoinHandle<()>,
     api: Option<ApiServer>,
+    registrations: mpsc::Sender<RegistrationEvent>,
+    registrations_task: JoinHandle<()>,
 }
 
 impl Gateway {
@@ -95,6 +101,24 @@ impl Gateway {
             (None, None)
         };
         let api_registrar = registrar.clone();
+        let registry = Arc::new(Registry::default());
+        let (registrations_tx, registrations_rx) = mpsc::channel(REGISTRATION_EVENTS);
+        let manager = Manager::new(
+            registry.clone(),
+            commands_tx.clone(),
+            if valid.dns_servers.is_empty() {
+                Resolver::system()
+            } else {
+                Resolver::with_servers(&valid.dns_servers)
+            },
+            http_client(),
+            Addresses {
+                local: local.clone(),
+                public_ip: config.sip.public_address,
+            },
+        );
+        let registrations_task =
+            tokio::spawn(manager.run(valid.registrations.clone(), registrations_rx));
         let (state, state_watch) = watch::channel(EndpointState::Running);
         let (active_tx, active_calls) = watch::channel(0usize);
         let endpoint = Endpoint {
@@ -135,6 +159,7 @@ impl Gateway {
                 },
                 local: local.clone(),
                 registrar: registrar.clone(),
+                registry: registry.clone(),
             }),
             inbound,
             shutdown: state_watch.clone(),
@@ -144,18 +169,25 @@ impl Gateway {
             registrar,
             register_jobs,
             user_calls: user_calls(),
+            registrations: Some(registrations_tx.clone()),
+            registry: registry.clone(),
             commands_tx,
             commands_rx,
         };
         let api = match valid.api_listen {
             Some(listen) => {
-                let server =
-                    ApiServer::start(listen, active_calls.clone(), state_watch, api_registrar)
-                        .await
-                        .map_err(|source| GatewayError::Api {
-                            addr: listen,
-                            source,
-                        })?;
+                let server = ApiServer::start(
+                    listen,
+                    active_calls.clone(),
+                    state_watch,
+                    api_registrar,
+                    registry.clone(),
+                )
+                .await
+                .map_err(|source| GatewayError::Api {
+                    addr: listen,
+                    source,
+                })?;
                 Some(server)
             }
             None => None,
@@ -168,6 +200,8 @@ impl Gateway {
             active_calls,
             endpoint,
             api,
+            registrations: registrations_tx,
+            registrations_task,
         })
     }
 
@@ -198,6 +232,14 @@ impl Gateway {
                 calls = *self.active_calls.borrow(),
                 "drain timed out: hanging up remaining calls"
             );
+        }
+        // Un-REGISTER while the endpoint can still carry the requests.
+        let _ = self.registrations.send(RegistrationEvent::Shutdown).await;
+        if tokio::time::timeout(Duration::from_secs(5), &mut self.registrations_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("registrations did not all un-register in time");
         }
         let _ = self.state.send(EndpointState::Stopping);
         // Calls need the sockets to send their BYEs; close them last.

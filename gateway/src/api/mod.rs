@@ -27,6 +27,7 @@ struct ApiState {
     active_calls: watch::Receiver<usize>,
     state: watch::Receiver<EndpointState>,
     registrar: Option<std::sync::Arc<crate::registrar::service::Registrar>>,
+    registry: std::sync::Arc<crate::registration::manager::Registry>,
 }
 
 /// A running API listener; dropped or [`ApiServer::stop`]ped with the gateway.
@@ -42,6 +43,7 @@ impl ApiServer {
         active_calls: watch::Receiver<usize>,
         state: watch::Receiver<EndpointState>,
         registrar: Option<std::sync::Arc<crate::registrar::service::Registrar>>,
+        registry: std::sync::Arc<crate::registration::manager::Registry>,
     ) -> std::io::Result<ApiServer> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
@@ -53,11 +55,14 @@ impl ApiServer {
             active_calls,
             state,
             registrar,
+            registry,
         };
         let app = Router::new()
             .route("/health", get(health))
             .route("/metrics", get(render_metrics))
             .route("/v1/users", get(users))
+            .route("/v1/registrations", get(registrations))
+            .route("/v1/registrations/{id}", get(registration))
             .with_state(state);
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -181,4 +186,42 @@ async fn users(State(state): State<ApiState>) -> impl IntoResponse {
         })
         .collect();
     (StatusCode::OK, Json(serde_json::json!({ "users": users })))
+}
+
+fn registration_json(entry: &crate::registration::manager::Entry) -> serde_json::Value {
+    let now = std::time::Instant::now();
+    let status = &entry.status;
+    serde_json::json!({
+        "id": entry.spec.id,
+        "proxy": entry.spec.proxy.to_string(),
+        "username": entry.spec.username,
+        "flow": entry.spec.flow,
+        "status": status.state.name(),
+        "code": status.code,
+        "reason": status.reason,
+        "changed_at": crate::registration::manager::unix_seconds(status.changed_at),
+        "next_attempt_in": status.next_attempt.map(|at| at.saturating_duration_since(now).as_secs()),
+        "expires": status.granted_expires,
+    })
+}
+
+/// `GET /v1/registrations`: every outbound registration's status.
+async fn registrations(State(state): State<ApiState>) -> impl IntoResponse {
+    let all: Vec<serde_json::Value> = state.registry.all().iter().map(registration_json).collect();
+    Json(serde_json::json!({ "registrations": all }))
+}
+
+/// `GET /v1/registrations/{id}`.
+async fn registration(
+    State(state): State<ApiState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> impl IntoResponse {
+    use axum::http::StatusCode;
+    match state.registry.get(&id) {
+        Some(entry) => (StatusCode::OK, Json(registration_json(&entry))),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("no registration `{id}`") })),
+        ),
+    }
 }

@@ -65,6 +65,8 @@ pub struct CallShared {
     pub local: Vec<(Transport, SocketAddr)>,
     /// Our registrar: dialing one of its users rings their phones.
     pub registrar: Option<Arc<crate::registrar::service::Registrar>>,
+    /// Our outbound registrations: a dial may go out through one.
+    pub registry: Arc<crate::registration::manager::Registry>,
 }
 
 impl CallShared {

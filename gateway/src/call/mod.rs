@@ -69,6 +69,15 @@ pub enum EndpointCommand {
     },
     /// Send without a transaction (ACK for a 2xx).
     SendStateless { message: SipMessage, peer: Peer },
+    /// Send an outbound registration's REGISTER; its answers go back to
+    /// the registration manager under `id`.
+    Register {
+        id: String,
+        request: Request,
+        peer: Peer,
+    },
+    /// Send bytes as they are (a keep-alive).
+    SendRaw { peer: Peer, bytes: Vec<u8> },
     /// Route requests of the dialog with this Call-ID and our tag to `leg`
     /// (a leg the call created: its dialog is ours to name).
     AddDialog {

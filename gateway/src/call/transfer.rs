@@ -71,6 +71,17 @@ pub(super) struct Transfer {
     /// The party answered at some point (the action then reports a call
     /// that happened, not a failed dial).
     pub(super) was_bridged: bool,
+    /// Our From on the party's leg when it is not the caller's ID (the
+    /// registration's extension).
+    from: Option<NameAddr>,
+}
+
+/// A dial through an outbound registration, worked out.
+struct Through {
+    target: Target,
+    peer: Peer,
+    from: NameAddr,
+    credentials: (String, String),
 }
 
 impl Transfer {
@@ -207,23 +218,49 @@ impl Call {
             self.action_result("dial", false, "a transfer is already in progress");
             return;
         }
-        if !origin.operators() && !self.shared.dial.allows(&target.uri) {
-            tracing::warn!(target = %target.uri, "dial refused: the target is not allowed by [dial] allow");
+        // Through an outbound registration: an extension of that PBX.
+        let mut target = target;
+        let through = match target.registration.clone() {
+            Some(id) => match self.registration_target(&id, &target.uri) {
+                Ok(found) => Some(found),
+                Err(reason) => {
+                    tracing::warn!(target = %target.uri, registration = %id, %reason, "dial refused");
+                    crate::metrics::transfer_finished("refused");
+                    return self.dial_refused(&target, origin, reason);
+                }
+            },
+            None => None,
+        };
+        let checked = through
+            .as_ref()
+            .map(|t| t.target.request_uri.to_string())
+            .unwrap_or_else(|| target.uri.clone());
+        if !origin.operators() && !self.shared.dial.allows(&checked) {
+            tracing::warn!(target = %checked, "dial refused: the target is not allowed by [dial] allow");
             crate::metrics::transfer_finished("refused");
             return self.dial_refused(
                 &target,
                 origin,
-                format!("{} is not an allowed dial target", target.uri),
+                format!("{checked} is not an allowed dial target"),
             );
         }
-        let parsed = match parse_target(&target.uri) {
-            Ok(parsed) => parsed,
-            Err(reason) => {
-                tracing::warn!(target = %target.uri, %reason, "dial refused: unusable target");
-                crate::metrics::transfer_finished("refused");
-                return self.dial_refused(&target, origin, reason);
-            }
+        let parsed = match &through {
+            Some(through) => through.target.clone(),
+            None => match parse_target(&target.uri) {
+                Ok(parsed) => parsed,
+                Err(reason) => {
+                    tracing::warn!(target = %target.uri, %reason, "dial refused: unusable target");
+                    crate::metrics::transfer_finished("refused");
+                    return self.dial_refused(&target, origin, reason);
+                }
+            },
         };
+        if let Some(through) = &through {
+            if target.username.is_none() {
+                target.username = Some(through.credentials.0.clone());
+                target.password = Some(through.credentials.1.clone());
+            }
+        }
         let answered = self.caller.state() == LegState::Confirmed;
         if !origin.operators() && answered && may_refer {
             match self.flow.transfer {
@@ -237,32 +274,43 @@ impl Call {
         }
         self.mute_bot(true);
         let attempt = ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let job = match self.local_user(&parsed) {
-            Some(user) => {
-                let registrar = self
-                    .shared
-                    .registrar
-                    .clone()
-                    .expect("a local user has a registrar");
+        let job = match (&through, self.local_user(&parsed)) {
+            (Some(through), _) => {
+                let ready = vec![(through.target.request_uri.clone(), through.peer)];
                 Box::pin(async move {
                     JobOutput::Resolved {
                         attempt,
-                        result: user_contacts(&registrar, &user).await,
+                        result: Ok(ready),
                     }
                 }) as super::session::Job
             }
-            None => {
-                let resolver = self.shared.resolver.clone();
-                let (uri, transport) = (parsed.request_uri.clone(), parsed.transport);
-                Box::pin(async move {
-                    let result = resolver
-                        .resolve(&uri, transport)
-                        .await
-                        .map(|peer| vec![(uri, peer)])
-                        .map_err(|reason| (503, reason));
-                    JobOutput::Resolved { attempt, result }
-                })
-            }
+            (None, found) => match found {
+                Some(user) => {
+                    let registrar = self
+                        .shared
+                        .registrar
+                        .clone()
+                        .expect("a local user has a registrar");
+                    Box::pin(async move {
+                        JobOutput::Resolved {
+                            attempt,
+                            result: user_contacts(&registrar, &user).await,
+                        }
+                    }) as super::session::Job
+                }
+                None => {
+                    let resolver = self.shared.resolver.clone();
+                    let (uri, transport) = (parsed.request_uri.clone(), parsed.transport);
+                    Box::pin(async move {
+                        let result = resolver
+                            .resolve(&uri, transport)
+                            .await
+                            .map(|peer| vec![(uri, peer)])
+                            .map_err(|reason| (503, reason));
+                        JobOutput::Resolved { attempt, result }
+                    })
+                }
+            },
         };
         self.spawn_job(job);
         tracing::info!(target = %target.uri, ring_secs = target.timeout_secs, "transfer: dialing");
@@ -274,6 +322,7 @@ impl Call {
             stage: Stage::Resolving,
             dial_call_id: None,
             was_bridged: false,
+            from: through.map(|t| t.from),
         });
     }
 
@@ -287,6 +336,48 @@ impl Call {
                 self.end_unconnected(FailKind::Failed, 500, format!("dial impossible: {reason}"))
             }
         }
+    }
+
+    /// The extension `uri` of the PBX registration `id` is registered to:
+    /// its Request-URI, where it goes, and as whom.
+    fn registration_target(&self, id: &str, uri: &str) -> Result<Through, String> {
+        let entry = self
+            .shared
+            .registry
+            .get(id)
+            .ok_or_else(|| format!("there is no registration `{id}`"))?;
+        let peer = entry
+            .peer
+            .ok_or_else(|| format!("registration `{id}` has not reached its registrar yet"))?;
+        let rest = uri.strip_prefix("sip:").unwrap_or(uri);
+        let user = rest.split(['@', ';', '?']).next().unwrap_or("");
+        if user.is_empty() {
+            return Err(format!("{uri:?} names no extension"));
+        }
+        let mut request_uri = entry.spec.proxy.clone();
+        request_uri.user = Some(user.to_string());
+        let from = NameAddr {
+            display: None,
+            uri: entry.spec.aor(),
+            params: Vec::new(),
+        };
+        Ok(Through {
+            target: Target {
+                request_uri,
+                headers: Vec::new(),
+                transport: Some(peer.transport),
+            },
+            peer,
+            from,
+            credentials: (
+                entry
+                    .spec
+                    .auth_user
+                    .clone()
+                    .unwrap_or_else(|| entry.spec.username.clone()),
+                entry.spec.password.clone(),
+            ),
+        })
     }
 
     /// Whether `target` names one of our registered users.
@@ -347,7 +438,10 @@ impl Call {
                 continue;
             };
             let transfer = self.transfer.as_ref().expect("checked above");
-            let from = self.caller_id(transfer.target.caller_id.as_deref(), local);
+            let from = match &transfer.from {
+                Some(from) => from.clone(),
+                None => self.caller_id(transfer.target.caller_id.as_deref(), local),
+            };
             let credentials = match (&transfer.target.username, &transfer.target.password) {
                 (Some(user), Some(password)) => Some((user.clone(), password.clone())),
                 _ => None,

@@ -32,6 +32,14 @@ impl Endpoint {
             crate::metrics::call_rejected(status);
             reply(&mut core.layer, tx, request, status, None);
         };
+        // A PBX we are registered to, calling the extension we registered.
+        if let Some(entry) = self.registry.for_incoming(&dialed, ip) {
+            return Some(RouteMatch {
+                source: format!("registration:{}", entry.spec.id),
+                destination: Destination::Flow(entry.spec.flow.clone()),
+                number: dialed,
+            });
+        }
         if let Some(trunk) = self.router.trunk_for(ip) {
             if trunk.auth.is_none() {
                 return match self.router.route_trunk(trunk, &dialed) {

@@ -77,6 +77,9 @@ pub struct Endpoint {
     pub register_jobs: Option<mpsc::Sender<crate::registrar::service::RegisterJob>>,
     /// What calls routed straight to a user run as (they have no bot).
     pub user_calls: FlowRuntime,
+    /// The outbound registrations' manager, and what they share.
+    pub registrations: Option<mpsc::Sender<crate::registration::manager::Event>>,
+    pub registry: Arc<crate::registration::manager::Registry>,
     /// The queue calls and the registrar send commands on, and its end.
     pub commands_tx: mpsc::Sender<EndpointCommand>,
     pub commands_rx: mpsc::Receiver<EndpointCommand>,
@@ -100,6 +103,8 @@ struct Core {
     commands: mpsc::Sender<EndpointCommand>,
     /// Our requests waiting for an outbound TCP connection to open.
     connecting: HashMap<SocketAddr, Vec<ClientTxId>>,
+    /// Outbound registrations' REGISTERs: registration id and CSeq.
+    registering: HashMap<ClientTxId, (String, u32)>,
     state: EndpointState,
 }
 
@@ -114,6 +119,7 @@ impl Endpoint {
             tasks: JoinSet::new(),
             commands: commands_tx,
             connecting: HashMap::new(),
+            registering: HashMap::new(),
             state: EndpointState::Running,
         };
         loop {
@@ -184,6 +190,12 @@ impl Endpoint {
                     core.layer.unreachable(tx);
                 }
             }
+            Inbound::Closed { addr } => {
+                if let Some(registrations) = &self.registrations {
+                    let event = crate::registration::manager::Event::ConnectionClosed { addr };
+                    let _ = registrations.try_send(event);
+                }
+            }
         }
     }
 
@@ -222,6 +234,15 @@ impl Endpoint {
             EndpointCommand::SendStateless { message, peer } => {
                 core.layer.send_stateless(message, peer)
             }
+            EndpointCommand::Register { id, request, peer } => {
+                let cseq = request.cseq().map(|(n, _)| n).unwrap_or(0);
+                let tx = core.layer.send_request(request, peer, now);
+                core.registering.insert(tx, (id, cseq));
+                if peer.transport == Transport::Tcp && !self.transports.tcp_ready(peer.addr) {
+                    core.connecting.entry(peer.addr).or_default().push(tx);
+                }
+            }
+            EndpointCommand::SendRaw { peer, bytes } => self.transports.send(peer, bytes),
             EndpointCommand::AddDialog {
                 call,
                 leg,
@@ -245,6 +266,14 @@ impl Endpoint {
         core.forward(call, leg, input);
     }
 
+    fn to_registrations(&self, event: crate::registration::manager::Event) {
+        if let Some(registrations) = &self.registrations {
+            if registrations.try_send(event).is_err() {
+                tracing::warn!("registration manager busy: an answer to a REGISTER was dropped");
+            }
+        }
+    }
+
     fn dispatch(&self, core: &mut Core, event: TransactionEvent) {
         match event {
             TransactionEvent::Request { tx, request, peer } => {
@@ -264,6 +293,28 @@ impl Endpoint {
             TransactionEvent::Cancelled { invite_tx, .. } => {
                 if let Some((call, leg)) = core.routes.invite(invite_tx) {
                     self.forward(core, call, leg, LegInput::Cancelled);
+                }
+            }
+            TransactionEvent::Response { tx, response } if core.registering.contains_key(&tx) => {
+                if response.status >= 200 {
+                    if let Some((id, _)) = core.registering.remove(&tx) {
+                        self.to_registrations(crate::registration::manager::Event::Response {
+                            id,
+                            response,
+                        });
+                    }
+                }
+            }
+            TransactionEvent::Timeout { tx } | TransactionEvent::Unreachable { tx }
+                if core.registering.contains_key(&tx) =>
+            {
+                let unreachable = matches!(event, TransactionEvent::Unreachable { .. });
+                if let Some((id, cseq)) = core.registering.remove(&tx) {
+                    self.to_registrations(crate::registration::manager::Event::Failed {
+                        id,
+                        cseq,
+                        unreachable,
+                    });
                 }
             }
             TransactionEvent::Response { tx, response } => {
@@ -512,6 +563,7 @@ mod tests {
             tasks: JoinSet::new(),
             commands,
             connecting: HashMap::new(),
+            registering: HashMap::new(),
             state: EndpointState::Running,
         }
     }

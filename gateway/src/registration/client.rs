@@ -228,14 +228,20 @@ impl Client {
         let transport = self.settings.transport.to_string().to_ascii_uppercase();
         request.headers.push(
             "Via",
-            &format!("SIP/2.0/{transport} {};branch={};rport", self.via, new_branch()),
+            &format!(
+                "SIP/2.0/{transport} {};branch={};rport",
+                self.via,
+                new_branch()
+            ),
         );
         request.headers.push("Max-Forwards", "70");
         request.headers.push(
             "From",
             &format!("<{}>;tag={}", self.settings.aor, self.from_tag),
         );
-        request.headers.push("To", &format!("<{}>", self.settings.aor));
+        request
+            .headers
+            .push("To", &format!("<{}>", self.settings.aor));
         request.headers.push("Call-ID", &self.call_id);
         request
             .headers
@@ -257,7 +263,11 @@ impl Client {
                 &new_tag(),
                 self.nonce_count,
             );
-            let name = if *proxy { "Proxy-Authorization" } else { "Authorization" };
+            let name = if *proxy {
+                "Proxy-Authorization"
+            } else {
+                "Authorization"
+            };
             request.headers.push(name, &value);
         }
         self.in_flight = Some(self.cseq);
@@ -302,7 +312,10 @@ impl Client {
                     .and_then(|v| v.trim().parse::<u32>().ok());
                 match min {
                     Some(min) if min > self.asking => {
-                        tracing::info!(min_expires = min, "registrar wants a longer expiry: asking again");
+                        tracing::info!(
+                            min_expires = min,
+                            "registrar wants a longer expiry: asking again"
+                        );
                         self.asking = min;
                         self.send_register(now);
                     }
@@ -343,7 +356,11 @@ impl Client {
     /// cannot be answered or the same credentials failed already.
     fn take_challenge(&mut self, response: &Response) -> bool {
         let proxy = response.status == 407;
-        let header = if proxy { "Proxy-Authenticate" } else { "WWW-Authenticate" };
+        let header = if proxy {
+            "Proxy-Authenticate"
+        } else {
+            "WWW-Authenticate"
+        };
         let Some(challenge) = Challenge::best(response.headers.get_all(header)) else {
             return false;
         };
@@ -363,7 +380,12 @@ impl Client {
         self.status.granted_expires = Some(granted);
         if granted == 0 {
             // The registrar took nothing: treat as a refusal.
-            return self.failed(response.status, "registrar granted no expiry".into(), None, now);
+            return self.failed(
+                response.status,
+                "registrar granted no expiry".into(),
+                None,
+                now,
+            );
         }
         let granted_for = Duration::from_secs(u64::from(granted));
         let refresh = (granted_for / 2).min(granted_for.saturating_sub(REFRESH_MARGIN));
@@ -419,7 +441,9 @@ fn granted_expiry(response: &Response, ours: &SipUri) -> Option<u32> {
             continue;
         };
         let same = contact.uri.to_string() == ours_text
-            || (contact.uri.user == ours.user && contact.uri.host == ours.host && contact.uri.port == ours.port);
+            || (contact.uri.user == ours.user
+                && contact.uri.host == ours.host
+                && contact.uri.port == ours.port);
         if same {
             if let Some(Some(expires)) = crate::sip::uri::find_param(&contact.params, "expires") {
                 return expires.parse().ok();

@@ -32,7 +32,8 @@ fn step(client: &mut Client, now: Instant) -> (Vec<Request>, Vec<(State, State)>
     while let Some(output) = client.poll_output() {
         match output {
             Output::Register(request) => {
-                let SipMessage::Request(parsed) = parse_message(&request.to_bytes()).unwrap() else {
+                let SipMessage::Request(parsed) = parse_message(&request.to_bytes()).unwrap()
+                else {
                     unreachable!()
                 };
                 registers.push(parsed);
@@ -45,7 +46,12 @@ fn step(client: &mut Client, now: Instant) -> (Vec<Request>, Vec<(State, State)>
 }
 
 fn reply(request: &Request, status: u16, headers: &[(&str, &str)]) -> Response {
-    let mut response = response_for(request, status, crate::sip::response::default_reason(status), Some("r"));
+    let mut response = response_for(
+        request,
+        status,
+        crate::sip::response::default_reason(status),
+        Some("r"),
+    );
     for (name, value) in headers {
         response.headers.push(name, value);
     }
@@ -62,7 +68,10 @@ fn registers_with_digest_and_refreshes_at_half_the_expiry() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].headers.get("Expires"), Some("3600"));
     assert!(sent[0].headers.get("Authorization").is_none());
-    client.handle_response(&reply(&sent[0], 401, &[("WWW-Authenticate", CHALLENGE)]), t0);
+    client.handle_response(
+        &reply(&sent[0], 401, &[("WWW-Authenticate", CHALLENGE)]),
+        t0,
+    );
     let (sent, _) = step(&mut client, t0);
     let auth = sent[0].headers.get("Authorization").unwrap().to_string();
     let credentials = crate::sip::digest::Credentials::parse(&auth).unwrap();
@@ -70,19 +79,33 @@ fn registers_with_digest_and_refreshes_at_half_the_expiry() {
     assert!(credentials.verify(&ha1, "REGISTER"));
     assert_eq!(sent[0].cseq().unwrap().0, 2, "a new CSeq for the retry");
     client.handle_response(
-        &reply(&sent[0], 200, &[("Contact", "<sip:sb-1001@127.0.0.1:5060>;expires=120")]),
+        &reply(
+            &sent[0],
+            200,
+            &[("Contact", "<sip:sb-1001@127.0.0.1:5060>;expires=120")],
+        ),
         t0,
     );
     let (_, changes) = step(&mut client, t0);
     assert_eq!(changes, vec![(State::InProgress, State::Successful)]);
     assert_eq!(client.status().granted_expires, Some(120));
-    assert_eq!(client.poll_timeout(), Some(t0 + Duration::from_secs(30)), "keep-alive first");
+    assert_eq!(
+        client.poll_timeout(),
+        Some(t0 + Duration::from_secs(30)),
+        "keep-alive first"
+    );
     let (sent, _) = step(&mut client, t0 + Duration::from_secs(59));
     assert!(sent.is_empty());
     let (sent, _) = step(&mut client, t0 + Duration::from_secs(60));
     assert_eq!(sent.len(), 1, "refresh at half of 120 s");
-    let refresh = crate::sip::digest::Credentials::parse(sent[0].headers.get("Authorization").unwrap()).unwrap();
-    assert_eq!(refresh.nonce_count(), Some(2), "the nonce is reused with the next count");
+    let refresh =
+        crate::sip::digest::Credentials::parse(sent[0].headers.get("Authorization").unwrap())
+            .unwrap();
+    assert_eq!(
+        refresh.nonce_count(),
+        Some(2),
+        "the nonce is reused with the next count"
+    );
 }
 
 #[test]
@@ -90,13 +113,22 @@ fn a_wrong_password_fails_with_the_registrars_answer() {
     let t0 = Instant::now();
     let mut client = client(t0);
     let (sent, _) = step(&mut client, t0);
-    client.handle_response(&reply(&sent[0], 401, &[("WWW-Authenticate", CHALLENGE)]), t0);
+    client.handle_response(
+        &reply(&sent[0], 401, &[("WWW-Authenticate", CHALLENGE)]),
+        t0,
+    );
     let (sent, _) = step(&mut client, t0);
-    client.handle_response(&reply(&sent[0], 401, &[("WWW-Authenticate", CHALLENGE)]), t0);
+    client.handle_response(
+        &reply(&sent[0], 401, &[("WWW-Authenticate", CHALLENGE)]),
+        t0,
+    );
     let (sent, changes) = step(&mut client, t0);
     assert!(sent.is_empty(), "no third attempt at once");
     assert_eq!(changes, vec![(State::InProgress, State::Failed)]);
-    assert_eq!((client.status().code, client.status().reason.as_str()), (401, "Unauthorized"));
+    assert_eq!(
+        (client.status().code, client.status().reason.as_str()),
+        (401, "Unauthorized")
+    );
     let retry = client.poll_timeout().unwrap();
     assert!(retry >= t0 + BACKOFF_MIN && retry <= t0 + BACKOFF_MIN * 2);
 }
@@ -159,7 +191,11 @@ fn retries_of_many_registrations_spread_out() {
     }
     retries.sort_unstable();
     retries.dedup();
-    assert!(retries.len() > 900, "only {} distinct retry times", retries.len());
+    assert!(
+        retries.len() > 900,
+        "only {} distinct retry times",
+        retries.len()
+    );
 }
 
 #[test]
@@ -179,7 +215,11 @@ fn stop_unregisters_and_a_lost_tcp_connection_registers_again() {
     client.stop(t0 + Duration::from_secs(6));
     let (sent, _) = step(&mut client, t0 + Duration::from_secs(6));
     assert_eq!(sent[0].headers.get("Expires"), Some("0"));
-    assert!(sent[0].headers.get("Contact").unwrap().ends_with(";expires=0"));
+    assert!(sent[0]
+        .headers
+        .get("Contact")
+        .unwrap()
+        .ends_with(";expires=0"));
     assert!(!client.is_stopped());
     client.handle_response(&reply(&sent[0], 200, &[]), t0 + Duration::from_secs(6));
     assert!(client.is_stopped());

@@ -4,3 +4,4 @@
 //! routes the calls the PBX sends to them.
 
 pub mod client;
+pub mod manager;

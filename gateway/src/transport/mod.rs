@@ -32,6 +32,8 @@ pub enum Inbound {
     /// An outbound TCP connection could not be opened: what waited for it
     /// is unreachable.
     ConnectFailed { addr: SocketAddr },
+    /// A TCP connection closed.
+    Closed { addr: SocketAddr },
 }
 
 /// Every bound SIP socket, for sending.

@@ -303,4 +303,5 @@ async fn run(
     connections.remove(peer);
     drop(queue);
     let _ = write_task.await;
+    let _ = inbound.try_send(Inbound::Closed { addr: peer });
 }

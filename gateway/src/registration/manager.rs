@@ -1,0 +1,565 @@
+//! The task that runs every outbound registration: resolves each proxy,
+//! drives the sans-IO clients (their REGISTERs go out as the endpoint's
+//! client transactions, their answers come back here), keeps the status
+//! the API and call routing read, logs and counts every change, and tells
+//! each registration's `status_callback` when it turns successful or failed
+//! (retried with backoff, never holding the registration up).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::client::{Client, Output, Settings, State, Status};
+use crate::call::EndpointCommand;
+use crate::sip::message::{Request, Response};
+use crate::sip::resolve::Resolver;
+use crate::sip::transaction::{Peer, Transport};
+use crate::sip::uri::SipUri;
+
+/// Events queued from the endpoint to the manager; when full, the endpoint
+/// drops them (a REGISTER that loses its answer times out and is retried).
+pub const EVENTS_CAPACITY: usize = 4096;
+/// Callback attempts, and the first pause between them (doubling).
+const CALLBACK_ATTEMPTS: u32 = 4;
+const CALLBACK_FIRST_PAUSE: Duration = Duration::from_secs(1);
+
+/// One `[[registrations]]` entry, checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistrationSpec {
+    pub id: String,
+    /// `sip:host[:port][;transport=…]` of the registrar.
+    pub proxy: SipUri,
+    pub username: String,
+    pub password: String,
+    pub auth_user: Option<String>,
+    /// Where requests go instead of the proxy's address, if set.
+    pub outbound_proxy: Option<SipUri>,
+    pub expires: u32,
+    pub flow: String,
+    pub status_callback: Option<String>,
+}
+
+impl RegistrationSpec {
+    pub fn transport(&self) -> Transport {
+        match self
+            .proxy
+            .transport()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            Some("tcp") => Transport::Tcp,
+            _ => Transport::Udp,
+        }
+    }
+
+    /// The registration's domain: its proxy's host.
+    pub fn domain(&self) -> String {
+        self.proxy.host.to_string()
+    }
+
+    pub fn aor(&self) -> SipUri {
+        let mut aor = self.proxy.clone();
+        aor.user = Some(self.username.clone());
+        aor.params.clear();
+        aor.port = None;
+        aor
+    }
+}
+
+/// What others read about a registration.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub spec: RegistrationSpec,
+    pub status: Status,
+    /// Where its requests go, once resolved.
+    pub peer: Option<Peer>,
+}
+
+/// Every registration's current state, shared with the endpoint (routing
+/// the PBX's calls), calls (dialing through one) and the API.
+#[derive(Default)]
+pub struct Registry {
+    entries: RwLock<HashMap<String, Entry>>,
+}
+
+impl Registry {
+    pub fn get(&self, id: &str) -> Option<Entry> {
+        self.entries.read().unwrap().get(id).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Entry> {
+        let mut all: Vec<Entry> = self.entries.read().unwrap().values().cloned().collect();
+        all.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
+        all
+    }
+
+    /// The registration an INVITE from `source` for `user` is meant for:
+    /// our registered contact (user = the registration's id), or its AOR's
+    /// user, sent by its registrar.
+    pub fn for_incoming(&self, user: &str, source: std::net::IpAddr) -> Option<Entry> {
+        let entries = self.entries.read().unwrap();
+        entries
+            .values()
+            .find(|e| {
+                let from_registrar = e.peer.is_some_and(|p| p.addr.ip() == source);
+                from_registrar && (e.spec.id == user || e.spec.username == user)
+            })
+            .cloned()
+    }
+
+    fn set(&self, entry: Entry) {
+        self.entries
+            .write()
+            .unwrap()
+            .insert(entry.spec.id.clone(), entry);
+    }
+
+    fn update(&self, id: &str, change: impl FnOnce(&mut Entry)) {
+        if let Some(entry) = self.entries.write().unwrap().get_mut(id) {
+            change(entry);
+        }
+    }
+
+    fn remove(&self, id: &str) {
+        self.entries.write().unwrap().remove(id);
+    }
+
+    fn count_by_state(&self) -> [(State, usize); 3] {
+        let entries = self.entries.read().unwrap();
+        [State::InProgress, State::Successful, State::Failed].map(|state| {
+            (
+                state,
+                entries.values().filter(|e| e.status.state == state).count(),
+            )
+        })
+    }
+}
+
+/// What the endpoint (and the gateway) tell the manager.
+#[derive(Debug)]
+pub enum Event {
+    /// A final response to one of the registration's REGISTERs.
+    Response { id: String, response: Response },
+    /// A REGISTER got no answer, or could not be sent.
+    Failed {
+        id: String,
+        cseq: u32,
+        unreachable: bool,
+    },
+    /// A TCP connection closed: registrations over it register again.
+    ConnectionClosed { addr: SocketAddr },
+    /// The configuration changed: these are the registrations now.
+    Reload(Vec<RegistrationSpec>),
+    /// Un-REGISTER everything and stop.
+    Shutdown,
+}
+
+struct Running {
+    client: Option<Client>,
+    spec: RegistrationSpec,
+    peer: Option<Peer>,
+}
+
+/// Where the manager sends from: our address per transport and family.
+#[derive(Clone)]
+pub struct Addresses {
+    pub local: Vec<(Transport, SocketAddr)>,
+    pub public_ip: Option<std::net::IpAddr>,
+}
+
+pub struct Manager {
+    registry: Arc<Registry>,
+    endpoint: mpsc::Sender<EndpointCommand>,
+    resolver: Resolver,
+    http: reqwest::Client,
+    addresses: Addresses,
+    running: HashMap<String, Running>,
+    deadlines: BinaryHeap<Reverse<(Instant, String)>>,
+}
+
+type Resolution =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (String, Result<Peer, String>)> + Send>>;
+
+impl Manager {
+    pub fn new(
+        registry: Arc<Registry>,
+        endpoint: mpsc::Sender<EndpointCommand>,
+        resolver: Resolver,
+        http: reqwest::Client,
+        addresses: Addresses,
+    ) -> Manager {
+        Manager {
+            registry,
+            endpoint,
+            resolver,
+            http,
+            addresses,
+            running: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+        }
+    }
+
+    pub async fn run(mut self, specs: Vec<RegistrationSpec>, mut events: mpsc::Receiver<Event>) {
+        let mut resolutions: FuturesUnordered<Resolution> = FuturesUnordered::new();
+        self.reload(specs, &mut resolutions);
+        let mut shutting_down = false;
+        loop {
+            let next = self.next_deadline();
+            tokio::select! {
+                event = events.recv() => match event {
+                    None => break,
+                    Some(Event::Shutdown) => {
+                        shutting_down = true;
+                        let now = Instant::now();
+                        let ids: Vec<String> = self.running.keys().cloned().collect();
+                        for id in ids {
+                            if let Some(client) = self.running.get_mut(&id).and_then(|r| r.client.as_mut()) {
+                                client.stop(now);
+                            }
+                            self.pump(&id).await;
+                        }
+                    }
+                    Some(event) => self.on_event(event, &mut resolutions).await,
+                },
+                Some((id, result)) = resolutions.next(), if !resolutions.is_empty() => {
+                    self.on_resolved(id, result).await;
+                }
+                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {
+                    self.on_timers().await;
+                }
+            }
+            if shutting_down
+                && self
+                    .running
+                    .values()
+                    .all(|r| r.client.as_ref().is_none_or(Client::is_stopped))
+            {
+                break;
+            }
+        }
+    }
+
+    fn next_deadline(&mut self) -> Instant {
+        while let Some(Reverse((at, id))) = self.deadlines.peek().cloned() {
+            let current = self
+                .running
+                .get(&id)
+                .and_then(|r| r.client.as_ref())
+                .and_then(Client::poll_timeout);
+            if current == Some(at) {
+                return at;
+            }
+            self.deadlines.pop();
+        }
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    fn reload(
+        &mut self,
+        specs: Vec<RegistrationSpec>,
+        resolutions: &mut FuturesUnordered<Resolution>,
+    ) {
+        let now = Instant::now();
+        let wanted: HashMap<String, RegistrationSpec> =
+            specs.into_iter().map(|s| (s.id.clone(), s)).collect();
+        let gone: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(id, r)| wanted.get(*id) != Some(&r.spec))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            tracing::info!(registration = %id, "registration removed or changed: un-registering");
+            if let Some(mut running) = self.running.remove(&id) {
+                if let Some(client) = running.client.as_mut() {
+                    client.stop(now);
+                    // Its un-REGISTER still goes out; its answers are not
+                    // awaited (the registration is no longer ours).
+                    let outputs: Vec<Output> =
+                        std::iter::from_fn(|| client.poll_output()).collect();
+                    let peer = running.peer;
+                    for output in outputs {
+                        if let (Output::Register(request), Some(peer)) = (output, peer) {
+                            let _ = self.endpoint.try_send(EndpointCommand::Register {
+                                id: format!("{id}#removed"),
+                                request,
+                                peer,
+                            });
+                        }
+                    }
+                }
+            }
+            self.registry.remove(&id);
+        }
+        for (id, spec) in wanted {
+            if self.running.contains_key(&id) {
+                continue;
+            }
+            tracing::info!(registration = %id, proxy = %spec.proxy, "registration added");
+            self.registry.set(Entry {
+                spec: spec.clone(),
+                status: Status {
+                    state: State::InProgress,
+                    code: 0,
+                    reason: "resolving the registrar".into(),
+                    changed_at: SystemTime::now(),
+                    next_attempt: Some(now),
+                    granted_expires: None,
+                },
+                peer: None,
+            });
+            let target = spec
+                .outbound_proxy
+                .clone()
+                .unwrap_or_else(|| spec.proxy.clone());
+            let transport = Some(spec.transport());
+            let resolver = self.resolver.clone();
+            let key = id.clone();
+            resolutions.push(Box::pin(async move {
+                (key, resolver.resolve(&target, transport).await)
+            }));
+            self.running.insert(
+                id,
+                Running {
+                    client: None,
+                    spec,
+                    peer: None,
+                },
+            );
+        }
+        self.publish_counts();
+    }
+
+    async fn on_resolved(&mut self, id: String, result: Result<Peer, String>) {
+        let Some(running) = self.running.get_mut(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        let peer = match result {
+            Ok(peer) => peer,
+            Err(reason) => {
+                tracing::warn!(registration = %id, %reason, "registrar does not resolve");
+                self.registry.update(&id, |entry| {
+                    entry.status.state = State::Failed;
+                    entry.status.code = 503;
+                    entry.status.reason = reason.clone();
+                    entry.status.changed_at = SystemTime::now();
+                });
+                return;
+            }
+        };
+        let local = self
+            .addresses
+            .local
+            .iter()
+            .find(|(t, a)| *t == peer.transport && a.is_ipv4() == peer.addr.is_ipv4())
+            .map(|(_, a)| *a);
+        let Some(local) = local else {
+            tracing::warn!(registration = %id, transport = %peer.transport, "no listener to register from");
+            return;
+        };
+        let host = self.addresses.public_ip.unwrap_or(local.ip());
+        let contact = SipUri::parse(&format!(
+            "sip:{id}@{}:{};transport={}",
+            crate::sip::uri::Host::Ip(host),
+            local.port(),
+            peer.transport
+        ))
+        .expect("a contact of an id, an IP and a port parses");
+        let spec = &running.spec;
+        let settings = Settings {
+            aor: spec.aor(),
+            registrar: spec.proxy.clone(),
+            transport: peer.transport,
+            auth_user: spec
+                .auth_user
+                .clone()
+                .unwrap_or_else(|| spec.username.clone()),
+            password: spec.password.clone(),
+            expires: spec.expires,
+        };
+        running.client = Some(Client::new(
+            settings,
+            contact,
+            crate::call::leg::sent_by(local),
+            now,
+        ));
+        running.peer = Some(peer);
+        self.registry.update(&id, |entry| entry.peer = Some(peer));
+        self.pump(&id).await;
+    }
+
+    async fn on_event(&mut self, event: Event, resolutions: &mut FuturesUnordered<Resolution>) {
+        let now = Instant::now();
+        match event {
+            Event::Response { id, response } => {
+                if let Some(client) = self.running.get_mut(&id).and_then(|r| r.client.as_mut()) {
+                    client.handle_response(&response, now);
+                }
+                self.pump(&id).await;
+            }
+            Event::Failed {
+                id,
+                cseq,
+                unreachable,
+            } => {
+                if let Some(client) = self.running.get_mut(&id).and_then(|r| r.client.as_mut()) {
+                    client.handle_failure(cseq, unreachable, now);
+                }
+                self.pump(&id).await;
+            }
+            Event::ConnectionClosed { addr } => {
+                let ids: Vec<String> = self
+                    .running
+                    .iter()
+                    .filter(|(_, r)| {
+                        r.peer
+                            .is_some_and(|p| p.addr == addr && p.transport == Transport::Tcp)
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in ids {
+                    if let Some(client) = self.running.get_mut(&id).and_then(|r| r.client.as_mut())
+                    {
+                        client.connection_lost(now);
+                    }
+                    self.pump(&id).await;
+                }
+            }
+            Event::Reload(specs) => self.reload(specs, resolutions),
+            Event::Shutdown => {}
+        }
+    }
+
+    async fn on_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, id))) = self.deadlines.peek().cloned() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            if let Some(client) = self.running.get_mut(&id).and_then(|r| r.client.as_mut()) {
+                if client.poll_timeout().is_some_and(|t| t <= now) {
+                    client.handle_timeout(now);
+                }
+            }
+            self.pump(&id).await;
+        }
+    }
+
+    /// Carries out what a client asks, and schedules its next wake-up.
+    async fn pump(&mut self, id: &str) {
+        let Some(running) = self.running.get_mut(id) else {
+            return;
+        };
+        let (Some(client), Some(peer)) = (running.client.as_mut(), running.peer) else {
+            return;
+        };
+        let outputs: Vec<Output> = std::iter::from_fn(|| client.poll_output()).collect();
+        let status = client.status().clone();
+        if let Some(at) = client.poll_timeout() {
+            self.deadlines.push(Reverse((at, id.to_string())));
+        }
+        let spec = running.spec.clone();
+        self.registry
+            .update(id, |entry| entry.status = status.clone());
+        for output in outputs {
+            match output {
+                Output::Register(request) => self.send(id, request, peer).await,
+                Output::KeepAlive => {
+                    let _ = self
+                        .endpoint
+                        .send(EndpointCommand::SendRaw {
+                            peer,
+                            bytes: b"\r\n\r\n".to_vec(),
+                        })
+                        .await;
+                }
+                Output::Changed { previous, status } => self.changed(&spec, previous, &status),
+            }
+        }
+    }
+
+    async fn send(&self, id: &str, request: Request, peer: Peer) {
+        let _ = self
+            .endpoint
+            .send(EndpointCommand::Register {
+                id: id.to_string(),
+                request,
+                peer,
+            })
+            .await;
+    }
+
+    fn changed(&self, spec: &RegistrationSpec, previous: State, status: &Status) {
+        tracing::info!(
+            registration = %spec.id,
+            from = previous.name(),
+            to = status.state.name(),
+            code = status.code,
+            reason = %status.reason,
+            "registration status changed"
+        );
+        self.publish_counts();
+        let flips = matches!(
+            (previous, status.state),
+            (State::Successful, State::Failed)
+                | (State::Failed, State::Successful)
+                | (State::InProgress, State::Successful)
+                | (State::InProgress, State::Failed)
+        );
+        let Some(url) = spec.status_callback.clone().filter(|_| flips) else {
+            return;
+        };
+        let body = serde_json::json!({
+            "id": spec.id,
+            "status": status.state.name(),
+            "previous": previous.name(),
+            "code": status.code,
+            "reason": status.reason,
+            "at": unix_seconds(status.changed_at),
+        });
+        let http = self.http.clone();
+        let id = spec.id.clone();
+        tokio::spawn(async move {
+            let mut pause = CALLBACK_FIRST_PAUSE;
+            for attempt in 1..=CALLBACK_ATTEMPTS {
+                let result = http
+                    .post(&url)
+                    .timeout(Duration::from_secs(5))
+                    .json(&body)
+                    .send()
+                    .await;
+                match result {
+                    Ok(response) if response.status().is_success() => return,
+                    Ok(response) => {
+                        tracing::warn!(registration = %id, %url, attempt, status = %response.status(), "status callback refused")
+                    }
+                    Err(error) => {
+                        tracing::warn!(registration = %id, %url, attempt, %error, "status callback failed")
+                    }
+                }
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        });
+    }
+
+    fn publish_counts(&self) {
+        for (state, count) in self.registry.count_by_state() {
+            crate::metrics::registrations(state.name(), count);
+        }
+    }
+}
+
+pub fn unix_seconds(at: SystemTime) -> u64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
