@@ -64,6 +64,11 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Kamailio's workers are forked children: kill its process group
+        // (each server is spawned leading one), or they outlive the bench.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -148,7 +153,9 @@ request_route {{
     );
     let path = dir.join("kamailio.cfg");
     std::fs::write(&path, config).unwrap();
+    use std::os::unix::process::CommandExt;
     let child = Command::new("kamailio")
+        .process_group(0)
         .args(["-DD", "-E", "-m", "256", "-f"])
         .arg(&path)
         .args(["-Y", &dir.to_string_lossy()])

@@ -84,14 +84,14 @@ fn real_main() -> Result<()> {
                 .thread_name("switchboard")
                 .build()
                 .context("starting the async runtime")?;
-            runtime.block_on(run(loaded, Duration::from_secs(drain_secs)))
+            runtime.block_on(run(config, loaded, Duration::from_secs(drain_secs)))
         }
     }
 }
 
-async fn run(loaded: config_file::Loaded, drain: Duration) -> Result<()> {
+async fn run(path: Option<PathBuf>, loaded: config_file::Loaded, drain: Duration) -> Result<()> {
     tracing::info!(config = %loaded.source, "starting");
-    let gateway = Gateway::start(loaded.config, loaded.valid)
+    let mut gateway = Gateway::start(loaded.config, loaded.valid)
         .await
         .context("starting the gateway")?;
     for (transport, addr) in gateway.local_addrs() {
@@ -100,7 +100,26 @@ async fn run(loaded: config_file::Loaded, drain: Duration) -> Result<()> {
     if let Some(addr) = gateway.api_addr() {
         tracing::info!(%addr, "HTTP API listening (/health, /metrics)");
     }
-    wait_for_signal().await;
+    let mut requests = gateway.take_reload_requests();
+    let (mut stop, mut hangup) = install_signals()?;
+    loop {
+        tokio::select! {
+            _ = stop.received() => break,
+            _ = hangup.received() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = reload(&gateway, path.clone()).await;
+            }
+            Some(request) = async {
+                match requests.as_mut() {
+                    Some(requests) => requests.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                tracing::info!("reload asked for over the HTTP API");
+                let _ = request.reply.send(reload(&gateway, path.clone()).await);
+            }
+        }
+    }
     tracing::info!(
         drain_secs = drain.as_secs(),
         "shutting down: draining calls"
@@ -110,19 +129,77 @@ async fn run(loaded: config_file::Loaded, drain: Duration) -> Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Reads and validates the configuration file again, then puts it in
+/// force; a bad file is refused with the same message as at start-up and
+/// the running configuration stays.
+async fn reload(
+    gateway: &Gateway,
+    path: Option<PathBuf>,
+) -> Result<switchboard_gateway::reload::ReloadReport, String> {
+    let loaded = tokio::task::spawn_blocking(move || config_file::load(path.as_deref()))
+        .await
+        .map_err(|error| error.to_string())
+        .and_then(|loaded| loaded.map_err(|error| format!("{error:#}")));
+    let loaded = match loaded {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            tracing::error!(%error, "reload refused: keeping the running configuration");
+            return Err(error);
+        }
+    };
+    gateway
+        .reload(loaded.config, loaded.valid)
+        .await
+        .map_err(|error| error.to_string())
+}
+
+/// SIGINT or SIGTERM: stop the gateway.
+struct StopSignal {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+}
+
+/// SIGHUP: reload the configuration.
+struct HangupSignal {
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
+}
+
+fn install_signals() -> Result<(StopSignal, HangupSignal)> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        Ok((
+            StopSignal {
+                term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            },
+            HangupSignal {
+                hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            },
+        ))
     }
     #[cfg(not(unix))]
-    {
+    Ok((StopSignal {}, HangupSignal {}))
+}
+
+impl StopSignal {
+    async fn received(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = self.term.recv() => {}
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+impl HangupSignal {
+    async fn received(&mut self) {
+        #[cfg(unix)]
+        self.hup.recv().await;
+        #[cfg(not(unix))]
+        std::future::pending::<()>().await;
     }
 }
 

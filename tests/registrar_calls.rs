@@ -375,3 +375,61 @@ fn trunk_with_credentials_and_no_allow_list() {
         1
     );
 }
+
+#[test]
+fn a_reload_adds_changes_and_removes_users() {
+    let without = config_with(
+        r#"
+[api]
+listen = "127.0.0.1:0"
+
+[[trunks]]
+name = "loopback"
+allow = ["127.0.0.1"]
+routes = [{ pattern = '.*', flow = "echo" }]
+
+[[flows]]
+name = "echo"
+bot = { kind = "echo" }
+"#,
+    );
+    let with = |password: &str| {
+        format!("{without}\n[[users]]\nusername = \"alice\"\npassword = \"{password}\"\nflow = \"echo\"\n")
+    };
+    let gateway = GatewayProcess::start("registrar-reload", &without);
+    let api = api_addr(&gateway);
+    let path = gateway.dir.join("switchboard.toml");
+    let reload = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        let (code, body) = common::api::http_post(api, "/v1/reload", "");
+        assert_eq!(code, 200, "{body}");
+    };
+    let contact = |phone: &Phone| format!("<sip:alice@{}>", phone.sip.sent_by());
+
+    let mut alice = Phone::new(gateway.udp, "alice", "wonderland");
+    let answer = alice.register(&[contact(&alice)], Some(300), "MD5");
+    assert_eq!(
+        status(&answer),
+        Some(405),
+        "no users, no registrar: {answer}"
+    );
+
+    reload(&with("wonderland"));
+    let answer = alice.register(&[contact(&alice)], Some(300), "MD5");
+    assert_eq!(status(&answer), Some(200), "{answer}");
+    let (_, users) = http_get(api, "/v1/users");
+    assert!(users.contains("\"alice\""), "{users}");
+
+    // A new password: the old one no longer registers.
+    reload(&with("looking-glass"));
+    let answer = alice.register(&[contact(&alice)], Some(300), "MD5");
+    assert_eq!(status(&answer), Some(401), "{answer}");
+    let mut changed = Phone::new(gateway.udp, "alice", "looking-glass");
+    let answer = changed.register(&[contact(&changed)], Some(300), "MD5");
+    assert_eq!(status(&answer), Some(200), "{answer}");
+
+    reload(&without);
+    let answer = changed.register(&[contact(&changed)], Some(300), "MD5");
+    assert_eq!(status(&answer), Some(405), "{answer}");
+    gateway.assert_no_panic();
+}

@@ -594,7 +594,7 @@ impl Config {
                 )
             })?);
         }
-        let registrations = self.registrations()?;
+        let registrations = self.registrations(&listen)?;
         Ok(ValidConfig {
             registrations,
             listen,
@@ -621,7 +621,7 @@ impl Config {
 }
 
 impl Config {
-    fn registrations(&self) -> Result<Vec<RegistrationSpec>, ConfigError> {
+    fn registrations(&self, listen: &[ListenAddr]) -> Result<Vec<RegistrationSpec>, ConfigError> {
         let flows: HashSet<&str> = self.flows.iter().map(|f| f.name.as_str()).collect();
         let mut ids = HashSet::new();
         let mut specs = Vec::with_capacity(self.registrations.len());
@@ -688,7 +688,7 @@ impl Config {
                     ));
                 }
             }
-            specs.push(RegistrationSpec {
+            let spec = RegistrationSpec {
                 id: id.to_string(),
                 proxy,
                 username: registration.username.trim().to_string(),
@@ -698,7 +698,17 @@ impl Config {
                 expires: registration.expires,
                 flow: registration.flow.clone(),
                 status_callback: registration.status_callback.clone(),
-            });
+            };
+            let transport = spec.transport();
+            if !listen.iter().any(|l| l.transport == transport) {
+                return Err(ConfigError::new(
+                    key("proxy"),
+                    format!(
+                        "registers over {transport}, but sip.listen has no {transport} address"
+                    ),
+                ));
+            }
+            specs.push(spec);
         }
         Ok(specs)
     }
@@ -804,5 +814,57 @@ mod tests {
         let mut config = parse(MINIMAL);
         config.dial.ringback = Some("mars".into());
         assert_eq!(config.validate().unwrap_err().key, "dial.ringback");
+    }
+
+    #[test]
+    fn registration_errors_name_the_key() {
+        let with = |registration: &str, listen: &str| {
+            parse(&format!(
+                "[sip]\nlisten = [{listen}]\n{MINIMAL}\n[[registrations]]\n{registration}"
+            ))
+            .validate()
+        };
+        let base = "id = \"pbx-1\"\nusername = \"1001\"\npassword = \"x\"\nflow = \"echo\"\n";
+        let udp = "\"udp:127.0.0.1:5060\"";
+        let valid = with(&format!("{base}proxy = \"pbx.test:5090\""), udp).unwrap();
+        assert_eq!(valid.registrations[0].expires, 3600);
+        let cases = [
+            (
+                "proxy = \"pbx.test;transport=tcp\"",
+                "registrations[0].proxy",
+                "no tcp",
+            ),
+            (
+                "proxy = \"pbx.test;transport=tls\"",
+                "registrations[0].proxy",
+                "TLS",
+            ),
+            (
+                "proxy = \"1001@pbx.test\"",
+                "registrations[0].proxy",
+                "without a user",
+            ),
+            (
+                "proxy = \"pbx.test\"\nexpires = 10",
+                "registrations[0].expires",
+                "30",
+            ),
+            (
+                "proxy = \"pbx.test\"\nstatus_callback = \"ftp://x\"",
+                "registrations[0].status_callback",
+                "http",
+            ),
+        ];
+        for (extra, key, reason) in cases {
+            let error = with(&format!("{base}{extra}"), udp).unwrap_err();
+            assert_eq!(error.key, key, "{extra}: {error}");
+            assert!(error.reason.contains(reason), "{extra}: {error}");
+        }
+        let twice =
+            format!("{base}proxy = \"pbx.test\"\n[[registrations]]\n{base}proxy = \"pbx.test\"");
+        assert_eq!(with(&twice, udp).unwrap_err().key, "registrations[1].id");
+        let other_flow = base.replace("\"echo\"", "\"nope\"");
+        let error = with(&format!("{other_flow}proxy = \"pbx.test\""), udp).unwrap_err();
+        assert_eq!(error.key, "registrations[0].flow");
     }
 }

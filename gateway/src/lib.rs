@@ -7,6 +7,7 @@ pub mod endpoint;
 pub mod metrics;
 pub mod registrar;
 pub mod registration;
+pub mod reload;
 pub mod routing;
 mod server;
 pub mod sip;

@@ -1,12 +1,11 @@
 //! A running gateway: sockets, the endpoint task and the drain on shutdown.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_connectors::connector_for;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 
 use crate::api::ApiServer;
@@ -21,6 +20,7 @@ use crate::registration::manager::{
     Addresses, Event as RegistrationEvent, Manager, Registry,
     EVENTS_CAPACITY as REGISTRATION_EVENTS,
 };
+use crate::reload::{flow_runtimes, ReloadError, ReloadReport, ReloadRequest, Reloader};
 use crate::sip::authenticator::Authenticator;
 use crate::sip::resolve::Resolver;
 use crate::sip::transaction::Transport;
@@ -48,6 +48,8 @@ pub struct Gateway {
     api: Option<ApiServer>,
     registrations: mpsc::Sender<RegistrationEvent>,
     registrations_task: JoinHandle<()>,
+    reloader: Mutex<Reloader>,
+    reload_requests: Option<mpsc::Receiver<ReloadRequest>>,
 }
 
 impl Gateway {
@@ -56,23 +58,16 @@ impl Gateway {
         let (sockets_shutdown, sockets_watch) = watch::channel(false);
         let transports = Transports::bind(&valid.listen, inbound_tx, sockets_watch).await?;
         let local = transports.local_addrs().to_vec();
-        let flows = config
-            .flows
-            .iter()
-            .map(|flow| {
-                let runtime = FlowRuntime {
-                    config: Arc::new(flow.clone()),
-                    connector: Arc::from(connector_for(&flow.bot)),
-                };
-                (flow.name.clone(), runtime)
-            })
-            .collect::<HashMap<_, _>>();
+        let flows = flow_runtimes(&config);
         let (commands_tx, commands_rx) = mpsc::channel(crate::endpoint::COMMAND_CAPACITY);
         let auth = Arc::new(std::sync::Mutex::new(Authenticator::new(
             valid.auth.clone(),
         )));
         let directory = Arc::new(valid.directory);
-        let (registrar, register_jobs) = if directory.has_users() {
+        let (directory_tx, directory_rx) = watch::channel(directory.clone());
+        // The registrar runs even without users, so a reload can add some;
+        // the endpoint only hands it REGISTERs while there are.
+        let (registrar, register_jobs) = {
             let store: Arc<dyn LocationStore> = match &config.registrar.redis {
                 Some(url) => Arc::new(RedisStore::connect(url).await.map_err(|error| {
                     GatewayError::Store {
@@ -91,14 +86,12 @@ impl Gateway {
                     .map(|d| d.to_ascii_lowercase())
                     .collect(),
                 auth: auth.clone(),
-                directory: directory.clone(),
+                directory: directory_rx,
                 store,
             });
             let (jobs_tx, jobs_rx) = mpsc::channel(JOBS_CAPACITY);
             tokio::spawn(registrar.clone().run(jobs_rx, commands_tx.clone()));
             (Some(registrar), Some(jobs_tx))
-        } else {
-            (None, None)
         };
         let api_registrar = registrar.clone();
         let registry = Arc::new(Registry::default());
@@ -119,6 +112,7 @@ impl Gateway {
         );
         let registrations_task =
             tokio::spawn(manager.run(valid.registrations.clone(), registrations_rx));
+        let (dial_tx, dial_rx) = watch::channel(Arc::new(valid.dial));
         let (state, state_watch) = watch::channel(EndpointState::Running);
         let (active_tx, active_calls) = watch::channel(0usize);
         let endpoint = Endpoint {
@@ -150,7 +144,7 @@ impl Gateway {
                     ),
                 },
                 rtp_ports: Arc::new(RtpPorts::new(valid.rtp_ports)),
-                dial: valid.dial,
+                dial: dial_rx,
                 http: http_client(),
                 resolver: if valid.dns_servers.is_empty() {
                     Resolver::system()
@@ -171,9 +165,10 @@ impl Gateway {
             user_calls: user_calls(),
             registrations: Some(registrations_tx.clone()),
             registry: registry.clone(),
-            commands_tx,
+            commands_tx: commands_tx.clone(),
             commands_rx,
         };
+        let (reload_tx, reload_requests) = mpsc::channel(crate::reload::REQUESTS_CAPACITY);
         let api = match valid.api_listen {
             Some(listen) => {
                 let server = ApiServer::start(
@@ -182,6 +177,7 @@ impl Gateway {
                     state_watch,
                     api_registrar,
                     registry.clone(),
+                    reload_tx,
                 )
                 .await
                 .map_err(|source| GatewayError::Api {
@@ -200,8 +196,16 @@ impl Gateway {
             active_calls,
             endpoint,
             api,
-            registrations: registrations_tx,
+            registrations: registrations_tx.clone(),
             registrations_task,
+            reloader: Mutex::new(Reloader {
+                running: config,
+                endpoint: commands_tx,
+                registrations: registrations_tx,
+                directory: directory_tx,
+                dial: dial_tx,
+            }),
+            reload_requests: Some(reload_requests),
         })
     }
 
@@ -213,6 +217,23 @@ impl Gateway {
     /// Where the HTTP API listens, when `[api] listen` is set.
     pub fn api_addr(&self) -> Option<SocketAddr> {
         self.api.as_ref().map(ApiServer::local_addr)
+    }
+
+    /// Puts a new configuration in force without dropping calls (see
+    /// [`crate::reload`]). The caller has read and validated it; a bad file
+    /// never gets here, so the running configuration stays.
+    pub async fn reload(
+        &self,
+        config: Config,
+        valid: ValidConfig,
+    ) -> Result<ReloadReport, ReloadError> {
+        self.reloader.lock().await.apply(config, valid).await
+    }
+
+    /// Reloads asked for over the HTTP API; whoever owns the configuration
+    /// file answers them (once: the receiver moves out).
+    pub fn take_reload_requests(&mut self) -> Option<mpsc::Receiver<ReloadRequest>> {
+        self.reload_requests.take()
     }
 
     /// Refuses new calls, waits up to `drain` for live calls to end, hangs

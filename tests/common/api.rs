@@ -8,13 +8,28 @@ use std::time::Duration;
 use super::gateway::GatewayProcess;
 
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, "")
+}
+
+/// A POST with a form body (empty allowed).
+pub fn http_post(addr: SocketAddr, path: &str, form: &str) -> (u16, String) {
+    http_request(addr, "POST", path, form)
+}
+
+fn http_request(addr: SocketAddr, method: &str, path: &str, form: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("API reachable");
     stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
+        .set_read_timeout(Some(Duration::from_secs(15)))
         .unwrap();
+    let content_type = if form.is_empty() {
+        String::new()
+    } else {
+        "Content-Type: application/x-www-form-urlencoded\r\n".to_string()
+    };
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{content_type}Content-Length: {}\r\n\r\n{form}",
+        form.len()
     )
     .unwrap();
     let mut response = String::new();

@@ -13,38 +13,73 @@ pub struct Kamailio {
     child: Child,
     pub addr: SocketAddr,
     log: PathBuf,
+    config: PathBuf,
+    dir: PathBuf,
 }
 
 impl Kamailio {
     /// Writes `routing` (the config after the global section) under a
     /// global section listening on a free UDP port, and starts Kamailio.
     pub fn start(dir: &Path, routing: &str) -> Kamailio {
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Kamailio::start_with(dir, false, routing)
+    }
+
+    /// Like [`Kamailio::start`]; with `tcp` it listens on TCP too, on the
+    /// same port.
+    pub fn start_with(dir: &Path, tcp: bool, routing: &str) -> Kamailio {
+        let port = loop {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let port = udp.local_addr().unwrap().port();
+            if !tcp || std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                break port;
+            }
+        };
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let listen = if tcp {
+            format!("listen=udp:127.0.0.1:{port}\nlisten=tcp:127.0.0.1:{port}\n")
+        } else {
+            format!("listen=udp:127.0.0.1:{port}\ndisable_tcp=yes\n")
+        };
         let config = format!(
-            "#!KAMAILIO\nlisten=udp:127.0.0.1:{port}\nchildren=1\ntcp_children=1\ndisable_tcp=yes\nlog_stderror=yes\ndebug=2\nauto_aliases=no\nmpath=\"{MODULES}\"\n{routing}"
+            "#!KAMAILIO\n{listen}children=1\ntcp_children=1\nlog_stderror=yes\ndebug=2\nauto_aliases=no\nmpath=\"{MODULES}\"\n{routing}"
         );
         let path = dir.join("kamailio.cfg");
         std::fs::write(&path, config).unwrap();
         let log = dir.join("kamailio.log");
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("kamailio")
-            .args(["-DD", "-E", "-f"])
-            .arg(&path)
-            .args(["-Y", &dir.to_string_lossy()])
-            .args(["-P", &dir.join("kamailio.pid").to_string_lossy()])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("spawning kamailio (scripts/bootstrap installs it)");
-        let kamailio = Kamailio { child, addr, log };
+        let child = spawn(dir, &path, &log);
+        let kamailio = Kamailio {
+            child,
+            addr,
+            log,
+            config: path,
+            dir: dir.to_path_buf(),
+        };
         kamailio.wait_listening();
         kamailio
+    }
+
+    /// Kills Kamailio and its worker processes (as a crash would: nothing
+    /// is sent; the kernel closes its TCP connections).
+    pub fn kill(&mut self) {
+        // Workers are forked children: signal the whole process group.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Orphaned workers may take a moment to go and free the port.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::UdpSocket::bind(self.addr).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts Kamailio again, same config and port, with an empty
+    /// location table.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = spawn(&self.dir, &self.config, &self.log);
+        self.wait_listening();
     }
 
     /// Waits until Kamailio answers an OPTIONS (any response will do).
@@ -79,9 +114,28 @@ impl Kamailio {
     }
 }
 
+fn spawn(dir: &Path, config: &Path, log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    use std::os::unix::process::CommandExt;
+    Command::new("kamailio")
+        .process_group(0)
+        .args(["-DD", "-E", "-f"])
+        .arg(config)
+        .args(["-Y", &dir.to_string_lossy()])
+        .args(["-P", &dir.join("kamailio.pid").to_string_lossy()])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("spawning kamailio (scripts/bootstrap installs it)")
+}
+
 impl Drop for Kamailio {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }

@@ -95,17 +95,24 @@ impl RtpPeer {
 
     /// Sends `samples` as 20 ms PCMU packets to `target`, paced in real time.
     pub fn stream_pcmu(&self, target: SocketAddr, samples: &[i16]) {
+        self.stream_pcmu_from(target, samples, 0);
+    }
+
+    /// Like [`RtpPeer::stream_pcmu`], numbering packets from `first` on, so
+    /// a second stream continues the first's sequence and timestamps.
+    pub fn stream_pcmu_from(&self, target: SocketAddr, samples: &[i16], first: usize) {
         let ssrc = CALLER_SSRC;
         let start = Instant::now();
-        for (index, chunk) in samples.chunks(160).enumerate() {
+        for (offset, chunk) in samples.chunks(160).enumerate() {
+            let index = first + offset;
             let mut packet = Vec::with_capacity(172);
             packet.push(0x80);
-            packet.push(if index == 0 { 0x80 } else { 0 });
+            packet.push(if offset == 0 { 0x80 } else { 0 });
             packet.extend_from_slice(&(1000u16.wrapping_add(index as u16)).to_be_bytes());
             packet.extend_from_slice(&(160 * index as u32).to_be_bytes());
             packet.extend_from_slice(&u32::to_be_bytes(ssrc));
             packet.extend(chunk.iter().map(|s| ulaw_encode(*s)));
-            let due = start + Duration::from_millis(20 * index as u64);
+            let due = start + Duration::from_millis(20 * offset as u64);
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }

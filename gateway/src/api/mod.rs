@@ -28,6 +28,7 @@ struct ApiState {
     state: watch::Receiver<EndpointState>,
     registrar: Option<std::sync::Arc<crate::registrar::service::Registrar>>,
     registry: std::sync::Arc<crate::registration::manager::Registry>,
+    reload: tokio::sync::mpsc::Sender<crate::reload::ReloadRequest>,
 }
 
 /// A running API listener; dropped or [`ApiServer::stop`]ped with the gateway.
@@ -44,6 +45,7 @@ impl ApiServer {
         state: watch::Receiver<EndpointState>,
         registrar: Option<std::sync::Arc<crate::registrar::service::Registrar>>,
         registry: std::sync::Arc<crate::registration::manager::Registry>,
+        reload: tokio::sync::mpsc::Sender<crate::reload::ReloadRequest>,
     ) -> std::io::Result<ApiServer> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
@@ -56,6 +58,7 @@ impl ApiServer {
             state,
             registrar,
             registry,
+            reload,
         };
         let app = Router::new()
             .route("/health", get(health))
@@ -63,6 +66,7 @@ impl ApiServer {
             .route("/v1/users", get(users))
             .route("/v1/registrations", get(registrations))
             .route("/v1/registrations/{id}", get(registration))
+            .route("/v1/reload", axum::routing::post(reload_config))
             .with_state(state);
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
@@ -158,7 +162,8 @@ async fn users(State(state): State<ApiState>) -> impl IntoResponse {
             )
         }
     };
-    let mut names: Vec<&str> = registrar.directory.names().collect();
+    let directory = registrar.directory();
+    let mut names: Vec<&str> = directory.names().collect();
     names.sort_unstable();
     let users: Vec<serde_json::Value> = names
         .into_iter()
@@ -222,6 +227,35 @@ async fn registration(
         None => (
             StatusCode::NOT_FOUND,
             Json(serde_json::json!({ "error": format!("no registration `{id}`") })),
+        ),
+    }
+}
+
+/// `POST /v1/reload`: reads the configuration file again and puts it in
+/// force (as SIGHUP does). 422 with the reason when the new file is bad —
+/// the running configuration stays.
+async fn reload_config(State(state): State<ApiState>) -> impl IntoResponse {
+    use axum::http::StatusCode;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let request = crate::reload::ReloadRequest { reply };
+    if state.reload.try_send(request).is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "error": "a reload is already in progress" })),
+        );
+    }
+    match answer.await {
+        Ok(Ok(report)) => (
+            StatusCode::OK,
+            Json(serde_json::json!({ "status": "reloaded", "report": report })),
+        ),
+        Ok(Err(error)) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(serde_json::json!({ "status": "refused", "error": error })),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(serde_json::json!({ "error": "nobody can reload this gateway's configuration" })),
         ),
     }
 }

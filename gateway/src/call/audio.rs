@@ -151,31 +151,34 @@ impl Call {
     /// While the party rings without early media, the caller hears
     /// ringback once the bot's last words have played.
     fn tick_ringback(&mut self, _now: Instant) {
-        let ringing = self
+        let ringback = self
             .transfer
             .as_ref()
-            .is_some_and(|t| t.is_ringing() && t.media().is_some_and(|m| m.path.is_none()));
-        let cadence = match self.shared.dial.ringback {
-            Ringback::Us => Cadence::US_RINGBACK,
-            Ringback::Eu => Cadence::EU_RINGBACK,
-            Ringback::Uk => Cadence::UK_RINGBACK,
-            Ringback::None => return,
-        };
+            .filter(|t| t.is_ringing() && t.media().is_some_and(|m| m.path.is_none()))
+            .map(|t| t.ringback);
         let media = &mut self.caller_media;
-        if !ringing {
+        let Some(ringback) = ringback else {
             media.ringback = None;
             return;
-        }
+        };
         let Some(pipeline) = media.pipeline.as_mut() else {
             return;
         };
         if !pipeline.playout_idle() {
             return;
         }
-        let rate = pipeline.codec().sample_rate();
-        let tone = media
-            .ringback
-            .get_or_insert_with(|| ToneGenerator::new(cadence, rate));
+        if media.ringback.is_none() {
+            let cadence = match ringback {
+                Ringback::Us => Cadence::US_RINGBACK,
+                Ringback::Eu => Cadence::EU_RINGBACK,
+                Ringback::Uk => Cadence::UK_RINGBACK,
+                Ringback::None => return,
+            };
+            media.ringback = Some(ToneGenerator::new(cadence, pipeline.codec().sample_rate()));
+        }
+        let Some(tone) = media.ringback.as_mut() else {
+            return;
+        };
         let n = pipeline.frame_samples();
         let mut frame = [0i16; switchboard_media::MAX_FRAME_SAMPLES];
         tone.fill(&mut frame[..n]);

@@ -58,7 +58,9 @@ impl DialPolicy {
 pub struct CallShared {
     pub media: MediaSettings,
     pub rtp_ports: Arc<RtpPorts>,
-    pub dial: DialPolicy,
+    /// What bots may dial; a reload publishes a new one, which calls in
+    /// progress obey too.
+    pub dial: tokio::sync::watch::Receiver<Arc<DialPolicy>>,
     pub http: reqwest::Client,
     pub resolver: Resolver,
     /// Where we listen, to pick our address for an outbound leg.

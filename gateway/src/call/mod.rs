@@ -86,4 +86,6 @@ pub enum EndpointCommand {
         call_id: String,
         local_tag: String,
     },
+    /// A reloaded configuration: new calls route by it.
+    Reconfigure(Box<crate::endpoint::Reconfiguration>),
 }

@@ -31,7 +31,9 @@ impl Call {
             self.action_result("refer", false, "a transfer is already in progress");
             return;
         }
-        if !matches!(origin, Origin::OnFailure | Origin::Route) && !self.shared.dial.allows(&uri) {
+        if !matches!(origin, Origin::OnFailure | Origin::Route)
+            && !self.shared.dial.borrow().allows(&uri)
+        {
             tracing::warn!(target = %uri, "REFER refused: the target is not allowed by [dial] allow");
             crate::metrics::transfer_finished("refused");
             self.action_result(

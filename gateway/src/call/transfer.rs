@@ -74,6 +74,8 @@ pub(super) struct Transfer {
     /// Our From on the party's leg when it is not the caller's ID (the
     /// registration's extension).
     from: Option<NameAddr>,
+    /// What the caller hears while the party rings, fixed when dialing.
+    pub(super) ringback: super::dial::Ringback,
 }
 
 /// A dial through an outbound registration, worked out.
@@ -235,7 +237,7 @@ impl Call {
             .as_ref()
             .map(|t| t.target.request_uri.to_string())
             .unwrap_or_else(|| target.uri.clone());
-        if !origin.operators() && !self.shared.dial.allows(&checked) {
+        if !origin.operators() && !self.shared.dial.borrow().allows(&checked) {
             tracing::warn!(target = %checked, "dial refused: the target is not allowed by [dial] allow");
             crate::metrics::transfer_finished("refused");
             return self.dial_refused(
@@ -323,6 +325,7 @@ impl Call {
             dial_call_id: None,
             was_bridged: false,
             from: through.map(|t| t.from),
+            ringback: self.shared.dial.borrow().ringback,
         });
     }
 
@@ -385,7 +388,7 @@ impl Call {
         let registrar = self.shared.registrar.as_ref()?;
         let user = target.request_uri.user_decoded()?;
         (registrar.serves(&target.request_uri.host.to_string())
-            && registrar.directory.user(&user).is_some())
+            && registrar.directory().user(&user).is_some())
         .then_some(user)
     }
 

@@ -33,11 +33,18 @@ impl Endpoint {
             reply(&mut core.layer, tx, request, status, None);
         };
         // A PBX we are registered to, calling the extension we registered.
+        // Its Request-URI is our contact; the number the caller dialed is in
+        // To (a PBX's own extension, or a DID it forwarded).
         if let Some(entry) = self.registry.for_incoming(&dialed, ip) {
+            let number = request
+                .to()
+                .ok()
+                .and_then(|to| to.uri.user_decoded())
+                .unwrap_or_else(|| entry.spec.username.clone());
             return Some(RouteMatch {
                 source: format!("registration:{}", entry.spec.id),
                 destination: Destination::Flow(entry.spec.flow.clone()),
-                number: dialed,
+                number,
             });
         }
         if let Some(trunk) = self.router.trunk_for(ip) {

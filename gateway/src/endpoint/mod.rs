@@ -85,6 +85,24 @@ pub struct Endpoint {
     pub commands_rx: mpsc::Receiver<EndpointCommand>,
 }
 
+/// What a configuration reload changes in the endpoint. Calls in progress
+/// keep the flow they were admitted to.
+pub struct Reconfiguration {
+    pub router: Router,
+    pub flows: HashMap<String, FlowRuntime>,
+    pub directory: Arc<crate::registrar::users::Directory>,
+    pub max_calls: usize,
+}
+
+impl std::fmt::Debug for Reconfiguration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconfiguration")
+            .field("flows", &self.flows.len())
+            .field("max_calls", &self.max_calls)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What the owner of the gateway wants the endpoint to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EndpointState {
@@ -199,7 +217,7 @@ impl Endpoint {
         }
     }
 
-    fn on_command(&self, core: &mut Core, command: EndpointCommand) {
+    fn on_command(&mut self, core: &mut Core, command: EndpointCommand) {
         let now = std::time::Instant::now();
         match command {
             EndpointCommand::Respond { tx, response } => {
@@ -249,6 +267,23 @@ impl Endpoint {
                 call_id,
                 local_tag,
             } => core.routes.add_dialog(call, leg, call_id, local_tag),
+            EndpointCommand::Reconfigure(new) => {
+                let Reconfiguration {
+                    router,
+                    flows,
+                    directory,
+                    max_calls,
+                } = *new;
+                self.router = router;
+                self.flows = flows;
+                self.directory = directory;
+                self.max_calls = max_calls;
+                tracing::info!(
+                    flows = self.flows.len(),
+                    max_calls,
+                    "new calls follow the reloaded configuration"
+                );
+            }
         }
     }
 
@@ -365,7 +400,7 @@ impl Endpoint {
             return;
         }
         match request.method {
-            Method::Register if self.register_jobs.is_some() => {
+            Method::Register if self.register_jobs.is_some() && self.directory.has_users() => {
                 let jobs = self.register_jobs.as_ref().expect("checked");
                 let job = crate::registrar::service::RegisterJob { tx, request, peer };
                 if let Err(error) = jobs.try_send(job) {

@@ -35,11 +35,17 @@ pub struct Registrar {
     /// Domains we serve (lower case); empty: any.
     pub domains: Vec<String>,
     pub auth: Arc<Mutex<Authenticator>>,
-    pub directory: Arc<Directory>,
+    /// Users and trunk logins; a reload publishes a new one.
+    pub directory: tokio::sync::watch::Receiver<Arc<Directory>>,
     pub store: Arc<dyn LocationStore>,
 }
 
 impl Registrar {
+    /// The users and logins in force now.
+    pub fn directory(&self) -> Arc<Directory> {
+        self.directory.borrow().clone()
+    }
+
     pub fn serves(&self, domain: &str) -> bool {
         self.domains.is_empty() || self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
     }
@@ -102,7 +108,7 @@ impl Registrar {
                 reason: "no credentials",
             },
             Some(header) => {
-                let directory = &self.directory;
+                let directory = self.directory();
                 self.auth.lock().unwrap().verify(
                     header,
                     "REGISTER",
@@ -114,7 +120,7 @@ impl Registrar {
         };
         match verdict {
             Verdict::Authenticated(name)
-                if name == user && self.directory.user(&name).is_some() => {}
+                if name == user && self.directory().user(&name).is_some() => {}
             Verdict::Authenticated(name) => {
                 tracing::info!(peer = %job.peer.addr, %name, aor = %user, "REGISTER for someone else's AOR: 403");
                 crate::metrics::auth_failed("wrong aor");

@@ -302,7 +302,9 @@ impl Client {
                 if self.take_challenge(response) {
                     self.send_register(now);
                 } else {
-                    self.failed(response.status, response.reason.clone(), None, now);
+                    let reason =
+                        format!("{}: the registrar refused our credentials", response.reason);
+                    self.failed(response.status, reason, None, now);
                 }
             }
             423 => {
@@ -314,7 +316,7 @@ impl Client {
                     Some(min) if min > self.asking => {
                         tracing::info!(
                             min_expires = min,
-                            "registrar wants a longer expiry: asking again"
+                            "423 Interval Too Brief: asking again with Min-Expires"
                         );
                         self.asking = min;
                         self.send_register(now);
@@ -424,7 +426,7 @@ impl Client {
 }
 
 /// Full-jitter exponential backoff: random in [min, min * 2^n], capped.
-fn backoff(failures: u32) -> Duration {
+pub(crate) fn backoff(failures: u32) -> Duration {
     let ceiling = BACKOFF_MIN
         .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
         .min(BACKOFF_MAX);

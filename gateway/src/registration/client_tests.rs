@@ -127,7 +127,7 @@ fn a_wrong_password_fails_with_the_registrars_answer() {
     assert_eq!(changes, vec![(State::InProgress, State::Failed)]);
     assert_eq!(
         (client.status().code, client.status().reason.as_str()),
-        (401, "Unauthorized")
+        (401, "Unauthorized: the registrar refused our credentials")
     );
     let retry = client.poll_timeout().unwrap();
     assert!(retry >= t0 + BACKOFF_MIN && retry <= t0 + BACKOFF_MIN * 2);

@@ -46,9 +46,12 @@ pub struct RegistrationSpec {
 }
 
 impl RegistrationSpec {
+    /// The transport of the first hop: the outbound proxy's when set.
     pub fn transport(&self) -> Transport {
         match self
-            .proxy
+            .outbound_proxy
+            .as_ref()
+            .unwrap_or(&self.proxy)
             .transport()
             .map(str::to_ascii_lowercase)
             .as_deref()
@@ -164,6 +167,13 @@ struct Running {
     client: Option<Client>,
     spec: RegistrationSpec,
     peer: Option<Peer>,
+    /// The last settled state (successful or failed) callbacks reported:
+    /// a refresh passing through `in_progress` is not a change to report.
+    reported: State,
+    /// The registrar's name did not resolve: when to try again, and how
+    /// many times it failed in a row (for the backoff).
+    resolve_again: Option<Instant>,
+    resolve_failures: u32,
 }
 
 /// Where the manager sends from: our address per transport and family.
@@ -231,7 +241,7 @@ impl Manager {
                     self.on_resolved(id, result).await;
                 }
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => {
-                    self.on_timers().await;
+                    self.on_timers(&mut resolutions).await;
                 }
             }
             if shutting_down
@@ -247,11 +257,10 @@ impl Manager {
 
     fn next_deadline(&mut self) -> Instant {
         while let Some(Reverse((at, id))) = self.deadlines.peek().cloned() {
-            let current = self
-                .running
-                .get(&id)
-                .and_then(|r| r.client.as_ref())
-                .and_then(Client::poll_timeout);
+            let current = self.running.get(&id).and_then(|r| match &r.client {
+                Some(client) => client.poll_timeout(),
+                None => r.resolve_again,
+            });
             if current == Some(at) {
                 return at;
             }
@@ -314,26 +323,39 @@ impl Manager {
                 },
                 peer: None,
             });
-            let target = spec
-                .outbound_proxy
-                .clone()
-                .unwrap_or_else(|| spec.proxy.clone());
-            let transport = Some(spec.transport());
-            let resolver = self.resolver.clone();
-            let key = id.clone();
-            resolutions.push(Box::pin(async move {
-                (key, resolver.resolve(&target, transport).await)
-            }));
+            self.resolve(&id, &spec, resolutions);
             self.running.insert(
                 id,
                 Running {
                     client: None,
                     spec,
                     peer: None,
+                    reported: State::InProgress,
+                    resolve_again: None,
+                    resolve_failures: 0,
                 },
             );
         }
         self.publish_counts();
+    }
+
+    /// Looks the registrar (or the outbound proxy) up, off the task.
+    fn resolve(
+        &self,
+        id: &str,
+        spec: &RegistrationSpec,
+        resolutions: &mut FuturesUnordered<Resolution>,
+    ) {
+        let target = spec
+            .outbound_proxy
+            .clone()
+            .unwrap_or_else(|| spec.proxy.clone());
+        let transport = Some(spec.transport());
+        let resolver = self.resolver.clone();
+        let key = id.to_string();
+        resolutions.push(Box::pin(async move {
+            (key, resolver.resolve(&target, transport).await)
+        }));
     }
 
     async fn on_resolved(&mut self, id: String, result: Result<Peer, String>) {
@@ -344,13 +366,30 @@ impl Manager {
         let peer = match result {
             Ok(peer) => peer,
             Err(reason) => {
-                tracing::warn!(registration = %id, %reason, "registrar does not resolve");
+                running.resolve_failures += 1;
+                let at = now + crate::registration::client::backoff(running.resolve_failures);
+                running.resolve_again = Some(at);
+                self.deadlines.push(Reverse((at, id.clone())));
+                tracing::warn!(registration = %id, %reason, retry_in_ms = (at - now).as_millis() as u64, "registrar does not resolve");
+                let previous = running.reported;
+                let report = (previous != State::Failed).then_some(previous);
+                running.reported = State::Failed;
+                let spec = running.spec.clone();
+                let mut status = None;
                 self.registry.update(&id, |entry| {
+                    let before = entry.status.state;
                     entry.status.state = State::Failed;
                     entry.status.code = 503;
-                    entry.status.reason = reason.clone();
-                    entry.status.changed_at = SystemTime::now();
+                    entry.status.reason = format!("registrar does not resolve: {reason}");
+                    entry.status.next_attempt = Some(at);
+                    if before != State::Failed {
+                        entry.status.changed_at = SystemTime::now();
+                        status = Some((before, entry.status.clone()));
+                    }
                 });
+                if let Some((before, status)) = status {
+                    self.changed(&spec, before, report, &status);
+                }
                 return;
             }
         };
@@ -437,13 +476,21 @@ impl Manager {
         }
     }
 
-    async fn on_timers(&mut self) {
+    async fn on_timers(&mut self, resolutions: &mut FuturesUnordered<Resolution>) {
         let now = Instant::now();
         while let Some(Reverse((at, id))) = self.deadlines.peek().cloned() {
             if at > now {
                 break;
             }
             self.deadlines.pop();
+            if let Some(running) = self.running.get_mut(&id) {
+                if running.client.is_none() && running.resolve_again.is_some_and(|t| t <= now) {
+                    running.resolve_again = None;
+                    let spec = running.spec.clone();
+                    self.resolve(&id, &spec, resolutions);
+                    continue;
+                }
+            }
             if let Some(client) = self.running.get_mut(&id).and_then(|r| r.client.as_mut()) {
                 if client.poll_timeout().is_some_and(|t| t <= now) {
                     client.handle_timeout(now);
@@ -481,7 +528,16 @@ impl Manager {
                         })
                         .await;
                 }
-                Output::Changed { previous, status } => self.changed(&spec, previous, &status),
+                Output::Changed { previous, status } => {
+                    let reported = self.running.get(id).map(|r| r.reported);
+                    let report = reported.filter(|reported| {
+                        status.state != State::InProgress && status.state != *reported
+                    });
+                    if let (Some(running), Some(_)) = (self.running.get_mut(id), report) {
+                        running.reported = status.state;
+                    }
+                    self.changed(&spec, previous, report, &status)
+                }
             }
         }
     }
@@ -497,7 +553,15 @@ impl Manager {
             .await;
     }
 
-    fn changed(&self, spec: &RegistrationSpec, previous: State, status: &Status) {
+    /// Logs a change; `report` (the last settled state) when it is a flip
+    /// the status callback hears about.
+    fn changed(
+        &self,
+        spec: &RegistrationSpec,
+        previous: State,
+        report: Option<State>,
+        status: &Status,
+    ) {
         tracing::info!(
             registration = %spec.id,
             from = previous.name(),
@@ -507,14 +571,10 @@ impl Manager {
             "registration status changed"
         );
         self.publish_counts();
-        let flips = matches!(
-            (previous, status.state),
-            (State::Successful, State::Failed)
-                | (State::Failed, State::Successful)
-                | (State::InProgress, State::Successful)
-                | (State::InProgress, State::Failed)
-        );
-        let Some(url) = spec.status_callback.clone().filter(|_| flips) else {
+        let Some(url) = spec.status_callback.clone() else {
+            return;
+        };
+        let Some(previous) = report else {
             return;
         };
         let body = serde_json::json!({
