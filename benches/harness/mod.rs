@@ -58,7 +58,11 @@ pub fn start_gateway(config: &str) -> Gateway {
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["run", "--config"])
         .arg(&path)
-        .env("SWITCHBOARD_LOG", "warn,switchboard=info")
+        .env(
+            "SWITCHBOARD_LOG",
+            std::env::var("BENCH_SWITCHBOARD_LOG")
+                .unwrap_or_else(|_| "warn,switchboard=info".into()),
+        )
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -79,7 +83,18 @@ pub fn start_gateway(config: &str) -> Gateway {
             break addr;
         }
     };
-    std::thread::spawn(move || for _ in lines {});
+    // BENCH_GATEWAY_LOG=FILE keeps the gateway's log lines for a look.
+    let keep =
+        std::env::var_os("BENCH_GATEWAY_LOG").and_then(|path| std::fs::File::create(path).ok());
+    std::thread::spawn(move || {
+        let mut keep = keep;
+        for line in lines.map_while(Result::ok) {
+            if let Some(file) = keep.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(file, "{line}");
+            }
+        }
+    });
     Gateway { child, udp }
 }
 

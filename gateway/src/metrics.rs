@@ -19,6 +19,7 @@ pub const BOT_FAILURES: &str = "switchboard_bot_failures_total";
 pub const TRANSFERS: &str = "switchboard_transfers_total";
 pub const BINDINGS: &str = "switchboard_registrar_bindings";
 pub const REGISTRATIONS: &str = "switchboard_registrations";
+pub const REGISTER_SENT: &str = "switchboard_registration_requests_total";
 pub const AUTH_FAILURES: &str = "switchboard_auth_failures_total";
 pub const CALL_DURATION: &str = "switchboard_call_duration_seconds";
 pub const CALL_LOSS: &str = "switchboard_call_packet_loss_ratio";
@@ -51,6 +52,10 @@ pub fn describe() {
     describe_gauge!(
         REGISTRATIONS,
         "Outbound registrations, by state: in_progress, successful, failed"
+    );
+    describe_counter!(
+        REGISTER_SENT,
+        "REGISTERs the outbound registrations sent (refreshes, retries and challenge answers)"
     );
     describe_counter!(AUTH_FAILURES, "Failed digest authentications, by reason");
     describe_counter!(
@@ -90,6 +95,10 @@ pub fn call_rejected(status: u16) {
 
 pub fn call_answered(flow: &str) {
     counter!(CALLS_ANSWERED, "flow" => flow.to_owned()).increment(1);
+}
+
+pub fn register_sent() {
+    counter!(REGISTER_SENT).increment(1);
 }
 
 pub fn registrations(state: &'static str, count: usize) {

@@ -22,6 +22,8 @@ const BACKOFF_MIN: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// Refresh this long before the binding lapses at the latest.
 const REFRESH_MARGIN: Duration = Duration::from_secs(5);
+/// How soon after its TCP connection drops a registration tries again.
+const RECONNECT_SPREAD: Duration = Duration::from_secs(2);
 /// Keep-alive interval (RFC 5626 suggests ~30 s for UDP NAT bindings).
 const KEEPALIVE_EVERY: Duration = Duration::from_secs(30);
 /// Challenges answered in a row before the credentials count as wrong: a
@@ -175,7 +177,7 @@ impl Client {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.next_keepalive.is_some_and(|at| at <= now) {
-            self.next_keepalive = Some(now + KEEPALIVE_EVERY);
+            self.next_keepalive = Some(now + keepalive_interval());
             if self.status.state == State::Successful {
                 self.outputs.push_back(Output::KeepAlive);
             }
@@ -202,12 +204,25 @@ impl Client {
     }
 
     /// The connection the registration used is gone (TCP): register again
-    /// now, on a new one.
+    /// on a new one, soon — within [`RECONNECT_SPREAD`], so the many
+    /// registrations that shared the connection do not all come back in
+    /// the same millisecond.
     pub fn connection_lost(&mut self, now: Instant) {
         if self.settings.transport == Transport::Tcp && !self.stopping {
             self.in_flight = None;
             self.set_state(State::InProgress, 503, "connection lost".into(), now);
-            self.schedule(now, now);
+            let spread = rand::rng().random_range(0..=RECONNECT_SPREAD.as_millis() as u64);
+            self.schedule(now + Duration::from_millis(spread), now);
+        }
+    }
+
+    /// Brings a failed registration's next attempt forward to `at` (its
+    /// registrar answered another registration again); keeps the backoff
+    /// count, so if it still fails it backs off as before.
+    pub fn retry_soon(&mut self, at: Instant) {
+        let failed = self.status.state == State::Failed && self.in_flight.is_none();
+        if failed && !self.stopping && self.next_register.is_some_and(|next| next > at) {
+            self.schedule(at, at);
         }
     }
 
@@ -390,10 +405,15 @@ impl Client {
             );
         }
         let granted_for = Duration::from_secs(u64::from(granted));
-        let refresh = (granted_for / 2).min(granted_for.saturating_sub(REFRESH_MARGIN));
+        // Half the expiry, less up to a tenth at random: registrations made
+        // together drift apart instead of refreshing in step forever.
+        let spread = rand::rng().random_range(0..=granted_for.as_millis() as u64 / 10);
+        let refresh = (granted_for / 2)
+            .saturating_sub(Duration::from_millis(spread))
+            .min(granted_for.saturating_sub(REFRESH_MARGIN));
         let at = now + refresh.max(Duration::from_secs(1));
         self.schedule(at, now);
-        self.next_keepalive = Some(now + KEEPALIVE_EVERY);
+        self.next_keepalive = Some(now + keepalive_interval());
         let reason = response.reason.clone();
         self.set_state(State::Successful, response.status, reason, now);
         self.status.next_attempt = Some(at);
@@ -425,10 +445,19 @@ impl Client {
     }
 }
 
-/// Full-jitter exponential backoff: random in [min, min * 2^n], capped.
+/// The keep-alive interval, 80–100 % of [`KEEPALIVE_EVERY`] at random
+/// (RFC 5626 §4.4.1), so registrations made together keep apart.
+fn keepalive_interval() -> Duration {
+    let ms = KEEPALIVE_EVERY.as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(ms * 4 / 5..=ms))
+}
+
+/// Jittered exponential backoff after `failures` (≥ 1) in a row: random in
+/// [min, min * 2^failures], capped — even the first retry is spread, so
+/// registrations that failed together do not retry together.
 pub(crate) fn backoff(failures: u32) -> Duration {
     let ceiling = BACKOFF_MIN
-        .saturating_mul(1u32 << failures.saturating_sub(1).min(16))
+        .saturating_mul(1u32 << failures.clamp(1, 16))
         .min(BACKOFF_MAX);
     let ms = rand::rng().random_range(BACKOFF_MIN.as_millis() as u64..=ceiling.as_millis() as u64);
     Duration::from_millis(ms)

@@ -8,14 +8,16 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::stream::FuturesUnordered;
 use futures_util::StreamExt;
+use rand::Rng;
 use tokio::sync::mpsc;
 
 use super::client::{Client, Output, Settings, State, Status};
+pub use super::registry::{Entry, Registry};
 use crate::call::EndpointCommand;
 use crate::sip::message::{Request, Response};
 use crate::sip::resolve::Resolver;
@@ -28,6 +30,13 @@ pub const EVENTS_CAPACITY: usize = 4096;
 /// Callback attempts, and the first pause between them (doubling).
 const CALLBACK_ATTEMPTS: u32 = 4;
 const CALLBACK_FIRST_PAUSE: Duration = Duration::from_secs(1);
+/// After a registrar recovers, its failed registrations come back at most
+/// this many per second.
+const RECOVERY_RATE: u64 = 200;
+const RECOVERY_EVERY: Duration = Duration::from_secs(10);
+/// New registrations (at start-up, after a reload) begin at most this many
+/// per second.
+const START_RATE: u32 = 500;
 
 /// One `[[registrations]]` entry, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,75 +84,6 @@ impl RegistrationSpec {
     }
 }
 
-/// What others read about a registration.
-#[derive(Clone, Debug)]
-pub struct Entry {
-    pub spec: RegistrationSpec,
-    pub status: Status,
-    /// Where its requests go, once resolved.
-    pub peer: Option<Peer>,
-}
-
-/// Every registration's current state, shared with the endpoint (routing
-/// the PBX's calls), calls (dialing through one) and the API.
-#[derive(Default)]
-pub struct Registry {
-    entries: RwLock<HashMap<String, Entry>>,
-}
-
-impl Registry {
-    pub fn get(&self, id: &str) -> Option<Entry> {
-        self.entries.read().unwrap().get(id).cloned()
-    }
-
-    pub fn all(&self) -> Vec<Entry> {
-        let mut all: Vec<Entry> = self.entries.read().unwrap().values().cloned().collect();
-        all.sort_by(|a, b| a.spec.id.cmp(&b.spec.id));
-        all
-    }
-
-    /// The registration an INVITE from `source` for `user` is meant for:
-    /// our registered contact (user = the registration's id), or its AOR's
-    /// user, sent by its registrar.
-    pub fn for_incoming(&self, user: &str, source: std::net::IpAddr) -> Option<Entry> {
-        let entries = self.entries.read().unwrap();
-        entries
-            .values()
-            .find(|e| {
-                let from_registrar = e.peer.is_some_and(|p| p.addr.ip() == source);
-                from_registrar && (e.spec.id == user || e.spec.username == user)
-            })
-            .cloned()
-    }
-
-    fn set(&self, entry: Entry) {
-        self.entries
-            .write()
-            .unwrap()
-            .insert(entry.spec.id.clone(), entry);
-    }
-
-    fn update(&self, id: &str, change: impl FnOnce(&mut Entry)) {
-        if let Some(entry) = self.entries.write().unwrap().get_mut(id) {
-            change(entry);
-        }
-    }
-
-    fn remove(&self, id: &str) {
-        self.entries.write().unwrap().remove(id);
-    }
-
-    fn count_by_state(&self) -> [(State, usize); 3] {
-        let entries = self.entries.read().unwrap();
-        [State::InProgress, State::Successful, State::Failed].map(|state| {
-            (
-                state,
-                entries.values().filter(|e| e.status.state == state).count(),
-            )
-        })
-    }
-}
-
 /// What the endpoint (and the gateway) tell the manager.
 #[derive(Debug)]
 pub enum Event {
@@ -174,6 +114,9 @@ struct Running {
     /// many times it failed in a row (for the backoff).
     resolve_again: Option<Instant>,
     resolve_failures: u32,
+    /// The one live entry this registration has in the deadline heap;
+    /// others left behind by rescheduling are skipped when they surface.
+    scheduled: Option<Instant>,
 }
 
 /// Where the manager sends from: our address per transport and family.
@@ -191,6 +134,10 @@ pub struct Manager {
     addresses: Addresses,
     running: HashMap<String, Running>,
     deadlines: BinaryHeap<Reverse<(Instant, String)>>,
+    /// When each registrar was last seen recovering.
+    recovered_at: HashMap<Peer, Instant>,
+    /// The earliest a registration added now may send its first REGISTER.
+    next_start: Instant,
 }
 
 type Resolution =
@@ -212,6 +159,8 @@ impl Manager {
             addresses,
             running: HashMap::new(),
             deadlines: BinaryHeap::new(),
+            recovered_at: HashMap::new(),
+            next_start: Instant::now(),
         }
     }
 
@@ -256,13 +205,13 @@ impl Manager {
     }
 
     fn next_deadline(&mut self) -> Instant {
-        while let Some(Reverse((at, id))) = self.deadlines.peek().cloned() {
-            let current = self.running.get(&id).and_then(|r| match &r.client {
-                Some(client) => client.poll_timeout(),
-                None => r.resolve_again,
-            });
-            if current == Some(at) {
-                return at;
+        while let Some(Reverse((at, id))) = self.deadlines.peek() {
+            let live = self
+                .running
+                .get(id)
+                .is_some_and(|r| r.scheduled == Some(*at));
+            if live {
+                return *at;
             }
             self.deadlines.pop();
         }
@@ -333,6 +282,7 @@ impl Manager {
                     reported: State::InProgress,
                     resolve_again: None,
                     resolve_failures: 0,
+                    scheduled: None,
                 },
             );
         }
@@ -369,6 +319,7 @@ impl Manager {
                 running.resolve_failures += 1;
                 let at = now + crate::registration::client::backoff(running.resolve_failures);
                 running.resolve_again = Some(at);
+                running.scheduled = Some(at);
                 self.deadlines.push(Reverse((at, id.clone())));
                 tracing::warn!(registration = %id, %reason, retry_in_ms = (at - now).as_millis() as u64, "registrar does not resolve");
                 let previous = running.reported;
@@ -423,11 +374,15 @@ impl Manager {
             password: spec.password.clone(),
             expires: spec.expires,
         };
+        // New registrations start at most START_RATE a second: a thousand
+        // configured at once do not land on their PBX in one burst.
+        let start = self.next_start.max(now);
+        self.next_start = start + Duration::from_secs(1) / START_RATE;
         running.client = Some(Client::new(
             settings,
             contact,
             crate::call::leg::sent_by(local),
-            now,
+            start,
         ));
         running.peer = Some(peer);
         self.registry.update(&id, |entry| entry.peer = Some(peer));
@@ -478,22 +433,31 @@ impl Manager {
 
     async fn on_timers(&mut self, resolutions: &mut FuturesUnordered<Resolution>) {
         let now = Instant::now();
-        while let Some(Reverse((at, id))) = self.deadlines.peek().cloned() {
-            if at > now {
+        while let Some(Reverse((at, _))) = self.deadlines.peek() {
+            if *at > now {
                 break;
             }
-            self.deadlines.pop();
-            if let Some(running) = self.running.get_mut(&id) {
-                if running.client.is_none() && running.resolve_again.is_some_and(|t| t <= now) {
+            let Some(Reverse((at, id))) = self.deadlines.pop() else {
+                break;
+            };
+            let Some(running) = self.running.get_mut(&id) else {
+                continue;
+            };
+            if running.scheduled != Some(at) {
+                continue; // left behind by a reschedule
+            }
+            running.scheduled = None;
+            match running.client.as_mut() {
+                None => {
                     running.resolve_again = None;
                     let spec = running.spec.clone();
                     self.resolve(&id, &spec, resolutions);
                     continue;
                 }
-            }
-            if let Some(client) = self.running.get_mut(&id).and_then(|r| r.client.as_mut()) {
-                if client.poll_timeout().is_some_and(|t| t <= now) {
-                    client.handle_timeout(now);
+                Some(client) => {
+                    if client.poll_timeout().is_some_and(|t| t <= now) {
+                        client.handle_timeout(now);
+                    }
                 }
             }
             self.pump(&id).await;
@@ -510,8 +474,12 @@ impl Manager {
         };
         let outputs: Vec<Output> = std::iter::from_fn(|| client.poll_output()).collect();
         let status = client.status().clone();
-        if let Some(at) = client.poll_timeout() {
-            self.deadlines.push(Reverse((at, id.to_string())));
+        let next = client.poll_timeout();
+        if next != running.scheduled {
+            running.scheduled = next;
+            if let Some(at) = next {
+                self.deadlines.push(Reverse((at, id.to_string())));
+            }
         }
         let spec = running.spec.clone();
         self.registry
@@ -536,13 +504,56 @@ impl Manager {
                     if let (Some(running), Some(_)) = (self.running.get_mut(id), report) {
                         running.reported = status.state;
                     }
-                    self.changed(&spec, previous, report, &status)
+                    self.changed(&spec, previous, report, &status);
+                    if report == Some(State::Failed) && status.state == State::Successful {
+                        self.registrar_is_back(peer).await;
+                    }
                 }
             }
         }
     }
 
+    /// A registration at `peer` recovered: the others there that failed
+    /// try again soon instead of sitting out their backoff, spread so at
+    /// most [`RECOVERY_RATE`] of them go per second. Once per registrar per
+    /// [`RECOVERY_EVERY`], so a mass recovery walks the registrations once.
+    async fn registrar_is_back(&mut self, peer: Peer) {
+        let now = Instant::now();
+        if self
+            .recovered_at
+            .get(&peer)
+            .is_some_and(|at| now.duration_since(*at) < RECOVERY_EVERY)
+        {
+            return;
+        }
+        self.recovered_at.insert(peer, now);
+        let waiting: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, r)| {
+                r.peer == Some(peer)
+                    && r.client
+                        .as_ref()
+                        .is_some_and(|c| c.status().state == State::Failed)
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let spread_ms = (waiting.len() as u64 * 1000 / RECOVERY_RATE).max(1000);
+        tracing::info!(registrar = %peer.addr, failed = waiting.len(), spread_ms, "registrar answers again: retrying its failed registrations");
+        for id in waiting {
+            let at = now + Duration::from_millis(rand::rng().random_range(0..=spread_ms));
+            if let Some(client) = self.running.get_mut(&id).and_then(|r| r.client.as_mut()) {
+                client.retry_soon(at);
+            }
+            Box::pin(self.pump(&id)).await;
+        }
+    }
+
     async fn send(&self, id: &str, request: Request, peer: Peer) {
+        crate::metrics::register_sent();
         let _ = self
             .endpoint
             .send(EndpointCommand::Register {

@@ -5,3 +5,4 @@
 
 pub mod client;
 pub mod manager;
+pub mod registry;

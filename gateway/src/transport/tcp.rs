@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,9 +18,12 @@ use crate::sip::transaction::{Peer, Transport};
 
 /// Largest SIP message accepted on a stream.
 const MAX_MESSAGE: usize = 64 * 1024;
-/// Messages queued towards one connection; a peer that does not read is
-/// disconnected rather than allowed to hold memory.
-const WRITE_QUEUE: usize = 256;
+/// Messages, and bytes, queued towards one connection; a peer that does
+/// not read is disconnected rather than allowed to hold memory. Generous
+/// enough for a burst (a thousand registrations' REGISTERs while the
+/// connection opens), bounded by bytes whatever the message sizes.
+const WRITE_QUEUE: usize = 4096;
+const WRITE_QUEUE_BYTES: usize = 2 * 1024 * 1024;
 /// Connections beyond this are refused at accept.
 const MAX_CONNECTIONS: usize = 10_000;
 /// A connection with no traffic for this long is closed.
@@ -31,6 +34,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Writer {
     queue: mpsc::Sender<Vec<u8>>,
+    /// Bytes queued and not yet written.
+    pending: Arc<AtomicUsize>,
     /// Set once an outbound connection is open (accepted ones start open).
     ready: Arc<AtomicBool>,
 }
@@ -54,14 +59,30 @@ impl TcpConnections {
 
     /// Queues `bytes` for `peer`, opening a connection from `local` when
     /// there is none.
-    pub fn send(&self, peer: SocketAddr, bytes: Vec<u8>, local: Option<IpAddr>) {
+    pub fn send(&self, peer: SocketAddr, mut bytes: Vec<u8>, local: Option<IpAddr>) {
         let mut writers = self.writers.lock().unwrap();
         if let Some(writer) = writers.get(&peer) {
-            if writer.queue.try_send(bytes).is_err() {
-                tracing::warn!(%peer, "TCP peer not reading: closing its connection");
-                writers.remove(&peer);
+            let len = bytes.len();
+            // Counted before it is queued: the writer subtracts once written.
+            let before = writer.pending.fetch_add(len, Ordering::Relaxed);
+            let outcome = if before + len > WRITE_QUEUE_BYTES {
+                Err(mpsc::error::TrySendError::Full(bytes))
+            } else {
+                writer.queue.try_send(bytes)
+            };
+            match outcome {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::warn!(%peer, "TCP peer not reading: closing its connection");
+                    writers.remove(&peer);
+                    return;
+                }
+                Err(mpsc::error::TrySendError::Closed(returned)) => {
+                    // Its connection just ended: this message opens a new one.
+                    writers.remove(&peer);
+                    bytes = returned;
+                }
             }
-            return;
         }
         if writers.len() >= MAX_CONNECTIONS {
             tracing::warn!(%peer, "too many TCP connections: not opening another");
@@ -70,17 +91,24 @@ impl TcpConnections {
             return;
         }
         let (queue, outgoing) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        let pending = Arc::new(AtomicUsize::new(bytes.len()));
         let _ = queue.try_send(bytes);
         let ready = Arc::new(AtomicBool::new(false));
         writers.insert(
             peer,
             Writer {
                 queue: queue.clone(),
+                pending: pending.clone(),
                 ready: ready.clone(),
             },
         );
         drop(writers);
-        tokio::spawn(connect(self.clone(), peer, local, queue, outgoing, ready));
+        let channel = Channel {
+            queue,
+            outgoing,
+            pending,
+        };
+        tokio::spawn(connect(self.clone(), peer, local, channel, ready));
     }
 
     pub fn is_ready(&self, peer: SocketAddr) -> bool {
@@ -95,17 +123,36 @@ impl TcpConnections {
         self.writers.lock().unwrap().len()
     }
 
-    fn insert(&self, peer: SocketAddr, queue: mpsc::Sender<Vec<u8>>) {
+    fn insert(&self, peer: SocketAddr, queue: mpsc::Sender<Vec<u8>>, pending: Arc<AtomicUsize>) {
         let ready = Arc::new(AtomicBool::new(true));
-        self.writers
-            .lock()
-            .unwrap()
-            .insert(peer, Writer { queue, ready });
+        self.writers.lock().unwrap().insert(
+            peer,
+            Writer {
+                queue,
+                pending,
+                ready,
+            },
+        );
     }
 
-    fn remove(&self, peer: SocketAddr) {
-        self.writers.lock().unwrap().remove(&peer);
+    /// Forgets the connection that `queue` feeds — not a newer one to the
+    /// same peer that replaced it.
+    fn remove(&self, peer: SocketAddr, queue: &mpsc::Sender<Vec<u8>>) {
+        let mut writers = self.writers.lock().unwrap();
+        if writers
+            .get(&peer)
+            .is_some_and(|writer| writer.queue.same_channel(queue))
+        {
+            writers.remove(&peer);
+        }
     }
+}
+
+/// A connection's write queue: both ends and its byte count.
+struct Channel {
+    queue: mpsc::Sender<Vec<u8>>,
+    outgoing: mpsc::Receiver<Vec<u8>>,
+    pending: Arc<AtomicUsize>,
 }
 
 /// Opens an outbound connection and serves it like an accepted one.
@@ -113,8 +160,7 @@ async fn connect(
     connections: TcpConnections,
     peer: SocketAddr,
     local: Option<IpAddr>,
-    queue: mpsc::Sender<Vec<u8>>,
-    outgoing: mpsc::Receiver<Vec<u8>>,
+    channel: Channel,
     ready: Arc<AtomicBool>,
 ) {
     let attempt = async {
@@ -140,25 +186,23 @@ async fn connect(
             let _ = stream.set_nodelay(true);
             let shutdown = connections.shutdown.clone();
             let inbound = connections.inbound.clone();
-            run(
-                stream,
-                peer,
-                connections,
-                inbound,
-                shutdown,
-                queue,
-                outgoing,
-            )
-            .await;
+            run(stream, peer, connections, inbound, shutdown, channel).await;
         }
-        Ok(Err(error)) => connect_failed(&connections, peer, &error.to_string()).await,
-        Err(_) => connect_failed(&connections, peer, "timed out").await,
+        Ok(Err(error)) => {
+            connect_failed(&connections, peer, &channel.queue, &error.to_string()).await
+        }
+        Err(_) => connect_failed(&connections, peer, &channel.queue, "timed out").await,
     }
 }
 
-async fn connect_failed(connections: &TcpConnections, peer: SocketAddr, reason: &str) {
+async fn connect_failed(
+    connections: &TcpConnections,
+    peer: SocketAddr,
+    queue: &mpsc::Sender<Vec<u8>>,
+    reason: &str,
+) {
     tracing::warn!(%peer, %reason, "cannot open a TCP connection");
-    connections.remove(peer);
+    connections.remove(peer, queue);
     let _ = connections
         .inbound
         .send(Inbound::ConnectFailed { addr: peer })
@@ -207,17 +251,14 @@ async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let (queue, outgoing) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
-    connections.insert(peer, queue.clone());
-    run(
-        stream,
-        peer,
-        connections,
-        inbound,
-        shutdown,
+    let pending = Arc::new(AtomicUsize::new(0));
+    connections.insert(peer, queue.clone(), pending.clone());
+    let channel = Channel {
         queue,
         outgoing,
-    )
-    .await;
+        pending,
+    };
+    run(stream, peer, connections, inbound, shutdown, channel).await;
 }
 
 /// Reads and writes one connection until either side ends it.
@@ -227,13 +268,19 @@ async fn run(
     connections: TcpConnections,
     inbound: mpsc::Sender<Inbound>,
     mut shutdown: watch::Receiver<bool>,
-    queue: mpsc::Sender<Vec<u8>>,
-    mut outgoing: mpsc::Receiver<Vec<u8>>,
+    channel: Channel,
 ) {
+    let Channel {
+        queue,
+        mut outgoing,
+        pending,
+    } = channel;
     let (mut reader, mut writer) = stream.into_split();
     let write_task = tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
-            if writer.write_all(&bytes).await.is_err() {
+            let written = writer.write_all(&bytes).await;
+            pending.fetch_sub(bytes.len(), Ordering::Relaxed);
+            if written.is_err() {
                 break;
             }
         }
@@ -300,7 +347,7 @@ async fn run(
             }
         }
     }
-    connections.remove(peer);
+    connections.remove(peer, &queue);
     drop(queue);
     let _ = write_task.await;
     let _ = inbound.try_send(Inbound::Closed { addr: peer });
