@@ -193,13 +193,28 @@ fn default_max_calls() -> usize {
     1000
 }
 
-/// The HTTP API (`/health`, `/metrics`); off unless `listen` is set.
+/// The HTTP API (`/health`, `/metrics`, the Calls API); off unless
+/// `listen` is set.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// `IP:PORT`, e.g. `"127.0.0.1:8080"`.
     #[serde(default)]
     pub listen: Option<String>,
+    /// The Twilio-style Calls API's HTTP basic-auth user (Twilio's
+    /// Account SID). The Calls API answers 401 to everyone without it.
+    #[serde(default)]
+    pub account_sid: Option<String>,
+    /// Its password (Twilio's auth token); also the key that signs webhooks.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+}
+
+/// Who may use the Calls API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiCredentials {
+    pub account_sid: String,
+    pub auth_token: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -549,6 +564,7 @@ impl Config {
                 ));
             }
         }
+        let api_credentials = self.api_credentials()?;
         let api_listen = match &self.api.listen {
             None => None,
             Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
@@ -601,6 +617,7 @@ impl Config {
             rtp_ports,
             router,
             api_listen,
+            api_credentials,
             dial: DialPolicy { allow, ringback },
             dns_servers,
             directory,
@@ -714,6 +731,46 @@ impl Config {
     }
 }
 
+impl Config {
+    fn api_credentials(&self) -> Result<Option<ApiCredentials>, ConfigError> {
+        let usable = |key: &'static str, value: &str| {
+            if value.is_empty() || value.chars().any(|c| c.is_control() || c == ':') {
+                Err(ConfigError::new(
+                    key,
+                    "must be non-empty, without `:` or control characters",
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match (&self.api.account_sid, &self.api.auth_token) {
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(ConfigError::new(
+                "api.auth_token",
+                "is required with api.account_sid",
+            )),
+            (None, Some(_)) => Err(ConfigError::new(
+                "api.account_sid",
+                "is required with api.auth_token",
+            )),
+            (Some(account_sid), Some(auth_token)) => {
+                usable("api.account_sid", account_sid)?;
+                usable("api.auth_token", auth_token)?;
+                if auth_token.len() < 16 {
+                    return Err(ConfigError::new(
+                        "api.auth_token",
+                        "is shorter than 16 characters: too easy to guess for a key that places calls",
+                    ));
+                }
+                Ok(Some(ApiCredentials {
+                    account_sid: account_sid.clone(),
+                    auth_token: auth_token.clone(),
+                }))
+            }
+        }
+    }
+}
+
 /// The parts of a [`Config`] that had to be parsed further.
 #[derive(Debug)]
 pub struct ValidConfig {
@@ -722,6 +779,8 @@ pub struct ValidConfig {
     pub router: Router,
     /// Where the HTTP API listens, when it is on.
     pub api_listen: Option<SocketAddr>,
+    /// The Calls API's login, when it is on.
+    pub api_credentials: Option<ApiCredentials>,
     pub dial: DialPolicy,
     pub dns_servers: Vec<SocketAddr>,
     /// Users and trunk logins with their secrets.
@@ -866,5 +925,41 @@ mod tests {
         let other_flow = base.replace("\"echo\"", "\"nope\"");
         let error = with(&format!("{other_flow}proxy = \"pbx.test\""), udp).unwrap_err();
         assert_eq!(error.key, "registrations[0].flow");
+    }
+
+    #[test]
+    fn calls_api_login_needs_both_halves_and_a_real_token() {
+        let with = |api: &str| {
+            parse(&format!(
+                "[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\n{MINIMAL}\n[api]\n{api}"
+            ))
+            .validate()
+        };
+        let good = with("account_sid = \"AC1\"\nauth_token = \"0123456789abcdef\"").unwrap();
+        assert_eq!(good.api_credentials.unwrap().account_sid, "AC1");
+        assert!(with("").unwrap().api_credentials.is_none());
+        let cases = [
+            ("account_sid = \"AC1\"", "api.auth_token", "required"),
+            (
+                "auth_token = \"0123456789abcdef\"",
+                "api.account_sid",
+                "required",
+            ),
+            (
+                "account_sid = \"AC1\"\nauth_token = \"short\"",
+                "api.auth_token",
+                "16",
+            ),
+            (
+                "account_sid = \"A:C\"\nauth_token = \"0123456789abcdef\"",
+                "api.account_sid",
+                ":",
+            ),
+        ];
+        for (api, key, reason) in cases {
+            let error = with(api).unwrap_err();
+            assert_eq!(error.key, key, "{api}: {error}");
+            assert!(error.reason.contains(reason), "{api}: {error}");
+        }
     }
 }

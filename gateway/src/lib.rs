@@ -12,5 +12,6 @@ pub mod routing;
 mod server;
 pub mod sip;
 pub mod transport;
+pub mod webhook;
 
 pub use server::{Gateway, GatewayError};

@@ -8,7 +8,7 @@ use switchboard_connectors::connector_for;
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 
-use crate::api::ApiServer;
+use crate::api::{ApiContext, ApiServer};
 use crate::call::dial::CallShared;
 use crate::call::RtpPorts;
 use crate::config::{Config, ValidConfig};
@@ -113,6 +113,7 @@ impl Gateway {
         let registrations_task =
             tokio::spawn(manager.run(valid.registrations.clone(), registrations_rx));
         let (dial_tx, dial_rx) = watch::channel(Arc::new(valid.dial));
+        let call_resources = Arc::new(crate::call::registry::CallRegistry::default());
         let (state, state_watch) = watch::channel(EndpointState::Running);
         let (active_tx, active_calls) = watch::channel(0usize);
         let endpoint = Endpoint {
@@ -154,6 +155,7 @@ impl Gateway {
                 local: local.clone(),
                 registrar: registrar.clone(),
                 registry: registry.clone(),
+                call_resources: call_resources.clone(),
             }),
             inbound,
             shutdown: state_watch.clone(),
@@ -173,11 +175,16 @@ impl Gateway {
             Some(listen) => {
                 let server = ApiServer::start(
                     listen,
-                    active_calls.clone(),
-                    state_watch,
-                    api_registrar,
-                    registry.clone(),
-                    reload_tx,
+                    ApiContext {
+                        active_calls: active_calls.clone(),
+                        state: state_watch,
+                        registrar: api_registrar,
+                        registry: registry.clone(),
+                        reload: reload_tx,
+                        calls: call_resources,
+                        credentials: valid.api_credentials.clone(),
+                        http: http_client(),
+                    },
                 )
                 .await
                 .map_err(|source| GatewayError::Api {

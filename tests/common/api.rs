@@ -17,6 +17,17 @@ pub fn http_post(addr: SocketAddr, path: &str, form: &str) -> (u16, String) {
 }
 
 fn http_request(addr: SocketAddr, method: &str, path: &str, form: &str) -> (u16, String) {
+    http_request_with(addr, method, path, form, "")
+}
+
+/// Any request, with `extra` header lines (each ending in CRLF).
+pub fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    form: &str,
+    extra: &str,
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).expect("API reachable");
     stream
         .set_read_timeout(Some(Duration::from_secs(15)))
@@ -28,7 +39,7 @@ fn http_request(addr: SocketAddr, method: &str, path: &str, form: &str) -> (u16,
     };
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{content_type}Content-Length: {}\r\n\r\n{form}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{extra}{content_type}Content-Length: {}\r\n\r\n{form}",
         form.len()
     )
     .unwrap();
@@ -44,6 +55,28 @@ fn http_request(addr: SocketAddr, method: &str, path: &str, form: &str) -> (u16,
         .map(|(_, body)| body.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// A request to the Twilio-style Calls API with basic auth.
+pub fn twilio_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    form: &str,
+    login: (&str, &str),
+) -> (u16, serde_json::Value) {
+    use base64::Engine;
+    let token =
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", login.0, login.1));
+    let (status, body) = http_request_with(
+        addr,
+        method,
+        path,
+        form,
+        &format!("Authorization: Basic {token}\r\n"),
+    );
+    let json = serde_json::from_str(&body).unwrap_or_else(|_| panic!("JSON from {path}: {body}"));
+    (status, json)
 }
 
 /// The value of the sample whose name and labels start with `prefix`.

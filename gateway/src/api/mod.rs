@@ -1,6 +1,11 @@
-//! The gateway's HTTP API: `GET /health` and `GET /metrics` (Prometheus text
-//! format). Off unless `[api] listen` is set; meant for loopback or a
-//! management network, as it carries no authentication of its own.
+//! The gateway's HTTP API: `GET /health`, `GET /metrics` (Prometheus text
+//! format), the `/v1/…` operator endpoints and Twilio's Calls resource
+//! ([`twilio`]). Off unless `[api] listen` is set. Only the Calls API
+//! checks a login (`[api] account_sid` / `auth_token`): the rest is meant
+//! for loopback or a management network.
+
+mod twilio;
+pub use twilio::API_VERSION;
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -31,6 +36,18 @@ struct ApiState {
     reload: tokio::sync::mpsc::Sender<crate::reload::ReloadRequest>,
 }
 
+/// What the API reads and acts on.
+pub struct ApiContext {
+    pub active_calls: watch::Receiver<usize>,
+    pub state: watch::Receiver<EndpointState>,
+    pub registrar: Option<std::sync::Arc<crate::registrar::service::Registrar>>,
+    pub registry: std::sync::Arc<crate::registration::manager::Registry>,
+    pub reload: tokio::sync::mpsc::Sender<crate::reload::ReloadRequest>,
+    pub calls: std::sync::Arc<crate::call::registry::CallRegistry>,
+    pub credentials: Option<crate::config::ApiCredentials>,
+    pub http: reqwest::Client,
+}
+
 /// A running API listener; dropped or [`ApiServer::stop`]ped with the gateway.
 pub struct ApiServer {
     addr: SocketAddr,
@@ -39,26 +56,24 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    pub async fn start(
-        listen: SocketAddr,
-        active_calls: watch::Receiver<usize>,
-        state: watch::Receiver<EndpointState>,
-        registrar: Option<std::sync::Arc<crate::registrar::service::Registrar>>,
-        registry: std::sync::Arc<crate::registration::manager::Registry>,
-        reload: tokio::sync::mpsc::Sender<crate::reload::ReloadRequest>,
-    ) -> std::io::Result<ApiServer> {
+    pub async fn start(listen: SocketAddr, context: ApiContext) -> std::io::Result<ApiServer> {
         let listener = tokio::net::TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let prometheus = prometheus().clone();
         // Scrapes before the first call see the gauge at 0, not missing.
-        names::active_calls(*active_calls.borrow());
+        names::active_calls(*context.active_calls.borrow());
+        let twilio = twilio::TwilioState {
+            calls: context.calls,
+            credentials: context.credentials,
+            http: context.http,
+        };
         let state = ApiState {
             prometheus: prometheus.clone(),
-            active_calls,
-            state,
-            registrar,
-            registry,
-            reload,
+            active_calls: context.active_calls,
+            state: context.state,
+            registrar: context.registrar,
+            registry: context.registry,
+            reload: context.reload,
         };
         let app = Router::new()
             .route("/health", get(health))
@@ -67,7 +82,8 @@ impl ApiServer {
             .route("/v1/registrations", get(registrations))
             .route("/v1/registrations/{id}", get(registration))
             .route("/v1/reload", axum::routing::post(reload_config))
-            .with_state(state);
+            .with_state(state)
+            .merge(twilio::routes().with_state(twilio));
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let upkeep = async {

@@ -14,6 +14,7 @@ use tokio::net::UdpSocket;
 use super::leg::{EndReason, LegEvent, LegState};
 use super::media::MediaPipeline;
 use super::recording::Recorder;
+use super::registry::CallStatus;
 use super::session::{Call, JobOutput};
 use crate::sip::message::Request;
 
@@ -176,6 +177,12 @@ impl Call {
     /// Refuses the caller's INVITE and ends the call.
     pub(super) fn reject(&mut self, status: u16, reason: String) {
         crate::metrics::call_rejected(status);
+        self.resource.set_status(match status {
+            486 | 600 => CallStatus::Busy,
+            480 | 408 => CallStatus::NoAnswer,
+            487 => CallStatus::Canceled,
+            _ => CallStatus::Failed,
+        });
         self.caller.reject(status, std::time::Instant::now());
         self.end(reason);
     }
@@ -196,6 +203,7 @@ impl Call {
         self.caller_media.answer = Some(sdp.clone());
         self.caller.answer(&sdp);
         self.caller_media.answered_at = Some(Instant::now());
+        self.resource.set_status(CallStatus::InProgress);
         crate::metrics::call_answered(&self.flow.name);
         Ok(())
     }

@@ -69,6 +69,8 @@ pub struct CallShared {
     pub registrar: Option<Arc<crate::registrar::service::Registrar>>,
     /// Our outbound registrations: a dial may go out through one.
     pub registry: Arc<crate::registration::manager::Registry>,
+    /// Every call as a Calls API resource.
+    pub call_resources: Arc<super::registry::CallRegistry>,
 }
 
 impl CallShared {

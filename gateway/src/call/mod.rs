@@ -7,6 +7,7 @@ mod audio;
 mod bot;
 mod bridge;
 mod caller;
+mod control;
 pub mod dial;
 mod dial_action;
 pub mod leg;
@@ -14,6 +15,7 @@ pub mod media;
 mod ports;
 mod recording;
 mod refer;
+pub mod registry;
 mod session;
 mod transfer;
 
@@ -50,6 +52,18 @@ pub enum CallInput {
     Leg { leg: LegId, input: LegInput },
     /// The gateway is stopping: end the call now.
     Shutdown,
+    /// The Calls API acts on the call.
+    Control(CallControl),
+}
+
+/// What the Calls API may do to a live call.
+#[derive(Debug)]
+pub enum CallControl {
+    /// `Status=completed` (or `canceled`): hang up.
+    Hangup,
+    /// New TwiML (`Twiml`, or what `Url` answered), already parsed and
+    /// checked: it runs now, in place of the bot or verb in progress.
+    Actions(Vec<switchboard_flows::Action>),
 }
 
 /// What a call asks of the endpoint.

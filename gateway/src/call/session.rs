@@ -23,6 +23,7 @@ use super::bot::BotState;
 use super::caller::CallerMedia;
 use super::dial::CallShared;
 use super::leg::{Leg, LegConfig, LegEvent, LegOutput};
+use super::registry::{CallResource, CallStatus};
 use super::transfer::Transfer;
 use super::{CallInput, CallRef, EndpointCommand, LegId};
 use crate::routing::RouteMatch;
@@ -52,21 +53,13 @@ pub struct CallSetup {
     pub shared: Arc<CallShared>,
     pub endpoint: mpsc::Sender<EndpointCommand>,
     pub inputs: mpsc::Receiver<CallInput>,
+    /// The call as a Calls API resource: marked ended when the call drops it.
+    pub resource: CallResource,
 }
 
 /// Runs the call to its end, inside a span carrying its identity.
 pub async fn run_call(setup: CallSetup) {
-    let from = setup
-        .invite
-        .from()
-        .ok()
-        .map(|from| {
-            from.uri
-                .user
-                .clone()
-                .unwrap_or_else(|| from.uri.to_string())
-        })
-        .unwrap_or_default();
+    let from = super::registry::caller_id(&setup.invite);
     let span = tracing::info_span!(
         "call",
         call_id = %setup.call_id,
@@ -146,6 +139,7 @@ pub(super) struct Call {
     pub(super) from_user: String,
     endpoint: mpsc::Sender<EndpointCommand>,
     inputs: mpsc::Receiver<CallInput>,
+    pub(super) resource: CallResource,
     pub(super) caller: Leg,
     /// Legs we placed (transfers), kept until each is finished.
     pub(super) legs: Vec<(LegId, Leg)>,
@@ -222,6 +216,7 @@ impl Call {
             from_user,
             endpoint: setup.endpoint,
             inputs: setup.inputs,
+            resource: setup.resource,
             caller,
             legs: Vec::new(),
             next_leg: 1,
@@ -264,6 +259,7 @@ impl Call {
                         target.handle_input(input, now);
                     }
                 }
+                Wake::Input(Some(CallInput::Control(control))) => self.on_control(control),
                 Wake::Input(Some(CallInput::Shutdown)) | Wake::Input(None) => {
                     self.end("gateway shutting down");
                 }
@@ -295,6 +291,8 @@ impl Call {
             self.drive().await;
         }
         self.finish_media().await;
+        // Ended without an answer and without a refusal: the caller gave up.
+        self.resource.end_status = CallStatus::Canceled;
         self.ending
             .take()
             .map(|(reason, _)| reason)

@@ -21,7 +21,8 @@ use tokio::time::Instant;
 
 use crate::call::leg::LegInput;
 use crate::call::{
-    run_call, CallInput, CallRef, CallSetup, EndpointCommand, LegId, CALL_INPUT_CAPACITY,
+    registry::CallRecord, run_call, CallInput, CallRef, CallSetup, EndpointCommand, LegId,
+    CALL_INPUT_CAPACITY,
 };
 use crate::routing::Router;
 use crate::sip::message::{Method, Request};
@@ -494,6 +495,12 @@ impl Endpoint {
             return;
         };
         let (inputs_tx, inputs) = mpsc::channel(CALL_INPUT_CAPACITY);
+        let resource = self.calls.call_resources.open(CallRecord::inbound(
+            &call_id,
+            &request,
+            &route.number,
+            inputs_tx.clone(),
+        ));
         let local_tag = new_tag();
         let call = core
             .routes
@@ -512,6 +519,7 @@ impl Endpoint {
             shared: self.calls.clone(),
             endpoint: core.commands.clone(),
             inputs,
+            resource,
         };
         let task = core.tasks.spawn(run_call(setup));
         core.routes.attach_task(task.id(), call);

@@ -1,0 +1,298 @@
+//! The Twilio-style Calls API against live calls: a Twilio Media Streams bot
+//! reads its `callSid` and hangs up or transfers its own call the way it
+//! would on Twilio; the official `twilio` Python package reads and updates
+//! calls and validates the gateway's webhook signatures.
+
+mod common;
+
+use std::time::Duration;
+
+use common::agent::{Agent, AgentScenario, Behaviour};
+use common::api::{api_addr, http_get, twilio_request};
+use common::gateway::{config_with, scratch_dir, GatewayProcess};
+use common::rtp_peer::RtpPeer;
+use common::sipp::{self, SipTransport, G711_OFFER};
+use common::twilio_bot::TwilioBot;
+
+const ACCOUNT: &str = "AC0123456789abcdef0123456789abcdef";
+const TOKEN: &str = "token-0123456789abcdef";
+const LOGIN: (&str, &str) = (ACCOUNT, TOKEN);
+
+fn config(bot_url: &str) -> String {
+    config_with(&format!(
+        r#"
+[api]
+listen = "127.0.0.1:0"
+account_sid = "{ACCOUNT}"
+auth_token = "{TOKEN}"
+
+[dial]
+allow = ['^sip:agent@127\.0\.0\.1[:;?]']
+
+[[trunks]]
+name = "loopback"
+allow = ["127.0.0.1"]
+routes = [{{ pattern = '^\+1\d{{10}}$', flow = "bot" }}, {{ pattern = '^echo$', flow = "echo" }}]
+
+[[flows]]
+name = "bot"
+bot = {{ kind = "twilio_stream", url = "{bot_url}", connect_timeout_ms = 2000 }}
+on_failure = {{ hangup = 503 }}
+
+[[flows]]
+name = "echo"
+bot = {{ kind = "echo", delay_ms = 100, sample_rate = 8000 }}
+"#
+    ))
+}
+
+fn calls_path(sid: &str) -> String {
+    format!("/2010-04-01/Accounts/{ACCOUNT}/Calls/{sid}.json")
+}
+
+/// A caller on `number` talking to the Twilio Media Streams bot: the
+/// bot, the gateway, its API address, the caller's sipp and the callSid.
+struct LiveCall {
+    bot: TwilioBot,
+    gateway: GatewayProcess,
+    api: std::net::SocketAddr,
+    caller: std::thread::JoinHandle<std::process::Output>,
+    sid: String,
+    _caller_rtp: RtpPeer,
+}
+
+fn call_the_bot(name: &str, number: &str) -> LiveCall {
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(name, &config(&format!("ws://{}/media", bot.addr)));
+    let api = api_addr(&gateway);
+    let caller_rtp = RtpPeer::bind();
+    let caller = sipp::spawn_udp_call(
+        &gateway,
+        sipp::gateway_hangs_up(number, &sipp::sdp_offer(caller_rtp.port(), G711_OFFER)),
+    );
+    let (_, start) = bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let sid = start["start"]["callSid"]
+        .as_str()
+        .expect("callSid")
+        .to_string();
+    LiveCall {
+        bot,
+        gateway,
+        api,
+        caller,
+        sid,
+        _caller_rtp: caller_rtp,
+    }
+}
+
+#[test]
+fn a_twilio_bot_hangs_up_its_own_call_with_a_form_post() {
+    let LiveCall {
+        bot,
+        gateway,
+        api,
+        caller,
+        sid,
+        _caller_rtp,
+    } = call_the_bot("calls-api-hangup", "+12125550100");
+    assert!(sid.starts_with("CA") && sid.len() == 34, "{sid}");
+
+    // The call is a resource while it lasts.
+    let (status, call) = twilio_request(api, "GET", &calls_path(&sid), "", LOGIN);
+    assert_eq!(status, 200, "{call}");
+    assert_eq!(call["sid"], sid.as_str());
+    assert_eq!(call["status"], "in-progress");
+    assert_eq!(call["direction"], "inbound");
+    assert_eq!(call["to"], "+12125550100");
+    assert_eq!(call["account_sid"], ACCOUNT);
+    assert_eq!(call["api_version"], "2010-04-01");
+    assert!(call["start_time"].as_str().unwrap().ends_with("+0000"));
+    assert!(call["duration"].is_null());
+    let list_path =
+        format!("/2010-04-01/Accounts/{ACCOUNT}/Calls.json?Status=in-progress&PageSize=5");
+    let (status, list) = twilio_request(api, "GET", &list_path, "", LOGIN);
+    assert_eq!(status, 200);
+    assert!(list["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c["sid"] == sid.as_str()));
+    assert_eq!(list["page_size"], 5);
+
+    // No login, a wrong token, another account: refused, the call untouched.
+    let (status, body) = common::api::http_post(api, &calls_path(&sid), "Status=completed");
+    assert_eq!(status, 401);
+    assert!(body.contains("20003"), "{body}");
+    let (status, error) = twilio_request(
+        api,
+        "POST",
+        &calls_path(&sid),
+        "Status=completed",
+        (ACCOUNT, "wrong-token-0123456"),
+    );
+    assert_eq!((status, error["code"].as_u64()), (401, Some(20003)));
+    let other = "/2010-04-01/Accounts/ACffffffffffffffffffffffffffffffff/Calls.json";
+    let (status, error) = twilio_request(api, "GET", other, "", LOGIN);
+    assert_eq!((status, error["code"].as_u64()), (404, Some(20404)));
+    // Bad TwiML is refused whole.
+    let (status, error) = twilio_request(
+        api,
+        "POST",
+        &calls_path(&sid),
+        "Twiml=%3CResponse%3E%3CSay%3Ehi%3C%2FSay%3E%3C%2FResponse%3E",
+        LOGIN,
+    );
+    assert_eq!(
+        (status, error["code"].as_u64()),
+        (400, Some(12100)),
+        "{error}"
+    );
+    assert!(
+        error["message"].as_str().unwrap().contains("Say"),
+        "{error}"
+    );
+
+    // The bot hangs up its own call.
+    let (status, call) = twilio_request(api, "POST", &calls_path(&sid), "Status=completed", LOGIN);
+    assert_eq!(status, 200, "{call}");
+    let output = caller.join().unwrap();
+    sipp::assert_success(&output, &gateway.dir);
+    gateway.wait_for_log(
+        &["call ended", "hung up through the Calls API"],
+        Duration::from_secs(5),
+    );
+    bot.wait_event("stop", |_| true, Duration::from_secs(3));
+
+    // Gone: a second hang-up is "not found", yet the record reads completed.
+    let (status, error) = twilio_request(api, "POST", &calls_path(&sid), "Status=completed", LOGIN);
+    assert_eq!(
+        (status, error["code"].as_u64()),
+        (404, Some(20404)),
+        "{error}"
+    );
+    assert_eq!(error["status"], 404);
+    assert!(error["more_info"].as_str().unwrap().contains("20404"));
+    let (status, call) = twilio_request(api, "GET", &calls_path(&sid), "", LOGIN);
+    assert_eq!(status, 200);
+    assert_eq!(call["status"], "completed");
+    assert!(call["duration"].as_str().is_some(), "{call}");
+    assert!(call["end_time"].as_str().is_some(), "{call}");
+    let (status, error) = twilio_request(
+        api,
+        "GET",
+        &calls_path("CA00000000000000000000000000000000"),
+        "",
+        LOGIN,
+    );
+    assert_eq!((status, error["code"].as_u64()), (404, Some(20404)));
+    gateway.assert_no_panic();
+}
+
+#[test]
+fn new_twiml_posted_to_a_live_call_transfers_it_to_an_agent() {
+    let scratch = scratch_dir("calls-api-dial");
+    let agent_rtp = RtpPeer::bind();
+    let agent = Agent::start(
+        &scratch,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::Answer {
+                rtp_port: agent_rtp.port(),
+                hold_ms: 1500,
+            },
+            challenge: false,
+            require: None,
+            formats: &[(0, "PCMU/8000")],
+        },
+        SipTransport::Udp,
+    );
+    // The bot and the caller's RTP socket live as long as the call.
+    let LiveCall {
+        bot: _bot,
+        gateway,
+        api,
+        caller,
+        sid,
+        _caller_rtp,
+    } = call_the_bot("calls-api-dial", "+12125550101");
+
+    // A target outside `[dial] allow` is refused like a bot's own dial.
+    let twiml = |uri: &str| {
+        let doc = format!("<Response><Dial><Sip>{uri}</Sip></Dial></Response>");
+        format!("Twiml={}", url_encode(&doc))
+    };
+    let (status, _) = twilio_request(
+        api,
+        "POST",
+        &calls_path(&sid),
+        &twiml("sip:mallory@127.0.0.1:5999"),
+        LOGIN,
+    );
+    assert_eq!(status, 200);
+    gateway.wait_for_log(&["not allowed"], Duration::from_secs(5));
+
+    let (status, call) = twilio_request(
+        api,
+        "POST",
+        &calls_path(&sid),
+        &twiml(&format!("sip:agent@{}", agent.addr)),
+        LOGIN,
+    );
+    assert_eq!(status, 200, "{call}");
+    gateway.wait_for_log(&["transfer: bridged"], Duration::from_secs(10));
+    // The agent hangs up after its hold: the caller gets BYE.
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    gateway.wait_for_log(&["call ended"], Duration::from_secs(5));
+    let (_, call) = twilio_request(api, "GET", &calls_path(&sid), "", LOGIN);
+    assert_eq!(call["status"], "completed");
+    gateway.assert_no_panic();
+}
+
+/// The official `twilio` package (PyPI) as a bot framework uses it.
+#[test]
+fn the_twilio_python_client_reads_and_updates_calls() {
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "calls-api-python",
+        &config(&format!("ws://{}/media", bot.addr)),
+    );
+    let api = api_addr(&gateway);
+    let caller_rtp = RtpPeer::bind();
+    let caller = sipp::spawn_udp_call(
+        &gateway,
+        sipp::gateway_hangs_up("echo", &sipp::sdp_offer(caller_rtp.port(), G711_OFFER)),
+    );
+    gateway.wait_for_log(&["answered"], Duration::from_secs(10));
+    let (status, _) = http_get(api, "/health");
+    assert_eq!(status, 200);
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/calls_api_client.py");
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .env("API_BASE", format!("http://{api}"))
+        .env("ACCOUNT_SID", ACCOUNT)
+        .env("AUTH_TOKEN", TOKEN)
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "client script failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}\n{stderr}");
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    gateway.assert_no_panic();
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
