@@ -266,22 +266,7 @@ fn the_twilio_python_client_reads_and_updates_calls() {
     gateway.wait_for_log(&["answered"], Duration::from_secs(10));
     let (status, _) = http_get(api, "/health");
     assert_eq!(status, 200);
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/calls_api_client.py");
-    let output = std::process::Command::new("python3")
-        .arg(&script)
-        .env("API_BASE", format!("http://{api}"))
-        .env("ACCOUNT_SID", ACCOUNT)
-        .env("AUTH_TOKEN", TOKEN)
-        .output()
-        .expect("python3 runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "client script failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains("all checks passed"), "{stdout}\n{stderr}");
+    python("calls_api_client.py", api, &[]);
     sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
     gateway.assert_no_panic();
 }
@@ -295,4 +280,82 @@ fn url_encode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// `calls.create` from Twilio's Python client: a sipp agent on TCP that
+/// challenges and needs the X- header answers, the `<Connect><Stream>` bot
+/// gets the call, `update(twiml=<Hangup/>)` ends it, callbacks arrive.
+#[test]
+fn the_twilio_python_client_places_a_call_to_a_sip_agent() {
+    let scratch = scratch_dir("calls-api-create");
+    let agent_rtp = RtpPeer::bind();
+    let agent = Agent::start(
+        &scratch,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::AnswerAndWait {
+                rtp_port: agent_rtp.port(),
+            },
+            challenge: true,
+            require: Some("X-Case: 42"),
+            formats: &[(0, "PCMU/8000")],
+        },
+        SipTransport::Tcp,
+    );
+    let bot = TwilioBot::start();
+    let stream_url = format!("ws://{}/media", bot.addr);
+    let gateway = GatewayProcess::start("calls-api-create", &config(&stream_url));
+    let api = api_addr(&gateway);
+    let agent_uri = format!("sip:agent@{};transport=tcp?X-Case=42", agent.addr);
+    let output = python(
+        "calls_create.py",
+        api,
+        &[("AGENT_URI", &agent_uri), ("STREAM_URL", &stream_url)],
+    );
+    let sid = output
+        .lines()
+        .find_map(|line| line.strip_prefix("SID="))
+        .expect("the script prints the call's Sid")
+        .to_string();
+    // The bot got the call under the same Sid, with the TwiML's parameter.
+    let (_, start) = bot.wait_event("start", |_| true, Duration::from_secs(5));
+    assert_eq!(start["start"]["callSid"], sid.as_str());
+    assert_eq!(start["start"]["customParameters"]["case"], "42");
+    // Media flowed to the party we called while the bot had the call.
+    assert!(
+        !agent_rtp.received().is_empty(),
+        "the agent got RTP from the gateway"
+    );
+    // The agent saw TCP, the header and a digest answer, and got our BYE.
+    let messages = agent.messages();
+    common::agent::check_proxy_authorization(&messages);
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+    gateway.wait_for_log(
+        &["call ended", "hung up by TwiML from the Calls API"],
+        Duration::from_secs(5),
+    );
+    gateway.assert_no_panic();
+}
+
+/// Runs `tests/python/SCRIPT` against the API; its stdout, once it passed.
+fn python(script: &str, api: std::net::SocketAddr, env: &[(&str, &str)]) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let output = std::process::Command::new("python3")
+        .arg(&path)
+        .env("API_BASE", format!("http://{api}"))
+        .env("ACCOUNT_SID", ACCOUNT)
+        .env("AUTH_TOKEN", TOKEN)
+        .envs(env.iter().copied())
+        .output()
+        .expect("python3 runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}\n{stderr}");
+    stdout
 }

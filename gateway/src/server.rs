@@ -184,6 +184,7 @@ impl Gateway {
                         calls: call_resources,
                         credentials: valid.api_credentials.clone(),
                         http: http_client(),
+                        endpoint: commands_tx.clone(),
                     },
                 )
                 .await

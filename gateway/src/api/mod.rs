@@ -4,6 +4,7 @@
 //! checks a login (`[api] account_sid` / `auth_token`): the rest is meant
 //! for loopback or a management network.
 
+mod create_call;
 mod twilio;
 pub use twilio::API_VERSION;
 
@@ -46,6 +47,7 @@ pub struct ApiContext {
     pub calls: std::sync::Arc<crate::call::registry::CallRegistry>,
     pub credentials: Option<crate::config::ApiCredentials>,
     pub http: reqwest::Client,
+    pub endpoint: tokio::sync::mpsc::Sender<crate::call::EndpointCommand>,
 }
 
 /// A running API listener; dropped or [`ApiServer::stop`]ped with the gateway.
@@ -66,6 +68,7 @@ impl ApiServer {
             calls: context.calls,
             credentials: context.credentials,
             http: context.http,
+            endpoint: context.endpoint,
         };
         let state = ApiState {
             prometheus: prometheus.clone(),

@@ -36,11 +36,16 @@ pub(super) struct TwilioState {
     pub calls: Arc<CallRegistry>,
     pub credentials: Option<ApiCredentials>,
     pub http: reqwest::Client,
+    /// Where placed calls start.
+    pub endpoint: tokio::sync::mpsc::Sender<crate::call::EndpointCommand>,
 }
 
 pub(super) fn routes() -> Router<TwilioState> {
     Router::new()
-        .route("/2010-04-01/Accounts/{account}/Calls.json", get(list_calls))
+        .route(
+            "/2010-04-01/Accounts/{account}/Calls.json",
+            get(list_calls).post(super::create_call::create_call),
+        )
         .route(
             "/2010-04-01/Accounts/{account}/Calls/{resource}",
             get(fetch_call).post(update_call),
@@ -51,13 +56,13 @@ pub(super) fn routes() -> Router<TwilioState> {
 /// An error as Twilio writes it.
 #[derive(Debug)]
 pub(super) struct TwilioError {
-    status: StatusCode,
-    code: u32,
-    message: String,
+    pub status: StatusCode,
+    pub code: u32,
+    pub message: String,
 }
 
 impl TwilioError {
-    fn new(status: StatusCode, code: u32, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: u32, message: impl Into<String>) -> Self {
         TwilioError {
             status,
             code,
@@ -95,7 +100,7 @@ impl IntoResponse for TwilioError {
 }
 
 /// Checks the basic-auth login against `[api]` and the account in the path.
-fn authorize(
+pub(super) fn authorize(
     state: &TwilioState,
     headers: &HeaderMap,
     account: &str,

@@ -95,6 +95,23 @@ impl CallerMedia {
         }
     }
 
+    /// Our offer for a call we place, on freshly bound RTP sockets.
+    pub(super) fn offer_on(
+        &mut self,
+        sockets: (UdpSocket, UdpSocket),
+        preferences: &CodecPreferences,
+    ) -> String {
+        self.port = sockets.0.local_addr().map(|a| a.port()).unwrap_or(0);
+        self.sockets = Some(sockets);
+        build_media_offer(
+            preferences,
+            self.ip,
+            self.port,
+            self.session_id,
+            self.version,
+        )
+    }
+
     /// The SDP for our 200 OK: the answer to the caller's offer, or our
     /// offer of every codec when it made none.
     fn sdp_for_answer(&self, preferences: &CodecPreferences) -> String {
@@ -191,6 +208,10 @@ impl Call {
     /// bot's rate, or the codec's own when bridging straight to a human).
     /// A delayed offer gets our offer now and its media once the ACK answers.
     pub(super) fn answer_caller(&mut self, bot_rate: u32) -> Result<(), String> {
+        if self.outbound.is_some() {
+            // A call we placed was answered already: its media starts now.
+            return self.start_caller_media(bot_rate);
+        }
         if self.caller.state() != LegState::Inviting {
             return Ok(());
         }
@@ -290,11 +311,10 @@ impl Call {
                 };
                 self.end(text);
             }
-            LegEvent::Progress { .. }
-            | LegEvent::Answered { .. }
-            | LegEvent::Failed(_)
-            | LegEvent::OfferAnswered { .. }
-            | LegEvent::OfferRefused { .. } => {}
+            LegEvent::Progress { .. } | LegEvent::Answered { .. } | LegEvent::Failed(_) => {
+                self.on_placed_call_event(event)
+            }
+            LegEvent::OfferAnswered { .. } | LegEvent::OfferRefused { .. } => {}
         }
     }
 
@@ -303,27 +323,8 @@ impl Call {
         if self.caller_media.negotiated.is_some() || self.is_ending() {
             return;
         }
-        let preferences = self.shared.media.codecs.clone();
-        let answer = sdp
-            .ok_or_else(|| "no usable SDP answer in the ACK".to_string())
-            .and_then(|sdp| SessionOffer::parse(&sdp).map_err(|e| e.to_string()))
-            .and_then(|answer| {
-                negotiate_media(&answer, &preferences)
-                    .map(|n| (answer, n))
-                    .map_err(|e| format!("the ACK's answer has no codec we offered: {e}"))
-            });
-        match answer {
-            Ok((answer, negotiated)) => {
-                let ours = build_media_answer(
-                    &answer,
-                    &negotiated,
-                    self.caller_media.ip,
-                    self.caller_media.port,
-                    self.caller_media.session_id,
-                    self.caller_media.version,
-                );
-                self.caller_media.answer = Some(ours);
-                self.caller_media.negotiated = Some(negotiated);
+        match self.take_answer(sdp) {
+            Ok(()) => {
                 let rate = self.party_rate();
                 if let Err(error) = self.start_caller_media(rate) {
                     tracing::error!(%error, "media pipeline could not start");
@@ -335,6 +336,31 @@ impl Call {
                 self.end(reason);
             }
         }
+    }
+
+    /// The caller's answer to our offer (in an ACK, or the 200 of a call we
+    /// placed): the codec is agreed.
+    pub(super) fn take_answer(&mut self, sdp: Option<String>) -> Result<(), String> {
+        let preferences = self.shared.media.codecs.clone();
+        let (answer, negotiated) = sdp
+            .ok_or_else(|| "no usable SDP answer".to_string())
+            .and_then(|sdp| SessionOffer::parse(&sdp).map_err(|e| e.to_string()))
+            .and_then(|answer| {
+                negotiate_media(&answer, &preferences)
+                    .map(|n| (answer, n))
+                    .map_err(|e| format!("the answer has no codec we offered: {e}"))
+            })?;
+        let ours = build_media_answer(
+            &answer,
+            &negotiated,
+            self.caller_media.ip,
+            self.caller_media.port,
+            self.caller_media.session_id,
+            self.caller_media.version,
+        );
+        self.caller_media.answer = Some(ours);
+        self.caller_media.negotiated = Some(negotiated);
+        Ok(())
     }
 
     /// The rate audio is exchanged at with whoever the caller talks to.

@@ -12,11 +12,13 @@ pub mod dial;
 mod dial_action;
 pub mod leg;
 pub mod media;
+pub mod outbound;
 mod ports;
 mod recording;
 mod refer;
 pub mod registry;
 mod session;
+pub mod status_callback;
 mod transfer;
 
 use crate::sip::message::{Request, Response, SipMessage};
@@ -100,6 +102,8 @@ pub enum EndpointCommand {
         call_id: String,
         local_tag: String,
     },
+    /// The Calls API places a call.
+    PlaceCall(Box<outbound::PlaceCall>),
     /// A reloaded configuration: new calls route by it.
     Reconfigure(Box<crate::endpoint::Reconfiguration>),
 }

@@ -100,6 +100,8 @@ pub(super) enum JobOutput {
     },
     /// The recording file is open (or could not be).
     Recorder(Result<super::recording::Recorder, String>),
+    /// A placed call's `TimeLimit` is up.
+    TimeLimit,
 }
 
 /// Receive buffers, one per socket a wake-up may read from at once.
@@ -149,9 +151,11 @@ pub(super) struct Call {
     pub(super) bot: Option<BotState>,
     pub(super) transfer: Option<Transfer>,
     pub(super) referring: Option<super::refer::Referring>,
+    /// What an API-placed call does (its TwiML or flow, its callbacks).
+    pub(super) outbound: Option<super::outbound::Outbound>,
     jobs: FuturesUnordered<Job>,
     /// Commands to send before the legs' next outputs (dialog routes).
-    outbox: Vec<EndpointCommand>,
+    pub(super) outbox: Vec<EndpointCommand>,
     ticker: Interval,
     bufs: Box<Buffers>,
     /// Why the call is ending, once it is, and since when.
@@ -160,7 +164,64 @@ pub(super) struct Call {
     relay_checked: Instant,
 }
 
+/// What every call is made of, however it started.
+pub(super) struct CallParts {
+    pub call: CallRef,
+    pub call_id: String,
+    pub flow: Arc<FlowConfig>,
+    pub connector: Arc<dyn BotConnector>,
+    pub shared: Arc<CallShared>,
+    pub route: RouteMatch,
+    pub local_sip: SocketAddr,
+    pub from_user: String,
+    pub endpoint: mpsc::Sender<EndpointCommand>,
+    pub inputs: mpsc::Receiver<CallInput>,
+    pub resource: CallResource,
+    pub caller: Leg,
+    pub info: CallInfo,
+}
+
 impl Call {
+    pub(super) fn assemble(parts: CallParts) -> Call {
+        let mut ticker = tokio::time::interval(Duration::from_millis(20));
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let media_ip = parts.shared.media.public_ip.unwrap_or(parts.local_sip.ip());
+        Call {
+            call: parts.call,
+            sid: parts.resource.sid().to_string(),
+            call_id: parts.call_id,
+            flow: parts.flow,
+            connector: parts.connector,
+            shared: parts.shared,
+            route: parts.route,
+            local_sip: parts.local_sip,
+            from_user: parts.from_user,
+            endpoint: parts.endpoint,
+            inputs: parts.inputs,
+            resource: parts.resource,
+            caller: parts.caller,
+            legs: Vec::new(),
+            next_leg: 1,
+            caller_media: CallerMedia::new(media_ip),
+            info: parts.info,
+            bot: None,
+            transfer: None,
+            referring: None,
+            outbound: None,
+            jobs: FuturesUnordered::new(),
+            outbox: Vec::new(),
+            ticker,
+            bufs: Box::new(Buffers {
+                caller_rtp: [0; 2048],
+                caller_rtcp: [0; 1500],
+                agent_rtp: [0; 2048],
+                agent_rtcp: [0; 1500],
+            }),
+            ending: None,
+            relay_checked: Instant::now(),
+        }
+    }
+
     /// Takes the caller's INVITE: forms its leg, checks its offer, binds
     /// RTP and starts opening the bot. Errors end the call at once.
     async fn start(setup: CallSetup, from_user: String) -> Result<Call, String> {
@@ -186,8 +247,6 @@ impl Call {
             }
         };
         tracing::info!(peer = %setup.peer.addr, source = %setup.route.source, "incoming call");
-        let mut ticker = tokio::time::interval(Duration::from_millis(20));
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let invite = caller.invite().expect("an incoming leg has its INVITE");
         let info = CallInfo {
             call_id: setup.call_id.clone(),
@@ -203,10 +262,8 @@ impl Call {
                 .collect(),
             playout: Default::default(),
         };
-        let media_ip = setup.shared.media.public_ip.unwrap_or(setup.local_sip.ip());
-        let mut call = Call {
+        let mut call = Call::assemble(CallParts {
             call: setup.call,
-            sid: switchboard_flows::call_sid(&setup.call_id),
             call_id: setup.call_id,
             flow: setup.flow,
             connector: setup.connector,
@@ -218,31 +275,14 @@ impl Call {
             inputs: setup.inputs,
             resource: setup.resource,
             caller,
-            legs: Vec::new(),
-            next_leg: 1,
-            caller_media: CallerMedia::new(media_ip),
             info,
-            bot: None,
-            transfer: None,
-            referring: None,
-            jobs: FuturesUnordered::new(),
-            outbox: Vec::new(),
-            ticker,
-            bufs: Box::new(Buffers {
-                caller_rtp: [0; 2048],
-                caller_rtcp: [0; 1500],
-                agent_rtp: [0; 2048],
-                agent_rtcp: [0; 1500],
-            }),
-            ending: None,
-            relay_checked: Instant::now(),
-        };
+        });
         call.take_offer();
         call.drive().await;
         Ok(call)
     }
 
-    async fn run(mut self) -> String {
+    pub(super) async fn run(mut self) -> String {
         loop {
             if let Some((_, since)) = &self.ending {
                 let legs_done =
@@ -385,6 +425,7 @@ impl Call {
             JobOutput::Resolved { attempt, result } => self.on_resolved(attempt, result),
             JobOutput::DialAction { attempt, result } => self.on_dial_action(attempt, result),
             JobOutput::Recorder(result) => self.on_recorder(result),
+            JobOutput::TimeLimit => self.end("time limit reached"),
         }
     }
 

@@ -12,7 +12,7 @@ use switchboard_flows::{DialTarget, TransferMode};
 use tokio::time::Instant;
 
 use super::bridge::AgentMedia;
-use super::dial::{parse_target, Target};
+use super::dial::{parse_target, CallShared, Target};
 use super::leg::{DialFailure, FailKind, Leg, LegConfig, LegEvent, LegState, OutgoingCall};
 use super::session::{contact_uri, Call, JobOutput};
 use super::LegId;
@@ -484,27 +484,7 @@ impl Call {
 
     /// From for the party: the dial's `callerId`, else the caller's number.
     fn caller_id(&self, chosen: Option<&str>, local: SocketAddr) -> NameAddr {
-        if let Some(uri) = chosen.and_then(|c| NameAddr::parse(c).ok().filter(|_| c.contains(':')))
-        {
-            return uri;
-        }
-        let user: String = chosen
-            .unwrap_or(&self.from_user)
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || "+-_.".contains(*c))
-            .take(64)
-            .collect();
-        let user = if user.is_empty() {
-            "switchboard".to_string()
-        } else {
-            user
-        };
-        let host = crate::call::leg::sent_by(SocketAddr::new(
-            self.shared.media.public_ip.unwrap_or(local.ip()),
-            local.port(),
-        ));
-        NameAddr::parse(&format!("<sip:{user}@{host}>"))
-            .expect("a caller ID URI of safe characters parses")
+        caller_id_at(chosen.unwrap_or(&self.from_user), &self.shared, local)
     }
 
     pub(super) fn on_agent_event(&mut self, id: LegId, event: LegEvent) {
@@ -828,4 +808,30 @@ impl Call {
             self.shared.media.jitter_adaptive,
         )
     }
+}
+
+/// A From for a call we place: `caller` itself when it is a URI, else a
+/// URI of its safe characters at our address.
+pub(super) fn caller_id_at(caller: &str, shared: &CallShared, local: SocketAddr) -> NameAddr {
+    if let Some(uri) =
+        Some(caller).and_then(|c| NameAddr::parse(c).ok().filter(|_| c.contains(':')))
+    {
+        return uri;
+    }
+    let user: String = caller
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "+-_.".contains(*c))
+        .take(64)
+        .collect();
+    let user = if user.is_empty() {
+        "switchboard".to_string()
+    } else {
+        user
+    };
+    let host = crate::call::leg::sent_by(SocketAddr::new(
+        shared.media.public_ip.unwrap_or(local.ip()),
+        local.port(),
+    ));
+    NameAddr::parse(&format!("<sip:{user}@{host}>"))
+        .expect("a caller ID URI of safe characters parses")
 }

@@ -6,6 +6,7 @@
 //! It never touches media.
 
 mod admission;
+mod place;
 mod routes;
 
 use std::collections::HashMap;
@@ -268,6 +269,7 @@ impl Endpoint {
                 call_id,
                 local_tag,
             } => core.routes.add_dialog(call, leg, call_id, local_tag),
+            EndpointCommand::PlaceCall(place) => self.place(core, *place),
             EndpointCommand::Reconfigure(new) => {
                 let Reconfiguration {
                     router,

@@ -84,6 +84,22 @@ impl Routes {
         call
     }
 
+    /// Registers a call we place; its dialogs are added as its legs form.
+    pub fn place(&mut self, inputs: mpsc::Sender<CallInput>) -> CallRef {
+        self.next_call += 1;
+        let call = CallRef(self.next_call);
+        self.calls.insert(
+            call,
+            CallEntry {
+                inputs,
+                dialogs: Vec::new(),
+                inbound: None,
+                invite: None,
+            },
+        );
+        call
+    }
+
     pub fn attach_task(&mut self, task: tokio::task::Id, call: CallRef) {
         self.tasks.insert(task, call);
     }

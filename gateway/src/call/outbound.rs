@@ -1,0 +1,341 @@
+//! Calls the gateway places itself (the Calls API's `POST Calls.json`).
+//! The party we call is the call's "caller" leg, in the UAC role: we
+//! resolve it, offer our codecs, follow it ringing, and when it answers it
+//! gets what the request asked for — a flow's bot, a `<Connect><Stream>`
+//! bot, or a `<Hangup/>` — exactly as an inbound caller would. Everything
+//! after the answer (transfers, the Calls API's updates, media) is the
+//! ordinary call.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_connectors::{BotConnector, CallInfo};
+use switchboard_flows::FlowConfig;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use super::dial::{CallShared, Target};
+use super::leg::{FailKind, Leg, LegConfig, LegEvent, OutgoingCall};
+use super::registry::{CallRecord, CallResource, CallStatus};
+use super::session::{contact_uri, Call, CallParts, JobOutput};
+use super::status_callback::{StatusCallbackSpec, StatusCallbacks};
+use super::transfer::caller_id_at;
+use super::{CallInput, CallRef, EndpointCommand, LegId};
+use crate::routing::{Destination, RouteMatch};
+
+/// What a placed call does once answered.
+#[derive(Clone, Debug)]
+pub enum Program {
+    /// A configured flow, by name (our `Flow` parameter).
+    Flow(String),
+    /// `<Connect><Stream url>`: a Twilio Media Streams bot at `url`.
+    Stream {
+        url: String,
+        parameters: BTreeMap<String, String>,
+    },
+    /// `<Hangup/>`: hang up as soon as it answers.
+    Hangup,
+}
+
+/// A call to place, checked by the API.
+#[derive(Debug)]
+pub struct OutboundRequest {
+    /// `To` as given.
+    pub to: String,
+    pub target: Target,
+    /// `From` as given: a number, a user or a SIP URI.
+    pub from: String,
+    pub credentials: Option<(String, String)>,
+    pub ring_timeout: Duration,
+    pub time_limit: Option<Duration>,
+    pub program: Program,
+    pub callbacks: Option<StatusCallbackSpec>,
+}
+
+/// Why the endpoint would not place a call.
+#[derive(Debug)]
+pub enum PlaceError {
+    /// Full, or shutting down.
+    Unavailable(String),
+    /// The request names something that does not exist (a flow).
+    Invalid(String),
+}
+
+/// The API asks the endpoint to place a call; the reply is its resource.
+#[derive(Debug)]
+pub struct PlaceCall {
+    pub request: OutboundRequest,
+    pub reply: oneshot::Sender<Result<CallRecord, PlaceError>>,
+}
+
+/// Everything a placed call's task starts with.
+pub struct OutboundSetup {
+    pub call: CallRef,
+    pub call_id: String,
+    pub request: OutboundRequest,
+    pub flow: Arc<FlowConfig>,
+    pub connector: Arc<dyn BotConnector>,
+    pub shared: Arc<CallShared>,
+    pub endpoint: mpsc::Sender<EndpointCommand>,
+    pub inputs: mpsc::Receiver<CallInput>,
+    pub resource: CallResource,
+}
+
+/// A placed call's own state.
+pub(super) struct Outbound {
+    hangup_on_answer: bool,
+    time_limit: Option<Duration>,
+    callbacks: Option<StatusCallbacks>,
+}
+
+/// The flow a `<Connect><Stream>` runs as.
+pub fn stream_flow(url: &str, parameters: BTreeMap<String, String>) -> FlowConfig {
+    FlowConfig {
+        name: "twiml-stream".into(),
+        bot: switchboard_flows::BotConfig::TwilioStream(switchboard_flows::TwilioStreamConfig {
+            url: url.to_string(),
+            connect_timeout_ms: 3_000,
+        }),
+        on_failure: switchboard_flows::OnFailure::Hangup(480),
+        parameters,
+        reconnect_once: false,
+        recording: None,
+        audio: Default::default(),
+        transfer: Default::default(),
+    }
+}
+
+/// Places the call and runs it to its end, inside its span.
+pub async fn run_outbound_call(setup: OutboundSetup) {
+    let span = tracing::info_span!(
+        "call",
+        call_id = %setup.call_id,
+        from = %setup.request.from,
+        to = %setup.request.to,
+        flow = %setup.flow.name,
+    );
+    async move {
+        let registry = setup.shared.call_resources.clone();
+        let sid = setup.resource.sid().to_string();
+        let callbacks = setup
+            .request
+            .callbacks
+            .clone()
+            .map(|spec| StatusCallbacks::start(spec, setup.shared.http.clone()));
+        let reason = match place(setup, callbacks.clone()).await {
+            Ok(call) => call.run().await,
+            Err(reason) => reason,
+        };
+        tracing::info!(reason = %reason, "call ended");
+        // The call and its resource are gone: the record is final now.
+        if let (Some(callbacks), Some(record)) = (callbacks, registry.get(&sid)) {
+            callbacks.report("completed", &record, None);
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Resolves the party, offers our media and sends the INVITE. A hang-up
+/// from the API or a shutdown while resolving ends it before any INVITE.
+async fn place(
+    mut setup: OutboundSetup,
+    callbacks: Option<StatusCallbacks>,
+) -> Result<Call, String> {
+    let target = &setup.request.target;
+    let resolver = setup.shared.resolver.clone();
+    let resolved = tokio::select! {
+        resolved = resolver.resolve(&target.request_uri, target.transport) => resolved,
+        _ = stop_requested(&mut setup.inputs) => {
+            setup.resource.end_status = CallStatus::Canceled;
+            return Err("canceled before dialing".into());
+        }
+    };
+    let fail = |resource: &CallResource, reason: String| {
+        tracing::warn!(%reason, "cannot place the call");
+        resource.set_status(CallStatus::Failed);
+        Err(reason)
+    };
+    let peer = match resolved {
+        Ok(peer) => peer,
+        Err(reason) => return fail(&setup.resource, format!("unreachable: {reason}")),
+    };
+    let Some(local) = setup.shared.local_for(peer.transport, peer.addr) else {
+        let reason = format!("no {} listener to reach {}", peer.transport, peer.addr);
+        return fail(&setup.resource, reason);
+    };
+    let sockets = match setup.shared.rtp_ports.bind(local.ip()) {
+        Ok(sockets) => sockets,
+        Err(error) => return fail(&setup.resource, format!("no RTP port: {error}")),
+    };
+    let request = setup.request;
+    let from = caller_id_at(&request.from, &setup.shared, local);
+    let info = CallInfo {
+        call_id: setup.call_id.clone(),
+        from: request.from.clone(),
+        to: request.to.clone(),
+        flow: setup.flow.name.clone(),
+        parameters: setup.flow.parameters.clone(),
+        x_headers: request
+            .target
+            .headers
+            .iter()
+            .filter(|(name, _)| name.len() > 2 && name[..2].eq_ignore_ascii_case("x-"))
+            .cloned()
+            .collect(),
+        playout: Default::default(),
+    };
+    let config = LegConfig {
+        local,
+        contact: contact_uri(&setup.shared, local, peer.transport),
+        peer,
+    };
+    let mut media =
+        super::caller::CallerMedia::new(setup.shared.media.public_ip.unwrap_or(local.ip()));
+    let offer = media.offer_on(sockets, &setup.shared.media.codecs);
+    let leg = Leg::outgoing(
+        OutgoingCall {
+            call_id: setup.call_id.clone(),
+            request_uri: request.target.request_uri.clone(),
+            from,
+            to: request.target.to_header(),
+            headers: request.target.headers.clone(),
+            sdp: offer,
+            credentials: request.credentials.clone(),
+            ring_timeout: request.ring_timeout,
+        },
+        config,
+        std::time::Instant::now(),
+    );
+    let local_tag = leg.local_tag().to_string();
+    let hangup_on_answer = matches!(request.program, Program::Hangup);
+    let mut call = Call::assemble(CallParts {
+        call: setup.call,
+        call_id: setup.call_id.clone(),
+        flow: setup.flow,
+        connector: setup.connector,
+        shared: setup.shared,
+        route: RouteMatch {
+            source: "api".into(),
+            destination: Destination::Flow(info.flow.clone()),
+            number: request.to.clone(),
+        },
+        local_sip: local,
+        from_user: request.from.clone(),
+        endpoint: setup.endpoint,
+        inputs: setup.inputs,
+        resource: setup.resource,
+        caller: leg,
+        info,
+    });
+    call.caller_media = media;
+    call.outbox.push(EndpointCommand::AddDialog {
+        call: call.call,
+        leg: LegId::CALLER,
+        call_id: setup.call_id,
+        local_tag,
+    });
+    call.outbound = Some(Outbound {
+        hangup_on_answer,
+        time_limit: request.time_limit,
+        callbacks,
+    });
+    tracing::info!(peer = %peer.addr, transport = %peer.transport, "placing a call: INVITE sent");
+    call.report("initiated", None);
+    call.drive().await;
+    Ok(call)
+}
+
+/// Resolves when the API hangs up the call or the gateway stops.
+async fn stop_requested(inputs: &mut mpsc::Receiver<CallInput>) {
+    loop {
+        match inputs.recv().await {
+            None | Some(CallInput::Shutdown) | Some(CallInput::Control(_)) => return,
+            Some(CallInput::Leg { .. }) => {}
+        }
+    }
+}
+
+impl Call {
+    /// Sends `event` to the call's status callback, if it asked for it.
+    fn report(&self, event: &str, sip_status: Option<u16>) {
+        let Some(outbound) = &self.outbound else {
+            return;
+        };
+        let (Some(callbacks), Some(record)) = (
+            &outbound.callbacks,
+            self.shared.call_resources.get(self.resource.sid()),
+        ) else {
+            return;
+        };
+        callbacks.report(event, &record, sip_status);
+    }
+
+    /// The party we called rings, answers or fails.
+    pub(super) fn on_placed_call_event(&mut self, event: LegEvent) {
+        if self.outbound.is_none() || self.is_ending() {
+            return;
+        }
+        match event {
+            LegEvent::Progress { status, .. } if (180..=183).contains(&status) => {
+                let first = self
+                    .shared
+                    .call_resources
+                    .get(self.resource.sid())
+                    .is_some_and(|r| r.status == CallStatus::Queued);
+                if first {
+                    tracing::info!(status, "placed call ringing");
+                    self.resource.set_status(CallStatus::Ringing);
+                    self.report("ringing", None);
+                }
+            }
+            LegEvent::Progress { .. } => {}
+            LegEvent::Answered { sdp } => self.on_placed_call_answered(sdp),
+            LegEvent::Failed(failure) => {
+                let status = match failure.kind {
+                    FailKind::Busy => CallStatus::Busy,
+                    FailKind::NoAnswer => CallStatus::NoAnswer,
+                    FailKind::Canceled => CallStatus::Canceled,
+                    FailKind::Failed => CallStatus::Failed,
+                };
+                tracing::info!(status = failure.status, reason = %failure.reason, "placed call not answered");
+                self.resource.set_status(status);
+                self.end(format!(
+                    "not answered: {} {}",
+                    failure.status, failure.reason
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    fn on_placed_call_answered(&mut self, sdp: Option<String>) {
+        self.caller_media.answered_at = Some(std::time::Instant::now());
+        self.resource.set_status(CallStatus::InProgress);
+        crate::metrics::call_answered(&self.flow.name);
+        self.report("answered", None);
+        if let Err(reason) = self.take_answer(sdp) {
+            tracing::warn!(%reason, "placed call answered without usable media: hanging up");
+            return self.end(reason);
+        }
+        let Some((time_limit, hangup_on_answer)) = self
+            .outbound
+            .as_ref()
+            .map(|o| (o.time_limit, o.hangup_on_answer))
+        else {
+            return;
+        };
+        if let Some(limit) = time_limit {
+            self.spawn_job(Box::pin(async move {
+                tokio::time::sleep(limit).await;
+                JobOutput::TimeLimit
+            }));
+        }
+        if hangup_on_answer {
+            return self.end("TwiML <Hangup/> on answer");
+        }
+        tracing::info!("placed call answered: opening its bot");
+        self.open_bot(super::bot::OpenPurpose::Initial);
+    }
+}

@@ -1,0 +1,97 @@
+//! Placing a call for the Calls API: the endpoint checks it has room,
+//! lists the call, and starts its task, which dials.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::{Core, Endpoint, EndpointState};
+use crate::call::outbound::{
+    run_outbound_call, stream_flow, OutboundSetup, PlaceCall, PlaceError, Program,
+};
+use crate::call::registry::{CallRecord, CallStatus, Direction};
+use crate::call::CALL_INPUT_CAPACITY;
+use crate::sip::response::new_call_id;
+
+impl Endpoint {
+    pub(super) fn place(&self, core: &mut Core, place: PlaceCall) {
+        let PlaceCall { request, reply } = place;
+        if core.state != EndpointState::Running {
+            let _ = reply.send(Err(PlaceError::Unavailable(
+                "the gateway is shutting down".into(),
+            )));
+            return;
+        }
+        if core.routes.len() >= self.max_calls {
+            tracing::warn!(max_calls = self.max_calls, "at capacity: no call placed");
+            let _ = reply.send(Err(PlaceError::Unavailable(format!(
+                "at capacity ({} calls)",
+                self.max_calls
+            ))));
+            return;
+        }
+        let (flow, connector) = match &request.program {
+            Program::Flow(name) => match self.flows.get(name) {
+                Some(flow) => (flow.config.clone(), flow.connector.clone()),
+                None => {
+                    let _ = reply.send(Err(PlaceError::Invalid(format!(
+                        "there is no flow `{name}`"
+                    ))));
+                    return;
+                }
+            },
+            Program::Stream { url, parameters } => {
+                let flow = stream_flow(url, parameters.clone());
+                let connector = Arc::from(switchboard_connectors::connector_for(&flow.bot));
+                (Arc::new(flow), connector)
+            }
+            Program::Hangup => (
+                self.user_calls.config.clone(),
+                self.user_calls.connector.clone(),
+            ),
+        };
+        let host = self
+            .calls
+            .local
+            .first()
+            .map(|(_, addr)| addr.ip().to_string())
+            .unwrap_or_else(|| "switchboard".into());
+        let call_id = new_call_id(&host);
+        let (inputs_tx, inputs) = mpsc::channel(CALL_INPUT_CAPACITY);
+        let record = CallRecord {
+            sid: switchboard_flows::call_sid(&call_id),
+            call_id: call_id.clone(),
+            from: request.from.clone(),
+            to: request.to.clone(),
+            direction: Direction::OutboundApi,
+            status: CallStatus::Queued,
+            parent_call_sid: None,
+            created: std::time::SystemTime::now(),
+            started: None,
+            ended: None,
+            control: Some(inputs_tx.clone()),
+        };
+        let answer = CallRecord {
+            control: None,
+            ..record.clone()
+        };
+        let resource = self.calls.call_resources.open(record);
+        let call = core.routes.place(inputs_tx);
+        let setup = OutboundSetup {
+            call,
+            call_id,
+            request,
+            flow,
+            connector,
+            shared: self.calls.clone(),
+            endpoint: core.commands.clone(),
+            inputs,
+            resource,
+        };
+        let task = core.tasks.spawn(run_outbound_call(setup));
+        core.routes.attach_task(task.id(), call);
+        let _ = self.active_calls.send(core.routes.len());
+        crate::metrics::active_calls(core.routes.len());
+        let _ = reply.send(Ok(answer));
+    }
+}
