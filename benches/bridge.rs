@@ -26,7 +26,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use harness::{arg, hold_calls, start_gateway, Figures};
+use harness::agent::{header, run_agent, AgentHooks};
+use harness::{arg, hold_calls, pct, start_gateway, Figures};
 use tokio::net::UdpSocket;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -63,15 +64,6 @@ fn main() {
         row("bridge, relay (PCMU ↔ PCMU)", &relay.0, Some(&relay.1));
         row("bridge, transcode (PCMU ↔ PCMA)", &transcode.0, Some(&transcode.1));
     });
-}
-
-fn pct(values: &[f64], p: f64) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    sorted
-        .get(((sorted.len() as f64 - 1.0) * p) as usize)
-        .copied()
-        .unwrap_or(f64::NAN)
 }
 
 fn row(label: &str, figures: &Figures, timings: Option<&Timings>) {
@@ -143,7 +135,31 @@ async fn phase_bridge(calls: usize, seconds: u64, agent_payload_type: u8) -> (Fi
     let timings: Shared = Arc::default();
     let agent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let agent_addr = agent.local_addr().unwrap();
-    tokio::spawn(run_agent(agent, agent_payload_type, timings.clone()));
+    let (on_invite, on_media) = (timings.clone(), timings.clone());
+    let hooks = AgentHooks {
+        on_invite: Box::new(move |invite: &str| {
+            // The caller's number (`loadN`) names the call.
+            let caller = header(invite, "From")
+                .split("sip:")
+                .nth(1)
+                .and_then(|rest| rest.split('@').next())
+                .unwrap_or("")
+                .to_string();
+            let mut t = on_invite.lock().unwrap();
+            if let Some(sent) = t.action_sent.get(&caller).copied() {
+                t.action_to_invite_ms
+                    .push(sent.elapsed().as_secs_f64() * 1000.0);
+            }
+        }),
+        on_first_media: Box::new(move |since_answer: Duration| {
+            on_media
+                .lock()
+                .unwrap()
+                .ok_to_media_ms
+                .push(since_answer.as_secs_f64() * 1000.0);
+        }),
+    };
+    tokio::spawn(run_agent(agent, agent_payload_type, hooks));
     let bot = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let bot_addr = bot.local_addr().unwrap();
     tokio::spawn(run_bot(bot, agent_addr, timings.clone()));
@@ -203,108 +219,5 @@ async fn run_bot(listener: tokio::net::TcpListener, agent: SocketAddr, timings: 
                 let _ = sink.send(Message::text(action.to_string())).await;
             }
         });
-    }
-}
-
-fn header<'a>(text: &'a str, name: &str) -> &'a str {
-    text.lines()
-        .find(|line| {
-            line.len() > name.len()
-                && line[..name.len()].eq_ignore_ascii_case(name)
-                && line.as_bytes()[name.len()] == b':'
-        })
-        .map(|line| line[name.len() + 1..].trim())
-        .unwrap_or("")
-}
-
-/// The agent: answers every INVITE with 200 OK (PCMU or PCMA) and echoes
-/// each call's RTP straight back.
-async fn run_agent(socket: UdpSocket, payload_type: u8, timings: Shared) {
-    let socket = Arc::new(socket);
-    let mut answers: HashMap<String, String> = HashMap::new();
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let Ok((len, from)) = socket.recv_from(&mut buf).await else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&buf[..len]).to_string();
-        let call_id = header(&text, "Call-ID").to_string();
-        let reply = |status: &str, extra: &str, body: &str| {
-            let via: String = text
-                .lines()
-                .filter(|l| l.to_ascii_lowercase().starts_with("via:"))
-                .map(|l| format!("{l}\r\n"))
-                .collect();
-            format!(
-                "SIP/2.0 {status}\r\n{via}From: {}\r\nTo: {}\r\nCall-ID: {call_id}\r\nCSeq: {}\r\n{extra}Content-Length: {}\r\n\r\n{body}",
-                header(&text, "From"),
-                header(&text, "To"),
-                header(&text, "CSeq"),
-                body.len()
-            )
-        };
-        if text.starts_with("INVITE ") {
-            if let Some(answer) = answers.get(&call_id) {
-                let _ = socket.send_to(answer.as_bytes(), from).await;
-                continue;
-            }
-            let caller = header(&text, "From")
-                .split("sip:")
-                .nth(1)
-                .and_then(|rest| rest.split('@').next())
-                .unwrap_or("")
-                .to_string();
-            {
-                let mut t = timings.lock().unwrap();
-                if let Some(sent) = t.action_sent.get(&caller).copied() {
-                    t.action_to_invite_ms
-                        .push(sent.elapsed().as_secs_f64() * 1000.0);
-                }
-            }
-            let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let port = rtp.local_addr().unwrap().port();
-            let codec = if payload_type == 0 { "PCMU" } else { "PCMA" };
-            let sdp = format!(
-                "v=0\r\no=agent 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP {payload_type}\r\na=rtpmap:{payload_type} {codec}/8000\r\na=ptime:20\r\n"
-            );
-            let mut ok = reply(
-                "200 OK",
-                &format!(
-                    "Contact: <sip:agent@{}>\r\nContent-Type: application/sdp\r\n",
-                    socket.local_addr().unwrap()
-                ),
-                &sdp,
-            );
-            ok = ok.replacen(
-                &format!("To: {}", header(&text, "To")),
-                &format!("To: {};tag=agent", header(&text, "To")),
-                1,
-            );
-            answers.insert(call_id, ok.clone());
-            let _ = socket.send_to(ok.as_bytes(), from).await;
-            let answered_at = Instant::now();
-            let timings = timings.clone();
-            tokio::spawn(async move {
-                let mut packet = [0u8; 2048];
-                let mut first = true;
-                while let Ok(Ok((len, from))) =
-                    tokio::time::timeout(Duration::from_secs(60), rtp.recv_from(&mut packet)).await
-                {
-                    if first {
-                        first = false;
-                        timings
-                            .lock()
-                            .unwrap()
-                            .ok_to_media_ms
-                            .push(answered_at.elapsed().as_secs_f64() * 1000.0);
-                    }
-                    let _ = rtp.send_to(&packet[..len], from).await;
-                }
-            });
-        } else if text.starts_with("BYE ") || text.starts_with("OPTIONS ") {
-            let ok = reply("200 OK", "", "");
-            let _ = socket.send_to(ok.as_bytes(), from).await;
-            answers.remove(&call_id);
-        }
     }
 }

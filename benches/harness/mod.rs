@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod agent;
+
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -30,6 +32,16 @@ pub fn arg(name: &str, default: u64) -> u64 {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The `p` quantile (0..=1) of `values`; NaN when there are none.
+pub fn pct(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * p) as usize)
+        .copied()
+        .unwrap_or(f64::NAN)
 }
 
 pub fn ulaw(sample: i16) -> u8 {
