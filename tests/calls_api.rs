@@ -359,3 +359,74 @@ fn python(script: &str, api: std::net::SocketAddr, env: &[(&str, &str)]) -> Stri
     assert!(stdout.contains("all checks passed"), "{stdout}\n{stderr}");
     stdout
 }
+
+/// `Url` on a new call: asked once the party answers, with Twilio's
+/// parameters, signed; its `<Connect><Stream>` runs.
+#[test]
+fn a_placed_call_asks_its_url_for_twiml_when_answered() {
+    let scratch = scratch_dir("calls-api-url");
+    let agent_rtp = RtpPeer::bind();
+    let agent = Agent::start(
+        &scratch,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::AnswerAndWait {
+                rtp_port: agent_rtp.port(),
+            },
+            challenge: false,
+            require: None,
+            formats: &[(0, "PCMU/8000")],
+        },
+        SipTransport::Udp,
+    );
+    let bot = TwilioBot::start();
+    let stream = format!("ws://{}/media", bot.addr);
+    let server = common::http_server::HttpServer::start(move |_| {
+        (
+            200,
+            format!("<Response><Connect><Stream url=\"{stream}\"/></Connect></Response>"),
+        )
+    });
+    let gateway = GatewayProcess::start(
+        "calls-api-url",
+        &config(&format!("ws://{}/media", bot.addr)),
+    );
+    let api = api_addr(&gateway);
+    let form = format!(
+        "To={}&From=%2B15550100&Url={}",
+        url_encode(&format!("sip:agent@{}", agent.addr)),
+        url_encode(&format!("http://{}/answer", server.addr))
+    );
+    let calls = format!("/2010-04-01/Accounts/{ACCOUNT}/Calls.json");
+    let (status, call) = twilio_request(api, "POST", &calls, &form, LOGIN);
+    assert_eq!(status, 201, "{call}");
+    let sid = call["sid"].as_str().unwrap().to_string();
+    let (_, start) = bot.wait_event("start", |_| true, Duration::from_secs(10));
+    assert_eq!(start["start"]["callSid"], sid.as_str());
+    let request = server.requests.lock().unwrap()[0].clone();
+    let params: std::collections::HashMap<String, String> =
+        url::form_urlencoded::parse(request.body.as_bytes())
+            .into_owned()
+            .collect();
+    assert_eq!(params["CallSid"], sid);
+    assert_eq!(params["Direction"], "outbound-api");
+    assert_eq!(params["CallStatus"], "in-progress");
+    assert_eq!(params["From"], "+15550100");
+    let signed_params: Vec<(String, String)> = params.into_iter().collect();
+    let expected = switchboard_gateway::webhook::signature(
+        TOKEN,
+        &format!("http://{}/answer", server.addr),
+        &signed_params,
+    );
+    assert_eq!(
+        request.header("X-Twilio-Signature"),
+        Some(expected.as_str())
+    );
+
+    let (status, _) = twilio_request(api, "POST", &calls_path(&sid), "Status=completed", LOGIN);
+    assert_eq!(status, 200);
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+    let (_, call) = twilio_request(api, "GET", &calls_path(&sid), "", LOGIN);
+    assert_eq!(call["status"], "completed");
+    gateway.assert_no_panic();
+}

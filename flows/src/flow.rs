@@ -11,7 +11,13 @@ use crate::bots::{OpenAiRealtimeConfig, UltravoxConfig, WebsocketBotConfig};
 #[serde(deny_unknown_fields)]
 pub struct FlowConfig {
     pub name: String,
-    pub bot: BotConfig,
+    /// The bot calls talk to. A flow has a bot or a `webhook`.
+    #[serde(default)]
+    pub bot: Option<BotConfig>,
+    /// Instead of a bot: a URL that answers each call with TwiML, as
+    /// Twilio's voice webhooks do.
+    #[serde(default)]
+    pub webhook: Option<WebhookConfig>,
     #[serde(default)]
     pub on_failure: OnFailure,
     /// Free-form parameters handed to the bot at call start
@@ -34,6 +40,29 @@ pub struct FlowConfig {
     /// handed to the caller's side with REFER.
     #[serde(default)]
     pub transfer: TransferMode,
+}
+
+/// A webhook flow's TwiML source.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// `POST` (the default) or `GET`.
+    #[serde(default = "default_webhook_method")]
+    pub method: String,
+    /// Asked when `url` fails (an error, a timeout, TwiML that cannot run).
+    #[serde(default)]
+    pub fallback_url: Option<String>,
+}
+
+fn default_webhook_method() -> String {
+    "POST".into()
+}
+
+impl WebhookConfig {
+    pub fn method_get(&self) -> bool {
+        self.method.eq_ignore_ascii_case("GET")
+    }
 }
 
 /// How transfers leave a flow.
@@ -177,13 +206,38 @@ impl FlowError {
 /// Sample rates the media pipeline can resample to and from.
 pub const SUPPORTED_RATES: [u32; 4] = [8_000, 16_000, 24_000, 48_000];
 
-impl FlowConfig {
-    /// Checks what serde cannot: names, URLs, rates and status codes.
-    pub fn validate(&self) -> Result<(), FlowError> {
-        if self.name.trim().is_empty() {
-            return Err(FlowError::new("name", "must not be empty"));
+impl WebhookConfig {
+    fn validate(&self) -> Result<(), FlowError> {
+        let http = |key: &str, text: &str| -> Result<(), FlowError> {
+            let url = url::Url::parse(text)
+                .map_err(|e| FlowError::new(key, format!("not a URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(FlowError::new(key, "scheme must be http or https"));
+            }
+            Ok(())
+        };
+        http("webhook.url", &self.url)?;
+        if let Some(fallback) = &self.fallback_url {
+            http("webhook.fallback_url", fallback)?;
         }
-        match &self.bot {
+        if !(self.method.eq_ignore_ascii_case("GET") || self.method.eq_ignore_ascii_case("POST")) {
+            return Err(FlowError::new("webhook.method", "must be GET or POST"));
+        }
+        Ok(())
+    }
+}
+
+impl FlowConfig {
+    /// The bot to build a connector for; a webhook flow gets an echo bot
+    /// that is never opened (its TwiML decides what runs).
+    pub fn bot_or_placeholder(&self) -> BotConfig {
+        self.bot
+            .clone()
+            .unwrap_or_else(|| BotConfig::Echo(EchoBotConfig::default()))
+    }
+
+    fn validate_bot(bot: &BotConfig) -> Result<(), FlowError> {
+        match bot {
             BotConfig::Echo(echo) => {
                 if !SUPPORTED_RATES.contains(&echo.sample_rate) {
                     return Err(FlowError::new(
@@ -209,6 +263,25 @@ impl FlowConfig {
             BotConfig::Ultravox(config) => config.validate()?,
             BotConfig::OpenaiRealtime(config) => config.validate()?,
             BotConfig::Websocket(config) => config.validate()?,
+        }
+        Ok(())
+    }
+
+    /// Checks what serde cannot: names, URLs, rates and status codes.
+    pub fn validate(&self) -> Result<(), FlowError> {
+        if self.name.trim().is_empty() {
+            return Err(FlowError::new("name", "must not be empty"));
+        }
+        match (&self.bot, &self.webhook) {
+            (Some(_), Some(_)) => {
+                return Err(FlowError::new(
+                    "webhook",
+                    "a flow has a bot or a webhook, not both",
+                ))
+            }
+            (None, None) => return Err(FlowError::new("bot", "a flow needs a bot or a webhook")),
+            (None, Some(webhook)) => webhook.validate()?,
+            (Some(bot), None) => Self::validate_bot(bot)?,
         }
         if let Some(recording) = &self.recording {
             if recording.dir.as_os_str().is_empty() {
@@ -253,7 +326,7 @@ mod tests {
     fn echo_flow_gets_defaults() {
         let flow = parse("[[flows]]\nname = \"echo\"\nbot = { kind = \"echo\" }\n");
         assert!(
-            matches!(flow.bot, BotConfig::Echo(ref e) if e.delay_ms == 200 && e.sample_rate == 16_000)
+            matches!(flow.bot, Some(BotConfig::Echo(ref e)) if e.delay_ms == 200 && e.sample_rate == 16_000)
         );
         assert_eq!(flow.on_failure, OnFailure::Hangup(480));
         flow.validate().unwrap();
@@ -294,5 +367,27 @@ mod tests {
             .err()
             .expect("unknown kind must fail");
         assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn a_flow_has_a_bot_or_a_webhook() {
+        let webhook = parse(
+            "[[flows]]\nname = \"hook\"\nwebhook = { url = \"http://127.0.0.1:9000/voice\", fallback_url = \"https://example.com/fb\" }\n",
+        );
+        webhook.validate().unwrap();
+        let hook = webhook.webhook.as_ref().unwrap();
+        assert!(!hook.method_get());
+        assert!(matches!(webhook.bot_or_placeholder(), BotConfig::Echo(_)));
+        let cases = [
+            ("", "bot"),
+            ("webhook = { url = \"ftp://x\" }", "webhook.url"),
+            ("webhook = { url = \"http://x\", method = \"PUT\" }", "webhook.method"),
+            ("webhook = { url = \"http://x\", fallback_url = \"nope\" }", "webhook.fallback_url"),
+            ("bot = { kind = \"echo\" }\nwebhook = { url = \"http://x\" }", "webhook"),
+        ];
+        for (body, key) in cases {
+            let flow = parse(&format!("[[flows]]\nname = \"f\"\n{body}\n"));
+            assert_eq!(flow.validate().unwrap_err().key, key, "{body}");
+        }
     }
 }

@@ -14,7 +14,7 @@ pub use action::{Action, DialTarget, DEFAULT_DIAL_TIMEOUT_SECS, DEFAULT_TIME_LIM
 pub use bots::{OpenAiRealtimeConfig, RealtimeAudio, ToolKind, UltravoxConfig, WebsocketBotConfig};
 pub use flow::{
     AudioConfig, BotConfig, EchoBotConfig, FlowConfig, FlowError, OnFailure, RecordingConfig,
-    TransferMode, TwilioStreamConfig,
+    TransferMode, TwilioStreamConfig, WebhookConfig,
 };
 pub use sid::call_sid;
 pub use twiml::{actions_from_twiml, parse_twiml, Dial, DialNoun, TwimlError, Verb};

@@ -110,7 +110,7 @@ pub(crate) fn flow_runtimes(config: &Config) -> HashMap<String, FlowRuntime> {
         .map(|flow| {
             let runtime = FlowRuntime {
                 config: Arc::new(flow.clone()),
-                connector: Arc::from(connector_for(&flow.bot)),
+                connector: Arc::from(connector_for(&flow.bot_or_placeholder())),
             };
             (flow.name.clone(), runtime)
         })

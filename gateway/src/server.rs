@@ -156,6 +156,7 @@ impl Gateway {
                 registrar: registrar.clone(),
                 registry: registry.clone(),
                 call_resources: call_resources.clone(),
+                twilio: valid.api_credentials.clone(),
             }),
             inbound,
             shutdown: state_watch.clone(),
@@ -303,10 +304,13 @@ fn http_client() -> reqwest::Client {
 fn user_calls() -> FlowRuntime {
     let config = switchboard_flows::FlowConfig {
         name: "users".into(),
-        bot: switchboard_flows::BotConfig::Echo(switchboard_flows::EchoBotConfig {
-            delay_ms: 0,
-            sample_rate: 8000,
-        }),
+        bot: Some(switchboard_flows::BotConfig::Echo(
+            switchboard_flows::EchoBotConfig {
+                delay_ms: 0,
+                sample_rate: 8000,
+            },
+        )),
+        webhook: None,
         on_failure: switchboard_flows::OnFailure::Hangup(480),
         parameters: Default::default(),
         reconnect_once: false,
@@ -315,7 +319,7 @@ fn user_calls() -> FlowRuntime {
         transfer: Default::default(),
     };
     FlowRuntime {
-        connector: Arc::from(connector_for(&config.bot)),
+        connector: Arc::from(connector_for(&config.bot_or_placeholder())),
         config: Arc::new(config),
     }
 }

@@ -26,9 +26,12 @@ pub fn call_params(account_sid: &str, record: &CallRecord) -> Vec<(&'static str,
 
 /// `X-Twilio-Signature` for a request to `url` carrying `params` in its
 /// POST body (none for GET, whose parameters are in `url`).
-pub fn signature(auth_token: &str, url: &str, params: &[(&str, String)]) -> String {
-    let mut sorted: Vec<&(&str, String)> = params.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.cmp(&b.1)));
+pub fn signature<K: AsRef<str>>(auth_token: &str, url: &str, params: &[(K, String)]) -> String {
+    let mut sorted: Vec<(&str, &str)> = params
+        .iter()
+        .map(|(name, value)| (name.as_ref(), value.as_str()))
+        .collect();
+    sorted.sort_unstable();
     let mut mac = Hmac::<sha1::Sha1>::new_from_slice(auth_token.as_bytes())
         .expect("HMAC takes a key of any length");
     mac.update(url.as_bytes());
@@ -40,20 +43,20 @@ pub fn signature(auth_token: &str, url: &str, params: &[(&str, String)]) -> Stri
 }
 
 /// A signed GET (parameters in the query) or form POST to `url`.
-pub fn signed_request(
+pub fn signed_request<K: AsRef<str>>(
     http: &reqwest::Client,
     auth_token: &str,
     url: &str,
     method_get: bool,
-    params: &[(&str, String)],
+    params: &[(K, String)],
 ) -> reqwest::RequestBuilder {
     let encoded: String = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
+        .extend_pairs(params.iter().map(|(k, v)| (k.as_ref(), v.as_str())))
         .finish();
     if method_get {
         let separator = if url.contains('?') { '&' } else { '?' };
         let full = format!("{url}{separator}{encoded}");
-        let signed = signature(auth_token, &full, &[]);
+        let signed = signature::<&str>(auth_token, &full, &[]);
         http.get(full).header("X-Twilio-Signature", signed)
     } else {
         http.post(url)

@@ -172,10 +172,38 @@ fn program(form: &[(String, String)]) -> Result<Program, TwilioError> {
     ) {
         (Some(twiml), None, None) => twiml_program(twiml),
         (None, Some(flow), None) => Ok(Program::Flow(flow.to_string())),
-        (None, None, Some(_)) => Err(invalid(
-            21205,
-            "Url is not available for placed calls yet: give Twiml or Flow",
-        )),
+        (None, None, Some(url)) => {
+            let method = |name: &str| -> Result<String, TwilioError> {
+                match param(form, name) {
+                    None => Ok("POST".into()),
+                    Some(m) if m.eq_ignore_ascii_case("GET") || m.eq_ignore_ascii_case("POST") => {
+                        Ok(m.to_ascii_uppercase())
+                    }
+                    Some(m) => Err(invalid(
+                        21201,
+                        format!("{name} must be GET or POST, not {m:?}"),
+                    )),
+                }
+            };
+            let http_url = |name: &str, text: &str| -> Result<String, TwilioError> {
+                match url::Url::parse(text) {
+                    Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {
+                        Ok(text.to_string())
+                    }
+                    _ => Err(invalid(
+                        21205,
+                        format!("{name} {text:?} is not an http(s) URL"),
+                    )),
+                }
+            };
+            Ok(Program::Url(switchboard_flows::WebhookConfig {
+                url: http_url("Url", url)?,
+                method: method("Method")?,
+                fallback_url: param(form, "FallbackUrl")
+                    .map(|fallback| http_url("FallbackUrl", fallback))
+                    .transpose()?,
+            }))
+        }
         (None, None, None) => Err(invalid(21205, "Url, Twiml or Flow is required")),
         _ => Err(invalid(21201, "give only one of Url, Twiml and Flow")),
     }

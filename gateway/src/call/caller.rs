@@ -172,7 +172,14 @@ impl Call {
             }
         }
         match self.route.destination.clone() {
-            crate::routing::Destination::Flow(_) => self.open_bot(super::bot::OpenPurpose::Initial),
+            crate::routing::Destination::Flow(_) => match self.flow.webhook.clone() {
+                Some(webhook) => self.fetch_twiml(
+                    webhook.url.clone(),
+                    webhook.method_get(),
+                    webhook.fallback_url,
+                ),
+                None => self.open_bot(super::bot::OpenPurpose::Initial),
+            },
             crate::routing::Destination::User(user) => {
                 // No bot: the user's phones ring, and the caller is answered
                 // when one of them answers.

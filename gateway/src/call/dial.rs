@@ -71,6 +71,9 @@ pub struct CallShared {
     pub registry: Arc<crate::registration::manager::Registry>,
     /// Every call as a Calls API resource.
     pub call_resources: Arc<super::registry::CallRegistry>,
+    /// `[api] account_sid` / `auth_token`: webhooks name the account and
+    /// are signed with the token.
+    pub twilio: Option<crate::config::ApiCredentials>,
 }
 
 impl CallShared {

@@ -135,7 +135,7 @@ impl Call {
     /// (Twilio hangs up there too); a failed dial goes back to the bot so
     /// the caller is never left in silence.
     fn after_action_without_twiml(&mut self, origin: Origin, bridged: bool, message: String) {
-        if matches!(origin, Origin::OnFailure | Origin::Route) || bridged {
+        if matches!(origin, Origin::OnFailure | Origin::Route | Origin::Webhook) || bridged {
             self.end(message);
         } else {
             self.return_to_flow(message);

@@ -20,6 +20,7 @@ pub mod registry;
 mod session;
 pub mod status_callback;
 mod transfer;
+mod twiml_program;
 
 use crate::sip::message::{Request, Response, SipMessage};
 use crate::sip::transaction::{Peer, ServerTxId};

@@ -36,6 +36,8 @@ pub enum Program {
     },
     /// `<Hangup/>`: hang up as soon as it answers.
     Hangup,
+    /// `Url`: ask it for TwiML once answered (`FallbackUrl` if it fails).
+    Url(switchboard_flows::WebhookConfig),
 }
 
 /// A call to place, checked by the API.
@@ -93,16 +95,29 @@ pub(super) struct Outbound {
 pub fn stream_flow(url: &str, parameters: BTreeMap<String, String>) -> FlowConfig {
     FlowConfig {
         name: "twiml-stream".into(),
-        bot: switchboard_flows::BotConfig::TwilioStream(switchboard_flows::TwilioStreamConfig {
-            url: url.to_string(),
-            connect_timeout_ms: 3_000,
-        }),
+        bot: Some(switchboard_flows::BotConfig::TwilioStream(
+            switchboard_flows::TwilioStreamConfig {
+                url: url.to_string(),
+                connect_timeout_ms: 3_000,
+            },
+        )),
+        webhook: None,
         on_failure: switchboard_flows::OnFailure::Hangup(480),
         parameters,
         reconnect_once: false,
         recording: None,
         audio: Default::default(),
         transfer: Default::default(),
+    }
+}
+
+/// The flow a call whose TwiML comes from `webhook` runs as.
+pub fn webhook_flow(webhook: switchboard_flows::WebhookConfig) -> FlowConfig {
+    FlowConfig {
+        name: "twiml-url".into(),
+        bot: None,
+        webhook: Some(webhook),
+        ..stream_flow("ws://unused.invalid/", BTreeMap::new())
     }
 }
 
@@ -335,7 +350,16 @@ impl Call {
         if hangup_on_answer {
             return self.end("TwiML <Hangup/> on answer");
         }
-        tracing::info!("placed call answered: opening its bot");
-        self.open_bot(super::bot::OpenPurpose::Initial);
+        match self.flow.webhook.clone() {
+            Some(webhook) => self.fetch_twiml(
+                webhook.url.clone(),
+                webhook.method_get(),
+                webhook.fallback_url,
+            ),
+            None => {
+                tracing::info!("placed call answered: opening its bot");
+                self.open_bot(super::bot::OpenPurpose::Initial);
+            }
+        }
     }
 }

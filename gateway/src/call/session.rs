@@ -102,6 +102,11 @@ pub(super) enum JobOutput {
     Recorder(Result<super::recording::Recorder, String>),
     /// A placed call's `TimeLimit` is up.
     TimeLimit,
+    /// The webhook answered fetch `attempt` with TwiML (or failed).
+    Twiml {
+        attempt: u64,
+        result: Result<String, String>,
+    },
 }
 
 /// Receive buffers, one per socket a wake-up may read from at once.
@@ -153,6 +158,8 @@ pub(super) struct Call {
     pub(super) referring: Option<super::refer::Referring>,
     /// What an API-placed call does (its TwiML or flow, its callbacks).
     pub(super) outbound: Option<super::outbound::Outbound>,
+    /// Where the call's TwiML comes from (webhook flows, `Url`).
+    pub(super) twiml: Option<super::twiml_program::TwimlSource>,
     jobs: FuturesUnordered<Job>,
     /// Commands to send before the legs' next outputs (dialog routes).
     pub(super) outbox: Vec<EndpointCommand>,
@@ -208,6 +215,7 @@ impl Call {
             transfer: None,
             referring: None,
             outbound: None,
+            twiml: None,
             jobs: FuturesUnordered::new(),
             outbox: Vec::new(),
             ticker,
@@ -426,6 +434,7 @@ impl Call {
             JobOutput::DialAction { attempt, result } => self.on_dial_action(attempt, result),
             JobOutput::Recorder(result) => self.on_recorder(result),
             JobOutput::TimeLimit => self.end("time limit reached"),
+            JobOutput::Twiml { attempt, result } => self.on_twiml(attempt, result),
         }
     }
 

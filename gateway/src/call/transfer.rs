@@ -31,6 +31,9 @@ pub(super) enum Origin {
     DialAction,
     /// The call was routed to a registered user: the operator's routing.
     Route,
+    /// TwiML from a webhook flow's URL: checked like a bot's; with no bot
+    /// to go back to, a failed dial ends the call.
+    Webhook,
 }
 
 impl Origin {
@@ -335,7 +338,7 @@ impl Call {
             Origin::DialAction => {
                 self.return_to_flow(format!("dial to {} refused: {reason}", target.uri))
             }
-            Origin::OnFailure | Origin::Route => {
+            Origin::OnFailure | Origin::Route | Origin::Webhook => {
                 self.end_unconnected(FailKind::Failed, 500, format!("dial impossible: {reason}"))
             }
         }
@@ -741,7 +744,9 @@ impl Call {
         self.transfer = None;
         let message = format!("{}: {status} {reason}", kind.twilio_status());
         match origin {
-            Origin::OnFailure | Origin::Route => self.end_unconnected(kind, status, message),
+            Origin::OnFailure | Origin::Route | Origin::Webhook => {
+                self.end_unconnected(kind, status, message)
+            }
             Origin::Bot | Origin::DialAction => {
                 self.return_to_flow(format!("transfer to {uri} failed ({message})"));
             }
@@ -795,6 +800,8 @@ impl Call {
                 tracing::info!(%message, "caller back with the bot");
                 self.action_result("dial", false, message);
             }
+            // A webhook flow has no bot of its own to go back to.
+            None if self.flow.bot.is_none() => self.end(message),
             None if self.caller.state() == LegState::Confirmed => {
                 self.open_bot(super::bot::OpenPurpose::Return);
             }

@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use super::{Core, Endpoint, EndpointState};
 use crate::call::outbound::{
-    run_outbound_call, stream_flow, OutboundSetup, PlaceCall, PlaceError, Program,
+    run_outbound_call, stream_flow, webhook_flow, OutboundSetup, PlaceCall, PlaceError, Program,
 };
 use crate::call::registry::{CallRecord, CallStatus, Direction};
 use crate::call::CALL_INPUT_CAPACITY;
@@ -42,7 +42,16 @@ impl Endpoint {
             },
             Program::Stream { url, parameters } => {
                 let flow = stream_flow(url, parameters.clone());
-                let connector = Arc::from(switchboard_connectors::connector_for(&flow.bot));
+                let connector = Arc::from(switchboard_connectors::connector_for(
+                    &flow.bot_or_placeholder(),
+                ));
+                (Arc::new(flow), connector)
+            }
+            Program::Url(webhook) => {
+                let flow = webhook_flow(webhook.clone());
+                let connector = Arc::from(switchboard_connectors::connector_for(
+                    &flow.bot_or_placeholder(),
+                ));
                 (Arc::new(flow), connector)
             }
             Program::Hangup => (

@@ -1,0 +1,207 @@
+//! TwiML that drives a call from a URL: a webhook flow's `url` when a call
+//! comes in, or a placed call's `Url` when it is answered. The request
+//! carries Twilio's parameters, signed with `X-Twilio-Signature`; the
+//! answer's first verb runs: `<Connect><Stream>` opens a bot,
+//! `<Dial><Sip>` forwards the call (checked against `[dial] allow`),
+//! `<Hangup/>`, `<Reject>`, `<Refer>`, and `<Redirect>` asks again. A URL
+//! that fails, or TwiML that cannot run, goes to `fallback_url`, then to the
+//! flow's `on_failure`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchboard_flows::{actions_from_twiml, parse_twiml, Action, OnFailure, Verb};
+
+use super::leg::LegState;
+use super::outbound::stream_flow;
+use super::session::{Call, JobOutput};
+use super::transfer::Origin;
+
+/// Most TwiML fetches (first, fallback and redirects) one call may make.
+const MAX_FETCHES: u32 = 10;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a call's TwiML comes from, and how often it was asked.
+#[derive(Default)]
+pub(super) struct TwimlSource {
+    /// Incremented per fetch: an answer to an older fetch is ignored.
+    attempt: u64,
+    fetches: u32,
+    fallback: Option<String>,
+    method_get: bool,
+}
+
+impl Call {
+    /// Asks `url` what the call does next; `fallback` is asked if it fails.
+    pub(super) fn fetch_twiml(&mut self, url: String, method_get: bool, fallback: Option<String>) {
+        let source = self.twiml.get_or_insert_with(TwimlSource::default);
+        source.fetches += 1;
+        if source.fetches > MAX_FETCHES {
+            return self.twiml_failed(format!("more than {MAX_FETCHES} TwiML fetches"));
+        }
+        source.attempt += 1;
+        source.fallback = fallback;
+        source.method_get = method_get;
+        let attempt = source.attempt;
+        let params = self.twiml_params();
+        let http = self.shared.http.clone();
+        let token = self
+            .shared
+            .twilio
+            .as_ref()
+            .map(|c| c.auth_token.clone())
+            .unwrap_or_default();
+        tracing::info!(%url, "asking the webhook for TwiML");
+        self.spawn_job(Box::pin(async move {
+            let result = fetch(&http, &token, &url, method_get, &params).await;
+            JobOutput::Twiml { attempt, result }
+        }));
+    }
+
+    /// Twilio's request parameters for this call.
+    fn twiml_params(&self) -> Vec<(String, String)> {
+        let account = self
+            .shared
+            .twilio
+            .as_ref()
+            .map(|c| c.account_sid.as_str())
+            .unwrap_or("");
+        let mut params: Vec<(String, String)> =
+            match self.shared.call_resources.get(self.resource.sid()) {
+                Some(record) => crate::webhook::call_params(account, &record)
+                    .into_iter()
+                    .map(|(name, value)| (name.to_string(), value))
+                    .collect(),
+                None => Vec::new(),
+            };
+        params.push((
+            "SipSourceIp".into(),
+            self.caller.peer().addr.ip().to_string(),
+        ));
+        // Twilio names each X- header of the INVITE `SipHeader_X-…`.
+        for (name, value) in &self.info.x_headers {
+            params.push((format!("SipHeader_{name}"), value.clone()));
+        }
+        params
+    }
+
+    pub(super) fn on_twiml(&mut self, attempt: u64, result: Result<String, String>) {
+        if self.is_ending() || self.twiml.as_ref().is_none_or(|s| s.attempt != attempt) {
+            return;
+        }
+        let verbs = result.and_then(|text| parse_twiml(&text).map_err(|e| e.to_string()));
+        match verbs {
+            Ok(verbs) => self.run_twiml(verbs),
+            Err(reason) => self.twiml_failed(reason),
+        }
+    }
+
+    /// The URL gave nothing to run: its fallback, else `on_failure`.
+    fn twiml_failed(&mut self, reason: String) {
+        let fallback = self
+            .twiml
+            .as_mut()
+            .and_then(|s| s.fallback.take().map(|url| (url, s.method_get)));
+        if let Some((url, method_get)) = fallback {
+            tracing::warn!(%reason, %url, "webhook failed: asking its fallback");
+            return self.fetch_twiml(url, method_get, None);
+        }
+        tracing::warn!(%reason, "webhook failed: on_failure");
+        crate::metrics::bot_failed(&self.flow.name);
+        match self.flow.on_failure.clone() {
+            OnFailure::Hangup(status) if self.caller.state() == LegState::Inviting => {
+                self.reject(status, format!("webhook failed ({reason})"))
+            }
+            OnFailure::Hangup(_) => self.end(format!("webhook failed ({reason})")),
+            OnFailure::Dial(uri) => {
+                let target = switchboard_flows::DialTarget {
+                    uri,
+                    ..Default::default()
+                };
+                self.start_dial(target, Origin::OnFailure)
+            }
+        }
+    }
+
+    /// Runs the document's first verb (a trailing `<Hangup/>` is implied).
+    fn run_twiml(&mut self, mut verbs: Vec<Verb>) {
+        while verbs.len() > 1 && verbs.last() == Some(&Verb::Hangup) {
+            verbs.pop();
+        }
+        if verbs.len() > 1 {
+            tracing::warn!(
+                verbs = verbs.len(),
+                "only the first TwiML verb runs here; the rest are ignored"
+            );
+        }
+        let Some(verb) = verbs.into_iter().next() else {
+            return self.twiml_failed("the TwiML has no verb".into());
+        };
+        let unanswered = self.caller.state() == LegState::Inviting;
+        tracing::info!(verb = verb.name(), "running TwiML");
+        match verb {
+            Verb::Connect {
+                stream_url,
+                parameters,
+            } => {
+                let mut flow = stream_flow(&stream_url, parameters.into_iter().collect());
+                flow.on_failure = self.flow.on_failure.clone();
+                flow.name = self.flow.name.clone();
+                self.info.parameters = flow.parameters.clone();
+                self.connector = Arc::from(switchboard_connectors::connector_for(
+                    &flow.bot_or_placeholder(),
+                ));
+                self.flow = Arc::new(flow);
+                self.open_bot(super::bot::OpenPurpose::Initial);
+            }
+            Verb::Hangup if unanswered => self.reject(603, "TwiML <Hangup/> before answer".into()),
+            Verb::Hangup => self.end("TwiML <Hangup/>"),
+            Verb::Reject { reason } => {
+                let status = if reason == "busy" { 486 } else { 603 };
+                if unanswered {
+                    self.reject(status, format!("TwiML <Reject reason=\"{reason}\">"));
+                } else {
+                    self.end(format!("TwiML <Reject reason=\"{reason}\">"));
+                }
+            }
+            Verb::Redirect { url } => {
+                let method_get = self.twiml.as_ref().is_some_and(|s| s.method_get);
+                self.fetch_twiml(url, method_get, None);
+            }
+            Verb::Refer { uri } if !unanswered => self.start_refer(uri, None, Origin::Webhook),
+            verb @ Verb::Dial(_) => match actions_from_twiml(std::slice::from_ref(&verb)) {
+                Ok(actions) => match actions.into_iter().next() {
+                    Some(Action::Dial(target)) => self.start_dial(target, Origin::Webhook),
+                    _ => self.twiml_failed("<Dial> gave no target".into()),
+                },
+                Err(error) => self.twiml_failed(error.to_string()),
+            },
+            other => self.twiml_failed(format!("<{}> is not available here yet", other.name())),
+        }
+    }
+}
+
+async fn fetch(
+    http: &reqwest::Client,
+    token: &str,
+    url: &str,
+    method_get: bool,
+    params: &[(String, String)],
+) -> Result<String, String> {
+    let mut response = crate::webhook::signed_request(http, token, url, method_get, params)
+        .timeout(FETCH_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("{url}: HTTP {}", response.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > switchboard_flows::twiml::MAX_TWIML_BYTES {
+            return Err(format!("{url}: answer larger than a TwiML document may be"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| format!("{url}: answer is not UTF-8"))
+}
