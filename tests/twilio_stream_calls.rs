@@ -400,3 +400,29 @@ fn voiceflow_actions_are_parsed_delivered_and_answered() {
     sipp::assert_success(&output, &gateway.dir);
     gateway.wait_for_log(&["call ended", "bot hung up: done"], Duration::from_secs(3));
 }
+
+/// A bot sending a message beyond the connectors' 1 MiB cap is a failed
+/// bot: the call ends (here by `on_failure`), nothing buffers megabytes.
+#[test]
+fn an_oversized_bot_message_fails_the_session() {
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "twilio-oversized",
+        &twilio_config(&format!("ws://{}/media", bot.addr)),
+    );
+    let peer = RtpPeer::bind();
+    let caller = sipp::spawn_udp_call(
+        &gateway,
+        sipp::gateway_hangs_up("+12125550100", &sipp::sdp_offer(peer.port(), G711_OFFER)),
+    );
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let huge = "x".repeat(2 << 20);
+    bot.send(BotCommand::Json(
+        serde_json::json!({"event": "mark", "mark": {"name": huge}}),
+    ));
+    let output = caller.join().unwrap();
+    sipp::assert_success(&output, &gateway.dir);
+    gateway.wait_for_log(&["call ended"], Duration::from_secs(5));
+    gateway.wait_for_log(&["Message too long"], Duration::from_secs(1));
+    gateway.assert_no_panic();
+}

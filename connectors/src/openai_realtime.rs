@@ -35,7 +35,6 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::playout_position::PlayoutPosition;
@@ -49,9 +48,6 @@ use crate::{
 
 /// A peer that cannot take one message within this time is considered dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest message accepted from the server. Deltas are a few kB; this
-/// bounds what one message can make us allocate.
-const MAX_MESSAGE_BYTES: usize = 1 << 20;
 /// Past this many malformed messages the peer is clearly not speaking the protocol.
 const MAX_MALFORMED: u64 = 20;
 /// Function calls awaiting the call's answer; the oldest is forgotten beyond this.
@@ -91,9 +87,7 @@ impl OpenAiRealtimeConnector {
         let bearer = HeaderValue::from_str(&format!("Bearer {}", self.config.api_key))
             .map_err(|_| "the API key is not a valid header value".to_owned())?;
         request.headers_mut().insert("Authorization", bearer);
-        let limits = WebSocketConfig::default()
-            .max_message_size(Some(MAX_MESSAGE_BYTES))
-            .max_frame_size(Some(MAX_MESSAGE_BYTES));
+        let limits = crate::socket::bot_socket_limits();
         // Nagle would hold back 20 ms frames waiting for ACKs: disable it.
         let (mut ws, _response) =
             tokio_tungstenite::connect_async_with_config(request, Some(limits), true)

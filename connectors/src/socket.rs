@@ -57,6 +57,18 @@ pub(crate) async fn finish_close(ws: &mut Socket, peer: &str) {
     }
 }
 
+/// Largest WebSocket message (and frame) a bot may send: generous for
+/// any audio chunk or event, far below tungstenite's 64 MiB default, so a
+/// broken or hostile bot cannot make a call buffer megabytes.
+pub(crate) const MAX_BOT_MESSAGE: usize = 1 << 20;
+
+/// The WebSocket settings every connector connects with.
+pub(crate) fn bot_socket_limits() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_BOT_MESSAGE))
+        .max_frame_size(Some(MAX_BOT_MESSAGE))
+}
+
 /// Log the first few occurrences and then one in a hundred.
 pub(crate) fn worth_logging(count: u64) -> bool {
     count <= 3 || count.is_multiple_of(100)

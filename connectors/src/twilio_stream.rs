@@ -119,9 +119,13 @@ async fn connect_and_start(
     out: &mut Outgoing,
 ) -> Result<Socket, String> {
     // Nagle would hold back 20 ms frames waiting for ACKs: disable it.
-    let (mut ws, _response) = tokio_tungstenite::connect_async_with_config(url, None, true)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut ws, _response) = tokio_tungstenite::connect_async_with_config(
+        url,
+        Some(crate::socket::bot_socket_limits()),
+        true,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let connected =
         serde_json::json!({"event": "connected", "protocol": "Call", "version": "1.0.0"});
     ws.send(Message::text(connected.to_string()))

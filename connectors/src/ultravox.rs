@@ -144,9 +144,13 @@ impl UltravoxConnector {
             )));
         }
         // Nagle would hold back 20 ms frames waiting for ACKs: disable it.
-        let (ws, _response) = tokio_tungstenite::connect_async_with_config(&join_url, None, true)
-            .await
-            .map_err(|e| connect_error(stage, e.to_string()))?;
+        let (ws, _response) = tokio_tungstenite::connect_async_with_config(
+            &join_url,
+            Some(crate::socket::bot_socket_limits()),
+            true,
+        )
+        .await
+        .map_err(|e| connect_error(stage, e.to_string()))?;
         Ok((ws, ultravox_call))
     }
 }

@@ -121,9 +121,13 @@ impl BotConnector for WebsocketConnector {
 
 async fn connect_and_start(url: &str, call: &CallInfo, rate: u32) -> Result<Socket, String> {
     // Nagle would hold back 20 ms frames waiting for ACKs: disable it.
-    let (mut ws, _response) = tokio_tungstenite::connect_async_with_config(url, None, true)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (mut ws, _response) = tokio_tungstenite::connect_async_with_config(
+        url,
+        Some(crate::socket::bot_socket_limits()),
+        true,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     ws.send(Message::text(start_message(call, rate).to_string()))
         .await
         .map_err(|e| format!("sending start: {e}"))?;

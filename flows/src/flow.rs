@@ -381,9 +381,18 @@ mod tests {
         let cases = [
             ("", "bot"),
             ("webhook = { url = \"ftp://x\" }", "webhook.url"),
-            ("webhook = { url = \"http://x\", method = \"PUT\" }", "webhook.method"),
-            ("webhook = { url = \"http://x\", fallback_url = \"nope\" }", "webhook.fallback_url"),
-            ("bot = { kind = \"echo\" }\nwebhook = { url = \"http://x\" }", "webhook"),
+            (
+                "webhook = { url = \"http://x\", method = \"PUT\" }",
+                "webhook.method",
+            ),
+            (
+                "webhook = { url = \"http://x\", fallback_url = \"nope\" }",
+                "webhook.fallback_url",
+            ),
+            (
+                "bot = { kind = \"echo\" }\nwebhook = { url = \"http://x\" }",
+                "webhook",
+            ),
         ];
         for (body, key) in cases {
             let flow = parse(&format!("[[flows]]\nname = \"f\"\n{body}\n"));

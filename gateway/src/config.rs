@@ -179,14 +179,85 @@ pub struct LimitsConfig {
     /// Concurrent calls; the next INVITE gets 503 with Retry-After.
     #[serde(default = "default_max_calls")]
     pub max_calls: usize,
+    /// TCP connections in all; accepts beyond are refused.
+    #[serde(default = "default_tcp_connections")]
+    pub tcp_connections: usize,
+    /// Accepted TCP connections from one source IP.
+    #[serde(default = "default_tcp_connections_per_ip")]
+    pub tcp_connections_per_ip: usize,
+    /// A SIP message on TCP must arrive whole within this many seconds of
+    /// its first byte (a new connection's first message too).
+    #[serde(default = "default_tcp_message_timeout_secs")]
+    pub tcp_message_timeout_secs: u64,
+    /// A TCP connection silent this long (keep-alives count) is closed.
+    #[serde(default = "default_tcp_idle_timeout_secs")]
+    pub tcp_idle_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
             max_calls: default_max_calls(),
+            tcp_connections: default_tcp_connections(),
+            tcp_connections_per_ip: default_tcp_connections_per_ip(),
+            tcp_message_timeout_secs: default_tcp_message_timeout_secs(),
+            tcp_idle_timeout_secs: default_tcp_idle_timeout_secs(),
         }
     }
+}
+
+impl LimitsConfig {
+    pub fn tcp(&self) -> crate::transport::tcp::TcpLimits {
+        crate::transport::tcp::TcpLimits {
+            max_connections: self.tcp_connections,
+            max_per_ip: self.tcp_connections_per_ip,
+            message_timeout: std::time::Duration::from_secs(self.tcp_message_timeout_secs),
+            idle_timeout: std::time::Duration::from_secs(self.tcp_idle_timeout_secs),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("limits.tcp_connections", self.tcp_connections as u64),
+            (
+                "limits.tcp_connections_per_ip",
+                self.tcp_connections_per_ip as u64,
+            ),
+            (
+                "limits.tcp_message_timeout_secs",
+                self.tcp_message_timeout_secs,
+            ),
+            ("limits.tcp_idle_timeout_secs", self.tcp_idle_timeout_secs),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        if self.tcp_idle_timeout_secs < self.tcp_message_timeout_secs {
+            return Err(ConfigError::new(
+                "limits.tcp_idle_timeout_secs",
+                "must not be shorter than tcp_message_timeout_secs",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_tcp_connections() -> usize {
+    10_000
+}
+
+fn default_tcp_connections_per_ip() -> usize {
+    256
+}
+
+fn default_tcp_message_timeout_secs() -> u64 {
+    10
+}
+
+fn default_tcp_idle_timeout_secs() -> u64 {
+    300
 }
 
 fn default_max_calls() -> usize {
@@ -565,6 +636,7 @@ impl Config {
             }
         }
         let api_credentials = self.api_credentials()?;
+        self.limits.validate()?;
         let api_listen = match &self.api.listen {
             None => None,
             Some(text) => Some(text.parse::<SocketAddr>().map_err(|_| {
@@ -814,152 +886,5 @@ fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Config {
-        toml::from_str(text).expect("config parses")
-    }
-
-    const MINIMAL: &str = r#"
-        [[trunks]]
-        name = "local"
-        allow = ["127.0.0.1", "::1"]
-        routes = [{ pattern = ".*", flow = "echo" }]
-
-        [[flows]]
-        name = "echo"
-        bot = { kind = "echo" }
-    "#;
-
-    #[test]
-    fn minimal_config_gets_defaults() {
-        let config = parse(MINIMAL);
-        let valid = config.validate().unwrap();
-        assert_eq!(valid.listen.len(), 2);
-        assert_eq!(valid.rtp_ports, 20000..=30000);
-        assert_eq!(config.limits.max_calls, 1000);
-    }
-
-    #[test]
-    fn listen_addresses_parse_ipv4_and_ipv6() {
-        let udp6 = ListenAddr::parse("udp:[::1]:5070").unwrap();
-        assert_eq!(udp6.transport, Transport::Udp);
-        assert_eq!(udp6.addr, "[::1]:5070".parse().unwrap());
-        assert!(ListenAddr::parse("sctp:127.0.0.1:5060").is_err());
-        assert!(ListenAddr::parse("udp:127.0.0.1").is_err());
-    }
-
-    #[test]
-    fn errors_name_the_key() {
-        let mut config = parse(MINIMAL);
-        config.media.rtp_ports = "30000-20000".into();
-        assert_eq!(config.validate().unwrap_err().key, "media.rtp_ports");
-
-        let mut config = parse(MINIMAL);
-        config.trunks[0].routes[0].flow = Some("missing".into());
-        let error = config.validate().unwrap_err();
-        assert_eq!(error.key, "trunks[0].routes[0].flow");
-        assert!(error.reason.contains("missing"), "{error}");
-
-        let mut config = parse(MINIMAL);
-        config.flows.push(config.flows[0].clone());
-        assert_eq!(config.validate().unwrap_err().key, "flows[1].name");
-
-        let mut config = parse(MINIMAL);
-        config.dial.allow = vec!["^sip:ok@".into(), "(unclosed".into()];
-        assert_eq!(config.validate().unwrap_err().key, "dial.allow[1]");
-
-        let mut config = parse(MINIMAL);
-        config.dial.ringback = Some("mars".into());
-        assert_eq!(config.validate().unwrap_err().key, "dial.ringback");
-    }
-
-    #[test]
-    fn registration_errors_name_the_key() {
-        let with = |registration: &str, listen: &str| {
-            parse(&format!(
-                "[sip]\nlisten = [{listen}]\n{MINIMAL}\n[[registrations]]\n{registration}"
-            ))
-            .validate()
-        };
-        let base = "id = \"pbx-1\"\nusername = \"1001\"\npassword = \"x\"\nflow = \"echo\"\n";
-        let udp = "\"udp:127.0.0.1:5060\"";
-        let valid = with(&format!("{base}proxy = \"pbx.test:5090\""), udp).unwrap();
-        assert_eq!(valid.registrations[0].expires, 3600);
-        let cases = [
-            (
-                "proxy = \"pbx.test;transport=tcp\"",
-                "registrations[0].proxy",
-                "no tcp",
-            ),
-            (
-                "proxy = \"pbx.test;transport=tls\"",
-                "registrations[0].proxy",
-                "TLS",
-            ),
-            (
-                "proxy = \"1001@pbx.test\"",
-                "registrations[0].proxy",
-                "without a user",
-            ),
-            (
-                "proxy = \"pbx.test\"\nexpires = 10",
-                "registrations[0].expires",
-                "30",
-            ),
-            (
-                "proxy = \"pbx.test\"\nstatus_callback = \"ftp://x\"",
-                "registrations[0].status_callback",
-                "http",
-            ),
-        ];
-        for (extra, key, reason) in cases {
-            let error = with(&format!("{base}{extra}"), udp).unwrap_err();
-            assert_eq!(error.key, key, "{extra}: {error}");
-            assert!(error.reason.contains(reason), "{extra}: {error}");
-        }
-        let twice =
-            format!("{base}proxy = \"pbx.test\"\n[[registrations]]\n{base}proxy = \"pbx.test\"");
-        assert_eq!(with(&twice, udp).unwrap_err().key, "registrations[1].id");
-        let other_flow = base.replace("\"echo\"", "\"nope\"");
-        let error = with(&format!("{other_flow}proxy = \"pbx.test\""), udp).unwrap_err();
-        assert_eq!(error.key, "registrations[0].flow");
-    }
-
-    #[test]
-    fn calls_api_login_needs_both_halves_and_a_real_token() {
-        let with = |api: &str| {
-            parse(&format!(
-                "[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\n{MINIMAL}\n[api]\n{api}"
-            ))
-            .validate()
-        };
-        let good = with("account_sid = \"AC1\"\nauth_token = \"0123456789abcdef\"").unwrap();
-        assert_eq!(good.api_credentials.unwrap().account_sid, "AC1");
-        assert!(with("").unwrap().api_credentials.is_none());
-        let cases = [
-            ("account_sid = \"AC1\"", "api.auth_token", "required"),
-            (
-                "auth_token = \"0123456789abcdef\"",
-                "api.account_sid",
-                "required",
-            ),
-            (
-                "account_sid = \"AC1\"\nauth_token = \"short\"",
-                "api.auth_token",
-                "16",
-            ),
-            (
-                "account_sid = \"A:C\"\nauth_token = \"0123456789abcdef\"",
-                "api.account_sid",
-                ":",
-            ),
-        ];
-        for (api, key, reason) in cases {
-            let error = with(api).unwrap_err();
-            assert_eq!(error.key, key, "{api}: {error}");
-            assert!(error.reason.contains(reason), "{api}: {error}");
-        }
-    }
-}
+#[path = "config_tests.rs"]
+mod tests;

@@ -21,6 +21,7 @@ pub const BINDINGS: &str = "switchboard_registrar_bindings";
 pub const REGISTRATIONS: &str = "switchboard_registrations";
 pub const REGISTER_SENT: &str = "switchboard_registration_requests_total";
 pub const AUTH_FAILURES: &str = "switchboard_auth_failures_total";
+pub const TCP_REFUSED: &str = "switchboard_tcp_refused_total";
 pub const CALL_DURATION: &str = "switchboard_call_duration_seconds";
 pub const CALL_LOSS: &str = "switchboard_call_packet_loss_ratio";
 pub const CALL_JITTER: &str = "switchboard_call_jitter_ms";
@@ -59,6 +60,10 @@ pub fn describe() {
     );
     describe_counter!(AUTH_FAILURES, "Failed digest authentications, by reason");
     describe_counter!(
+        TCP_REFUSED,
+        "TCP connections refused at accept or closed for not sending a whole message in time, by reason"
+    );
+    describe_counter!(
         TRANSFERS,
         "Transfers to a human, by outcome: answered, busy, no-answer, failed, canceled, referred, refused"
     );
@@ -87,6 +92,11 @@ pub fn describe() {
 
 pub fn active_calls(count: usize) {
     gauge!(CALLS_ACTIVE).set(count as f64);
+}
+
+/// A TCP connection refused or closed by a limit (`reason`).
+pub fn tcp_refused(reason: &'static str) {
+    counter!(TCP_REFUSED, "reason" => reason).increment(1);
 }
 
 pub fn call_rejected(status: u16) {

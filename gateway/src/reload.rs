@@ -148,6 +148,9 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     if !same(&old.media, &new.media) {
         changed.push("media");
     }
+    if !same(&old.limits.tcp(), &new.limits.tcp()) {
+        changed.push("limits.tcp_*");
+    }
     if !same(&old.api, &new.api) {
         changed.push("api");
     }

@@ -56,7 +56,13 @@ impl Gateway {
     pub async fn start(config: Config, valid: ValidConfig) -> Result<Gateway, GatewayError> {
         let (inbound_tx, inbound) = mpsc::channel(INBOUND_CAPACITY);
         let (sockets_shutdown, sockets_watch) = watch::channel(false);
-        let transports = Transports::bind(&valid.listen, inbound_tx, sockets_watch).await?;
+        let transports = Transports::bind(
+            &valid.listen,
+            inbound_tx,
+            sockets_watch,
+            config.limits.tcp(),
+        )
+        .await?;
         let local = transports.local_addrs().to_vec();
         let flows = flow_runtimes(&config);
         let (commands_tx, commands_rx) = mpsc::channel(crate::endpoint::COMMAND_CAPACITY);

@@ -343,6 +343,11 @@ impl StreamDecoder {
         self.buffer.extend_from_slice(data);
     }
 
+    /// Bytes of a message not yet whole.
+    pub fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Option<StreamItem> {
         loop {

@@ -2,7 +2,7 @@
 //! and the endpoint task. Parsing happens here, per socket, so a flood of
 //! garbage costs the reader task and never the endpoint.
 
-mod tcp;
+pub mod tcp;
 mod udp;
 
 use std::net::SocketAddr;
@@ -50,9 +50,10 @@ impl Transports {
         listen: &[ListenAddr],
         inbound: mpsc::Sender<Inbound>,
         shutdown: watch::Receiver<bool>,
+        tcp_limits: tcp::TcpLimits,
     ) -> std::io::Result<Transports> {
         let mut udp = Vec::new();
-        let tcp = TcpConnections::new(inbound.clone(), shutdown.clone());
+        let tcp = TcpConnections::new(inbound.clone(), shutdown.clone(), tcp_limits);
         let mut local = Vec::new();
         for entry in listen {
             match entry.transport {

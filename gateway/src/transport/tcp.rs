@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -24,10 +24,8 @@ const MAX_MESSAGE: usize = 64 * 1024;
 /// connection opens), bounded by bytes whatever the message sizes.
 const WRITE_QUEUE: usize = 4096;
 const WRITE_QUEUE_BYTES: usize = 2 * 1024 * 1024;
-/// Connections beyond this are refused at accept.
-const MAX_CONNECTIONS: usize = 10_000;
-/// A connection with no traffic for this long is closed.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// How often a refusal at accept is logged (a flood would flood the log).
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Longest wait for an outbound connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -40,21 +38,93 @@ struct Writer {
     ready: Arc<AtomicBool>,
 }
 
+/// What one peer, and all of them, may hold open; and how long a
+/// connection may take to say something.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpLimits {
+    /// Connections, accepted and opened, beyond which accepts are refused.
+    pub max_connections: usize,
+    /// Accepted connections from one source IP.
+    pub max_per_ip: usize,
+    /// A message must arrive whole within this of its first byte (and an
+    /// accepted connection must send its first message within it).
+    pub message_timeout: Duration,
+    /// A connection with no traffic at all (CRLF keep-alives count) for
+    /// this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        TcpLimits {
+            max_connections: 10_000,
+            max_per_ip: 256,
+            message_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
 /// Every live connection, accepted or opened by us, by peer address.
 #[derive(Clone)]
 pub struct TcpConnections {
     writers: Arc<Mutex<HashMap<SocketAddr, Writer>>>,
+    /// Accepted connections per source IP (touched per accept and close).
+    accepted: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    limits: TcpLimits,
     inbound: mpsc::Sender<Inbound>,
     shutdown: watch::Receiver<bool>,
 }
 
+/// An accepted connection's place in its source's count, given back when
+/// the connection ends however it ends.
+struct AcceptedSlot {
+    accepted: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl Drop for AcceptedSlot {
+    fn drop(&mut self) {
+        let mut accepted = self.accepted.lock().unwrap();
+        if let Some(count) = accepted.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                accepted.remove(&self.ip);
+            }
+        }
+    }
+}
+
 impl TcpConnections {
-    pub fn new(inbound: mpsc::Sender<Inbound>, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        inbound: mpsc::Sender<Inbound>,
+        shutdown: watch::Receiver<bool>,
+        limits: TcpLimits,
+    ) -> Self {
         TcpConnections {
             writers: Arc::default(),
+            accepted: Arc::default(),
+            limits,
             inbound,
             shutdown,
         }
+    }
+
+    /// Takes a slot for a connection from `ip`, or says which limit is hit.
+    fn admit(&self, ip: IpAddr) -> Result<AcceptedSlot, &'static str> {
+        if self.len() >= self.limits.max_connections {
+            return Err("too many TCP connections");
+        }
+        let mut accepted = self.accepted.lock().unwrap();
+        let count = accepted.entry(ip).or_insert(0);
+        if *count >= self.limits.max_per_ip {
+            return Err("too many TCP connections from this address");
+        }
+        *count += 1;
+        Ok(AcceptedSlot {
+            accepted: self.accepted.clone(),
+            ip,
+        })
     }
 
     /// Queues `bytes` for `peer`, opening a connection from `local` when
@@ -84,7 +154,7 @@ impl TcpConnections {
                 }
             }
         }
-        if writers.len() >= MAX_CONNECTIONS {
+        if writers.len() >= self.limits.max_connections {
             tracing::warn!(%peer, "too many TCP connections: not opening another");
             drop(writers);
             let _ = self.inbound.try_send(Inbound::ConnectFailed { addr: peer });
@@ -186,7 +256,7 @@ async fn connect(
             let _ = stream.set_nodelay(true);
             let shutdown = connections.shutdown.clone();
             let inbound = connections.inbound.clone();
-            run(stream, peer, connections, inbound, shutdown, channel).await;
+            run(stream, peer, connections, inbound, shutdown, channel, false).await;
         }
         Ok(Err(error)) => {
             connect_failed(&connections, peer, &channel.queue, &error.to_string()).await
@@ -215,6 +285,7 @@ pub async fn accept_loop(
     inbound: mpsc::Sender<Inbound>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let mut last_refusal_log: Option<Instant> = None;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -228,10 +299,17 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        if connections.len() >= MAX_CONNECTIONS {
-            tracing::warn!(%peer, "too many TCP connections: refusing");
-            continue;
-        }
+        let slot = match connections.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                crate::metrics::tcp_refused(reason);
+                if last_refusal_log.is_none_or(|at: Instant| at.elapsed() >= REFUSAL_LOG_EVERY) {
+                    last_refusal_log = Some(Instant::now());
+                    tracing::warn!(%peer, reason, "refusing TCP connections (logged once per 10 s; see switchboard_tcp_refused_total)");
+                }
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         tokio::spawn(serve(
             stream,
@@ -239,6 +317,7 @@ pub async fn accept_loop(
             connections.clone(),
             inbound.clone(),
             shutdown.clone(),
+            slot,
         ));
     }
 }
@@ -249,6 +328,7 @@ async fn serve(
     connections: TcpConnections,
     inbound: mpsc::Sender<Inbound>,
     shutdown: watch::Receiver<bool>,
+    _slot: AcceptedSlot,
 ) {
     let (queue, outgoing) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let pending = Arc::new(AtomicUsize::new(0));
@@ -258,7 +338,7 @@ async fn serve(
         outgoing,
         pending,
     };
-    run(stream, peer, connections, inbound, shutdown, channel).await;
+    run(stream, peer, connections, inbound, shutdown, channel, true).await;
 }
 
 /// Reads and writes one connection until either side ends it.
@@ -269,7 +349,9 @@ async fn run(
     inbound: mpsc::Sender<Inbound>,
     mut shutdown: watch::Receiver<bool>,
     channel: Channel,
+    accepted: bool,
 ) {
+    let limits = connections.limits;
     let Channel {
         queue,
         mut outgoing,
@@ -293,19 +375,35 @@ async fn run(
         transport: Transport::Tcp,
         addr: peer,
     };
+    // A message (and an accepted connection's first one) must arrive
+    // whole in time: half a header held open forever is an attack.
+    let mut message_since = accepted.then(Instant::now);
+    let mut last_activity = Instant::now();
     'connection: loop {
+        let idle_deadline = last_activity + limits.idle_timeout;
+        let deadline = message_since
+            .map(|since| (since + limits.message_timeout).min(idle_deadline))
+            .unwrap_or(idle_deadline);
         let read = tokio::select! {
-            read = tokio::time::timeout(IDLE_TIMEOUT, reader.read(&mut buf)) => read,
+            read = tokio::time::timeout_at(deadline.into(), reader.read(&mut buf)) => read,
             _ = shutdown.changed() => break,
         };
         let len = match read {
             Ok(Ok(0)) | Ok(Err(_)) => break,
+            Err(_)
+                if message_since.is_some_and(|since| since.elapsed() >= limits.message_timeout) =>
+            {
+                crate::metrics::tcp_refused("message timeout");
+                tracing::info!(%peer, timeout_secs = limits.message_timeout.as_secs_f32(), "no whole SIP message in time: closing the TCP connection");
+                break;
+            }
             Err(_) => {
                 tracing::debug!(%peer, "idle TCP connection closed");
                 break;
             }
             Ok(Ok(len)) => len,
         };
+        last_activity = Instant::now();
         decoder.extend(&buf[..len]);
         while let Some(item) = decoder.next() {
             match item {
@@ -346,6 +444,11 @@ async fn run(
                 }
             }
         }
+        message_since = match (decoder.buffered(), message_since) {
+            (0, _) => None,
+            (_, Some(since)) => Some(since),
+            (_, None) => Some(last_activity),
+        };
     }
     connections.remove(peer, &queue);
     drop(queue);

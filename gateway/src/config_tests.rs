@@ -1,0 +1,169 @@
+//! Configuration parsing and validation: every error names its key.
+use super::*;
+
+fn parse(text: &str) -> Config {
+    toml::from_str(text).expect("config parses")
+}
+
+const MINIMAL: &str = r#"
+    [[trunks]]
+    name = "local"
+    allow = ["127.0.0.1", "::1"]
+    routes = [{ pattern = ".*", flow = "echo" }]
+
+    [[flows]]
+    name = "echo"
+    bot = { kind = "echo" }
+"#;
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let config = parse(MINIMAL);
+    let valid = config.validate().unwrap();
+    assert_eq!(valid.listen.len(), 2);
+    assert_eq!(valid.rtp_ports, 20000..=30000);
+    assert_eq!(config.limits.max_calls, 1000);
+}
+
+#[test]
+fn listen_addresses_parse_ipv4_and_ipv6() {
+    let udp6 = ListenAddr::parse("udp:[::1]:5070").unwrap();
+    assert_eq!(udp6.transport, Transport::Udp);
+    assert_eq!(udp6.addr, "[::1]:5070".parse().unwrap());
+    assert!(ListenAddr::parse("sctp:127.0.0.1:5060").is_err());
+    assert!(ListenAddr::parse("udp:127.0.0.1").is_err());
+}
+
+#[test]
+fn errors_name_the_key() {
+    let mut config = parse(MINIMAL);
+    config.media.rtp_ports = "30000-20000".into();
+    assert_eq!(config.validate().unwrap_err().key, "media.rtp_ports");
+
+    let mut config = parse(MINIMAL);
+    config.trunks[0].routes[0].flow = Some("missing".into());
+    let error = config.validate().unwrap_err();
+    assert_eq!(error.key, "trunks[0].routes[0].flow");
+    assert!(error.reason.contains("missing"), "{error}");
+
+    let mut config = parse(MINIMAL);
+    config.flows.push(config.flows[0].clone());
+    assert_eq!(config.validate().unwrap_err().key, "flows[1].name");
+
+    let mut config = parse(MINIMAL);
+    config.dial.allow = vec!["^sip:ok@".into(), "(unclosed".into()];
+    assert_eq!(config.validate().unwrap_err().key, "dial.allow[1]");
+
+    let mut config = parse(MINIMAL);
+    config.dial.ringback = Some("mars".into());
+    assert_eq!(config.validate().unwrap_err().key, "dial.ringback");
+}
+
+#[test]
+fn registration_errors_name_the_key() {
+    let with = |registration: &str, listen: &str| {
+        parse(&format!(
+            "[sip]\nlisten = [{listen}]\n{MINIMAL}\n[[registrations]]\n{registration}"
+        ))
+        .validate()
+    };
+    let base = "id = \"pbx-1\"\nusername = \"1001\"\npassword = \"x\"\nflow = \"echo\"\n";
+    let udp = "\"udp:127.0.0.1:5060\"";
+    let valid = with(&format!("{base}proxy = \"pbx.test:5090\""), udp).unwrap();
+    assert_eq!(valid.registrations[0].expires, 3600);
+    let cases = [
+        (
+            "proxy = \"pbx.test;transport=tcp\"",
+            "registrations[0].proxy",
+            "no tcp",
+        ),
+        (
+            "proxy = \"pbx.test;transport=tls\"",
+            "registrations[0].proxy",
+            "TLS",
+        ),
+        (
+            "proxy = \"1001@pbx.test\"",
+            "registrations[0].proxy",
+            "without a user",
+        ),
+        (
+            "proxy = \"pbx.test\"\nexpires = 10",
+            "registrations[0].expires",
+            "30",
+        ),
+        (
+            "proxy = \"pbx.test\"\nstatus_callback = \"ftp://x\"",
+            "registrations[0].status_callback",
+            "http",
+        ),
+    ];
+    for (extra, key, reason) in cases {
+        let error = with(&format!("{base}{extra}"), udp).unwrap_err();
+        assert_eq!(error.key, key, "{extra}: {error}");
+        assert!(error.reason.contains(reason), "{extra}: {error}");
+    }
+    let twice =
+        format!("{base}proxy = \"pbx.test\"\n[[registrations]]\n{base}proxy = \"pbx.test\"");
+    assert_eq!(with(&twice, udp).unwrap_err().key, "registrations[1].id");
+    let other_flow = base.replace("\"echo\"", "\"nope\"");
+    let error = with(&format!("{other_flow}proxy = \"pbx.test\""), udp).unwrap_err();
+    assert_eq!(error.key, "registrations[0].flow");
+}
+
+#[test]
+fn calls_api_login_needs_both_halves_and_a_real_token() {
+    let with = |api: &str| {
+        parse(&format!(
+            "[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\n{MINIMAL}\n[api]\n{api}"
+        ))
+        .validate()
+    };
+    let good = with("account_sid = \"AC1\"\nauth_token = \"0123456789abcdef\"").unwrap();
+    assert_eq!(good.api_credentials.unwrap().account_sid, "AC1");
+    assert!(with("").unwrap().api_credentials.is_none());
+    let cases = [
+        ("account_sid = \"AC1\"", "api.auth_token", "required"),
+        (
+            "auth_token = \"0123456789abcdef\"",
+            "api.account_sid",
+            "required",
+        ),
+        (
+            "account_sid = \"AC1\"\nauth_token = \"short\"",
+            "api.auth_token",
+            "16",
+        ),
+        (
+            "account_sid = \"A:C\"\nauth_token = \"0123456789abcdef\"",
+            "api.account_sid",
+            ":",
+        ),
+    ];
+    for (api, key, reason) in cases {
+        let error = with(api).unwrap_err();
+        assert_eq!(error.key, key, "{api}: {error}");
+        assert!(error.reason.contains(reason), "{api}: {error}");
+    }
+}
+
+#[test]
+fn tcp_limits_must_be_usable() {
+    let with = |limits: &str| {
+        parse(&format!(
+            "[sip]\nlisten = [\"tcp:127.0.0.1:5060\"]\n{MINIMAL}\n[limits]\n{limits}"
+        ))
+        .validate()
+    };
+    assert!(with("tcp_connections_per_ip = 8").is_ok());
+    assert_eq!(
+        with("tcp_connections_per_ip = 0").unwrap_err().key,
+        "limits.tcp_connections_per_ip"
+    );
+    assert_eq!(
+        with("tcp_message_timeout_secs = 30\ntcp_idle_timeout_secs = 20")
+            .unwrap_err()
+            .key,
+        "limits.tcp_idle_timeout_secs"
+    );
+}
