@@ -233,3 +233,71 @@ fn free_udp_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The Calls API places a call to a registered user by name: bob's
+/// baresip answers, talks to the echo flow and hears himself; a form POST
+/// hangs up.
+#[test]
+fn the_calls_api_calls_a_registered_user() {
+    let (account, token) = (
+        "AC0123456789abcdef0123456789abcdef",
+        "token-0123456789abcdef",
+    );
+    let config = config().replace(
+        "[api]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "[api]\nlisten = \"127.0.0.1:0\"\naccount_sid = \"{account}\"\nauth_token = \"{token}\"\n"
+        ),
+    );
+    let gateway = GatewayProcess::start("phones-api", &config);
+    let mic = microphone(&gateway, "bob-mic");
+    let mut bob = Baresip::registered(
+        &gateway.dir,
+        "bob",
+        &PCMU,
+        &mic,
+        gateway.udp,
+        "bob",
+        "builder",
+        "auto",
+        None,
+        10,
+    );
+    let api = api_addr(&gateway);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !http_get(api, "/v1/users").1.contains("baresip") {
+        assert!(std::time::Instant::now() < deadline, "bob never registered");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let calls = format!("/2010-04-01/Accounts/{account}/Calls.json");
+    let (status, call) = common::api::twilio_request(
+        api,
+        "POST",
+        &calls,
+        "To=bob&From=%2B15550100&Flow=echo",
+        (account, token),
+    );
+    assert_eq!(status, 201, "{call}");
+    let path = format!(
+        "/2010-04-01/Accounts/{account}/Calls/{}.json",
+        call["sid"].as_str().unwrap()
+    );
+    bob.wait_for_log("Call established", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(4));
+    let (status, call) =
+        common::api::twilio_request(api, "POST", &path, "Status=completed", (account, token));
+    assert_eq!(status, 200, "{call}");
+    let _ = bob.wait(Duration::from_secs(20));
+    let heard = bob.recording("dec").mono();
+    let sent = voice_like(8000, 12 * 8000);
+    let (score, delay) = peak_correlation(&sent, &heard, 8000, 8000);
+    let log = bob.log();
+    assert!(
+        score > 0.8,
+        "bob hears his echo ({score:.3} at {delay} samples)\n{log}"
+    );
+    let (_, call) = common::api::twilio_request(api, "GET", &path, "", (account, token));
+    assert_eq!(call["status"], "completed");
+    assert_eq!(call["direction"], "outbound-api");
+    gateway.assert_no_panic();
+}

@@ -512,6 +512,76 @@ bot = {{ kind = "twilio_stream", url = "ws://{}/media" }}
     gateway.assert_no_panic();
 }
 
+/// The Calls API places a call to extension 1002 through registration
+/// pbx-1001: the PBX challenges, the gateway answers as 1001, the callee
+/// talks to the echo flow, and a form POST hangs up.
+#[test]
+fn the_calls_api_dials_an_extension_through_the_registration() {
+    let dir = scratch_dir("registration-api");
+    let pbx = Kamailio::start_with(&dir, false, &pbx_routing(30));
+    let agent_rtp = RtpPeer::bind();
+    let agent = Agent::start(
+        &dir,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::AnswerAndWait {
+                rtp_port: agent_rtp.port(),
+            },
+            challenge: false,
+            require: Some("From: .*sip:1001@"),
+            formats: &[(0, "PCMU/8000")],
+        },
+        SipTransport::Udp,
+    );
+    let mut phone = Phone::new(pbx.addr, "1002", "pw1002");
+    let answer = phone.register(&[format!("<sip:1002@{}>", agent.addr)], Some(300), "MD5");
+    assert!(answer.starts_with("SIP/2.0 200"), "{answer}");
+    let (account, token) = (
+        "AC0123456789abcdef0123456789abcdef",
+        "token-0123456789abcdef",
+    );
+    let gateway = GatewayProcess::start(
+        "registration-api",
+        &config(
+            &registration("pbx-1001", "1001", "pw1001", &pbx, ""),
+            &format!("account_sid = \"{account}\"\nauth_token = \"{token}\"\n"),
+        ),
+    );
+    let api = api_addr(&gateway);
+    wait_status(api, "pbx-1001", "successful", Duration::from_secs(10));
+    let calls = format!("/2010-04-01/Accounts/{account}/Calls.json");
+    let (status, call) = common::api::twilio_request(
+        api,
+        "POST",
+        &calls,
+        "To=1002&From=ignored&Registration=pbx-1001&Flow=echo",
+        (account, token),
+    );
+    assert_eq!(status, 201, "{call}");
+    let sid = call["sid"].as_str().unwrap().to_string();
+    let path = format!("/2010-04-01/Accounts/{account}/Calls/{sid}.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, call) = common::api::twilio_request(api, "GET", &path, "", (account, token));
+        if call["status"] == "in-progress" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never answered: {call}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    agent_rtp
+        .wait_first_packet(Duration::from_secs(5))
+        .expect("the echo flow's media reaches the extension");
+    let log = pbx.log();
+    assert!(log.contains("INVITE from 1001 challenged"), "{log}");
+    assert!(log.contains("INVITE from 1001 authenticated"), "{log}");
+    let (status, _) =
+        common::api::twilio_request(api, "POST", &path, "Status=completed", (account, token));
+    assert_eq!(status, 200);
+    sipp::assert_success(&agent.join(), &dir.join("agent"));
+    gateway.assert_no_panic();
+}
+
 #[test]
 fn a_423_gets_a_second_register_with_the_registrars_minimum() {
     let dir = scratch_dir("registration-423");

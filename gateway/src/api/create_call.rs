@@ -16,7 +16,7 @@ use switchboard_flows::{parse_twiml, Verb};
 
 use super::twilio::{authorize, call_json, form, param, TwilioError, TwilioState};
 use crate::call::dial::parse_target;
-use crate::call::outbound::{OutboundRequest, PlaceCall, PlaceError, Program};
+use crate::call::outbound::{OutboundRequest, PlaceCall, PlaceError, Program, Reach};
 use crate::call::status_callback::StatusCallbackSpec;
 use crate::call::EndpointCommand;
 use crate::config::ApiCredentials;
@@ -44,7 +44,20 @@ pub(super) async fn create_call(
 ) -> Result<(StatusCode, Json<Value>), TwilioError> {
     let credentials = authorize(&state, &headers, &account)?;
     let form = form(&body);
-    let request = outbound_request(&form, &credentials)?;
+    let request = {
+        let user = |name: &str| {
+            state
+                .registrar
+                .as_ref()
+                .is_some_and(|r| r.directory().user(name).is_some())
+        };
+        let registration = |id: &str| state.registrations.get(id).is_some();
+        let known = Known {
+            user: &user,
+            registration: &registration,
+        };
+        outbound_request(&form, &credentials, &known)?
+    };
     tracing::info!(to = %request.to, from = %request.from, "Calls API: placing a call");
     let (reply, answer) = tokio::sync::oneshot::channel();
     let unavailable =
@@ -69,9 +82,16 @@ pub(super) async fn create_call(
 }
 
 /// Reads and checks every parameter; the first problem is the answer.
+/// What the gateway knows of the names a `To` may use.
+struct Known<'a> {
+    user: &'a dyn Fn(&str) -> bool,
+    registration: &'a dyn Fn(&str) -> bool,
+}
+
 fn outbound_request(
     form: &[(String, String)],
     credentials: &ApiCredentials,
+    known: &Known,
 ) -> Result<OutboundRequest, TwilioError> {
     let to = param(form, "To")
         .filter(|to| !to.is_empty())
@@ -82,7 +102,7 @@ fn outbound_request(
     if from.len() > MAX_TO_LEN || from.chars().any(char::is_control) {
         return Err(invalid(21212, format!("Invalid 'From' value: {from:?}")));
     }
-    let target = sip_target(to)?;
+    let reach = reach(form, to, known)?;
     let program = program(form)?;
     let credentials_for_dial = match (
         param(form, "SipAuthUsername"),
@@ -119,15 +139,15 @@ fn outbound_request(
             "Record is not available for placed calls yet (record through a flow's `recording`)",
         ));
     }
-    if param(form, "Registration").is_some() || param(form, "ApplicationSid").is_some() {
+    if param(form, "ApplicationSid").is_some() {
         return Err(invalid(
             21201,
-            "Registration and ApplicationSid are not available for placed calls yet",
+            "ApplicationSid is not available here: give Twiml, Url or Flow",
         ));
     }
     Ok(OutboundRequest {
         to: to.to_string(),
-        target,
+        reach,
         from: from.to_string(),
         credentials: credentials_for_dial,
         ring_timeout: Duration::from_secs(ring_secs),
@@ -135,6 +155,39 @@ fn outbound_request(
         program,
         callbacks: status_callbacks(form, credentials)?,
     })
+}
+
+/// Who `To` is: an extension through `Registration`, a SIP URI, or one of
+/// our registered users by name.
+fn reach(form: &[(String, String)], to: &str, known: &Known) -> Result<Reach, TwilioError> {
+    if let Some(id) = param(form, "Registration") {
+        if !(known.registration)(id) {
+            return Err(invalid(21201, format!("there is no registration `{id}`")));
+        }
+        let extension = to.strip_prefix("sip:").unwrap_or(to);
+        let extension = extension.split(['@', ';', '?']).next().unwrap_or("");
+        if extension.is_empty()
+            || !extension
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-_.*#".contains(c))
+        {
+            return Err(invalid(
+                21211,
+                format!("Invalid 'To' {to:?}: not an extension"),
+            ));
+        }
+        return Ok(Reach::Registration {
+            id: id.to_string(),
+            extension: extension.to_string(),
+        });
+    }
+    if !(to.starts_with("sip:") || to.starts_with("sips:")) {
+        let name = to.strip_prefix("client:").unwrap_or(to);
+        if (known.user)(name) {
+            return Ok(Reach::User(name.to_string()));
+        }
+    }
+    sip_target(to).map(Reach::Uri)
 }
 
 /// `To`: a SIP URI (`;transport=`, `?X-headers`), within Twilio's limits.
@@ -148,7 +201,7 @@ fn sip_target(to: &str) -> Result<crate::call::dial::Target, TwilioError> {
     if !(to.starts_with("sip:") || to.starts_with("sips:")) {
         return Err(invalid(
             21211,
-            format!("Invalid 'To' {to:?}: only SIP URIs can be called here yet (no outbound trunk for numbers)"),
+            format!("Invalid 'To' {to:?}: not a SIP URI or a registered user (numbers through a trunk are not available yet)"),
         ));
     }
     if to
@@ -312,7 +365,11 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        outbound_request(&form, &login())
+        let known = Known {
+            user: &|name| name == "alice",
+            registration: &|id| id == "pbx",
+        };
+        outbound_request(&form, &login(), &known)
     }
 
     #[test]
@@ -331,8 +388,11 @@ mod tests {
             ("Timeout", "15"),
         ])
         .unwrap();
+        let Reach::Uri(target) = &placed.reach else {
+            panic!("a SIP URI is reached by DNS")
+        };
         assert_eq!(
-            placed.target.headers,
+            target.headers,
             vec![("X-Case".to_string(), "42".to_string())]
         );
         assert!(
@@ -387,5 +447,34 @@ mod tests {
         ]);
         assert_eq!(request(&event).err().map(|e| e.code), Some(21626));
         assert!(request(&base).is_ok());
+        let mut through = base.to_vec();
+        through.extend([("Registration", "nope")]);
+        assert_eq!(request(&through).err().map(|e| e.code), Some(21201));
+    }
+
+    #[test]
+    fn to_names_a_user_or_an_extension_through_a_registration() {
+        let twiml = ("Twiml", "<Response><Hangup/></Response>");
+        let user = request(&[("To", "alice"), ("From", "Jack"), twiml]).unwrap();
+        assert!(matches!(user.reach, Reach::User(ref name) if name == "alice"));
+        let client = request(&[("To", "client:alice"), ("From", "Jack"), twiml]).unwrap();
+        assert!(matches!(client.reach, Reach::User(_)));
+        assert_eq!(
+            request(&[("To", "bob"), ("From", "Jack"), twiml])
+                .err()
+                .map(|e| e.code),
+            Some(21211)
+        );
+        let extension = request(&[
+            ("To", "1002"),
+            ("From", "Jack"),
+            ("Registration", "pbx"),
+            twiml,
+        ])
+        .unwrap();
+        assert!(matches!(
+            extension.reach,
+            Reach::Registration { ref id, ref extension } if id == "pbx" && extension == "1002"
+        ));
     }
 }

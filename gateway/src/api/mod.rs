@@ -69,6 +69,8 @@ impl ApiServer {
             credentials: context.credentials,
             http: context.http,
             endpoint: context.endpoint,
+            registrar: context.registrar.clone(),
+            registrations: context.registry.clone(),
         };
         let state = ApiState {
             prometheus: prometheus.clone(),

@@ -38,6 +38,9 @@ pub(super) struct TwilioState {
     pub http: reqwest::Client,
     /// Where placed calls start.
     pub endpoint: tokio::sync::mpsc::Sender<crate::call::EndpointCommand>,
+    /// Users a call may be placed to, and registrations to dial through.
+    pub registrar: Option<Arc<crate::registrar::service::Registrar>>,
+    pub registrations: Arc<crate::registration::manager::Registry>,
 }
 
 pub(super) fn routes() -> Router<TwilioState> {

@@ -40,12 +40,25 @@ pub enum Program {
     Url(switchboard_flows::WebhookConfig),
 }
 
+/// How the party is reached.
+#[derive(Debug)]
+pub enum Reach {
+    /// `To` is a SIP URI, found by DNS (SRV, A/AAAA).
+    Uri(Target),
+    /// `To` is one of our registered users: their most recently registered
+    /// phone (one leg: placed calls do not fork).
+    User(String),
+    /// `To` is an extension of the PBX our registration `id` is registered
+    /// to: sent there as that extension, with its credentials.
+    Registration { id: String, extension: String },
+}
+
 /// A call to place, checked by the API.
 #[derive(Debug)]
 pub struct OutboundRequest {
     /// `To` as given.
     pub to: String,
-    pub target: Target,
+    pub reach: Reach,
     /// `From` as given: a number, a user or a SIP URI.
     pub from: String,
     pub credentials: Option<(String, String)>,
@@ -158,10 +171,9 @@ async fn place(
     mut setup: OutboundSetup,
     callbacks: Option<StatusCallbacks>,
 ) -> Result<Call, String> {
-    let target = &setup.request.target;
-    let resolver = setup.shared.resolver.clone();
-    let resolved = tokio::select! {
-        resolved = resolver.resolve(&target.request_uri, target.transport) => resolved,
+    let shared = setup.shared.clone();
+    let reached = tokio::select! {
+        reached = reach(&shared, &setup.request.reach) => reached,
         _ = stop_requested(&mut setup.inputs) => {
             setup.resource.end_status = CallStatus::Canceled;
             return Err("canceled before dialing".into());
@@ -172,8 +184,13 @@ async fn place(
         resource.set_status(CallStatus::Failed);
         Err(reason)
     };
-    let peer = match resolved {
-        Ok(peer) => peer,
+    let Reached {
+        target,
+        peer,
+        from: through_from,
+        credentials: through_credentials,
+    } = match reached {
+        Ok(reached) => reached,
         Err(reason) => return fail(&setup.resource, format!("unreachable: {reason}")),
     };
     let Some(local) = setup.shared.local_for(peer.transport, peer.addr) else {
@@ -185,15 +202,15 @@ async fn place(
         Err(error) => return fail(&setup.resource, format!("no RTP port: {error}")),
     };
     let request = setup.request;
-    let from = caller_id_at(&request.from, &setup.shared, local);
+    let from = through_from.unwrap_or_else(|| caller_id_at(&request.from, &setup.shared, local));
+    let credentials = request.credentials.clone().or(through_credentials);
     let info = CallInfo {
         call_id: setup.call_id.clone(),
         from: request.from.clone(),
         to: request.to.clone(),
         flow: setup.flow.name.clone(),
         parameters: setup.flow.parameters.clone(),
-        x_headers: request
-            .target
+        x_headers: target
             .headers
             .iter()
             .filter(|(name, _)| name.len() > 2 && name[..2].eq_ignore_ascii_case("x-"))
@@ -212,12 +229,12 @@ async fn place(
     let leg = Leg::outgoing(
         OutgoingCall {
             call_id: setup.call_id.clone(),
-            request_uri: request.target.request_uri.clone(),
+            request_uri: target.request_uri.clone(),
             from,
-            to: request.target.to_header(),
-            headers: request.target.headers.clone(),
+            to: target.to_header(),
+            headers: target.headers.clone(),
             sdp: offer,
-            credentials: request.credentials.clone(),
+            credentials,
             ring_timeout: request.ring_timeout,
         },
         config,
@@ -260,6 +277,64 @@ async fn place(
     call.report("initiated", None);
     call.drive().await;
     Ok(call)
+}
+
+/// Where a placed call goes, worked out.
+struct Reached {
+    target: Target,
+    peer: crate::sip::transaction::Peer,
+    /// From and credentials of a registration we dial through.
+    from: Option<crate::sip::uri::NameAddr>,
+    credentials: Option<(String, String)>,
+}
+
+async fn reach(shared: &CallShared, reach: &Reach) -> Result<Reached, String> {
+    match reach {
+        Reach::Uri(target) => {
+            let peer = shared
+                .resolver
+                .resolve(&target.request_uri, target.transport)
+                .await?;
+            Ok(Reached {
+                target: target.clone(),
+                peer,
+                from: None,
+                credentials: None,
+            })
+        }
+        Reach::User(user) => {
+            let registrar = shared
+                .registrar
+                .as_ref()
+                .ok_or_else(|| "this gateway has no registered users".to_string())?;
+            let contacts = super::transfer::user_contacts(registrar, user)
+                .await
+                .map_err(|(_, reason)| reason)?;
+            let (uri, peer) = contacts
+                .into_iter()
+                .next()
+                .ok_or_else(|| format!("{user} has no registered phone"))?;
+            Ok(Reached {
+                target: Target {
+                    request_uri: uri,
+                    headers: Vec::new(),
+                    transport: Some(peer.transport),
+                },
+                peer,
+                from: None,
+                credentials: None,
+            })
+        }
+        Reach::Registration { id, extension } => {
+            let through = super::transfer::through_registration(shared, id, extension)?;
+            Ok(Reached {
+                target: through.target,
+                peer: through.peer,
+                from: Some(through.from),
+                credentials: Some(through.credentials),
+            })
+        }
+    }
 }
 
 /// Resolves when the API hangs up the call or the gateway stops.

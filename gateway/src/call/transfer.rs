@@ -82,11 +82,11 @@ pub(super) struct Transfer {
 }
 
 /// A dial through an outbound registration, worked out.
-struct Through {
-    target: Target,
-    peer: Peer,
-    from: NameAddr,
-    credentials: (String, String),
+pub(super) struct Through {
+    pub(super) target: Target,
+    pub(super) peer: Peer,
+    pub(super) from: NameAddr,
+    pub(super) credentials: (String, String),
 }
 
 impl Transfer {
@@ -161,7 +161,7 @@ static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::ne
 pub(super) type DialTargets = Result<Vec<(crate::sip::uri::SipUri, Peer)>, (u16, String)>;
 
 /// A user's live contacts, each reached where its REGISTER came from.
-async fn user_contacts(
+pub(super) async fn user_contacts(
     registrar: &crate::registrar::service::Registrar,
     user: &str,
 ) -> DialTargets {
@@ -226,7 +226,7 @@ impl Call {
         // Through an outbound registration: an extension of that PBX.
         let mut target = target;
         let through = match target.registration.clone() {
-            Some(id) => match self.registration_target(&id, &target.uri) {
+            Some(id) => match through_registration(&self.shared, &id, &target.uri) {
                 Ok(found) => Some(found),
                 Err(reason) => {
                     tracing::warn!(target = %target.uri, registration = %id, %reason, "dial refused");
@@ -342,48 +342,6 @@ impl Call {
                 self.end_unconnected(FailKind::Failed, 500, format!("dial impossible: {reason}"))
             }
         }
-    }
-
-    /// The extension `uri` of the PBX registration `id` is registered to:
-    /// its Request-URI, where it goes, and as whom.
-    fn registration_target(&self, id: &str, uri: &str) -> Result<Through, String> {
-        let entry = self
-            .shared
-            .registry
-            .get(id)
-            .ok_or_else(|| format!("there is no registration `{id}`"))?;
-        let peer = entry
-            .peer
-            .ok_or_else(|| format!("registration `{id}` has not reached its registrar yet"))?;
-        let rest = uri.strip_prefix("sip:").unwrap_or(uri);
-        let user = rest.split(['@', ';', '?']).next().unwrap_or("");
-        if user.is_empty() {
-            return Err(format!("{uri:?} names no extension"));
-        }
-        let mut request_uri = entry.spec.proxy.clone();
-        request_uri.user = Some(user.to_string());
-        let from = NameAddr {
-            display: None,
-            uri: entry.spec.aor(),
-            params: Vec::new(),
-        };
-        Ok(Through {
-            target: Target {
-                request_uri,
-                headers: Vec::new(),
-                transport: Some(peer.transport),
-            },
-            peer,
-            from,
-            credentials: (
-                entry
-                    .spec
-                    .auth_user
-                    .clone()
-                    .unwrap_or_else(|| entry.spec.username.clone()),
-                entry.spec.password.clone(),
-            ),
-        })
     }
 
     /// Whether `target` names one of our registered users.
@@ -841,4 +799,49 @@ pub(super) fn caller_id_at(caller: &str, shared: &CallShared, local: SocketAddr)
     ));
     NameAddr::parse(&format!("<sip:{user}@{host}>"))
         .expect("a caller ID URI of safe characters parses")
+}
+
+/// The extension `uri` of the PBX registration `id` is registered to:
+/// its Request-URI, where it goes, and as whom.
+pub(super) fn through_registration(
+    shared: &CallShared,
+    id: &str,
+    uri: &str,
+) -> Result<Through, String> {
+    let entry = shared
+        .registry
+        .get(id)
+        .ok_or_else(|| format!("there is no registration `{id}`"))?;
+    let peer = entry
+        .peer
+        .ok_or_else(|| format!("registration `{id}` has not reached its registrar yet"))?;
+    let rest = uri.strip_prefix("sip:").unwrap_or(uri);
+    let user = rest.split(['@', ';', '?']).next().unwrap_or("");
+    if user.is_empty() {
+        return Err(format!("{uri:?} names no extension"));
+    }
+    let mut request_uri = entry.spec.proxy.clone();
+    request_uri.user = Some(user.to_string());
+    let from = NameAddr {
+        display: None,
+        uri: entry.spec.aor(),
+        params: Vec::new(),
+    };
+    Ok(Through {
+        target: Target {
+            request_uri,
+            headers: Vec::new(),
+            transport: Some(peer.transport),
+        },
+        peer,
+        from,
+        credentials: (
+            entry
+                .spec
+                .auth_user
+                .clone()
+                .unwrap_or_else(|| entry.spec.username.clone()),
+            entry.spec.password.clone(),
+        ),
+    })
 }
