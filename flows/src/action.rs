@@ -30,6 +30,10 @@ pub struct DialTarget {
     /// `<Sip registration="…">`: dial out through this outbound
     /// registration, as its extension (`uri` may then be `sip:1002`).
     pub registration: Option<String>,
+    /// `<Number>` (or bare digits in `<Dial>`): a phone number, normalised
+    /// to `+` and digits, sent out through a trunk's outbound side (`uri`
+    /// is then `tel:` and the number).
+    pub number: Option<String>,
 }
 
 impl Default for DialTarget {
@@ -45,6 +49,7 @@ impl Default for DialTarget {
             method_get: false,
             hangup_on_star: false,
             registration: None,
+            number: None,
         }
     }
 }

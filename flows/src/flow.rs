@@ -18,6 +18,10 @@ pub struct FlowConfig {
     /// Twilio's voice webhooks do.
     #[serde(default)]
     pub webhook: Option<WebhookConfig>,
+    /// Instead of a bot or a webhook: TwiML run for every call, with
+    /// `{{From}}`, `{{To}}` and `{{#e164}}…{{/e164}}` filled in.
+    #[serde(default)]
+    pub twiml: Option<String>,
     #[serde(default)]
     pub on_failure: OnFailure,
     /// Free-form parameters handed to the bot at call start
@@ -272,16 +276,29 @@ impl FlowConfig {
         if self.name.trim().is_empty() {
             return Err(FlowError::new("name", "must not be empty"));
         }
-        match (&self.bot, &self.webhook) {
-            (Some(_), Some(_)) => {
+        match (&self.bot, &self.webhook, &self.twiml) {
+            (None, None, None) => {
                 return Err(FlowError::new(
-                    "webhook",
-                    "a flow has a bot or a webhook, not both",
+                    "bot",
+                    "a flow needs a bot, a webhook or twiml",
                 ))
             }
-            (None, None) => return Err(FlowError::new("bot", "a flow needs a bot or a webhook")),
-            (None, Some(webhook)) => webhook.validate()?,
-            (Some(bot), None) => Self::validate_bot(bot)?,
+            (Some(bot), None, None) => Self::validate_bot(bot)?,
+            (None, Some(webhook), None) => webhook.validate()?,
+            (None, None, Some(twiml)) => {
+                let sample = crate::template::render(twiml, "+15550100", "+15550101");
+                let verbs = crate::twiml::parse_twiml(&sample)
+                    .map_err(|e| FlowError::new("twiml", e.to_string()))?;
+                if verbs.is_empty() {
+                    return Err(FlowError::new("twiml", "the document has no verb"));
+                }
+            }
+            _ => {
+                return Err(FlowError::new(
+                    "webhook",
+                    "a flow has one of bot, webhook and twiml, not several",
+                ))
+            }
         }
         if let Some(recording) = &self.recording {
             if recording.dir.as_os_str().is_empty() {
@@ -380,6 +397,8 @@ mod tests {
         assert!(matches!(webhook.bot_or_placeholder(), BotConfig::Echo(_)));
         let cases = [
             ("", "bot"),
+            ("twiml = \"<Response><Nope/></Response>\"", "twiml"),
+            ("twiml = \"<Response></Response>\"", "twiml"),
             ("webhook = { url = \"ftp://x\" }", "webhook.url"),
             (
                 "webhook = { url = \"http://x\", method = \"PUT\" }",

@@ -8,6 +8,7 @@ pub mod action;
 pub mod bots;
 pub mod flow;
 mod sid;
+pub mod template;
 pub mod twiml;
 
 pub use action::{Action, DialTarget, DEFAULT_DIAL_TIMEOUT_SECS, DEFAULT_TIME_LIMIT_SECS};

@@ -142,7 +142,7 @@ pub fn parse_twiml(text: &str) -> Result<Vec<Verb>, TwimlError> {
 }
 
 /// The actions the verbs ask for, in order. Verbs the gateway cannot turn
-/// into an action (`Pause`, `Play`, `Connect`, `<Dial><Number>`) fail the
+/// into an action (`Pause`, `Play`, `Connect`) fail the
 /// whole document rather than run half of it.
 pub fn actions_from_twiml(verbs: &[Verb]) -> Result<Vec<Action>, TwimlError> {
     verbs
@@ -165,8 +165,22 @@ pub fn actions_from_twiml(verbs: &[Verb]) -> Result<Vec<Action>, TwimlError> {
                     action: dial.action.clone(),
                     method_get: dial.method_get,
                     hangup_on_star: dial.hangup_on_star,
+                    number: None,
                 })),
-                DialNoun::Number(_) => Err(TwimlError::Unsupported("Number".into())),
+                DialNoun::Number(number) => {
+                    let number = normalised_number(number);
+                    Ok(Action::Dial(DialTarget {
+                        uri: format!("tel:{number}"),
+                        number: Some(number),
+                        caller_id: dial.caller_id.clone(),
+                        timeout_secs: dial.timeout_secs,
+                        time_limit_secs: dial.time_limit_secs,
+                        action: dial.action.clone(),
+                        method_get: dial.method_get,
+                        hangup_on_star: dial.hangup_on_star,
+                        ..DialTarget::default()
+                    }))
+                }
             },
             Verb::Hangup => Ok(Action::Hangup { reason: None }),
             Verb::Reject { reason } => Ok(Action::Hangup {
@@ -626,6 +640,17 @@ fn phone_number(element: &Element, text: String) -> Result<String, TwimlError> {
         ));
     }
     Ok(text)
+}
+
+/// `+1 (415) 555-0100` → `+14155550100`: the digits, with the `+` kept
+/// when there was one.
+pub fn normalised_number(text: &str) -> String {
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    if text.trim_start().starts_with('+') {
+        format!("+{digits}")
+    } else {
+        digits
+    }
 }
 
 /// A caller ID becomes the user part of a From header: a SIP URI, or

@@ -196,13 +196,35 @@ fn actions_and_unsupported_verbs() {
         ("<Pause/>", "Pause"),
         ("<Play>https://h/a.wav</Play>", "Play"),
         ("<Connect><Stream url=\"ws://h\"/></Connect>", "Connect"),
-        ("<Dial><Number>123</Number></Dial>", "Number"),
         ("<Hangup/><Pause/>", "Pause"),
     ] {
         let verbs = parse_twiml(&doc(body)).unwrap();
         let unsupported = Err(TwimlError::Unsupported(name.into()));
         assert_eq!(actions_from_twiml(&verbs), unsupported, "{body}");
     }
+}
+
+#[test]
+fn numbers_dial_through_a_trunk() {
+    let verbs = parse_twiml(&doc(
+        "<Dial callerId=\"+15550100\" timeout=\"15\"><Number>+1 (415) 555-0100</Number></Dial>",
+    ))
+    .unwrap();
+    let Ok(actions) = actions_from_twiml(&verbs) else {
+        panic!("a number dials")
+    };
+    let [Action::Dial(target)] = actions.as_slice() else {
+        panic!("one dial: {actions:?}")
+    };
+    assert_eq!(target.number.as_deref(), Some("+14155550100"));
+    assert_eq!(target.uri, "tel:+14155550100");
+    assert_eq!(target.caller_id.as_deref(), Some("+15550100"));
+    assert_eq!(target.timeout_secs, 15);
+    let bare = parse_twiml(&doc("<Dial>4155550100</Dial>")).unwrap();
+    let Ok(actions) = actions_from_twiml(&bare) else {
+        panic!("bare digits dial")
+    };
+    assert!(matches!(&actions[0], Action::Dial(t) if t.number.as_deref() == Some("4155550100")));
 }
 
 #[test]

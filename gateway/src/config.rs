@@ -302,6 +302,25 @@ pub struct TrunkConfig {
     /// Tried in order; the first pattern matching the dialed number wins.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Where calls to phone numbers (`<Dial><Number>`, an E.164 `To`)
+    /// leave through this carrier.
+    #[serde(default)]
+    pub outbound: Option<TrunkOutboundConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkOutboundConfig {
+    /// The carrier's SIP proxy: `sip:host[:port][;transport=tcp]`.
+    pub proxy: String,
+    /// Digest credentials for the carrier's challenges.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The host of our From (the carrier's domain; default: the proxy's).
+    #[serde(default)]
+    pub from_domain: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -683,6 +702,7 @@ impl Config {
             })?);
         }
         let registrations = self.registrations(&listen)?;
+        let trunks = self.outbound_trunks(&listen)?;
         Ok(ValidConfig {
             registrations,
             listen,
@@ -690,7 +710,11 @@ impl Config {
             router,
             api_listen,
             api_credentials,
-            dial: DialPolicy { allow, ringback },
+            dial: DialPolicy {
+                allow,
+                ringback,
+                trunks,
+            },
             dns_servers,
             directory,
             auth: AuthSettings {
@@ -804,6 +828,33 @@ impl Config {
 }
 
 impl Config {
+    fn outbound_trunks(
+        &self,
+        listen: &[ListenAddr],
+    ) -> Result<Vec<crate::call::trunk::OutboundTrunk>, ConfigError> {
+        let mut trunks = Vec::new();
+        for (index, trunk) in self.trunks.iter().enumerate() {
+            if let Some(outbound) = &trunk.outbound {
+                let key = format!("trunks[{index}].outbound");
+                let parsed = crate::call::trunk::OutboundTrunk::new(&trunk.name, outbound)
+                    .map_err(|(field, reason)| {
+                        ConfigError::new(format!("{key}.{field}"), reason)
+                    })?;
+                if !listen.iter().any(|l| l.transport == parsed.transport) {
+                    return Err(ConfigError::new(
+                        format!("{key}.proxy"),
+                        format!(
+                            "sends over {}, but sip.listen has no {} address",
+                            parsed.transport, parsed.transport
+                        ),
+                    ));
+                }
+                trunks.push(parsed);
+            }
+        }
+        Ok(trunks)
+    }
+
     fn api_credentials(&self) -> Result<Option<ApiCredentials>, ConfigError> {
         let usable = |key: &'static str, value: &str| {
             if value.is_empty() || value.chars().any(|c| c.is_control() || c == ':') {

@@ -167,3 +167,41 @@ fn tcp_limits_must_be_usable() {
         "limits.tcp_idle_timeout_secs"
     );
 }
+
+#[test]
+fn outbound_trunks_are_checked() {
+    let with = |outbound: &str| {
+        let text = MINIMAL.replace(
+            "routes = [{ pattern = \".*\", flow = \"echo\" }]",
+            &format!(
+                "routes = [{{ pattern = \".*\", flow = \"echo\" }}]\n    outbound = {outbound}"
+            ),
+        );
+        parse(&format!("[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\n{text}")).validate()
+    };
+    let valid =
+        with("{ proxy = \"sip:carrier.test:5080\", username = \"u\", password = \"p\" }").unwrap();
+    assert_eq!(valid.dial.trunks.len(), 1);
+    assert_eq!(valid.dial.trunks[0].from_domain, "carrier.test");
+    let cases = [
+        (
+            "{ proxy = \"carrier.test;transport=tcp\" }",
+            "trunks[0].outbound.proxy",
+        ),
+        (
+            "{ proxy = \"carrier.test;transport=tls\" }",
+            "trunks[0].outbound.proxy",
+        ),
+        (
+            "{ proxy = \"carrier.test\", username = \"u\" }",
+            "trunks[0].outbound.username",
+        ),
+        (
+            "{ proxy = \"carrier.test\", from_domain = \"a b\" }",
+            "trunks[0].outbound.from_domain",
+        ),
+    ];
+    for (outbound, key) in cases {
+        assert_eq!(with(outbound).unwrap_err().key, key, "{outbound}");
+    }
+}

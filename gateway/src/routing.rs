@@ -296,6 +296,7 @@ mod tests {
             name: name.into(),
             allow: allow.iter().map(|s| s.to_string()).collect(),
             auth: None,
+            outbound: None,
             routes: routes
                 .iter()
                 .map(|(pattern, flow)| RouteConfig {

@@ -317,6 +317,7 @@ fn user_calls() -> FlowRuntime {
             },
         )),
         webhook: None,
+        twiml: None,
         on_failure: switchboard_flows::OnFailure::Hangup(480),
         parameters: Default::default(),
         reconnect_once: false,

@@ -186,6 +186,16 @@ fn reach(form: &[(String, String)], to: &str, known: &Known) -> Result<Reach, Tw
         if (known.user)(name) {
             return Ok(Reach::User(name.to_string()));
         }
+        // E.164 (or digits): a phone number, out through a trunk.
+        let digits = to.chars().filter(char::is_ascii_digit).count();
+        let phone_like = to
+            .char_indices()
+            .all(|(i, c)| c.is_ascii_digit() || (c == '+' && i == 0) || " -().".contains(c));
+        if phone_like && (4..=15).contains(&digits) {
+            return Ok(Reach::Number(switchboard_flows::twiml::normalised_number(
+                to,
+            )));
+        }
     }
     sip_target(to).map(Reach::Uri)
 }
@@ -201,7 +211,7 @@ fn sip_target(to: &str) -> Result<crate::call::dial::Target, TwilioError> {
     if !(to.starts_with("sip:") || to.starts_with("sips:")) {
         return Err(invalid(
             21211,
-            format!("Invalid 'To' {to:?}: not a SIP URI or a registered user (numbers through a trunk are not available yet)"),
+            format!("Invalid 'To' {to:?}: not a SIP URI, a phone number or a registered user"),
         ));
     }
     if to
@@ -426,7 +436,7 @@ mod tests {
         };
         assert_eq!(with(("To", "")), Some(21201));
         assert_eq!(with(("From", "")), Some(21603));
-        assert_eq!(with(("To", "+14155550100")), Some(21211));
+        assert_eq!(with(("To", "+1415555010x")), Some(21211));
         assert_eq!(with(("To", "sip:a@127.0.0.1?Call-ID=x")), Some(21211));
         let long = format!("sip:a@127.0.0.1?X-Long={}", "x".repeat(300));
         assert_eq!(with(("To", &long)), Some(21211));
@@ -457,6 +467,8 @@ mod tests {
         let twiml = ("Twiml", "<Response><Hangup/></Response>");
         let user = request(&[("To", "alice"), ("From", "Jack"), twiml]).unwrap();
         assert!(matches!(user.reach, Reach::User(ref name) if name == "alice"));
+        let number = request(&[("To", "+1 415 555 0100"), ("From", "Jack"), twiml]).unwrap();
+        assert!(matches!(number.reach, Reach::Number(ref n) if n == "+14155550100"));
         let client = request(&[("To", "client:alice"), ("From", "Jack"), twiml]).unwrap();
         assert!(matches!(client.reach, Reach::User(_)));
         assert_eq!(

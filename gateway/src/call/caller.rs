@@ -172,14 +172,17 @@ impl Call {
             }
         }
         match self.route.destination.clone() {
-            crate::routing::Destination::Flow(_) => match self.flow.webhook.clone() {
-                Some(webhook) => self.fetch_twiml(
-                    webhook.url.clone(),
-                    webhook.method_get(),
-                    webhook.fallback_url,
-                ),
-                None => self.open_bot(super::bot::OpenPurpose::Initial),
-            },
+            crate::routing::Destination::Flow(_) => {
+                match (self.flow.webhook.clone(), self.flow.twiml.clone()) {
+                    (Some(webhook), _) => self.fetch_twiml(
+                        webhook.url.clone(),
+                        webhook.method_get(),
+                        webhook.fallback_url,
+                    ),
+                    (None, Some(template)) => self.run_template(&template),
+                    (None, None) => self.open_bot(super::bot::OpenPurpose::Initial),
+                }
+            }
             crate::routing::Destination::User(user) => {
                 // No bot: the user's phones ring, and the caller is answered
                 // when one of them answers.

@@ -36,6 +36,8 @@ pub struct DialPolicy {
     /// whole target URI. Empty: bots may dial nothing.
     pub allow: Vec<Regex>,
     pub ringback: Ringback,
+    /// Carriers phone numbers go out through; the first one is used.
+    pub trunks: Vec<super::trunk::OutboundTrunk>,
 }
 
 impl Default for DialPolicy {
@@ -43,6 +45,7 @@ impl Default for DialPolicy {
         DialPolicy {
             allow: Vec::new(),
             ringback: Ringback::Us,
+            trunks: Vec::new(),
         }
     }
 }
@@ -214,6 +217,7 @@ mod tests {
         let policy = DialPolicy {
             allow: vec![Regex::new(r"^sip:[^@]+@pbx\.example\.com(;|\?|$)").unwrap()],
             ringback: Ringback::Us,
+            trunks: Vec::new(),
         };
         assert!(policy.allows("sip:agent@pbx.example.com;transport=tcp"));
         assert!(!policy.allows("sip:agent@pbx.example.com.evil.net"));

@@ -20,6 +20,7 @@ pub mod registry;
 mod session;
 pub mod status_callback;
 mod transfer;
+pub mod trunk;
 mod twiml_program;
 
 use crate::sip::message::{Request, Response, SipMessage};

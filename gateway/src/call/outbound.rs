@@ -51,6 +51,9 @@ pub enum Reach {
     /// `To` is an extension of the PBX our registration `id` is registered
     /// to: sent there as that extension, with its credentials.
     Registration { id: String, extension: String },
+    /// `To` is a phone number: out through the first trunk with an
+    /// outbound side.
+    Number(String),
 }
 
 /// A call to place, checked by the API.
@@ -115,6 +118,7 @@ pub fn stream_flow(url: &str, parameters: BTreeMap<String, String>) -> FlowConfi
             },
         )),
         webhook: None,
+        twiml: None,
         on_failure: switchboard_flows::OnFailure::Hangup(480),
         parameters,
         reconnect_once: false,
@@ -173,7 +177,7 @@ async fn place(
 ) -> Result<Call, String> {
     let shared = setup.shared.clone();
     let reached = tokio::select! {
-        reached = reach(&shared, &setup.request.reach) => reached,
+        reached = reach(&shared, &setup.request.reach, &setup.request.from) => reached,
         _ = stop_requested(&mut setup.inputs) => {
             setup.resource.end_status = CallStatus::Canceled;
             return Err("canceled before dialing".into());
@@ -288,8 +292,30 @@ struct Reached {
     credentials: Option<(String, String)>,
 }
 
-async fn reach(shared: &CallShared, reach: &Reach) -> Result<Reached, String> {
+async fn reach(shared: &CallShared, reach: &Reach, from: &str) -> Result<Reached, String> {
     match reach {
+        Reach::Number(number) => {
+            let trunk = shared
+                .dial
+                .borrow()
+                .trunks
+                .first()
+                .cloned()
+                .ok_or_else(|| {
+                    "no [[trunks]] has an outbound side for phone numbers".to_string()
+                })?;
+            let target = trunk.target(number);
+            let peer = shared
+                .resolver
+                .resolve(&target.request_uri, target.transport)
+                .await?;
+            Ok(Reached {
+                target,
+                peer,
+                from: Some(trunk.from(from)),
+                credentials: trunk.credentials.clone(),
+            })
+        }
         Reach::Uri(target) => {
             let peer = shared
                 .resolver

@@ -236,10 +236,27 @@ impl Call {
             },
             None => None,
         };
-        let checked = through
-            .as_ref()
-            .map(|t| t.target.request_uri.to_string())
-            .unwrap_or_else(|| target.uri.clone());
+        // A phone number: out through a carrier's trunk.
+        let trunk = match &target.number {
+            Some(number) => {
+                let trunk = self.shared.dial.borrow().trunks.first().cloned();
+                match trunk {
+                    Some(trunk) => Some((trunk.target(number), trunk)),
+                    None => {
+                        let reason = "no [[trunks]] has an outbound side for phone numbers";
+                        tracing::warn!(number = %number, "dial refused: {reason}");
+                        crate::metrics::transfer_finished("refused");
+                        return self.dial_refused(&target, origin, reason.into());
+                    }
+                }
+            }
+            None => None,
+        };
+        let checked = match (&through, &trunk) {
+            (Some(through), _) => through.target.request_uri.to_string(),
+            (None, Some((trunk_target, _))) => trunk_target.request_uri.to_string(),
+            (None, None) => target.uri.clone(),
+        };
         if !origin.operators() && !self.shared.dial.borrow().allows(&checked) {
             tracing::warn!(target = %checked, "dial refused: the target is not allowed by [dial] allow");
             crate::metrics::transfer_finished("refused");
@@ -249,9 +266,10 @@ impl Call {
                 format!("{checked} is not an allowed dial target"),
             );
         }
-        let parsed = match &through {
-            Some(through) => through.target.clone(),
-            None => match parse_target(&target.uri) {
+        let parsed = match (&through, &trunk) {
+            (Some(through), _) => through.target.clone(),
+            (None, Some((trunk_target, _))) => trunk_target.clone(),
+            (None, None) => match parse_target(&target.uri) {
                 Ok(parsed) => parsed,
                 Err(reason) => {
                     tracing::warn!(target = %target.uri, %reason, "dial refused: unusable target");
@@ -266,6 +284,17 @@ impl Call {
                 target.password = Some(through.credentials.1.clone());
             }
         }
+        let trunk_from = trunk.map(|(_, trunk)| {
+            if let (None, Some((user, password))) = (&target.username, &trunk.credentials) {
+                target.username = Some(user.clone());
+                target.password = Some(password.clone());
+            }
+            let caller_id = target
+                .caller_id
+                .clone()
+                .unwrap_or_else(|| self.from_user.clone());
+            trunk.from(&caller_id)
+        });
         let answered = self.caller.state() == LegState::Confirmed;
         if !origin.operators() && answered && may_refer {
             match self.flow.transfer {
@@ -327,7 +356,7 @@ impl Call {
             stage: Stage::Resolving,
             dial_call_id: None,
             was_bridged: false,
-            from: through.map(|t| t.from),
+            from: through.map(|t| t.from).or(trunk_from),
             ringback: self.shared.dial.borrow().ringback,
         });
     }

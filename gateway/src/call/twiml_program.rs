@@ -96,6 +96,16 @@ impl Call {
         }
     }
 
+    /// A flow's inline TwiML, its `{{From}}`/`{{To}}` filled in for this call.
+    pub(super) fn run_template(&mut self, template: &str) {
+        let text =
+            switchboard_flows::template::render(template, &self.from_user, &self.route.number);
+        match parse_twiml(&text) {
+            Ok(verbs) => self.run_twiml(verbs),
+            Err(error) => self.twiml_failed(error.to_string()),
+        }
+    }
+
     /// The URL gave nothing to run: its fallback, else `on_failure`.
     fn twiml_failed(&mut self, reason: String) {
         let fallback = self
