@@ -197,12 +197,7 @@ fn a_failing_webhook_goes_to_its_fallback_then_to_on_failure() {
     assert_eq!(paths, ["/voice", "/fallback"]);
 
     // TwiML it cannot run, and no fallback: on_failure answers 503.
-    let server = HttpServer::start(|_| {
-        (
-            200,
-            "<Response><Play>http://127.0.0.1:9/a.wav</Play></Response>".into(),
-        )
-    });
+    let server = HttpServer::start(|_| (200, "<Response><Say>hello</Say></Response>".into()));
     let hook = format!("{{ url = \"http://{}/voice\" }}", server.addr);
     let gateway = GatewayProcess::start("webhook-on-failure", &config(&hook, "{ hangup = 503 }"));
     let output = sipp::spawn_udp_call(
@@ -217,8 +212,114 @@ fn a_failing_webhook_goes_to_its_fallback_then_to_on_failure() {
     .unwrap();
     sipp::assert_success(&output, &gateway.dir);
     gateway.wait_for_log(
-        &["webhook failed: on_failure", "Play"],
+        &["webhook failed: on_failure", "Say"],
         Duration::from_secs(5),
     );
+    gateway.assert_no_panic();
+}
+
+/// A WAV clip served over HTTP, as a `<Play>` URL.
+fn serve_clip(wav: Vec<u8>) -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 2 {
+                line.clear();
+            }
+            let mut stream = stream;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: audio/wav\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                wav.len()
+            );
+            let _ = stream.write_all(&wav);
+        }
+    });
+    addr
+}
+
+/// 16-bit mono PCM WAV of a 1 kHz tone.
+fn tone_wav(rate: u32, seconds: f32) -> Vec<u8> {
+    let samples: Vec<i16> = (0..(rate as f32 * seconds) as usize)
+        .map(|n| {
+            ((n as f32 * 1000.0 * std::f32::consts::TAU / rate as f32).sin() * 12_000.0) as i16
+        })
+        .collect();
+    let data_len = (samples.len() * 2) as u32;
+    let mut wav = Vec::new();
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&rate.to_le_bytes());
+    wav.extend_from_slice(&(rate * 2).to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    for sample in samples {
+        wav.extend_from_slice(&sample.to_le_bytes());
+    }
+    wav
+}
+
+#[test]
+fn a_webhook_plays_a_clip_pauses_and_hangs_up() {
+    let clip = serve_clip(tone_wav(16_000, 1.0));
+    let server = HttpServer::start(move |_| {
+        (
+            200,
+            format!(
+                "<Response><Play loop=\"2\">http://{clip}/tone.wav</Play><Pause length=\"1\"/><Hangup/></Response>"
+            ),
+        )
+    });
+    let gateway = GatewayProcess::start(
+        "webhook-play",
+        &config(
+            &format!("{{ url = \"http://{}/voice\" }}", server.addr),
+            "{ hangup = 503 }",
+        ),
+    );
+    let caller_rtp = RtpPeer::bind();
+    let started = std::time::Instant::now();
+    let caller = sipp::spawn_udp_call(
+        &gateway,
+        sipp::gateway_hangs_up(
+            "+12125550104",
+            &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
+        ),
+    );
+    // Answered, two seconds of tone, one of silence, then BYE.
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2800),
+        "the clip played twice and paused: {took:?}"
+    );
+    let loud: usize = caller_rtp
+        .received()
+        .iter()
+        .filter(|p| p.payload_type == 0)
+        .filter(|p| {
+            let energy: f64 = p
+                .payload
+                .iter()
+                .map(|b| f64::from(switchboard_media::g711::ulaw_decode(*b)).powi(2))
+                .sum();
+            (energy / p.payload.len() as f64).sqrt() > 4000.0
+        })
+        .count();
+    assert!(
+        (90..=110).contains(&loud),
+        "about 2 s of tone reached the caller: {loud} loud packets"
+    );
+    gateway.wait_for_log(&["call ended", "TwiML <Hangup/>"], Duration::from_secs(1));
     gateway.assert_no_panic();
 }

@@ -49,8 +49,11 @@ pub enum Verb {
         stream_url: String,
         parameters: BTreeMap<String, String>,
     },
+    /// `loop_count` 0 is Twilio's "until the call ends" (capped by the
+    /// player).
     Play {
         url: String,
+        loop_count: u32,
     },
 }
 
@@ -424,6 +427,7 @@ fn verb(element: &Element) -> Result<Verb, TwimlError> {
             url: checked_url(element, element.text()?, &["http", "https"])?,
         }),
         "Play" => Ok(Verb::Play {
+            loop_count: element.number_attr("loop", 1, 1000)?,
             url: checked_url(element, element.text()?, &["http", "https"])?,
         }),
         "Refer" => match single_noun(element)? {

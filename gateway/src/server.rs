@@ -163,6 +163,7 @@ impl Gateway {
                 registry: registry.clone(),
                 call_resources: call_resources.clone(),
                 twilio: valid.api_credentials.clone(),
+                clips: Arc::default(),
             }),
             inbound,
             shutdown: state_watch.clone(),

@@ -70,7 +70,7 @@ def main():
     )
 
     # Bad requests raise Twilio's errors and place nothing.
-    expect_error(lambda: twilio.calls.create(to="+14155550100", from_="Jack", twiml=twiml), 400, 21211)
+    expect_error(lambda: twilio.calls.create(to="nobody-here", from_="Jack", twiml=twiml), 400, 21211)
     expect_error(lambda: twilio.calls.create(to=AGENT, from_="", twiml=twiml), 400, 21603)
     expect_error(
         lambda: twilio.calls.create(to=AGENT, from_="Jack", twiml="<Response><Say>hi</Say></Response>"),

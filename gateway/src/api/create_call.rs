@@ -4,7 +4,6 @@
 //! new call resource (status `queued`); the call then rings, is answered
 //! and runs its TwiML or flow on its own.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -12,7 +11,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::Value;
-use switchboard_flows::{parse_twiml, Verb};
+use switchboard_flows::parse_twiml;
 
 use super::twilio::{authorize, call_json, form, param, TwilioError, TwilioState};
 use crate::call::dial::parse_target;
@@ -272,33 +271,16 @@ fn program(form: &[(String, String)]) -> Result<Program, TwilioError> {
     }
 }
 
-/// TwiML a placed call can run from its answer: `<Connect><Stream>` (a
-/// bot) or `<Hangup/>`, optionally followed by `<Hangup/>`.
+/// TwiML a placed call runs from its answer, checked now so a bad
+/// document places no call.
 fn twiml_program(twiml: &str) -> Result<Program, TwilioError> {
     let parse_failure =
         |reason: String| invalid(12100, format!("Document parse failure: {reason}"));
-    let mut verbs = parse_twiml(twiml).map_err(|e| parse_failure(e.to_string()))?;
-    while verbs.len() > 1 && verbs.last() == Some(&Verb::Hangup) {
-        verbs.pop();
+    let verbs = parse_twiml(twiml).map_err(|e| parse_failure(e.to_string()))?;
+    if verbs.is_empty() {
+        return Err(parse_failure("the document has no verb".into()));
     }
-    match verbs.as_slice() {
-        [Verb::Connect {
-            stream_url,
-            parameters,
-        }] => Ok(Program::Stream {
-            url: stream_url.clone(),
-            parameters: parameters.clone().into_iter().collect::<BTreeMap<_, _>>(),
-        }),
-        [Verb::Hangup] => Ok(Program::Hangup),
-        [] => Err(parse_failure("the document has no verb".into())),
-        [verb] => Err(parse_failure(format!(
-            "<{}> is not available on a placed call yet (use <Connect><Stream> or <Hangup/>)",
-            verb.name()
-        ))),
-        _ => Err(parse_failure(
-            "a placed call runs one verb here (and an optional trailing <Hangup/>)".into(),
-        )),
-    }
+    Ok(Program::Twiml(twiml.to_string()))
 }
 
 /// `StatusCallback`, `StatusCallbackEvent` (repeated, or space-separated)
@@ -406,7 +388,7 @@ mod tests {
             vec![("X-Case".to_string(), "42".to_string())]
         );
         assert!(
-            matches!(placed.program, Program::Stream { ref url, .. } if url == "ws://127.0.0.1:9/m")
+            matches!(placed.program, Program::Twiml(ref doc) if doc.contains("ws://127.0.0.1:9/m"))
         );
         assert_eq!(placed.ring_timeout, Duration::from_secs(15));
         let callbacks = placed.callbacks.unwrap();

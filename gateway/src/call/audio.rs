@@ -87,6 +87,7 @@ impl Call {
             self.tick_caller(now, bridged, &mut digits);
         }
         self.tick_ringback(now);
+        self.tick_play();
         self.tick_agent(now);
         for digit in digits.into_iter().flatten() {
             tracing::info!(%digit, "DTMF (RFC 4733)");

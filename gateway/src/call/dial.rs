@@ -77,6 +77,8 @@ pub struct CallShared {
     /// `[api] account_sid` / `auth_token`: webhooks name the account and
     /// are signed with the token.
     pub twilio: Option<crate::config::ApiCredentials>,
+    /// `<Play>` clips, decoded once for every call.
+    pub clips: Arc<super::play::ClipCache>,
 }
 
 impl CallShared {

@@ -13,6 +13,7 @@ mod dial_action;
 pub mod leg;
 pub mod media;
 pub mod outbound;
+pub mod play;
 mod ports;
 mod recording;
 mod refer;

@@ -29,13 +29,8 @@ use crate::routing::{Destination, RouteMatch};
 pub enum Program {
     /// A configured flow, by name (our `Flow` parameter).
     Flow(String),
-    /// `<Connect><Stream url>`: a Twilio Media Streams bot at `url`.
-    Stream {
-        url: String,
-        parameters: BTreeMap<String, String>,
-    },
-    /// `<Hangup/>`: hang up as soon as it answers.
-    Hangup,
+    /// A TwiML document (`Twiml`), run by the interpreter once answered.
+    Twiml(String),
     /// `Url`: ask it for TwiML once answered (`FallbackUrl` if it fails).
     Url(switchboard_flows::WebhookConfig),
 }
@@ -102,7 +97,6 @@ pub struct OutboundSetup {
 
 /// A placed call's own state.
 pub(super) struct Outbound {
-    hangup_on_answer: bool,
     time_limit: Option<Duration>,
     callbacks: Option<StatusCallbacks>,
 }
@@ -125,6 +119,16 @@ pub fn stream_flow(url: &str, parameters: BTreeMap<String, String>) -> FlowConfi
         recording: None,
         audio: Default::default(),
         transfer: Default::default(),
+    }
+}
+
+/// The flow a call that runs the TwiML `document` runs as.
+pub fn twiml_flow(document: String) -> FlowConfig {
+    FlowConfig {
+        name: "twiml".into(),
+        bot: None,
+        twiml: Some(document),
+        ..stream_flow("ws://unused.invalid/", BTreeMap::new())
     }
 }
 
@@ -245,7 +249,6 @@ async fn place(
         std::time::Instant::now(),
     );
     let local_tag = leg.local_tag().to_string();
-    let hangup_on_answer = matches!(request.program, Program::Hangup);
     let mut call = Call::assemble(CallParts {
         call: setup.call,
         call_id: setup.call_id.clone(),
@@ -273,7 +276,6 @@ async fn place(
         local_tag,
     });
     call.outbound = Some(Outbound {
-        hangup_on_answer,
         time_limit: request.time_limit,
         callbacks,
     });
@@ -435,11 +437,7 @@ impl Call {
             tracing::warn!(%reason, "placed call answered without usable media: hanging up");
             return self.end(reason);
         }
-        let Some((time_limit, hangup_on_answer)) = self
-            .outbound
-            .as_ref()
-            .map(|o| (o.time_limit, o.hangup_on_answer))
-        else {
+        let Some(time_limit) = self.outbound.as_ref().map(|o| o.time_limit) else {
             return;
         };
         if let Some(limit) = time_limit {
@@ -448,16 +446,14 @@ impl Call {
                 JobOutput::TimeLimit
             }));
         }
-        if hangup_on_answer {
-            return self.end("TwiML <Hangup/> on answer");
-        }
-        match self.flow.webhook.clone() {
-            Some(webhook) => self.fetch_twiml(
+        match (self.flow.webhook.clone(), self.flow.twiml.clone()) {
+            (Some(webhook), _) => self.fetch_twiml(
                 webhook.url.clone(),
                 webhook.method_get(),
                 webhook.fallback_url,
             ),
-            None => {
+            (None, Some(document)) => self.run_template(&document),
+            (None, None) => {
                 tracing::info!("placed call answered: opening its bot");
                 self.open_bot(super::bot::OpenPurpose::Initial);
             }

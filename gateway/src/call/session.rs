@@ -102,6 +102,15 @@ pub(super) enum JobOutput {
     Recorder(Result<super::recording::Recorder, String>),
     /// A placed call's `TimeLimit` is up.
     TimeLimit,
+    /// A `<Pause>` (TwiML step `step`) is over.
+    VerbDone { step: u64 },
+    /// A `<Play>` clip arrived (or could not be had).
+    Clip {
+        step: u64,
+        url: String,
+        loops: u32,
+        result: Result<Arc<super::play::Clip>, String>,
+    },
     /// The webhook answered fetch `attempt` with TwiML (or failed).
     Twiml {
         attempt: u64,
@@ -160,6 +169,8 @@ pub(super) struct Call {
     pub(super) outbound: Option<super::outbound::Outbound>,
     /// Where the call's TwiML comes from (webhook flows, `Url`).
     pub(super) twiml: Option<super::twiml_program::TwimlSource>,
+    /// The `<Play>` clip being played, if any.
+    pub(super) playing: Option<super::play::Playing>,
     jobs: FuturesUnordered<Job>,
     /// Commands to send before the legs' next outputs (dialog routes).
     pub(super) outbox: Vec<EndpointCommand>,
@@ -216,6 +227,7 @@ impl Call {
             referring: None,
             outbound: None,
             twiml: None,
+            playing: None,
             jobs: FuturesUnordered::new(),
             outbox: Vec::new(),
             ticker,
@@ -435,6 +447,13 @@ impl Call {
             JobOutput::Recorder(result) => self.on_recorder(result),
             JobOutput::TimeLimit => self.end("time limit reached"),
             JobOutput::Twiml { attempt, result } => self.on_twiml(attempt, result),
+            JobOutput::VerbDone { step } => self.on_verb_done(step),
+            JobOutput::Clip {
+                step,
+                url,
+                loops,
+                result,
+            } => self.on_clip(step, url, loops, result),
         }
     }
 

@@ -7,6 +7,7 @@
 //! that fails, or TwiML that cannot run, goes to `fallback_url`, then to the
 //! flow's `on_failure`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,11 @@ pub(super) struct TwimlSource {
     fetches: u32,
     fallback: Option<String>,
     method_get: bool,
+    /// Verbs of the document in progress still to run, in order.
+    queue: VecDeque<Verb>,
+    /// Incremented per verb started: a Pause or Play that finishes after
+    /// the call moved on is ignored.
+    step: u64,
 }
 
 impl Call {
@@ -133,20 +139,50 @@ impl Call {
         }
     }
 
-    /// Runs the document's first verb (a trailing `<Hangup/>` is implied).
-    fn run_twiml(&mut self, mut verbs: Vec<Verb>) {
-        while verbs.len() > 1 && verbs.last() == Some(&Verb::Hangup) {
-            verbs.pop();
+    /// Runs a document: its verbs one after another, as Twilio does; the
+    /// call hangs up after the last one.
+    fn run_twiml(&mut self, verbs: Vec<Verb>) {
+        let source = self.twiml.get_or_insert_with(TwimlSource::default);
+        source.queue = verbs.into();
+        self.next_verb();
+    }
+
+    pub(super) fn is_current_step(&self, step: u64) -> bool {
+        !self.is_ending() && self.twiml.as_ref().is_some_and(|s| s.step == step)
+    }
+
+    pub(super) fn on_verb_done(&mut self, step: u64) {
+        if self.is_current_step(step) {
+            self.next_verb();
         }
-        if verbs.len() > 1 {
-            tracing::warn!(
-                verbs = verbs.len(),
-                "only the first TwiML verb runs here; the rest are ignored"
-            );
+    }
+
+    /// Starts the next verb; verbs that hand the call on (`<Connect>`,
+    /// `<Dial>`, `<Refer>`, `<Redirect>`) end the document.
+    pub(super) fn next_verb(&mut self) {
+        if self.is_ending() {
+            return;
         }
-        let Some(verb) = verbs.into_iter().next() else {
-            return self.twiml_failed("the TwiML has no verb".into());
+        let Some(source) = self.twiml.as_mut() else {
+            return;
         };
+        source.step += 1;
+        let step = source.step;
+        let Some(verb) = source.queue.pop_front() else {
+            return self.end("end of the TwiML document");
+        };
+        let hands_over = matches!(
+            verb,
+            Verb::Connect { .. } | Verb::Dial(_) | Verb::Refer { .. } | Verb::Redirect { .. }
+        );
+        if hands_over && !source.queue.is_empty() {
+            tracing::info!(
+                verb = verb.name(),
+                ignored = source.queue.len(),
+                "verbs after one that hands the call over do not run"
+            );
+            source.queue.clear();
+        }
         let unanswered = self.caller.state() == LegState::Inviting;
         tracing::info!(verb = verb.name(), "running TwiML");
         match verb {
@@ -174,6 +210,8 @@ impl Call {
                     self.end(format!("TwiML <Reject reason=\"{reason}\">"));
                 }
             }
+            Verb::Pause { length_secs } => self.start_pause(length_secs, step),
+            Verb::Play { url, loop_count } => self.start_play(url, loop_count, step),
             Verb::Redirect { url } => {
                 let method_get = self.twiml.as_ref().is_some_and(|s| s.method_get);
                 self.fetch_twiml(url, method_get, None);

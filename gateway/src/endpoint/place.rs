@@ -7,7 +7,7 @@ use tokio::sync::mpsc;
 
 use super::{Core, Endpoint, EndpointState};
 use crate::call::outbound::{
-    run_outbound_call, stream_flow, webhook_flow, OutboundSetup, PlaceCall, PlaceError, Program,
+    run_outbound_call, twiml_flow, webhook_flow, OutboundSetup, PlaceCall, PlaceError, Program,
 };
 use crate::call::registry::{CallRecord, CallStatus, Direction};
 use crate::call::CALL_INPUT_CAPACITY;
@@ -40,8 +40,8 @@ impl Endpoint {
                     return;
                 }
             },
-            Program::Stream { url, parameters } => {
-                let flow = stream_flow(url, parameters.clone());
+            Program::Twiml(document) => {
+                let flow = twiml_flow(document.clone());
                 let connector = Arc::from(switchboard_connectors::connector_for(
                     &flow.bot_or_placeholder(),
                 ));
@@ -54,10 +54,6 @@ impl Endpoint {
                 ));
                 (Arc::new(flow), connector)
             }
-            Program::Hangup => (
-                self.user_calls.config.clone(),
-                self.user_calls.connector.clone(),
-            ),
         };
         let host = self
             .calls
