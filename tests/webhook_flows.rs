@@ -323,3 +323,44 @@ fn a_webhook_plays_a_clip_pauses_and_hangs_up() {
     gateway.wait_for_log(&["call ended", "TwiML <Hangup/>"], Duration::from_secs(1));
     gateway.assert_no_panic();
 }
+
+#[test]
+fn a_webhook_gathers_the_callers_keys_and_gets_them_in_digits() {
+    // sipp presses 1, 5, # and 9 (RFC 4733): # ends the input.
+    let server = HttpServer::start(|request| {
+        match request.path.as_str() {
+        "/voice" => (
+            200,
+            "<Response><Gather numDigits=\"3\" timeout=\"5\" action=\"/digits\"><Pause length=\"3\"/></Gather><Hangup/></Response>".into(),
+        ),
+        _ => (200, "<Response><Pause length=\"10\"/></Response>".into()),
+    }
+    });
+    let gateway = GatewayProcess::start(
+        "webhook-gather",
+        &config(
+            &format!("{{ url = \"http://{}/voice\" }}", server.addr),
+            "{ hangup = 503 }",
+        ),
+    );
+    let scenario = sipp::caller_sends_dtmf("+12125550105", &["1", "5", "pound", "9"]);
+    let media_port = sipp::free_media_port().to_string();
+    let output = sipp::run_with(
+        &gateway.dir,
+        "dtmf",
+        &scenario,
+        gateway.udp,
+        SipTransport::Udp,
+        "127.0.0.1",
+        &["-mp", &media_port, "-mi", "127.0.0.1"],
+    );
+    sipp::assert_success(&output, &gateway.dir);
+    let requests = server.requests.lock().unwrap().clone();
+    let digits: Vec<&HttpRequest> = requests.iter().filter(|r| r.path == "/digits").collect();
+    assert_eq!(digits.len(), 1, "one action request: {requests:?}");
+    let params = form(digits[0]);
+    assert_eq!(params["Digits"], "15");
+    assert_eq!(params["CallStatus"], "in-progress");
+    assert_signed(&server, digits[0]);
+    gateway.assert_no_panic();
+}

@@ -18,4 +18,4 @@ pub use flow::{
     TransferMode, TwilioStreamConfig, WebhookConfig,
 };
 pub use sid::call_sid;
-pub use twiml::{actions_from_twiml, parse_twiml, Dial, DialNoun, TwimlError, Verb};
+pub use twiml::{actions_from_twiml, parse_twiml, Dial, DialNoun, Gather, TwimlError, Verb};

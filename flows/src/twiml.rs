@@ -49,6 +49,8 @@ pub enum Verb {
         stream_url: String,
         parameters: BTreeMap<String, String>,
     },
+    /// `<Gather input="dtmf">`: collect key presses while its prompts play.
+    Gather(Gather),
     /// `loop_count` 0 is Twilio's "until the call ends" (capped by the
     /// player).
     Play {
@@ -69,6 +71,7 @@ impl Verb {
             Verb::Refer { .. } => "Refer",
             Verb::Connect { .. } => "Connect",
             Verb::Play { .. } => "Play",
+            Verb::Gather(_) => "Gather",
         }
     }
 }
@@ -191,7 +194,7 @@ pub fn actions_from_twiml(verbs: &[Verb]) -> Result<Vec<Action>, TwimlError> {
             }),
             Verb::Refer { uri } => Ok(Action::Refer { uri: uri.clone() }),
             Verb::Redirect { url } => Ok(Action::Redirect { url: url.clone() }),
-            Verb::Pause { .. } | Verb::Play { .. } | Verb::Connect { .. } => {
+            Verb::Pause { .. } | Verb::Play { .. } | Verb::Connect { .. } | Verb::Gather(_) => {
                 Err(TwimlError::Unsupported(verb.name().into()))
             }
         })
@@ -402,10 +405,86 @@ fn parse_tree(text: &str) -> Result<Element, TwimlError> {
     root.ok_or_else(|| TwimlError::Malformed("no root element".into()))
 }
 
+/// `<Gather>`'s settings and prompts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gather {
+    /// Stop after this many digits (none: at `finish_on_key` or timeout).
+    pub num_digits: Option<u32>,
+    /// Seconds to wait for the first digit after the prompts, and between
+    /// digits.
+    pub timeout_secs: u32,
+    /// The key that ends input (not part of `Digits`); none when empty.
+    pub finish_on_key: Option<char>,
+    /// Where `Digits` go (absolute, or a path relative to the document's
+    /// URL); the TwiML it answers runs next.
+    pub action: Option<String>,
+    pub method_get: bool,
+    /// `<Play>` and `<Pause>` played until the first key press.
+    pub prompts: Vec<Verb>,
+}
+
 // ---- verbs -------------------------------------------------------------------
+
+fn gather(element: &Element) -> Result<Gather, TwimlError> {
+    let input = element.attr("input").unwrap_or("dtmf").trim();
+    if input != "dtmf" {
+        return Err(invalid(
+            "Gather",
+            format!("input {input:?} is not available here (dtmf only)"),
+        ));
+    }
+    let num_digits = match element.attr("numDigits") {
+        None => None,
+        Some(_) => Some(element.number_attr("numDigits", 1, 64)?),
+    };
+    let finish_on_key = match element.attr("finishOnKey").map(str::trim) {
+        None => Some('#'),
+        Some("") => None,
+        Some(key) if key.len() == 1 && "0123456789*#".contains(key) => key.chars().next(),
+        Some(key) => {
+            return Err(invalid(
+                "Gather",
+                format!("finishOnKey {key:?} is not one key"),
+            ))
+        }
+    };
+    // Relative actions (`/menu`) resolve against the document's own URL.
+    let action = match element.attr("action").map(str::trim) {
+        None => None,
+        Some(path) if path.starts_with('/') && !path.starts_with("//") => Some(path.to_owned()),
+        Some(url) => Some(checked_url(element, url.to_owned(), &["http", "https"])?),
+    };
+    let method_get = match element.attr("method").map(str::trim) {
+        None => false,
+        Some(m) if m.eq_ignore_ascii_case("POST") => false,
+        Some(m) if m.eq_ignore_ascii_case("GET") => true,
+        Some(m) => {
+            return Err(invalid(
+                "Gather",
+                format!("method {m:?} is not GET or POST"),
+            ))
+        }
+    };
+    let mut prompts = Vec::new();
+    for child in element.elements()? {
+        match child.name.as_str() {
+            "Play" | "Pause" => prompts.push(verb(child)?),
+            other => return Err(TwimlError::UnknownVerb(format!("Gather><{other}"))),
+        }
+    }
+    Ok(Gather {
+        num_digits,
+        timeout_secs: element.number_attr("timeout", 5, 600)?.max(1),
+        finish_on_key,
+        action,
+        method_get,
+        prompts,
+    })
+}
 
 fn verb(element: &Element) -> Result<Verb, TwimlError> {
     match element.name.as_str() {
+        "Gather" => gather(element).map(Verb::Gather),
         "Dial" => dial(element).map(Verb::Dial),
         "Hangup" => element.no_content().map(|()| Verb::Hangup),
         "Reject" => {

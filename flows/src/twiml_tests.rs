@@ -205,6 +205,37 @@ fn actions_and_unsupported_verbs() {
 }
 
 #[test]
+fn gather_collects_dtmf_with_prompts() {
+    let verbs = parse_twiml(&doc(
+        "<Gather numDigits=\"3\" timeout=\"7\" action=\"https://h/menu\" method=\"GET\"><Play>https://h/a.wav</Play><Pause/></Gather>",
+    ))
+    .unwrap();
+    let [Verb::Gather(gather)] = verbs.as_slice() else {
+        panic!("one gather: {verbs:?}")
+    };
+    assert_eq!(gather.num_digits, Some(3));
+    assert_eq!(gather.timeout_secs, 7);
+    assert_eq!(gather.finish_on_key, Some('#'));
+    assert_eq!(gather.action.as_deref(), Some("https://h/menu"));
+    assert!(gather.method_get);
+    assert_eq!(gather.prompts.len(), 2);
+    let relative = parse_twiml(&doc("<Gather action=\"/menu?step=2\"/>")).unwrap();
+    assert!(matches!(&relative[0], Verb::Gather(g) if g.action.as_deref() == Some("/menu?step=2")));
+    let plain = parse_twiml(&doc("<Gather finishOnKey=\"\"/>")).unwrap();
+    assert!(
+        matches!(&plain[0], Verb::Gather(g) if g.finish_on_key.is_none() && g.num_digits.is_none())
+    );
+    for bad in [
+        "<Gather input=\"speech\"/>",
+        "<Gather finishOnKey=\"ab\"/>",
+        "<Gather><Dial>1</Dial></Gather>",
+        "<Gather action=\"ftp://x\"/>",
+    ] {
+        assert!(parse_twiml(&doc(bad)).is_err(), "{bad}");
+    }
+}
+
+#[test]
 fn numbers_dial_through_a_trunk() {
     let verbs = parse_twiml(&doc(
         "<Dial callerId=\"+15550100\" timeout=\"15\"><Number>+1 (415) 555-0100</Number></Dial>",

@@ -58,6 +58,9 @@ impl Call {
 
     /// A key the caller pressed (RFC 4733 through the pipeline, or INFO).
     pub(super) fn on_caller_digit(&mut self, digit: char) {
+        if self.on_gather_digit(digit) {
+            return;
+        }
         if let Some(transfer) = &mut self.transfer {
             if transfer.is_bridged() {
                 if digit == '*' && transfer.target.hangup_on_star {

@@ -102,6 +102,8 @@ pub(super) enum JobOutput {
     Recorder(Result<super::recording::Recorder, String>),
     /// A placed call's `TimeLimit` is up.
     TimeLimit,
+    /// A `<Gather>`'s wait for a key (timer `epoch`) is over.
+    GatherTimeout { epoch: u64 },
     /// A `<Pause>` (TwiML step `step`) is over.
     VerbDone { step: u64 },
     /// A `<Play>` clip arrived (or could not be had).
@@ -171,6 +173,8 @@ pub(super) struct Call {
     pub(super) twiml: Option<super::twiml_program::TwimlSource>,
     /// The `<Play>` clip being played, if any.
     pub(super) playing: Option<super::play::Playing>,
+    /// The `<Gather>` collecting keys, if any.
+    pub(super) gathering: Option<super::gather::Gathering>,
     jobs: FuturesUnordered<Job>,
     /// Commands to send before the legs' next outputs (dialog routes).
     pub(super) outbox: Vec<EndpointCommand>,
@@ -228,6 +232,7 @@ impl Call {
             outbound: None,
             twiml: None,
             playing: None,
+            gathering: None,
             jobs: FuturesUnordered::new(),
             outbox: Vec::new(),
             ticker,
@@ -448,6 +453,7 @@ impl Call {
             JobOutput::TimeLimit => self.end("time limit reached"),
             JobOutput::Twiml { attempt, result } => self.on_twiml(attempt, result),
             JobOutput::VerbDone { step } => self.on_verb_done(step),
+            JobOutput::GatherTimeout { epoch } => self.on_gather_timeout(epoch),
             JobOutput::Clip {
                 step,
                 url,

@@ -30,6 +30,9 @@ pub(super) struct TwimlSource {
     fetches: u32,
     fallback: Option<String>,
     method_get: bool,
+    /// The URL the document in progress came from (relative actions
+    /// resolve against it).
+    url: Option<String>,
     /// Verbs of the document in progress still to run, in order.
     queue: VecDeque<Verb>,
     /// Incremented per verb started: a Pause or Play that finishes after
@@ -40,16 +43,30 @@ pub(super) struct TwimlSource {
 impl Call {
     /// Asks `url` what the call does next; `fallback` is asked if it fails.
     pub(super) fn fetch_twiml(&mut self, url: String, method_get: bool, fallback: Option<String>) {
+        self.fetch_twiml_with(url, method_get, fallback, Vec::new());
+    }
+
+    /// [`Call::fetch_twiml`] with parameters beyond Twilio's usual ones
+    /// (`Digits` after a `<Gather>`).
+    pub(super) fn fetch_twiml_with(
+        &mut self,
+        url: String,
+        method_get: bool,
+        fallback: Option<String>,
+        extra: Vec<(String, String)>,
+    ) {
         let source = self.twiml.get_or_insert_with(TwimlSource::default);
         source.fetches += 1;
         if source.fetches > MAX_FETCHES {
             return self.twiml_failed(format!("more than {MAX_FETCHES} TwiML fetches"));
         }
         source.attempt += 1;
+        source.url = Some(url.clone());
         source.fallback = fallback;
         source.method_get = method_get;
         let attempt = source.attempt;
-        let params = self.twiml_params();
+        let mut params = self.twiml_params();
+        params.extend(extra);
         let http = self.shared.http.clone();
         let token = self
             .shared
@@ -151,6 +168,28 @@ impl Call {
         !self.is_ending() && self.twiml.as_ref().is_some_and(|s| s.step == step)
     }
 
+    /// `target` made absolute against the current document's URL.
+    pub(super) fn resolve_twiml_url(&self, target: &str) -> Option<String> {
+        if !target.starts_with('/') {
+            return Some(target.to_string());
+        }
+        let base = self.twiml.as_ref()?.url.as_deref()?;
+        url::Url::parse(base)
+            .and_then(|base| base.join(target))
+            .ok()
+            .map(String::from)
+    }
+
+    pub(super) fn twiml_step(&self) -> u64 {
+        self.twiml.as_ref().map_or(0, |s| s.step)
+    }
+
+    pub(super) fn bump_twiml_step(&mut self) {
+        if let Some(source) = self.twiml.as_mut() {
+            source.step += 1;
+        }
+    }
+
     pub(super) fn on_verb_done(&mut self, step: u64) {
         if self.is_current_step(step) {
             self.next_verb();
@@ -162,6 +201,10 @@ impl Call {
     pub(super) fn next_verb(&mut self) {
         if self.is_ending() {
             return;
+        }
+        // A `<Gather>`'s prompts run before the document goes on.
+        if self.gathering.is_some() {
+            return self.gather_next_prompt();
         }
         let Some(source) = self.twiml.as_mut() else {
             return;
@@ -212,6 +255,7 @@ impl Call {
             }
             Verb::Pause { length_secs } => self.start_pause(length_secs, step),
             Verb::Play { url, loop_count } => self.start_play(url, loop_count, step),
+            Verb::Gather(gather) => self.start_gather(gather),
             Verb::Redirect { url } => {
                 let method_get = self.twiml.as_ref().is_some_and(|s| s.method_get);
                 self.fetch_twiml(url, method_get, None);
