@@ -231,21 +231,76 @@ fn new_twiml_posted_to_a_live_call_transfers_it_to_an_agent() {
     assert_eq!(status, 200);
     gateway.wait_for_log(&["not allowed"], Duration::from_secs(5));
 
+    // The dialed leg reports its progress to <Sip statusCallback>.
+    let callbacks = common::http_server::HttpServer::start(|_| (204, String::new()));
+    let sip = format!(
+        "<Sip statusCallback=\"http://{}/dial\" statusCallbackEvent=\"initiated ringing answered completed\">sip:agent@{}</Sip>",
+        callbacks.addr, agent.addr
+    );
+    let doc = format!("<Response><Dial>{sip}</Dial></Response>");
     let (status, call) = twilio_request(
         api,
         "POST",
         &calls_path(&sid),
-        &twiml(&format!("sip:agent@{}", agent.addr)),
+        &format!("Twiml={}", url_encode(&doc)),
         LOGIN,
     );
     assert_eq!(status, 200, "{call}");
     gateway.wait_for_log(&["transfer: bridged"], Duration::from_secs(10));
+    // While bridged, the dialed leg is a child call resource.
+    let list = format!("/2010-04-01/Accounts/{ACCOUNT}/Calls.json?Status=in-progress");
+    let (_, live) = twilio_request(api, "GET", &list, "", LOGIN);
+    let child = live["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["parent_call_sid"] == sid.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("no child call in {live}"));
+    assert_eq!(child["direction"], "outbound-dial");
     // The agent hangs up after its hold: the caller gets BYE.
     sipp::assert_success(&agent.join(), &scratch.join("agent"));
     sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
     gateway.wait_for_log(&["call ended"], Duration::from_secs(5));
     let (_, call) = twilio_request(api, "GET", &calls_path(&sid), "", LOGIN);
     assert_eq!(call["status"], "completed");
+    let child_sid = child["sid"].as_str().unwrap();
+    let (_, child) = twilio_request(api, "GET", &calls_path(child_sid), "", LOGIN);
+    assert_eq!(child["status"], "completed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while callbacks.requests.lock().unwrap().len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dial callbacks missing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let statuses: Vec<(String, String)> = callbacks
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let params: std::collections::HashMap<String, String> =
+                url::form_urlencoded::parse(r.body.as_bytes())
+                    .into_owned()
+                    .collect();
+            assert_eq!(params["CallSid"], child_sid);
+            (
+                params["CallStatus"].clone(),
+                params["SequenceNumber"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("initiated".to_string(), "0".to_string()),
+            ("ringing".into(), "1".into()),
+            ("in-progress".into(), "2".into()),
+            ("completed".into(), "3".into())
+        ]
+    );
     gateway.assert_no_panic();
 }
 

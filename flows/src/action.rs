@@ -34,6 +34,17 @@ pub struct DialTarget {
     /// to `+` and digits, sent out through a trunk's outbound side (`uri`
     /// is then `tel:` and the number).
     pub number: Option<String>,
+    /// `<Sip statusCallback>`: the dialed leg's progress is posted here.
+    pub status_callback: Option<DialStatusCallback>,
+}
+
+/// Where a dialed leg reports `initiated`, `ringing`, `answered` and
+/// `completed` (those asked for).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DialStatusCallback {
+    pub url: String,
+    pub events: Vec<String>,
+    pub method_get: bool,
 }
 
 impl Default for DialTarget {
@@ -50,6 +61,7 @@ impl Default for DialTarget {
             hangup_on_star: false,
             registration: None,
             number: None,
+            status_callback: None,
         }
     }
 }

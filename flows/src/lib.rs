@@ -11,7 +11,9 @@ mod sid;
 pub mod template;
 pub mod twiml;
 
-pub use action::{Action, DialTarget, DEFAULT_DIAL_TIMEOUT_SECS, DEFAULT_TIME_LIMIT_SECS};
+pub use action::{
+    Action, DialStatusCallback, DialTarget, DEFAULT_DIAL_TIMEOUT_SECS, DEFAULT_TIME_LIMIT_SECS,
+};
 pub use bots::{OpenAiRealtimeConfig, RealtimeAudio, ToolKind, UltravoxConfig, WebsocketBotConfig};
 pub use flow::{
     AudioConfig, BotConfig, EchoBotConfig, FlowConfig, FlowError, OnFailure, RecordingConfig,

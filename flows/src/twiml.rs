@@ -109,6 +109,8 @@ pub enum DialNoun {
         password: Option<String>,
         /// Dial through this outbound registration.
         registration: Option<String>,
+        /// `statusCallback` with its events and method.
+        status_callback: Option<crate::action::DialStatusCallback>,
     },
     /// `<Number>` (or bare text in `<Dial>`): to be sent to a trunk.
     Number(String),
@@ -160,7 +162,9 @@ pub fn actions_from_twiml(verbs: &[Verb]) -> Result<Vec<Action>, TwimlError> {
                     username,
                     password,
                     registration,
+                    status_callback,
                 } => Ok(Action::Dial(DialTarget {
+                    status_callback: status_callback.clone(),
                     registration: registration.clone(),
                     uri: uri.clone(),
                     caller_id: dial.caller_id.clone(),
@@ -551,6 +555,7 @@ fn dial(element: &Element) -> Result<Dial, TwimlError> {
                     username: noun.attr("username").map(str::to_owned),
                     password: noun.attr("password").map(str::to_owned),
                     registration,
+                    status_callback: status_callback(noun)?,
                 }
             }
             "Number" => DialNoun::Number(phone_number(noun, noun.text()?)?),
@@ -723,6 +728,43 @@ fn phone_number(element: &Element, text: String) -> Result<String, TwimlError> {
         ));
     }
     Ok(text)
+}
+
+/// `<Sip statusCallback statusCallbackEvent statusCallbackMethod>`.
+fn status_callback(
+    noun: &Element,
+) -> Result<Option<crate::action::DialStatusCallback>, TwimlError> {
+    let Some(url) = noun.attr("statusCallback") else {
+        return Ok(None);
+    };
+    let url = checked_url(noun, url.trim().to_owned(), &["http", "https"])?;
+    let mut events = Vec::new();
+    for event in noun
+        .attr("statusCallbackEvent")
+        .unwrap_or("completed")
+        .split_whitespace()
+    {
+        if !["initiated", "ringing", "answered", "completed"].contains(&event) {
+            return Err(invalid("Sip", format!("statusCallbackEvent {event:?} is not initiated, ringing, answered or completed")));
+        }
+        events.push(event.to_owned());
+    }
+    let method_get = match noun.attr("statusCallbackMethod").map(str::trim) {
+        None => false,
+        Some(m) if m.eq_ignore_ascii_case("POST") => false,
+        Some(m) if m.eq_ignore_ascii_case("GET") => true,
+        Some(m) => {
+            return Err(invalid(
+                "Sip",
+                format!("statusCallbackMethod {m:?} is not GET or POST"),
+            ))
+        }
+    };
+    Ok(Some(crate::action::DialStatusCallback {
+        url,
+        events,
+        method_get,
+    }))
 }
 
 /// `+1 (415) 555-0100` → `+14155550100`: the digits, with the `+` kept

@@ -1,4 +1,5 @@
 use super::*;
+use crate::action::DialStatusCallback;
 
 /// `body` wrapped in `<Response>`.
 fn doc(body: &str) -> String {
@@ -22,6 +23,7 @@ fn sip(uri: &str, username: Option<&str>, password: Option<&str>) -> DialNoun {
         username: owned(username),
         password: owned(password),
         registration: None,
+        status_callback: None,
     }
 }
 
@@ -39,6 +41,7 @@ fn dial_through_a_registration_takes_an_extension() {
             username: None,
             password: None,
             registration: Some("pbx-1001".into()),
+            status_callback: None,
         }
     );
     let actions = actions_from_twiml(&verbs).unwrap();
@@ -88,7 +91,19 @@ fn dial_attributes_and_sip_credentials() {
         panic!("{verbs:?}")
     };
     let uri = "sips:agent@pbx.example.com;transport=tls;region=ie1?X-Case=42&X-Lang=fr";
-    assert_eq!(dial.target, sip(uri, Some("bob"), Some("p<w\"d")));
+    let mut expected = sip(uri, Some("bob"), Some("p<w\"d"));
+    let callback = DialStatusCallback {
+        url: "https://x.example/cb".into(),
+        events: vec!["completed".into()],
+        method_get: false,
+    };
+    if let DialNoun::Sip {
+        status_callback, ..
+    } = &mut expected
+    {
+        *status_callback = Some(callback.clone());
+    }
+    assert_eq!(dial.target, expected);
     assert_eq!((dial.timeout_secs, dial.time_limit_secs), (12, 600));
     assert_eq!(dial.caller_id.as_deref(), Some("+15550001111"));
     assert!(dial.answer_on_bridge);
@@ -103,6 +118,7 @@ fn dial_attributes_and_sip_credentials() {
         timeout_secs: 12,
         time_limit_secs: 600,
         action: Some("https://example.com/after?a=1&b=2".into()),
+        status_callback: Some(callback),
         ..DialTarget::default()
     };
     assert_eq!(actions_from_twiml(&verbs), Ok(vec![Action::Dial(target)]));

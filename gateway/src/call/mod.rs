@@ -10,6 +10,7 @@ mod caller;
 mod control;
 pub mod dial;
 mod dial_action;
+mod dial_resource;
 mod gather;
 pub mod leg;
 pub mod media;

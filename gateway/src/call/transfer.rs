@@ -79,6 +79,8 @@ pub(super) struct Transfer {
     from: Option<NameAddr>,
     /// What the caller hears while the party rings, fixed when dialing.
     pub(super) ringback: super::dial::Ringback,
+    /// The dialed leg as a Calls API resource, once its INVITE is out.
+    dialed: Option<super::dial_resource::DialResource>,
 }
 
 /// A dial through an outbound registration, worked out.
@@ -358,6 +360,7 @@ impl Call {
             was_bridged: false,
             from: through.map(|t| t.from).or(trunk_from),
             ringback: self.shared.dial.borrow().ringback,
+            dialed: None,
         });
     }
 
@@ -463,6 +466,19 @@ impl Call {
             return self.dial_failed(FailKind::Failed, 503, "no contact reachable".into());
         }
         if let Some(transfer) = &mut self.transfer {
+            let caller_id = transfer
+                .target
+                .caller_id
+                .clone()
+                .unwrap_or_else(|| self.from_user.clone());
+            transfer.dialed = Some(super::dial_resource::DialResource::open(
+                &self.shared,
+                &self.sid,
+                &call_id,
+                &caller_id,
+                &transfer.target.uri,
+                transfer.target.status_callback.as_ref(),
+            ));
             transfer.dial_call_id = Some(call_id);
             transfer.stage = Stage::Ringing {
                 legs,
@@ -524,6 +540,11 @@ impl Call {
     }
 
     fn on_agent_progress(&mut self, status: u16, sdp: Option<String>) {
+        if (180..=183).contains(&status) {
+            if let Some(dialed) = self.transfer.as_ref().and_then(|t| t.dialed.as_ref()) {
+                dialed.ringing();
+            }
+        }
         if self.caller.state() == LegState::Inviting {
             // The caller has not been answered (on_failure before answer):
             // let it hear that the human's phone rings.
@@ -562,6 +583,9 @@ impl Call {
     }
 
     fn on_agent_answered(&mut self, id: LegId, sdp: Option<String>) {
+        if let Some(dialed) = self.transfer.as_ref().and_then(|t| t.dialed.as_ref()) {
+            dialed.answered();
+        }
         // The first phone to answer wins; the others stop ringing.
         let others: Vec<LegId> = match &self.transfer {
             Some(Transfer {
@@ -719,6 +743,9 @@ impl Call {
     /// The party was not reached: tell the action URL, else the bot.
     pub(super) fn dial_failed(&mut self, kind: FailKind, status: u16, reason: String) {
         crate::metrics::transfer_finished(kind.twilio_status());
+        if let Some(dialed) = self.transfer.as_ref().and_then(|t| t.dialed.as_ref()) {
+            dialed.failed(kind);
+        }
         self.stop_agent_media();
         let Some(transfer) = &self.transfer else {
             return;
