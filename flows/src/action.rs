@@ -35,7 +35,7 @@ pub struct DialTarget {
     /// is then `tel:` and the number).
     pub number: Option<String>,
     /// `<Sip statusCallback>`: the dialed leg's progress is posted here.
-    pub status_callback: Option<DialStatusCallback>,
+    pub status_callback: Option<Box<DialStatusCallback>>,
 }
 
 /// Where a dialed leg reports `initiated`, `ringing`, `answered` and

@@ -164,7 +164,7 @@ pub fn actions_from_twiml(verbs: &[Verb]) -> Result<Vec<Action>, TwimlError> {
                     registration,
                     status_callback,
                 } => Ok(Action::Dial(DialTarget {
-                    status_callback: status_callback.clone(),
+                    status_callback: status_callback.clone().map(Box::new),
                     registration: registration.clone(),
                     uri: uri.clone(),
                     caller_id: dial.caller_id.clone(),

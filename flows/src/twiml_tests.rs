@@ -118,7 +118,7 @@ fn dial_attributes_and_sip_credentials() {
         timeout_secs: 12,
         time_limit_secs: 600,
         action: Some("https://example.com/after?a=1&b=2".into()),
-        status_callback: Some(callback),
+        status_callback: Some(Box::new(callback)),
         ..DialTarget::default()
     };
     assert_eq!(actions_from_twiml(&verbs), Ok(vec![Action::Dial(target)]));

@@ -477,7 +477,7 @@ impl Call {
                 &call_id,
                 &caller_id,
                 &transfer.target.uri,
-                transfer.target.status_callback.as_ref(),
+                transfer.target.status_callback.as_deref(),
             ));
             transfer.dial_call_id = Some(call_id);
             transfer.stage = Stage::Ringing {
