@@ -129,3 +129,47 @@ fn the_calls_api_calls_a_phone_number_through_the_trunk() {
     sipp::assert_success(&carrier.join(), &dir.join("carrier"));
     gateway.assert_no_panic();
 }
+
+/// The same with a real softphone: baresip registers as 14155550199 and
+/// dials +14155550100; the carrier sees the number and the caller ID.
+#[test]
+fn a_registered_baresip_dials_a_number_out_through_the_trunk() {
+    use common::baresip::{voice_like, Baresip, Wav, PCMU};
+    let dir = scratch_dir("trunk-baresip");
+    let carrier_rtp = RtpPeer::bind();
+    let carrier = carrier(
+        &dir,
+        &carrier_rtp,
+        r"From: .sip:\+14155550199@carrier\.test.*To: .sip:\+14155550100@127\.0\.0\.1",
+    );
+    let gateway = GatewayProcess::start("trunk-baresip", &config(carrier.addr));
+    let mic = gateway.dir.join("mic.wav");
+    Wav {
+        rate: 8000,
+        channels: 1,
+        samples: voice_like(8000, 8 * 8000),
+    }
+    .write(&mic);
+    let target = format!("sip:+14155550100@{}", gateway.udp);
+    let mut phone = Baresip::registered(
+        &gateway.dir,
+        "phone",
+        &PCMU,
+        &mic,
+        gateway.udp,
+        "14155550199",
+        "pw-0199",
+        "manual",
+        Some(&target),
+        6,
+    );
+    gateway.wait_for_log(&["transfer: bridged"], Duration::from_secs(10));
+    carrier_rtp
+        .wait_first_packet(Duration::from_secs(3))
+        .expect("the phone's audio reaches the carrier");
+    let _ = phone.wait(Duration::from_secs(20));
+    assert!(phone.log().contains("Call established"), "{}", phone.log());
+    check_proxy_authorization(&carrier.messages());
+    sipp::assert_success(&carrier.join(), &dir.join("carrier"));
+    gateway.assert_no_panic();
+}
