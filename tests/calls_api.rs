@@ -485,3 +485,32 @@ fn a_placed_call_asks_its_url_for_twiml_when_answered() {
     assert_eq!(call["status"], "completed");
     gateway.assert_no_panic();
 }
+
+/// A document posted to a live call replaces what it was doing: the bot
+/// is told goodbye, the clip plays, and `<Hangup/>` ends the call.
+#[test]
+fn a_new_document_posted_to_a_live_call_replaces_the_bot() {
+    let clip = common::clip::serve_clip(common::clip::tone_wav(8000, 1.0));
+    let LiveCall {
+        bot,
+        gateway,
+        api,
+        caller,
+        sid,
+        _caller_rtp,
+    } = call_the_bot("calls-api-redirect", "+12125550102");
+    let doc = format!("<Response><Play>http://{clip}/tone.wav</Play><Hangup/></Response>");
+    let (status, call) = twilio_request(
+        api,
+        "POST",
+        &calls_path(&sid),
+        &format!("Twiml={}", url_encode(&doc)),
+        LOGIN,
+    );
+    assert_eq!(status, 200, "{call}");
+    bot.wait_event("stop", |_| true, Duration::from_secs(3));
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    gateway.wait_for_log(&["call ended", "TwiML <Hangup/>"], Duration::from_secs(3));
+    gateway.wait_for_log(&["playing"], Duration::from_secs(1));
+    gateway.assert_no_panic();
+}

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod api;
 pub mod audio;
 pub mod baresip;
+pub mod clip;
 pub mod gateway;
 pub mod http_server;
 pub mod kamailio;

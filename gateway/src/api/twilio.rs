@@ -14,7 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use switchboard_flows::{actions_from_twiml, parse_twiml, Action};
+#[cfg(test)]
+use switchboard_flows::Action;
+use switchboard_flows::{actions_from_twiml, parse_twiml, Verb};
 
 use crate::call::registry::{rfc2822, CallRecord, CallRegistry, CallStatus};
 use crate::call::{CallControl, CallInput};
@@ -329,7 +331,7 @@ async fn update_call(
                     ))
                 }
             };
-            Some(CallControl::Actions(runnable_twiml(&twiml)?))
+            Some(runnable_twiml(&twiml)?)
         }
     };
     if let Some(command) = command {
@@ -349,9 +351,11 @@ async fn update_call(
     Ok(Json(call_json(&credentials.account_sid, &record)))
 }
 
-/// TwiML a live call can run now: parsed, each verb known, one verb doing
-/// the work (a trailing `<Hangup/>` is what happens anyway).
-fn runnable_twiml(twiml: &str) -> Result<Vec<Action>, TwilioError> {
+/// What new TwiML does to a live call. One transfer (`<Dial>`, `<Refer>`)
+/// or `<Hangup/>` runs beside the bot, which stays (muted) so a failed
+/// transfer goes back to it; any other document replaces what the call is
+/// doing: the bot is told goodbye and the verbs run in order.
+fn runnable_twiml(twiml: &str) -> Result<CallControl, TwilioError> {
     let invalid = |reason: String| {
         TwilioError::new(
             StatusCode::BAD_REQUEST,
@@ -360,20 +364,21 @@ fn runnable_twiml(twiml: &str) -> Result<Vec<Action>, TwilioError> {
         )
     };
     let verbs = parse_twiml(twiml).map_err(|e| invalid(e.to_string()))?;
-    let mut actions = actions_from_twiml(&verbs).map_err(|e| invalid(e.to_string()))?;
-    while actions.len() > 1 && matches!(actions.last(), Some(Action::Hangup { reason: None })) {
-        actions.pop();
+    if verbs.is_empty() {
+        return Err(invalid("the document has no verb".into()));
     }
-    match actions.as_slice() {
-        [] => Err(invalid("the document has no verb".into())),
-        [Action::Redirect { .. }] => Err(invalid(
-            "<Redirect> on a live call is not available yet".into(),
-        )),
-        [_] => Ok(actions),
-        _ => Err(invalid(
-            "a live call runs one verb at a time here (and an optional trailing <Hangup/>)".into(),
-        )),
+    let mut main = verbs.clone();
+    while main.len() > 1 && main.last() == Some(&Verb::Hangup) {
+        main.pop();
     }
+    if let [Verb::Dial(_) | Verb::Refer { .. } | Verb::Hangup | Verb::Reject { .. }] =
+        main.as_slice()
+    {
+        if let Ok(actions) = actions_from_twiml(&main) {
+            return Ok(CallControl::Actions(actions));
+        }
+    }
+    Ok(CallControl::Twiml(verbs))
 }
 
 /// Asks `url` for TwiML with Twilio's request parameters, signed as
@@ -422,23 +427,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn live_calls_run_one_verb() {
+    fn live_calls_take_a_transfer_beside_the_bot_or_a_new_document() {
         let dial = "<Response><Dial><Sip>sip:agent@127.0.0.1</Sip></Dial><Hangup/></Response>";
         assert!(matches!(
-            runnable_twiml(dial).unwrap().as_slice(),
-            [Action::Dial(_)]
+            runnable_twiml(dial).unwrap(),
+            CallControl::Actions(actions) if matches!(actions.as_slice(), [Action::Dial(_)])
         ));
-        let hangup = "<Response><Hangup/></Response>";
-        assert!(matches!(
-            runnable_twiml(hangup).unwrap().as_slice(),
-            [Action::Hangup { .. }]
-        ));
+        let play = "<Response><Play>http://x/a.wav</Play><Hangup/></Response>";
+        assert!(
+            matches!(runnable_twiml(play).unwrap(), CallControl::Twiml(verbs) if verbs.len() == 2)
+        );
         for bad in [
             "<Response><Say>hi</Say></Response>",
-            "<Response><Play>http://x/a.wav</Play></Response>",
             "<Response></Response>",
             "not xml",
-            "<Response><Refer><Sip>sip:a@b</Sip></Refer><Dial><Sip>sip:c@d</Sip></Dial></Response>",
         ] {
             let error = runnable_twiml(bad).unwrap_err();
             assert_eq!(

@@ -24,6 +24,25 @@ impl Call {
                     self.end("hung up through the Calls API");
                 }
             }
+            CallControl::Twiml(verbs) => {
+                if self.transfer.is_some() || self.referring.is_some() {
+                    tracing::warn!(
+                        "new TwiML from the Calls API while a transfer is under way: ignored"
+                    );
+                    return;
+                }
+                tracing::info!(
+                    verbs = verbs.len(),
+                    "the Calls API replaces the call's TwiML"
+                );
+                self.close_bot();
+                self.playing = None;
+                self.gathering = None;
+                if let Some(pipeline) = self.caller_media.pipeline.as_mut() {
+                    pipeline.clear();
+                }
+                self.run_new_twiml(verbs);
+            }
             CallControl::Actions(actions) => {
                 // The verbs run one at a time; what follows a transfer would
                 // need the TwiML interpreter, so only the first one runs and

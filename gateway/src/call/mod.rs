@@ -71,6 +71,8 @@ pub enum CallControl {
     /// New TwiML (`Twiml`, or what `Url` answered), already parsed and
     /// checked: it runs now, in place of the bot or verb in progress.
     Actions(Vec<switchboard_flows::Action>),
+    /// A new document: what the call was doing stops and it runs.
+    Twiml(Vec<switchboard_flows::Verb>),
 }
 
 /// What a call asks of the endpoint.

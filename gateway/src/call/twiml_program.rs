@@ -164,6 +164,12 @@ impl Call {
         self.next_verb();
     }
 
+    /// A document from the Calls API: whatever ran before is stale.
+    pub(super) fn run_new_twiml(&mut self, verbs: Vec<Verb>) {
+        self.bump_twiml_step();
+        self.run_twiml(verbs);
+    }
+
     pub(super) fn is_current_step(&self, step: u64) -> bool {
         !self.is_ending() && self.twiml.as_ref().is_some_and(|s| s.step == step)
     }
