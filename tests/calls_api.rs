@@ -442,13 +442,20 @@ fn a_placed_call_asks_its_url_for_twiml_when_answered() {
             format!("<Response><Connect><Stream url=\"{stream}\"/></Connect></Response>"),
         )
     });
+    let recordings = scratch.join("recordings");
     let gateway = GatewayProcess::start(
         "calls-api-url",
-        &config(&format!("ws://{}/media", bot.addr)),
+        &config(&format!("ws://{}/media", bot.addr)).replace(
+            &format!("auth_token = \"{TOKEN}\""),
+            &format!(
+                "auth_token = \"{TOKEN}\"\nrecording_dir = \"{}\"",
+                recordings.display()
+            ),
+        ),
     );
     let api = api_addr(&gateway);
     let form = format!(
-        "To={}&From=%2B15550100&Url={}",
+        "To={}&From=%2B15550100&Record=true&Url={}",
         url_encode(&format!("sip:agent@{}", agent.addr)),
         url_encode(&format!("http://{}/answer", server.addr))
     );
@@ -478,11 +485,25 @@ fn a_placed_call_asks_its_url_for_twiml_when_answered() {
         Some(expected.as_str())
     );
 
+    // A second of the call, recorded.
+    std::thread::sleep(Duration::from_secs(1));
     let (status, _) = twilio_request(api, "POST", &calls_path(&sid), "Status=completed", LOGIN);
     assert_eq!(status, 200);
     sipp::assert_success(&agent.join(), &scratch.join("agent"));
     let (_, call) = twilio_request(api, "GET", &calls_path(&sid), "", LOGIN);
     assert_eq!(call["status"], "completed");
+    // Record=true: the call's stereo WAV is there.
+    gateway.wait_for_log(&["call ended"], Duration::from_secs(5));
+    let wavs: Vec<_> = std::fs::read_dir(&recordings)
+        .expect("the recording directory was made")
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "wav"))
+        .collect();
+    assert_eq!(wavs.len(), 1, "one recording");
+    assert!(
+        wavs[0].metadata().unwrap().len() > 44,
+        "the recording has audio"
+    );
     gateway.assert_no_panic();
 }
 

@@ -279,6 +279,10 @@ pub struct ApiConfig {
     /// Its password (Twilio's auth token); also the key that signs webhooks.
     #[serde(default)]
     pub auth_token: Option<String>,
+    /// Where calls placed with `Record=true` are recorded (a stereo WAV
+    /// per call); without it `Record=true` is refused.
+    #[serde(default)]
+    pub recording_dir: Option<std::path::PathBuf>,
 }
 
 /// Who may use the Calls API.

@@ -164,6 +164,7 @@ impl Gateway {
                 call_resources: call_resources.clone(),
                 twilio: valid.api_credentials.clone(),
                 clips: Arc::default(),
+                api_recordings: config.api.recording_dir.clone(),
             }),
             inbound,
             shutdown: state_watch.clone(),

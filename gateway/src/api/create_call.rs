@@ -132,12 +132,17 @@ fn outbound_request(
     };
     let ring_secs = seconds("Timeout", DEFAULT_RING_SECS, MAX_RING_SECS)?;
     let time_limit = seconds("TimeLimit", DEFAULT_TIME_LIMIT_SECS, MAX_TIME_LIMIT_SECS)?;
-    if param(form, "Record").is_some_and(|r| r.eq_ignore_ascii_case("true")) {
-        return Err(invalid(
-            21201,
-            "Record is not available for placed calls yet (record through a flow's `recording`)",
-        ));
-    }
+    let record = match param(form, "Record") {
+        None => false,
+        Some(r) if r.eq_ignore_ascii_case("true") => true,
+        Some(r) if r.eq_ignore_ascii_case("false") => false,
+        Some(r) => {
+            return Err(invalid(
+                21201,
+                format!("Record must be true or false, not {r:?}"),
+            ))
+        }
+    };
     if param(form, "ApplicationSid").is_some() {
         return Err(invalid(
             21201,
@@ -153,6 +158,7 @@ fn outbound_request(
         time_limit: Some(Duration::from_secs(time_limit)),
         program,
         callbacks: status_callbacks(form, credentials)?,
+        record,
     })
 }
 

@@ -77,6 +77,8 @@ pub struct CallShared {
     /// `[api] account_sid` / `auth_token`: webhooks name the account and
     /// are signed with the token.
     pub twilio: Option<crate::config::ApiCredentials>,
+    /// `[api] recording_dir`: where `Record=true` placed calls are recorded.
+    pub api_recordings: Option<std::path::PathBuf>,
     /// `<Play>` clips, decoded once for every call.
     pub clips: Arc<super::play::ClipCache>,
 }

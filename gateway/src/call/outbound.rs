@@ -64,6 +64,8 @@ pub struct OutboundRequest {
     pub time_limit: Option<Duration>,
     pub program: Program,
     pub callbacks: Option<StatusCallbackSpec>,
+    /// `Record=true`: a stereo WAV of the call in `[api] recording_dir`.
+    pub record: bool,
 }
 
 /// Why the endpoint would not place a call.

@@ -240,8 +240,12 @@ impl Call {
                 parameters,
             } => {
                 let mut flow = stream_flow(&stream_url, parameters.into_iter().collect());
+                // The call keeps its flow's settings; only the bot is new.
                 flow.on_failure = self.flow.on_failure.clone();
                 flow.name = self.flow.name.clone();
+                flow.recording = self.flow.recording.clone();
+                flow.audio = self.flow.audio;
+                flow.transfer = self.flow.transfer;
                 self.info.parameters = flow.parameters.clone();
                 self.connector = Arc::from(switchboard_connectors::connector_for(
                     &flow.bot_or_placeholder(),

@@ -55,6 +55,20 @@ impl Endpoint {
                 (Arc::new(flow), connector)
             }
         };
+        let (flow, connector) = match (request.record, &self.calls.api_recordings) {
+            (false, _) => (flow, connector),
+            (true, Some(dir)) => {
+                let mut recorded = (*flow).clone();
+                recorded.recording = Some(switchboard_flows::RecordingConfig { dir: dir.clone() });
+                (Arc::new(recorded), connector)
+            }
+            (true, None) => {
+                let _ = reply.send(Err(PlaceError::Invalid(
+                    "Record=true needs [api] recording_dir on this gateway".into(),
+                )));
+                return;
+            }
+        };
         let host = self
             .calls
             .local
