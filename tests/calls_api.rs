@@ -258,6 +258,14 @@ fn new_twiml_posted_to_a_live_call_transfers_it_to_an_agent() {
         .cloned()
         .unwrap_or_else(|| panic!("no child call in {live}"));
     assert_eq!(child["direction"], "outbound-dial");
+    // A live dialed leg is not "not found": it is updated through its parent.
+    let child_path = calls_path(child["sid"].as_str().unwrap());
+    let (status, error) = twilio_request(api, "POST", &child_path, "Status=completed", LOGIN);
+    assert_eq!(
+        (status, error["code"].as_u64()),
+        (400, Some(21220)),
+        "{error}"
+    );
     // The agent hangs up after its hold: the caller gets BYE.
     sipp::assert_success(&agent.join(), &scratch.join("agent"));
     sipp::assert_success(&caller.join().unwrap(), &gateway.dir);

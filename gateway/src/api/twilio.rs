@@ -303,8 +303,22 @@ async fn update_call(
     let not_found = || TwilioError::not_found(&call_uri(&account, sid));
     let form = form(&body);
     let record = state.calls.get(sid).ok_or_else(not_found)?;
-    // Bot frameworks read 20404 as "the call already ended".
-    let control = record.control.clone().ok_or_else(not_found)?;
+    // Bot frameworks read 20404 as "the call already ended": only an
+    // ended call gets it. A live dialed leg is controlled through its parent.
+    let control = match (&record.control, record.ended) {
+        (Some(control), None) => control.clone(),
+        (None, None) => {
+            return Err(TwilioError::new(
+                StatusCode::BAD_REQUEST,
+                21220,
+                format!(
+                    "Call {sid} is a dialed leg: update its parent call {}",
+                    record.parent_call_sid.as_deref().unwrap_or("")
+                ),
+            ))
+        }
+        _ => return Err(not_found()),
+    };
     let command = match param(&form, "Status") {
         Some("completed") => Some(CallControl::Hangup),
         Some("canceled") if record.status.is_final() || record.status == CallStatus::InProgress => {
