@@ -66,6 +66,34 @@ pub fn signed_request<K: AsRef<str>>(
     }
 }
 
+/// Sends a signed request for TwiML and reads the answer, bounded by
+/// the largest TwiML document; errors say why, without the URL.
+pub async fn fetch_twiml<K: AsRef<str>>(
+    http: &reqwest::Client,
+    auth_token: &str,
+    url: &str,
+    method_get: bool,
+    params: &[(K, String)],
+    timeout: std::time::Duration,
+) -> Result<String, String> {
+    let mut response = signed_request(http, auth_token, url, method_get, params)
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > switchboard_flows::twiml::MAX_TWIML_BYTES {
+            return Err("answer larger than a TwiML document may be".into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    String::from_utf8(body).map_err(|_| "answer is not UTF-8".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

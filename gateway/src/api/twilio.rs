@@ -416,24 +416,16 @@ async fn fetch_twiml(
         return Err(failure("not an http(s) URL".into()));
     }
     let params = crate::webhook::call_params(&credentials.account_sid, record);
-    let request =
-        crate::webhook::signed_request(http, &credentials.auth_token, url, method_get, &params);
-    let mut response = request
-        .timeout(FETCH_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| failure(e.to_string()))?;
-    if !response.status().is_success() {
-        return Err(failure(format!("HTTP {}", response.status())));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| failure(e.to_string()))? {
-        if body.len() + chunk.len() > switchboard_flows::twiml::MAX_TWIML_BYTES {
-            return Err(failure("answer larger than a TwiML document may be".into()));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    String::from_utf8(body).map_err(|_| failure("answer is not UTF-8".into()))
+    crate::webhook::fetch_twiml(
+        http,
+        &credentials.auth_token,
+        url,
+        method_get,
+        &params,
+        FETCH_TIMEOUT,
+    )
+    .await
+    .map_err(failure)
 }
 
 #[cfg(test)]

@@ -839,16 +839,7 @@ pub(super) fn caller_id_at(caller: &str, shared: &CallShared, local: SocketAddr)
     {
         return uri;
     }
-    let user: String = caller
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || "+-_.".contains(*c))
-        .take(64)
-        .collect();
-    let user = if user.is_empty() {
-        "switchboard".to_string()
-    } else {
-        user
-    };
+    let user = caller_id_user(caller, "switchboard");
     let host = crate::call::leg::sent_by(SocketAddr::new(
         shared.media.public_ip.unwrap_or(local.ip()),
         local.port(),
@@ -900,4 +891,19 @@ pub(super) fn through_registration(
             entry.spec.password.clone(),
         ),
     })
+}
+
+/// The user part of a From for `caller`: its alphanumerics and `+-_.`
+/// (PROTOCOLS.md §1), at most 64; `fallback` when nothing is left.
+pub(super) fn caller_id_user(caller: &str, fallback: &str) -> String {
+    let user: String = caller
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "+-_.".contains(*c))
+        .take(64)
+        .collect();
+    if user.is_empty() {
+        fallback.to_string()
+    } else {
+        user
+    }
 }

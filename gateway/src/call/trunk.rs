@@ -84,16 +84,7 @@ impl OutboundTrunk {
 
     /// Our From towards the carrier: the caller ID at `from_domain`.
     pub fn from(&self, caller_id: &str) -> NameAddr {
-        let user: String = caller_id
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || "+-_.".contains(*c))
-            .take(64)
-            .collect();
-        let user = if user.is_empty() {
-            "anonymous".to_string()
-        } else {
-            user
-        };
+        let user = super::transfer::caller_id_user(caller_id, "anonymous");
         NameAddr::parse(&format!("<sip:{user}@{}>", self.from_domain)).unwrap_or_else(|_| {
             NameAddr::parse("<sip:anonymous@invalid>").expect("a fixed URI parses")
         })

@@ -76,7 +76,16 @@ impl Call {
             .unwrap_or_default();
         tracing::info!(%url, "asking the webhook for TwiML");
         self.spawn_job(Box::pin(async move {
-            let result = fetch(&http, &token, &url, method_get, &params).await;
+            let result = crate::webhook::fetch_twiml(
+                &http,
+                &token,
+                &url,
+                method_get,
+                &params,
+                FETCH_TIMEOUT,
+            )
+            .await
+            .map_err(|reason| format!("{url}: {reason}"));
             JobOutput::Twiml { attempt, result }
         }));
     }
@@ -281,29 +290,4 @@ impl Call {
             other => self.twiml_failed(format!("<{}> is not available here yet", other.name())),
         }
     }
-}
-
-async fn fetch(
-    http: &reqwest::Client,
-    token: &str,
-    url: &str,
-    method_get: bool,
-    params: &[(String, String)],
-) -> Result<String, String> {
-    let mut response = crate::webhook::signed_request(http, token, url, method_get, params)
-        .timeout(FETCH_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    if !response.status().is_success() {
-        return Err(format!("{url}: HTTP {}", response.status()));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-        if body.len() + chunk.len() > switchboard_flows::twiml::MAX_TWIML_BYTES {
-            return Err(format!("{url}: answer larger than a TwiML document may be"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    String::from_utf8(body).map_err(|_| format!("{url}: answer is not UTF-8"))
 }
