@@ -10,6 +10,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use switchboard_gateway::Gateway;
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "switchboard",
@@ -77,7 +80,7 @@ fn real_main() -> Result<()> {
             log_format,
             drain_secs,
         } => {
-            init_logging(log_format);
+            let _log_writer = init_logging(log_format);
             let loaded = config_file::load(config.as_deref())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -203,17 +206,30 @@ impl HangupSignal {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Log lines go to a writer thread through a bounded queue: a call task
+/// never blocks on a slow stdout (a pipe, a terminal, journald). When the
+/// queue is full, lines are dropped rather than stalling calls. The guard
+/// flushes what is queued when dropped at exit.
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_env("SWITCHBOARD_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
     let ansi = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .finish(std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi);
+        .with_ansi(ansi)
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
+
+/// About 20 MB of log lines at most waiting for stdout.
+const LOG_QUEUE_LINES: usize = 65_536;

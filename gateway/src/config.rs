@@ -192,6 +192,15 @@ pub struct LimitsConfig {
     /// A TCP connection silent this long (keep-alives count) is closed.
     #[serde(default = "default_tcp_idle_timeout_secs")]
     pub tcp_idle_timeout_secs: u64,
+    /// A new INVITE that waited longer than this for the SIP endpoint is
+    /// answered 503 + Retry-After before any call state exists: under
+    /// overload the gateway keeps completing calls instead of collapsing.
+    #[serde(default = "default_overload_delay_ms")]
+    pub overload_delay_ms: u64,
+    /// While tasks wait longer than this on average for a CPU, new INVITEs
+    /// are answered 503 + Retry-After by the socket tasks (stateless).
+    #[serde(default = "default_overload_task_delay_ms")]
+    pub overload_task_delay_ms: u64,
 }
 
 impl Default for LimitsConfig {
@@ -202,6 +211,8 @@ impl Default for LimitsConfig {
             tcp_connections_per_ip: default_tcp_connections_per_ip(),
             tcp_message_timeout_secs: default_tcp_message_timeout_secs(),
             tcp_idle_timeout_secs: default_tcp_idle_timeout_secs(),
+            overload_delay_ms: default_overload_delay_ms(),
+            overload_task_delay_ms: default_overload_task_delay_ms(),
         }
     }
 }
@@ -228,6 +239,8 @@ impl LimitsConfig {
                 self.tcp_message_timeout_secs,
             ),
             ("limits.tcp_idle_timeout_secs", self.tcp_idle_timeout_secs),
+            ("limits.overload_delay_ms", self.overload_delay_ms),
+            ("limits.overload_task_delay_ms", self.overload_task_delay_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -242,6 +255,17 @@ impl LimitsConfig {
         }
         Ok(())
     }
+}
+
+/// Well under T1 (500 ms), so a shed caller hears 503 before it would
+/// retransmit, and well above a healthy queue's wait (microseconds).
+fn default_overload_delay_ms() -> u64 {
+    200
+}
+
+/// A healthy runtime runs a woken task within a millisecond.
+fn default_overload_task_delay_ms() -> u64 {
+    20
 }
 
 fn default_tcp_connections() -> usize {

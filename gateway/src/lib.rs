@@ -5,6 +5,7 @@ pub mod call;
 pub mod config;
 pub mod endpoint;
 pub mod metrics;
+pub mod overload;
 pub mod registrar;
 pub mod registration;
 pub mod reload;

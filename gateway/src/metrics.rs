@@ -22,6 +22,8 @@ pub const REGISTRATIONS: &str = "switchboard_registrations";
 pub const REGISTER_SENT: &str = "switchboard_registration_requests_total";
 pub const AUTH_FAILURES: &str = "switchboard_auth_failures_total";
 pub const TCP_REFUSED: &str = "switchboard_tcp_refused_total";
+pub const SIP_SHED: &str = "switchboard_sip_shed_total";
+pub const OVERLOADED: &str = "switchboard_overloaded";
 pub const CALL_DURATION: &str = "switchboard_call_duration_seconds";
 pub const CALL_LOSS: &str = "switchboard_call_packet_loss_ratio";
 pub const CALL_JITTER: &str = "switchboard_call_jitter_ms";
@@ -64,6 +66,14 @@ pub fn describe() {
         "TCP connections refused at accept or closed for not sending a whole message in time, by reason"
     );
     describe_counter!(
+        SIP_SHED,
+        "SIP messages turned away under overload, by stage (overload, queue, delay, dropped)"
+    );
+    describe_gauge!(
+        OVERLOADED,
+        "1 while new calls are answered 503 because tasks wait too long for a CPU"
+    );
+    describe_counter!(
         TRANSFERS,
         "Transfers to a human, by outcome: answered, busy, no-answer, failed, canceled, referred, refused"
     );
@@ -92,6 +102,19 @@ pub fn describe() {
 
 pub fn active_calls(count: usize) {
     gauge!(CALLS_ACTIVE).set(count as f64);
+}
+
+/// 1 while new calls are shed because tasks wait too long for a CPU.
+pub fn overloaded(shedding: bool) {
+    gauge!(OVERLOADED).set(if shedding { 1.0 } else { 0.0 });
+}
+
+/// A SIP message turned away under overload: `overload` (new INVITE while
+/// tasks wait too long for a CPU: 503), `queue` (new request, queue full:
+/// 503), `delay` (new INVITE waited too long for the endpoint: 503),
+/// `dropped` (in-dialog datagram, queue full: the sender retransmits).
+pub fn sip_shed(stage: &'static str) {
+    counter!(SIP_SHED, "stage" => stage).increment(1);
 }
 
 /// A TCP connection refused or closed by a limit (`reason`).

@@ -24,7 +24,7 @@ use crate::reload::{flow_runtimes, ReloadError, ReloadReport, ReloadRequest, Rel
 use crate::sip::authenticator::Authenticator;
 use crate::sip::resolve::Resolver;
 use crate::sip::transaction::Transport;
-use crate::transport::{Transports, INBOUND_CAPACITY};
+use crate::transport::Transports;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -54,8 +54,13 @@ pub struct Gateway {
 
 impl Gateway {
     pub async fn start(config: Config, valid: ValidConfig) -> Result<Gateway, GatewayError> {
-        let (inbound_tx, inbound) = mpsc::channel(INBOUND_CAPACITY);
         let (sockets_shutdown, sockets_watch) = watch::channel(false);
+        let overload = Arc::new(crate::overload::Overload::default());
+        tokio::spawn(overload.clone().monitor(
+            std::time::Duration::from_millis(config.limits.overload_task_delay_ms),
+            sockets_watch.clone(),
+        ));
+        let (inbound_tx, inbound) = crate::transport::inbound::queues(overload);
         let transports = Transports::bind(
             &valid.listen,
             inbound_tx,
@@ -167,6 +172,7 @@ impl Gateway {
                 api_recordings: config.api.recording_dir.clone(),
             }),
             inbound,
+            overload_delay: std::time::Duration::from_millis(config.limits.overload_delay_ms),
             shutdown: state_watch.clone(),
             active_calls: active_tx,
             auth,

@@ -31,7 +31,7 @@ use crate::sip::response::{default_reason, new_tag, response_for};
 use crate::sip::transaction::{
     ClientTxId, Peer, ServerTxId, Timers, TransactionEvent, TransactionLayer, Transport,
 };
-use crate::transport::{Inbound, Transports};
+use crate::transport::{Inbound, InboundQueues, Transports};
 
 pub use routes::{ClientOwner, Routes};
 
@@ -66,7 +66,11 @@ pub struct Endpoint {
     pub max_calls: usize,
     /// What every call shares: media settings, RTP ports, dial policy…
     pub calls: Arc<crate::call::dial::CallShared>,
-    pub inbound: mpsc::Receiver<Inbound>,
+    /// From the sockets: in-dialog traffic first, then new requests.
+    pub inbound: InboundQueues,
+    /// A new INVITE that waited longer than this in the queue is answered
+    /// 503 before any call state exists: the gateway is not keeping up.
+    pub overload_delay: Duration,
     pub shutdown: watch::Receiver<EndpointState>,
     /// Live call count, readable by whoever drains the gateway.
     pub active_calls: watch::Sender<usize>,
@@ -126,7 +130,16 @@ struct Core {
     /// Outbound registrations' REGISTERs: registration id and CSeq.
     registering: HashMap<ClientTxId, (String, u32)>,
     state: EndpointState,
+    /// The message being handled waited so long that new calls must be
+    /// turned away (set per inbound message).
+    behind: bool,
+    /// When the last "overloaded" line was logged, and how many calls were
+    /// turned away since.
+    shed_log: (Option<Instant>, u64),
 }
+
+/// One line per burst of calls refused under load.
+const SHED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Endpoint {
     pub async fn run(mut self) {
@@ -141,17 +154,29 @@ impl Endpoint {
             connecting: HashMap::new(),
             registering: HashMap::new(),
             state: EndpointState::Running,
+            behind: false,
+            shed_log: (None, 0),
         };
+        let far = || Instant::now() + Duration::from_secs(3600);
+        let timer = tokio::time::sleep_until(far());
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
-            let deadline = core
-                .layer
-                .poll_timeout()
-                .map(Instant::from_std)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            // Re-arm the timer only when the next deadline moved: most
+            // messages do not change it, and re-registering costs.
+            let deadline = core.layer.poll_timeout().map(Instant::from_std);
+            if deadline != armed {
+                timer.as_mut().reset(deadline.unwrap_or_else(far));
+                armed = deadline;
+            }
+            // Biased: what ends calls (responses, ACK, BYE, the calls' own
+            // commands) always comes before new work, so overload delays
+            // and sheds new calls instead of failing the ones in progress.
             tokio::select! {
-                inbound = self.inbound.recv() => {
+                biased;
+                inbound = self.inbound.urgent.recv() => {
                     let Some(inbound) = inbound else { break };
-                    self.on_inbound(&mut core, inbound);
+                    self.on_inbound(&mut core, inbound, false);
                 }
                 command = commands.recv() => {
                     // The endpoint holds a sender itself, so this never closes.
@@ -166,7 +191,11 @@ impl Endpoint {
                     }
                     self.on_call_ended(&mut core, joined);
                 }
-                _ = tokio::time::sleep_until(deadline) => {
+                _ = &mut timer => {
+                    // An elapsed Sleep stays ready: park it far away until
+                    // the layer asks for a new deadline.
+                    timer.as_mut().reset(far());
+                    armed = None;
                     core.layer.handle_timeout(std::time::Instant::now());
                 }
                 changed = self.shutdown.changed() => {
@@ -177,6 +206,10 @@ impl Endpoint {
                         }
                     }
                     core.state = next;
+                }
+                inbound = self.inbound.fresh.recv() => {
+                    let Some(inbound) = inbound else { break };
+                    self.on_inbound(&mut core, inbound, true);
                 }
             }
             self.flush(&mut core);
@@ -196,11 +229,17 @@ impl Endpoint {
         }
     }
 
-    fn on_inbound(&self, core: &mut Core, inbound: Inbound) {
+    fn on_inbound(&self, core: &mut Core, inbound: Inbound, fresh: bool) {
         match inbound {
-            Inbound::Message { message, peer } => {
-                core.layer
-                    .handle_input(message, peer, std::time::Instant::now());
+            Inbound::Message {
+                message,
+                peer,
+                received,
+            } => {
+                let now = std::time::Instant::now();
+                core.behind =
+                    fresh && now.saturating_duration_since(received) > self.overload_delay;
+                core.layer.handle_input(message, peer, now);
             }
             Inbound::Connected { addr } => {
                 core.connecting.remove(&addr);
@@ -472,10 +511,20 @@ impl Endpoint {
             crate::metrics::call_rejected(503);
             return;
         }
+        if core.behind {
+            // The caller has its 100 Trying; the transaction absorbs its
+            // retransmissions and the ACK. Nothing else is created.
+            crate::metrics::sip_shed("delay");
+            core.refuse_new_call(
+                tx,
+                &request,
+                &call_id,
+                "overloaded: new calls waited too long for the SIP endpoint",
+            );
+            return;
+        }
         if core.routes.len() >= self.max_calls {
-            tracing::warn!(%call_id, max_calls = self.max_calls, "at capacity: 503");
-            reply(&mut core.layer, tx, &request, 503, Some("5"));
-            crate::metrics::call_rejected(503);
+            core.refuse_new_call(tx, &request, &call_id, "at capacity (limits.max_calls)");
             return;
         }
         let Some(route) = self.authorize(core, tx, &request, peer) else {
@@ -531,6 +580,28 @@ impl Endpoint {
 }
 
 impl Core {
+    /// Answers a new INVITE 503 + Retry-After before any call state
+    /// exists, with one log line per burst rather than one per call: a line
+    /// per refused call would add to the load it reports.
+    fn refuse_new_call(&mut self, tx: ServerTxId, request: &Request, call_id: &str, why: &str) {
+        crate::metrics::call_rejected(503);
+        self.shed_log.1 += 1;
+        if self
+            .shed_log
+            .0
+            .is_none_or(|at| at.elapsed() >= SHED_LOG_EVERY)
+        {
+            tracing::warn!(
+                %call_id,
+                refused = self.shed_log.1,
+                "{why}: new calls answered 503 (logged once per 10 s; see switchboard_calls_rejected_total)"
+            );
+            self.shed_log = (Some(Instant::now()), 0);
+        }
+        let retry_after = crate::transport::inbound::SHED_RETRY_AFTER;
+        reply(&mut self.layer, tx, request, 503, Some(retry_after));
+    }
+
     /// Forgets a call whose task ended, however it ended (a panic too):
     /// its routes go, and an INVITE it left unanswered gets a 500.
     fn release(&mut self, joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>) {
@@ -610,6 +681,8 @@ mod tests {
             connecting: HashMap::new(),
             registering: HashMap::new(),
             state: EndpointState::Running,
+            behind: false,
+            shed_log: (None, 0),
         }
     }
 

@@ -2,23 +2,21 @@
 //! and the endpoint task. Parsing happens here, per socket, so a flood of
 //! garbage costs the reader task and never the endpoint.
 
+pub mod inbound;
 pub mod tcp;
 mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::config::ListenAddr;
 use crate::sip::message::SipMessage;
 use crate::sip::transaction::{Peer, Transport};
 
+pub use inbound::{Delivery, InboundQueues, InboundSender};
 pub use tcp::TcpConnections;
-
-/// Messages queued from all sockets towards the endpoint. When full, UDP
-/// readers drop (the sender retransmits) and TCP readers wait.
-pub const INBOUND_CAPACITY: usize = 4096;
 
 /// What the sockets tell the endpoint; messages, by far the most common,
 /// travel inline.
@@ -26,7 +24,13 @@ pub const INBOUND_CAPACITY: usize = 4096;
 #[derive(Debug)]
 pub enum Inbound {
     /// A parsed message and who sent it.
-    Message { message: SipMessage, peer: Peer },
+    Message {
+        message: SipMessage,
+        peer: Peer,
+        /// When the socket read it: how long it waited tells the endpoint
+        /// whether it is keeping up.
+        received: std::time::Instant,
+    },
     /// An outbound TCP connection we opened is up.
     Connected { addr: SocketAddr },
     /// An outbound TCP connection could not be opened: what waited for it
@@ -48,7 +52,7 @@ impl Transports {
     /// Binds every listen address and starts its reader tasks.
     pub async fn bind(
         listen: &[ListenAddr],
-        inbound: mpsc::Sender<Inbound>,
+        inbound: InboundSender,
         shutdown: watch::Receiver<bool>,
         tcp_limits: tcp::TcpLimits,
     ) -> std::io::Result<Transports> {

@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use super::Inbound;
+use super::{Delivery, Inbound, InboundSender};
 use crate::sip::framing::{bad_request, StreamDecoder, StreamItem};
 use crate::sip::transaction::{Peer, Transport};
 
@@ -72,7 +72,7 @@ pub struct TcpConnections {
     /// Accepted connections per source IP (touched per accept and close).
     accepted: Arc<Mutex<HashMap<IpAddr, usize>>>,
     limits: TcpLimits,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: InboundSender,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -96,11 +96,7 @@ impl Drop for AcceptedSlot {
 }
 
 impl TcpConnections {
-    pub fn new(
-        inbound: mpsc::Sender<Inbound>,
-        shutdown: watch::Receiver<bool>,
-        limits: TcpLimits,
-    ) -> Self {
+    pub fn new(inbound: InboundSender, shutdown: watch::Receiver<bool>, limits: TcpLimits) -> Self {
         TcpConnections {
             writers: Arc::default(),
             accepted: Arc::default(),
@@ -282,7 +278,7 @@ async fn connect_failed(
 pub async fn accept_loop(
     listener: TcpListener,
     connections: TcpConnections,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: InboundSender,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last_refusal_log: Option<Instant> = None;
@@ -326,7 +322,7 @@ async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     connections: TcpConnections,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: InboundSender,
     shutdown: watch::Receiver<bool>,
     _slot: AcceptedSlot,
 ) {
@@ -346,7 +342,7 @@ async fn run(
     stream: TcpStream,
     peer: SocketAddr,
     connections: TcpConnections,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: InboundSender,
     mut shutdown: watch::Receiver<bool>,
     channel: Channel,
     accepted: bool,
@@ -408,14 +404,12 @@ async fn run(
         while let Some(item) = decoder.next() {
             match item {
                 StreamItem::Message(message) => {
-                    let delivered = inbound
-                        .send(Inbound::Message {
-                            message,
-                            peer: tcp_peer,
-                        })
-                        .await;
-                    if delivered.is_err() {
-                        break 'connection;
+                    match inbound.deliver_waiting(message, tcp_peer).await {
+                        Delivery::Queued | Delivery::Dropped => {}
+                        Delivery::Shed(response) => {
+                            let _ = queue.try_send(response);
+                        }
+                        Delivery::Closed => break 'connection,
                     }
                 }
                 StreamItem::KeepAlivePing => {

@@ -2,30 +2,48 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use super::Inbound;
+use super::{Delivery, InboundSender};
 use crate::sip::framing::{bad_request, parse_datagram, Datagram};
 use crate::sip::transaction::{Peer, Transport};
 
 /// Largest datagram we accept; anything bigger is truncated by the kernel
 /// and then rejected by the parser.
 const MAX_DATAGRAM: usize = 65_535;
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Kernel buffers asked for on SIP sockets (Linux caps them at
+/// net.core.rmem_max / wmem_max, 4 MiB on Debian). The default ~200 KiB
+/// overflows within milliseconds at thousands of calls per second, whenever
+/// the reader task waits for a worker; every datagram lost there is a
+/// retransmission 500 ms later and a call that lives that much longer.
+const SOCKET_BUFFER: usize = 4 << 20;
 
 pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
-    let socket = std::net::UdpSocket::bind(addr)?;
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Best effort: a smaller buffer than asked for still works.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket)
+    UdpSocket::from_std(socket.into())
 }
 
 pub async fn read_loop(
     socket: Arc<UdpSocket>,
-    inbound: mpsc::Sender<Inbound>,
+    inbound: InboundSender,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut last_drop_log: Option<Instant> = None;
     loop {
         let received = tokio::select! {
             received = socket.recv_from(&mut buf) => received,
@@ -46,14 +64,19 @@ pub async fn read_loop(
         };
         match parse_datagram(&buf[..len]) {
             Datagram::KeepAlive => {}
-            Datagram::Message(message) => {
-                if inbound
-                    .try_send(Inbound::Message { message, peer })
-                    .is_err()
-                {
-                    tracing::warn!(peer = %from, "endpoint busy: dropped a SIP datagram");
+            Datagram::Message(message) => match inbound.deliver(message, peer) {
+                Delivery::Queued | Delivery::Closed => {}
+                Delivery::Shed(response) => {
+                    let _ = socket.try_send_to(&response, from);
                 }
-            }
+                Delivery::Dropped => {
+                    crate::metrics::sip_shed("dropped");
+                    if last_drop_log.is_none_or(|at: Instant| at.elapsed() >= DROP_LOG_EVERY) {
+                        last_drop_log = Some(Instant::now());
+                        tracing::warn!(peer = %from, "endpoint busy: dropped in-dialog SIP datagrams, the senders retransmit (logged once per 10 s; see switchboard_sip_shed_total)");
+                    }
+                }
+            },
             Datagram::Malformed(error) => {
                 tracing::warn!(peer = %from, transport = "udp", reason = %error.reason, "malformed SIP message");
                 if let Some(response) = error

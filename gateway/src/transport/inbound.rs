@@ -1,0 +1,276 @@
+//! The two queues from the sockets to the endpoint. Overload must shed new
+//! work, never the work that finishes calls: responses and in-dialog
+//! requests (ACK, BYE, re-INVITE, CANCEL) travel on the `urgent` queue,
+//! which the endpoint always serves first; requests that would start
+//! something new (an INVITE without a To tag, REGISTER, OPTIONS…) travel on
+//! the `fresh` queue. When `fresh` is full the socket task answers the
+//! request 503 with Retry-After itself: no transaction, no call state, a
+//! few microseconds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::Inbound;
+use crate::overload::Overload;
+use crate::sip::message::{Method, Request, SipMessage};
+use crate::sip::response::{new_tag, response_for};
+use crate::sip::transaction::Peer;
+
+/// In-dialog traffic and responses; when full, UDP drops (the sender
+/// retransmits) and TCP readers wait.
+pub const URGENT_CAPACITY: usize = 4096;
+/// New requests waiting for the endpoint: about a quarter second of work at
+/// the rates this machine sustains. More waiting than that is answered 503.
+pub const FRESH_CAPACITY: usize = 1024;
+/// What a shed request is told: try again in this many seconds.
+pub const SHED_RETRY_AFTER: &str = "5";
+const SHED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The endpoint's ends of both queues.
+pub struct InboundQueues {
+    pub urgent: mpsc::Receiver<Inbound>,
+    pub fresh: mpsc::Receiver<Inbound>,
+}
+
+/// The sockets' end: clone one per reader task.
+#[derive(Clone)]
+pub struct InboundSender {
+    urgent: mpsc::Sender<Inbound>,
+    fresh: mpsc::Sender<Inbound>,
+    shed_log: Arc<ShedLog>,
+    overload: Arc<Overload>,
+}
+
+/// What became of a message handed to the endpoint.
+pub enum Delivery {
+    Queued,
+    /// The endpoint is behind on new work: send these bytes back (a 503).
+    Shed(Vec<u8>),
+    /// In-dialog traffic could not be queued (UDP: the sender retransmits).
+    Dropped,
+    /// The endpoint is gone.
+    Closed,
+}
+
+pub fn queues(overload: Arc<Overload>) -> (InboundSender, InboundQueues) {
+    queues_with(URGENT_CAPACITY, FRESH_CAPACITY, overload)
+}
+
+pub fn queues_with(
+    urgent: usize,
+    fresh: usize,
+    overload: Arc<Overload>,
+) -> (InboundSender, InboundQueues) {
+    let (urgent_tx, urgent_rx) = mpsc::channel(urgent);
+    let (fresh_tx, fresh_rx) = mpsc::channel(fresh);
+    (
+        InboundSender {
+            urgent: urgent_tx,
+            fresh: fresh_tx,
+            shed_log: Arc::new(ShedLog {
+                epoch: Instant::now(),
+                last_ms: AtomicU64::new(0),
+                since_last: AtomicU64::new(0),
+            }),
+            overload,
+        },
+        InboundQueues {
+            urgent: urgent_rx,
+            fresh: fresh_rx,
+        },
+    )
+}
+
+/// Whether a request would start new work rather than continue a dialog
+/// or a transaction the endpoint already has.
+pub fn is_fresh(request: &Request) -> bool {
+    if matches!(request.method, Method::Ack | Method::Cancel) {
+        return false;
+    }
+    let has_to_tag = request.to().ok().is_some_and(|to| to.tag().is_some());
+    !has_to_tag
+}
+
+impl InboundSender {
+    /// Queues without waiting (UDP).
+    pub fn deliver(&self, message: SipMessage, peer: Peer) -> Delivery {
+        let fresh = matches!(&message, SipMessage::Request(request) if is_fresh(request));
+        let inbound = Inbound::Message {
+            message,
+            peer,
+            received: Instant::now(),
+        };
+        if fresh {
+            return self.deliver_fresh(inbound);
+        }
+        match self.urgent.try_send(inbound) {
+            Ok(()) => Delivery::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Dropped,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+        }
+    }
+
+    /// Queues, waiting for room for in-dialog traffic (TCP: the
+    /// connection's reader slows down instead of losing a message it
+    /// cannot get back); new requests are still shed when the endpoint is
+    /// behind.
+    pub async fn deliver_waiting(&self, message: SipMessage, peer: Peer) -> Delivery {
+        let fresh = matches!(&message, SipMessage::Request(request) if is_fresh(request));
+        let inbound = Inbound::Message {
+            message,
+            peer,
+            received: Instant::now(),
+        };
+        if fresh {
+            return self.deliver_fresh(inbound);
+        }
+        match self.urgent.send(inbound).await {
+            Ok(()) => Delivery::Queued,
+            Err(_) => Delivery::Closed,
+        }
+    }
+
+    fn deliver_fresh(&self, inbound: Inbound) -> Delivery {
+        if self.overload.is_shedding() {
+            if let Inbound::Message {
+                message: SipMessage::Request(request),
+                peer,
+                ..
+            } = &inbound
+            {
+                if request.method == Method::Invite {
+                    crate::metrics::sip_shed("overload");
+                    self.shed_log.note(request, *peer);
+                    return Delivery::Shed(shed_response(request));
+                }
+            }
+        }
+        match self.fresh.try_send(inbound) {
+            Ok(()) => Delivery::Queued,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+            Err(mpsc::error::TrySendError::Full(inbound)) => {
+                let Inbound::Message {
+                    message: SipMessage::Request(request),
+                    peer,
+                    ..
+                } = inbound
+                else {
+                    return Delivery::Dropped;
+                };
+                crate::metrics::sip_shed("queue");
+                self.shed_log.note(&request, peer);
+                Delivery::Shed(shed_response(&request))
+            }
+        }
+    }
+
+    /// Events other than messages (TCP connections opening and closing):
+    /// they settle transactions, so they wait for room. False when the
+    /// endpoint is gone.
+    pub async fn send(&self, inbound: Inbound) -> bool {
+        self.urgent.send(inbound).await.is_ok()
+    }
+
+    /// As [`send`](Self::send) without waiting; false when not queued.
+    pub fn try_send(&self, inbound: Inbound) -> bool {
+        self.urgent.try_send(inbound).is_ok()
+    }
+}
+
+/// `503 Service Unavailable` with Retry-After, for a request we will not
+/// take on now.
+pub fn shed_response(request: &Request) -> Vec<u8> {
+    let mut response = response_for(request, 503, "Service Unavailable", Some(&new_tag()));
+    response.headers.push("Retry-After", SHED_RETRY_AFTER);
+    response.to_bytes()
+}
+
+/// One log line per burst of shed requests, not one per request: a line
+/// per request would add to the overload it reports.
+struct ShedLog {
+    epoch: Instant,
+    /// Milliseconds since `epoch` of the last line, plus one; 0 = never.
+    last_ms: AtomicU64,
+    since_last: AtomicU64,
+}
+
+impl ShedLog {
+    fn note(&self, request: &Request, peer: Peer) {
+        let shed = self.since_last.fetch_add(1, Ordering::Relaxed) + 1;
+        let now_ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if last != 0 && now_ms < last + SHED_LOG_EVERY.as_millis() as u64 {
+            return;
+        }
+        if self
+            .last_ms
+            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.since_last.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                method = %request.method,
+                peer = %peer.addr,
+                shed,
+                "overloaded: new requests answered 503 before any work (logged once per 10 s; see switchboard_sip_shed_total)"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::framing::parse_message;
+    use crate::sip::transaction::Transport;
+
+    fn message(method: &str, to_tag: &str) -> SipMessage {
+        let text = format!(
+            "{method} sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\nFrom: <sip:a@127.0.0.1>;tag=f1\r\nTo: <sip:100@127.0.0.1>{to_tag}\r\nCall-ID: c1\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+        );
+        parse_message(text.as_bytes()).unwrap()
+    }
+
+    const PEER: Peer = Peer {
+        transport: Transport::Udp,
+        addr: std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+            std::net::Ipv4Addr::LOCALHOST,
+            5070,
+        )),
+    };
+
+    /// With the fresh queue full, a new INVITE is answered 503 at once
+    /// while a BYE and an ACK of existing calls still get through.
+    #[test]
+    fn new_requests_are_shed_and_dialog_traffic_is_not() {
+        let overload = Arc::new(Overload::default());
+        let (sender, mut queues) = queues_with(8, 1, overload);
+        assert!(matches!(
+            sender.deliver(message("INVITE", ""), PEER),
+            Delivery::Queued
+        ));
+        let Delivery::Shed(bytes) = sender.deliver(message("INVITE", ""), PEER) else {
+            panic!("a second new INVITE must be shed")
+        };
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("SIP/2.0 503 Service Unavailable\r\n"));
+        assert!(text.contains("\r\nRetry-After: 5\r\n"));
+        assert!(text.contains("\r\nCall-ID: c1\r\n"));
+        for (method, tag) in [("BYE", ";tag=x"), ("ACK", ""), ("CANCEL", "")] {
+            assert!(matches!(
+                sender.deliver(message(method, tag), PEER),
+                Delivery::Queued
+            ));
+        }
+        assert_eq!(queues.urgent.len(), 3);
+        assert_eq!(queues.fresh.len(), 1);
+        assert!(queues.fresh.try_recv().is_ok());
+        assert!(matches!(
+            sender.deliver(message("REGISTER", ""), PEER),
+            Delivery::Queued
+        ));
+    }
+}
