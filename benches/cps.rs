@@ -393,6 +393,18 @@ fn main() {
             );
         }
     }
+    // Answered transactions live 32 s (RFC 3261 Timers J and L): what the
+    // process holds after that is what a burst leaves behind for good.
+    std::thread::sleep(Duration::from_secs(40));
+    let rss_settled = read_rss(pid).unwrap_or(0);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "label": "settled", "rss_kib": rss_settled })
+        );
+    } else {
+        println!("RSS 40 s after the last run: {rss_settled} KiB");
+    }
     drop(gateway);
 
     let reference = Reference::start(&dir);

@@ -85,7 +85,7 @@ fn free_port() -> u16 {
 fn switchboard(dir: &Path, users: usize) -> Server {
     let port = free_port();
     let mut config = format!(
-        "[sip]\nlisten = [\"udp:127.0.0.1:{port}\"]\n[registrar]\nrealm = \"bench\"\nmax_failures = 1000000\n"
+        "[sip]\nlisten = [\"udp:127.0.0.1:{port}\"]\n[limits]\nnew_requests_per_ip = 0\n[registrar]\nrealm = \"bench\"\nmax_failures = 1000000\n"
     );
     for n in 0..users {
         config.push_str(&format!(

@@ -51,6 +51,8 @@ pub(crate) struct Reloader {
     pub registrations: mpsc::Sender<RegistrationEvent>,
     pub directory: watch::Sender<Arc<Directory>>,
     pub dial: watch::Sender<Arc<DialPolicy>>,
+    /// New requests per source; trunks' networks are exempt.
+    pub limiter: Arc<std::sync::Mutex<crate::transport::source_limit::SourceLimiter>>,
 }
 
 impl Reloader {
@@ -74,6 +76,10 @@ impl Reloader {
             registrations: valid.registrations.len(),
             restart_needed,
         };
+        self.limiter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .set_exempt(valid.router.trusted_networks());
         let reconfiguration = Reconfiguration {
             router: valid.router,
             flows: flow_runtimes(&config),
@@ -150,6 +156,17 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if !same(&old.limits.tcp(), &new.limits.tcp()) {
         changed.push("limits.tcp_*");
+    }
+    let shedding = |c: &Config| {
+        (
+            c.limits.overload_delay_ms,
+            c.limits.overload_task_delay_ms,
+            c.limits.new_requests_per_ip,
+            c.limits.new_requests_burst_per_ip,
+        )
+    };
+    if shedding(old) != shedding(new) {
+        changed.push("limits.overload_* / limits.new_requests_*");
     }
     if !same(&old.api, &new.api) {
         changed.push("api");

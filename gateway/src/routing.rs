@@ -170,6 +170,15 @@ impl Router {
         })
     }
 
+    /// Every trunk's allowed networks: sources trusted to send calls at a
+    /// carrier's rate.
+    pub fn trusted_networks(&self) -> Vec<IpNet> {
+        self.trunks
+            .iter()
+            .flat_map(|trunk| trunk.allow.iter().copied())
+            .collect()
+    }
+
     /// The first trunk whose allow-list holds `source`.
     pub fn trunk_for(&self, source: IpAddr) -> Option<&Trunk> {
         let source = canonical(source);
@@ -266,7 +275,7 @@ pub fn dialed_number(user: &str) -> &str {
 }
 
 /// IPv4 peers reaching a dual-stack socket show up as `::ffff:a.b.c.d`.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()

@@ -60,7 +60,14 @@ impl Gateway {
             std::time::Duration::from_millis(config.limits.overload_task_delay_ms),
             sockets_watch.clone(),
         ));
-        let (inbound_tx, inbound) = crate::transport::inbound::queues(overload);
+        let limiter = Arc::new(std::sync::Mutex::new(
+            crate::transport::source_limit::SourceLimiter::new(
+                config.limits.new_requests_per_ip,
+                config.limits.new_requests_burst_per_ip,
+                valid.router.trusted_networks(),
+            ),
+        ));
+        let (inbound_tx, inbound) = crate::transport::inbound::queues(overload, limiter.clone());
         let transports = Transports::bind(
             &valid.listen,
             inbound_tx,
@@ -222,6 +229,7 @@ impl Gateway {
             registrations: registrations_tx.clone(),
             registrations_task,
             reloader: Mutex::new(Reloader {
+                limiter,
                 running: config,
                 endpoint: commands_tx,
                 registrations: registrations_tx,

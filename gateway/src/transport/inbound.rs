@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
+use super::source_limit::SourceLimiter;
 use super::Inbound;
 use crate::overload::Overload;
 use crate::sip::message::{Method, Request, SipMessage};
@@ -41,7 +42,10 @@ pub struct InboundSender {
     urgent: mpsc::Sender<Inbound>,
     fresh: mpsc::Sender<Inbound>,
     shed_log: Arc<ShedLog>,
+    limited_log: Arc<ShedLog>,
     overload: Arc<Overload>,
+    /// Shared by every socket task; held for a hash lookup per new request.
+    limiter: Arc<std::sync::Mutex<SourceLimiter>>,
 }
 
 /// What became of a message handed to the endpoint.
@@ -51,18 +55,25 @@ pub enum Delivery {
     Shed(Vec<u8>),
     /// In-dialog traffic could not be queued (UDP: the sender retransmits).
     Dropped,
+    /// The source sent more new requests than its rate allows: no answer,
+    /// since answering a flood would double it. Logged here.
+    Limited,
     /// The endpoint is gone.
     Closed,
 }
 
-pub fn queues(overload: Arc<Overload>) -> (InboundSender, InboundQueues) {
-    queues_with(URGENT_CAPACITY, FRESH_CAPACITY, overload)
+pub fn queues(
+    overload: Arc<Overload>,
+    limiter: Arc<std::sync::Mutex<SourceLimiter>>,
+) -> (InboundSender, InboundQueues) {
+    queues_with(URGENT_CAPACITY, FRESH_CAPACITY, overload, limiter)
 }
 
 pub fn queues_with(
     urgent: usize,
     fresh: usize,
     overload: Arc<Overload>,
+    limiter: Arc<std::sync::Mutex<SourceLimiter>>,
 ) -> (InboundSender, InboundQueues) {
     let (urgent_tx, urgent_rx) = mpsc::channel(urgent);
     let (fresh_tx, fresh_rx) = mpsc::channel(fresh);
@@ -70,12 +81,14 @@ pub fn queues_with(
         InboundSender {
             urgent: urgent_tx,
             fresh: fresh_tx,
-            shed_log: Arc::new(ShedLog {
-                epoch: Instant::now(),
-                last_ms: AtomicU64::new(0),
-                since_last: AtomicU64::new(0),
-            }),
+            shed_log: Arc::new(ShedLog::new(
+                "overloaded: new requests answered 503 before any work (logged once per 10 s; see switchboard_sip_shed_total)",
+            )),
+            limited_log: Arc::new(ShedLog::new(
+                "a source sends more new requests than limits.new_requests_per_ip: dropping them (logged once per 10 s; see switchboard_sip_shed_total)",
+            )),
             overload,
+            limiter,
         },
         InboundQueues {
             urgent: urgent_rx,
@@ -134,6 +147,23 @@ impl InboundSender {
     }
 
     fn deliver_fresh(&self, inbound: Inbound) -> Delivery {
+        if let Inbound::Message {
+            message: SipMessage::Request(request),
+            peer,
+            received,
+        } = &inbound
+        {
+            let allowed = self
+                .limiter
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .allow(peer.addr.ip(), *received);
+            if !allowed {
+                crate::metrics::sip_shed("rate");
+                self.limited_log.note(request, *peer);
+                return Delivery::Limited;
+            }
+        }
         if self.overload.is_shedding() {
             if let Inbound::Message {
                 message: SipMessage::Request(request),
@@ -191,6 +221,7 @@ pub fn shed_response(request: &Request) -> Vec<u8> {
 /// One log line per burst of shed requests, not one per request: a line
 /// per request would add to the overload it reports.
 struct ShedLog {
+    message: &'static str,
     epoch: Instant,
     /// Milliseconds since `epoch` of the last line, plus one; 0 = never.
     last_ms: AtomicU64,
@@ -198,6 +229,15 @@ struct ShedLog {
 }
 
 impl ShedLog {
+    fn new(message: &'static str) -> Self {
+        ShedLog {
+            message,
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            since_last: AtomicU64::new(0),
+        }
+    }
+
     fn note(&self, request: &Request, peer: Peer) {
         let shed = self.since_last.fetch_add(1, Ordering::Relaxed) + 1;
         let now_ms = self.epoch.elapsed().as_millis() as u64 + 1;
@@ -214,8 +254,9 @@ impl ShedLog {
             tracing::warn!(
                 method = %request.method,
                 peer = %peer.addr,
-                shed,
-                "overloaded: new requests answered 503 before any work (logged once per 10 s; see switchboard_sip_shed_total)"
+                count = shed,
+                "{}",
+                self.message
             );
         }
     }
@@ -247,7 +288,8 @@ mod tests {
     #[test]
     fn new_requests_are_shed_and_dialog_traffic_is_not() {
         let overload = Arc::new(Overload::default());
-        let (sender, mut queues) = queues_with(8, 1, overload);
+        let limiter = Arc::new(std::sync::Mutex::new(SourceLimiter::new(0, 1, Vec::new())));
+        let (sender, mut queues) = queues_with(8, 1, overload, limiter);
         assert!(matches!(
             sender.deliver(message("INVITE", ""), PEER),
             Delivery::Queued

@@ -405,7 +405,7 @@ async fn run(
             match item {
                 StreamItem::Message(message) => {
                     match inbound.deliver_waiting(message, tcp_peer).await {
-                        Delivery::Queued | Delivery::Dropped => {}
+                        Delivery::Queued | Delivery::Dropped | Delivery::Limited => {}
                         Delivery::Shed(response) => {
                             let _ = queue.try_send(response);
                         }

@@ -492,6 +492,11 @@ impl TransactionLayer {
                 TxRef::Client(id) => self.client_timeout(id, at, now),
             }
         }
+        if self.deadlines.is_empty() {
+            // The last transaction of a burst ended: no later timeout will
+            // come to shrink the maps, so do it now.
+            self.last_shrink = None;
+        }
         self.maybe_shrink(now);
     }
 
