@@ -23,9 +23,10 @@ use crate::sip::transaction::Peer;
 /// In-dialog traffic and responses; when full, UDP drops (the sender
 /// retransmits) and TCP readers wait.
 pub const URGENT_CAPACITY: usize = 4096;
-/// New requests waiting for the endpoint: about a quarter second of work at
-/// the rates this machine sustains. More waiting than that is answered 503.
-pub const FRESH_CAPACITY: usize = 1024;
+/// New requests waiting for the endpoint: about a second at the rates this
+/// machine sustains, so a stall of the endpoint's worker is absorbed; the
+/// endpoint itself refuses what waited longer than `overload_delay_ms`.
+pub const FRESH_CAPACITY: usize = 4096;
 /// What a shed request is told: try again in this many seconds.
 pub const SHED_RETRY_AFTER: &str = "5";
 const SHED_LOG_EVERY: Duration = Duration::from_secs(10);
