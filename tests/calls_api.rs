@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::agent::{Agent, AgentScenario, Behaviour};
-use common::api::{api_addr, http_get, twilio_request};
+use common::api::{api_addr, http_get, twilio_request, wait_for_call_status};
 use common::gateway::{config_with, scratch_dir, GatewayProcess};
 use common::rtp_peer::RtpPeer;
 use common::sipp::{self, SipTransport, G711_OFFER};
@@ -270,10 +270,10 @@ fn new_twiml_posted_to_a_live_call_transfers_it_to_an_agent() {
     sipp::assert_success(&agent.join(), &scratch.join("agent"));
     sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
     gateway.wait_for_log(&["call ended"], Duration::from_secs(5));
-    let (_, call) = twilio_request(api, "GET", &calls_path(&sid), "", LOGIN);
+    let call = wait_for_call_status(api, &calls_path(&sid), "completed", LOGIN);
     assert_eq!(call["status"], "completed");
     let child_sid = child["sid"].as_str().unwrap();
-    let (_, child) = twilio_request(api, "GET", &calls_path(child_sid), "", LOGIN);
+    let child = wait_for_call_status(api, &calls_path(child_sid), "completed", LOGIN);
     assert_eq!(child["status"], "completed");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while callbacks.requests.lock().unwrap().len() < 4 {
@@ -498,7 +498,7 @@ fn a_placed_call_asks_its_url_for_twiml_when_answered() {
     let (status, _) = twilio_request(api, "POST", &calls_path(&sid), "Status=completed", LOGIN);
     assert_eq!(status, 200);
     sipp::assert_success(&agent.join(), &scratch.join("agent"));
-    let (_, call) = twilio_request(api, "GET", &calls_path(&sid), "", LOGIN);
+    let call = wait_for_call_status(api, &calls_path(&sid), "completed", LOGIN);
     assert_eq!(call["status"], "completed");
     // Record=true: the call's stereo WAV is there.
     gateway.wait_for_log(&["call ended"], Duration::from_secs(5));

@@ -79,6 +79,24 @@ pub fn twilio_request(
     (status, json)
 }
 
+/// GETs a call resource until its status is `wanted` (a call's BYE goes
+/// out before its task has finished and marked the resource ended).
+pub fn wait_for_call_status(
+    addr: SocketAddr,
+    path: &str,
+    wanted: &str,
+    login: (&str, &str),
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, call) = twilio_request(addr, "GET", path, "", login);
+        if call["status"] == wanted || std::time::Instant::now() > deadline {
+            return call;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The value of the sample whose name and labels start with `prefix`.
 pub fn sample(metrics: &str, prefix: &str) -> Option<f64> {
     metrics
