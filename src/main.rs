@@ -84,6 +84,7 @@ fn real_main() -> Result<()> {
             let loaded = config_file::load(config.as_deref())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
+                .on_thread_park(collect_freed_memory)
                 .thread_name("switchboard")
                 .build()
                 .context("starting the async runtime")?;
@@ -203,6 +204,34 @@ impl HangupSignal {
         self.hup.recv().await;
         #[cfg(not(unix))]
         std::future::pending::<()>().await;
+    }
+}
+
+/// A call is set up on one worker and torn down on another: mimalloc puts
+/// blocks freed by another thread on their owner's list and reclaims them
+/// only when the owner allocates again. After a burst the workers go idle
+/// and the process kept ~270 MB it no longer used. So a worker about to
+/// idle collects its heap (forced: returned to the system), at most every
+/// 5 s. Measured: 113 MB -> 87 MB 40 s after a 4,000 calls/s burst (base
+/// 23 MB); the rest is not yet explained.
+fn collect_freed_memory() {
+    use std::cell::Cell;
+    use std::time::Instant;
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let due = LAST.with(|last| {
+        let due = last
+            .get()
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(5));
+        if due {
+            last.set(Some(Instant::now()));
+        }
+        due
+    });
+    if due {
+        // SAFETY: mi_collect only walks the calling thread's own heap.
+        unsafe { libmimalloc_sys::mi_collect(true) };
     }
 }
 

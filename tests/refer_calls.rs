@@ -59,6 +59,9 @@ fn caller_scenario(sdp: &str, after: &str) -> String {
   <recv response="200" rrs="true">
     <action><ereg regexp=".*" search_in="hdr" header="To:" assign_to="gateway"/><log message="dialog with [$gateway]"/></action>
   </recv>
+  <!-- A late ACK: the bot asks for the transfer first, and the REFER must
+       wait for the ACK rather than fall back to a bridge. -->
+  <pause milliseconds="300"/>
   <send>
     <![CDATA[
       ACK [next_url] SIP/2.0

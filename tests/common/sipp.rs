@@ -255,9 +255,26 @@ pub fn run_with(
             SipTransport::Tcp => "t1",
         })
         .args(extra);
+    // sipp's default port is 5060 with SO_REUSEADDR: two sipps running at
+    // once (tests run in parallel) both bind it and one receives the
+    // other's requests. Give each its own.
+    if !extra.contains(&"-p") {
+        command.args(["-p", &free_port(source_ip).to_string()]);
+    }
     command
         .output()
         .expect("running sipp (Debian package sip-tester)")
+}
+
+/// A port free on `ip` for both UDP and TCP as far as we can tell.
+fn free_port(ip: &str) -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind((ip, 0)).unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn assert_success(output: &Output, dir: &Path) {

@@ -301,7 +301,12 @@ impl Call {
 
     pub(super) fn on_caller_event(&mut self, event: LegEvent) {
         match event {
-            LegEvent::Acknowledged { sdp } => self.on_caller_ack(sdp),
+            LegEvent::Acknowledged { sdp } => {
+                self.on_caller_ack(sdp);
+                if let Some((target, origin)) = self.dial_after_ack.take() {
+                    self.start_dial(target, origin);
+                }
+            }
             LegEvent::Offer { sdp } => self.reanswer(sdp),
             LegEvent::Info { content_type, body } => {
                 if let Some(digit) = info_dtmf(&content_type, &body) {

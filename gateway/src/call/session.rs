@@ -167,6 +167,10 @@ pub(super) struct Call {
     pub(super) bot: Option<BotState>,
     pub(super) transfer: Option<Transfer>,
     pub(super) referring: Option<super::refer::Referring>,
+    /// A transfer the flow makes by REFER, asked for after our 200 OK but
+    /// before the caller's ACK: a REFER needs a confirmed dialog, so it
+    /// waits for the ACK instead of falling back to a bridge.
+    pub(super) dial_after_ack: Option<(switchboard_flows::DialTarget, super::transfer::Origin)>,
     /// What an API-placed call does (its TwiML or flow, its callbacks).
     pub(super) outbound: Option<super::outbound::Outbound>,
     /// Where the call's TwiML comes from (webhook flows, `Url`).
@@ -229,6 +233,7 @@ impl Call {
             bot: None,
             transfer: None,
             referring: None,
+            dial_after_ack: None,
             outbound: None,
             twiml: None,
             playing: None,

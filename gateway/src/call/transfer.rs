@@ -221,7 +221,7 @@ impl Call {
         if self.is_ending() {
             return;
         }
-        if self.transfer.is_some() || self.referring.is_some() {
+        if self.transfer.is_some() || self.referring.is_some() || self.dial_after_ack.is_some() {
             self.action_result("dial", false, "a transfer is already in progress");
             return;
         }
@@ -298,6 +298,12 @@ impl Call {
             trunk.from(&caller_id)
         });
         let answered = self.caller.state() == LegState::Confirmed;
+        let refers = self.flow.transfer != TransferMode::Bridge;
+        if !origin.operators() && may_refer && refers && self.caller.state() == LegState::Answered {
+            tracing::info!(target = %target.uri, "transfer waits for the caller's ACK to REFER");
+            self.dial_after_ack = Some((target, origin));
+            return;
+        }
         if !origin.operators() && answered && may_refer {
             match self.flow.transfer {
                 TransferMode::Bridge => {}
