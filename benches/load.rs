@@ -2,7 +2,7 @@
 //! and reports CPU and RSS per call, late frames and the gateway's added
 //! latency (RTP in → bot → RTP out, minus the echo bot's own delay).
 //!
-//!   cargo bench --bench load -- --calls 100 --seconds 20 [--fixed-jitter]
+//!   cargo bench --bench load -- --calls 100 --seconds 20 [--fixed-jitter] [--json]
 //!
 //! Each call is a UDP SIP dialog plus an RTP stream of silence with a 20 ms
 //! tone burst once a second; the burst's return time gives the latency.
@@ -65,5 +65,9 @@ async fn run(calls: usize, seconds: u64, fixed_jitter: bool) {
         Duration::from_secs(2),
     )
     .await;
-    figures.print();
+    if std::env::args().any(|a| a == "--json") {
+        println!("{}", figures.json());
+    } else {
+        figures.print();
+    }
 }

@@ -136,6 +136,8 @@ pub struct Figures {
     pub late: u64,
     /// Gateway CPU over the window, one core = 100.
     pub cpu_percent: f64,
+    /// The load tool itself over the same window (it shares the cores).
+    pub tool_cpu_percent: f64,
     pub rss_idle_kib: u64,
     pub rss_loaded_kib: u64,
     /// Sorted.
@@ -158,6 +160,28 @@ impl Figures {
         self.rss_loaded_kib.saturating_sub(self.rss_idle_kib) as f64 / self.answered.max(1) as f64
     }
 
+    /// One JSON object with every figure, for regression tracking.
+    pub fn json(&self) -> String {
+        serde_json::json!({
+            "calls_requested": self.requested,
+            "calls_answered": self.answered,
+            "rtp_sent": self.sent,
+            "rtp_received": self.received,
+            "late_frames": self.late,
+            "gateway_cpu_percent": self.cpu_percent,
+            "cpu_percent_per_call": self.cpu_per_call(),
+            "load_tool_cpu_percent": self.tool_cpu_percent,
+            "rss_idle_kib": self.rss_idle_kib,
+            "rss_loaded_kib": self.rss_loaded_kib,
+            "rss_per_call_kib": self.rss_per_call(),
+            "latency_ms_p50": self.percentile(0.5),
+            "latency_ms_p99": self.percentile(0.99),
+            "latency_ms_max": self.latencies_ms.last().copied(),
+            "bursts": self.latencies_ms.len(),
+        })
+        .to_string()
+    }
+
     pub fn print(&self) {
         println!("calls requested        {}", self.requested);
         println!("calls answered         {}", self.answered);
@@ -167,6 +191,10 @@ impl Figures {
             "gateway CPU            {:.1}% of one core ({:.3}% per call)",
             self.cpu_percent,
             self.cpu_per_call()
+        );
+        println!(
+            "load tool CPU          {:.1}% of one core",
+            self.tool_cpu_percent
         );
         println!(
             "gateway RSS            {} KiB idle, {} KiB loaded ({:.1} KiB per call)",
@@ -209,9 +237,11 @@ pub async fn hold_calls(
     tokio::time::sleep(settle).await;
     let ticks_per_sec = 100.0;
     let cpu_start = proc_cpu_ticks(pid);
+    let tool_start = proc_cpu_ticks(std::process::id());
     let window_start = Instant::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let cpu_ticks = proc_cpu_ticks(pid) - cpu_start;
+    let tool_ticks = proc_cpu_ticks(std::process::id()) - tool_start;
     let window = window_start.elapsed().as_secs_f64();
     let rss_loaded_kib = proc_rss_kib(pid);
     *stop_at.lock().await = Some(Instant::now());
@@ -228,6 +258,7 @@ pub async fn hold_calls(
         received: all.iter().map(|s| s.received).sum(),
         late: all.iter().map(|s| s.late_gaps).sum(),
         cpu_percent: cpu_ticks as f64 / ticks_per_sec / window * 100.0,
+        tool_cpu_percent: tool_ticks as f64 / ticks_per_sec / window * 100.0,
         rss_idle_kib,
         rss_loaded_kib,
         latencies_ms,

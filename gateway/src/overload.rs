@@ -8,7 +8,7 @@
 //! INVITEs are answered 503 + Retry-After by the socket tasks themselves,
 //! before anything is created, and the calls already admitted finish.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,41 +16,43 @@ use tokio::sync::watch;
 
 /// How often the probe wakes.
 pub const PROBE_EVERY: Duration = Duration::from_millis(5);
+/// The share of new INVITEs admitted never drops below this: some calls
+/// keep completing, and their timing tells when load eases.
+const MIN_ADMIT: f64 = 0.02;
 
-/// Decides from lateness samples, with hysteresis, whether to shed.
-/// Sans-IO: fed samples, no clock of its own.
+/// Decides from lateness samples which share of new INVITEs to admit:
+/// multiplicative decrease while tasks wait longer than the limit,
+/// additive increase once they wait less than half of it. Shedding all or
+/// nothing collapsed: at twice the capacity the 503s alone kept the
+/// runtime busy, so nothing was admitted again. Sans-IO: fed samples, no
+/// clock of its own.
 #[derive(Debug, Clone)]
 pub struct LagDetector {
     /// Smoothed lateness (exponential average, 1/8 per sample), in µs.
     average_us: f64,
-    start_above_us: f64,
-    stop_below_us: f64,
-    shedding: bool,
+    limit_us: f64,
+    admit: f64,
 }
 
 impl LagDetector {
-    /// Sheds once the smoothed lateness passes `limit`, and stops once it
-    /// falls under a quarter of it.
     pub fn new(limit: Duration) -> Self {
-        let limit_us = limit.as_micros() as f64;
         LagDetector {
             average_us: 0.0,
-            start_above_us: limit_us,
-            stop_below_us: limit_us / 4.0,
-            shedding: false,
+            limit_us: limit.as_micros() as f64,
+            admit: 1.0,
         }
     }
 
-    /// One probe's lateness; returns whether new calls should be shed.
-    pub fn sample(&mut self, late: Duration) -> bool {
+    /// One probe's lateness; returns the share of new INVITEs to admit.
+    pub fn sample(&mut self, late: Duration) -> f64 {
         let late_us = late.as_micros() as f64;
         self.average_us += (late_us - self.average_us) / 8.0;
-        if self.shedding {
-            self.shedding = self.average_us >= self.stop_below_us;
-        } else {
-            self.shedding = self.average_us > self.start_above_us;
+        if self.average_us > self.limit_us {
+            self.admit = (self.admit * 0.9).max(MIN_ADMIT);
+        } else if self.average_us < self.limit_us / 2.0 {
+            self.admit = (self.admit + 0.01).min(1.0);
         }
-        self.shedding
+        self.admit
     }
 
     pub fn average(&self) -> Duration {
@@ -58,16 +60,42 @@ impl LagDetector {
     }
 }
 
-/// What the socket tasks read per new request, and the probe writes.
-#[derive(Debug, Default)]
+const PPM: u64 = 1_000_000;
+
+/// What the socket tasks read per new INVITE, and the probe writes.
+#[derive(Debug)]
 pub struct Overload {
-    shedding: AtomicBool,
+    /// Admitted share of new INVITEs, in millionths.
+    admit_ppm: AtomicU64,
+    /// Running sum of `admit_ppm` over INVITEs seen: one is admitted each
+    /// time it passes a whole million, so the share is exact, not random.
+    credit: AtomicU64,
     average_us: AtomicU64,
+}
+
+impl Default for Overload {
+    fn default() -> Self {
+        Overload {
+            admit_ppm: AtomicU64::new(PPM),
+            credit: AtomicU64::new(0),
+            average_us: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Overload {
     pub fn is_shedding(&self) -> bool {
-        self.shedding.load(Ordering::Relaxed)
+        self.admit_ppm.load(Ordering::Relaxed) < PPM
+    }
+
+    /// Whether this new INVITE may start a call (always, unless shedding).
+    pub fn admit(&self) -> bool {
+        let share = self.admit_ppm.load(Ordering::Relaxed);
+        if share >= PPM {
+            return true;
+        }
+        let before = self.credit.fetch_add(share, Ordering::Relaxed);
+        (before + share) / PPM > before / PPM
     }
 
     /// The smoothed scheduling delay the probe last measured.
@@ -89,19 +117,21 @@ impl Overload {
                 .elapsed()
                 .saturating_sub(PROBE_EVERY + Duration::from_millis(1));
             let was = self.is_shedding();
-            let shedding = detector.sample(late);
+            let admit = detector.sample(late);
+            self.admit_ppm
+                .store((admit * PPM as f64) as u64, Ordering::Relaxed);
             self.average_us
                 .store(detector.average().as_micros() as u64, Ordering::Relaxed);
+            let shedding = self.is_shedding();
             if shedding != was {
-                self.shedding.store(shedding, Ordering::Relaxed);
                 crate::metrics::overloaded(shedding);
                 if shedding {
                     tracing::warn!(
                         delay_ms = detector.average().as_millis() as u64,
-                        "overloaded: tasks wait too long for a CPU; new calls get 503 until it recovers"
+                        "overloaded: tasks wait too long for a CPU; a share of new calls gets 503 until it recovers"
                     );
                 } else {
-                    tracing::info!("load back to normal: taking new calls again");
+                    tracing::info!("load back to normal: taking every new call again");
                 }
             }
         }
@@ -115,27 +145,39 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     #[test]
-    fn a_short_spike_does_not_shed_but_sustained_lag_does_and_recovery_ends_it() {
+    fn sustained_lag_lowers_the_admitted_share_and_recovery_restores_it() {
         let mut detector = LagDetector::new(40 * MS);
         for _ in 0..100 {
-            assert!(!detector.sample(Duration::ZERO));
+            assert_eq!(detector.sample(Duration::ZERO), 1.0);
         }
-        // One 200 ms stall moves the average to 25 ms: no shedding.
-        assert!(!detector.sample(200 * MS));
-        let mut samples = 1;
-        while !detector.sample(100 * MS) {
-            samples += 1;
-            assert!(samples < 20, "sustained 100 ms lag must shed");
+        // One 200 ms stall moves the average to 25 ms: nothing shed.
+        assert_eq!(detector.sample(200 * MS), 1.0);
+        // Sustained 100 ms: the share falls fast, but never to nothing.
+        let mut share = 1.0;
+        for _ in 0..200 {
+            share = detector.sample(100 * MS);
         }
-        // Between a quarter of the limit and the limit: keeps shedding.
+        assert!((MIN_ADMIT..0.05).contains(&share), "{share}");
+        // Between half the limit and the limit: the share holds.
         for _ in 0..50 {
-            assert!(detector.sample(20 * MS));
+            detector.sample(30 * MS);
         }
+        let held = detector.sample(30 * MS);
+        assert!((held - share).abs() < 0.05, "{held} vs {share}");
+        // No lag: back to everything within a second of samples.
         let mut samples = 0;
-        while detector.sample(Duration::ZERO) {
+        while detector.sample(Duration::ZERO) < 1.0 {
             samples += 1;
-            assert!(samples < 30, "no lag must end shedding");
+            assert!(samples < 200, "recovery too slow");
         }
-        assert!(detector.average() < 10 * MS);
+    }
+
+    #[test]
+    fn the_admitted_share_is_exact() {
+        let overload = Overload::default();
+        assert!((0..1000).all(|_| overload.admit()));
+        overload.admit_ppm.store(PPM / 4, Ordering::Relaxed);
+        let admitted = (0..1000).filter(|_| overload.admit()).count();
+        assert_eq!(admitted, 250);
     }
 }

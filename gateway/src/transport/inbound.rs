@@ -172,7 +172,7 @@ impl InboundSender {
                 ..
             } = &inbound
             {
-                if request.method == Method::Invite {
+                if request.method == Method::Invite && !self.overload.admit() {
                     crate::metrics::sip_shed("overload");
                     self.shed_log.note(request, *peer);
                     return Delivery::Shed(shed_response(request));
