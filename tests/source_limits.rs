@@ -13,24 +13,17 @@ use common::api::{api_addr, http_get, sample};
 use common::gateway::{echo_config, GatewayProcess};
 use common::raw_sip::{status, RawSip};
 use common::rtp_peer::RtpPeer;
-use common::sipp::{self, SipTransport, G711_OFFER};
+use common::sipp::{self, G711_OFFER};
 
 const RATE: u64 = 20;
 const BURST: u64 = 40;
 
-fn options(from: &UdpSocket, target: std::net::SocketAddr, n: u64) -> String {
-    let via = from.local_addr().unwrap();
-    format!(
-        "OPTIONS sip:probe@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bKo{n}\r\nFrom: <sip:probe@{via}>;tag=p{n}\r\nTo: <sip:probe@{target}>\r\nCall-ID: options-{n}-{}@{via}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n",
-        via.port()
-    )
-}
-
-fn invite(from: &UdpSocket, target: std::net::SocketAddr, n: u64) -> String {
-    let via = from.local_addr().unwrap();
-    format!(
-        "INVITE sip:100@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bKf{n}\r\nFrom: <sip:flood@{via}>;tag=f{n}\r\nTo: <sip:100@{target}>\r\nCall-ID: flood-{n}@{via}\r\nCSeq: 1 INVITE\r\nContact: <sip:flood@{via}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-    )
+/// A raw UDP client bound on `ip` (a loopback alias).
+fn client_on(ip: &str, target: std::net::SocketAddr) -> RawSip {
+    RawSip {
+        socket: UdpSocket::bind((ip, 0)).unwrap(),
+        target,
+    }
 }
 
 /// How many different requests (by Call-ID) got answers on `socket`
@@ -60,15 +53,20 @@ fn a_flooding_source_is_dropped_while_other_sources_and_the_trunk_are_served() {
     // 127.0.0.2 floods INVITEs (it is no trunk: each would cost a 403
     // transaction) for as long as the rest of the test runs.
     let flooding = Arc::new(AtomicBool::new(true));
-    let flooder = UdpSocket::bind("127.0.0.2:0").unwrap();
+    let flooder = client_on("127.0.0.2", gateway.udp);
     let flood = {
-        let (flooding, flooder, target) =
-            (flooding.clone(), flooder.try_clone().unwrap(), gateway.udp);
+        let flooding = flooding.clone();
+        // The same socket: its answers are counted below.
+        let flooder = RawSip {
+            socket: flooder.socket.try_clone().unwrap(),
+            target: gateway.udp,
+        };
         std::thread::spawn(move || {
             let started = Instant::now();
             let mut sent = 0u64;
             while flooding.load(Ordering::Relaxed) || sent < 5_000 {
-                let _ = flooder.send_to(invite(&flooder, target, sent).as_bytes(), target);
+                let invite = flooder.request("INVITE", "100", &format!("flood-{sent}"), 1, "", "");
+                let _ = flooder.socket.send_to(invite.as_bytes(), flooder.target);
                 sent += 1;
                 if sent.is_multiple_of(10) {
                     std::thread::sleep(Duration::from_millis(1));
@@ -81,28 +79,15 @@ fn a_flooding_source_is_dropped_while_other_sources_and_the_trunk_are_served() {
     // Meanwhile a call from the trunk's address goes through.
     let peer = RtpPeer::bind();
     let scenario = sipp::caller_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER), 1000);
-    let output = sipp::run(
-        &gateway.dir,
-        "call",
-        &scenario,
-        gateway.udp,
-        SipTransport::Udp,
-        "127.0.0.1",
-    );
+    let output = sipp::spawn_udp_call(&gateway, scenario).join().unwrap();
     sipp::assert_success(&output, &gateway.dir);
 
     // Another unauthenticated source is answered: the limit is per source.
-    let other = UdpSocket::bind("127.0.0.3:0").unwrap();
-    other
-        .send_to(options(&other, gateway.udp, 1).as_bytes(), gateway.udp)
-        .unwrap();
-    other
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .unwrap();
-    let mut buf = [0u8; 65_536];
-    let (len, _) = other.recv_from(&mut buf).expect("127.0.0.3 answered");
+    let other = client_on("127.0.0.3", gateway.udp);
+    other.send(&other.request("OPTIONS", "probe", "other-1", 1, "", ""));
+    let answer = other.wait_for(|m| status(m).is_some(), Duration::from_secs(2));
     assert_eq!(
-        status(&String::from_utf8_lossy(&buf[..len])),
+        answer.as_deref().and_then(status),
         Some(200),
         "OPTIONS from another source"
     );
@@ -110,7 +95,7 @@ fn a_flooding_source_is_dropped_while_other_sources_and_the_trunk_are_served() {
     // The trunk's network is exempt: far more than a burst, all answered.
     let trunk = RawSip::new(gateway.udp);
     for n in 0..3 * BURST {
-        trunk.send(&options(&trunk.socket, gateway.udp, 1_000 + n));
+        trunk.send(&trunk.request("OPTIONS", "probe", &format!("trunk-{n}"), 1, "", ""));
         std::thread::sleep(Duration::from_millis(2));
     }
     assert_eq!(
@@ -121,7 +106,7 @@ fn a_flooding_source_is_dropped_while_other_sources_and_the_trunk_are_served() {
 
     flooding.store(false, Ordering::Relaxed);
     let (sent, elapsed) = flood.join().unwrap();
-    let answered = count_answers(&flooder, Duration::from_millis(500));
+    let answered = count_answers(&flooder.socket, Duration::from_millis(500));
     let allowed = BURST + RATE * (elapsed.as_secs() + 1);
     println!("flood: {sent} INVITEs in {elapsed:?}, {answered} answered (allowance {allowed})");
     assert!(sent >= 5_000);

@@ -1,6 +1,7 @@
 //! Switchboard gateway: SIP signalling, routing and call control.
 
 pub mod api;
+pub mod burst_log;
 pub mod call;
 pub mod config;
 pub mod endpoint;

@@ -70,7 +70,6 @@ pub struct Overload {
     /// Running sum of `admit_ppm` over INVITEs seen: one is admitted each
     /// time it passes a whole million, so the share is exact, not random.
     credit: AtomicU64,
-    average_us: AtomicU64,
 }
 
 impl Default for Overload {
@@ -78,7 +77,6 @@ impl Default for Overload {
         Overload {
             admit_ppm: AtomicU64::new(PPM),
             credit: AtomicU64::new(0),
-            average_us: AtomicU64::new(0),
         }
     }
 }
@@ -98,11 +96,6 @@ impl Overload {
         (before + share) / PPM > before / PPM
     }
 
-    /// The smoothed scheduling delay the probe last measured.
-    pub fn scheduling_delay(&self) -> Duration {
-        Duration::from_micros(self.average_us.load(Ordering::Relaxed))
-    }
-
     /// Runs the probe until `shutdown` changes or closes.
     pub async fn monitor(self: Arc<Self>, limit: Duration, mut shutdown: watch::Receiver<bool>) {
         let mut detector = LagDetector::new(limit);
@@ -120,8 +113,6 @@ impl Overload {
             let admit = detector.sample(late);
             self.admit_ppm
                 .store((admit * PPM as f64) as u64, Ordering::Relaxed);
-            self.average_us
-                .store(detector.average().as_micros() as u64, Ordering::Relaxed);
             let shedding = self.is_shedding();
             if shedding != was {
                 crate::metrics::overloaded(shedding);

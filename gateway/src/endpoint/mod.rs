@@ -133,13 +133,9 @@ struct Core {
     /// The message being handled waited so long that new calls must be
     /// turned away (set per inbound message).
     behind: bool,
-    /// When the last "overloaded" line was logged, and how many calls were
-    /// turned away since.
-    shed_log: (Option<Instant>, u64),
+    /// One line per burst of new calls refused.
+    shed_log: crate::burst_log::BurstLog,
 }
-
-/// One line per burst of calls refused under load.
-const SHED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Endpoint {
     pub async fn run(mut self) {
@@ -155,7 +151,7 @@ impl Endpoint {
             registering: HashMap::new(),
             state: EndpointState::Running,
             behind: false,
-            shed_log: (None, 0),
+            shed_log: Default::default(),
         };
         let far = || Instant::now() + Duration::from_secs(3600);
         let timer = tokio::time::sleep_until(far());
@@ -585,18 +581,12 @@ impl Core {
     /// per refused call would add to the load it reports.
     fn refuse_new_call(&mut self, tx: ServerTxId, request: &Request, call_id: &str, why: &str) {
         crate::metrics::call_rejected(503);
-        self.shed_log.1 += 1;
-        if self
-            .shed_log
-            .0
-            .is_none_or(|at| at.elapsed() >= SHED_LOG_EVERY)
-        {
+        if let Some(refused) = self.shed_log.note() {
             tracing::warn!(
                 %call_id,
-                refused = self.shed_log.1,
+                refused,
                 "{why}: new calls answered 503 (logged once per 10 s; see switchboard_calls_rejected_total)"
             );
-            self.shed_log = (Some(Instant::now()), 0);
         }
         let retry_after = crate::transport::inbound::SHED_RETRY_AFTER;
         reply(&mut self.layer, tx, request, 503, Some(retry_after));
@@ -682,7 +672,7 @@ mod tests {
             registering: HashMap::new(),
             state: EndpointState::Running,
             behind: false,
-            shed_log: (None, 0),
+            shed_log: Default::default(),
         }
     }
 

@@ -7,14 +7,14 @@
 //! request 503 with Retry-After itself: no transaction, no call state, a
 //! few microseconds.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
 use super::source_limit::SourceLimiter;
 use super::Inbound;
+use crate::burst_log::BurstLog;
 use crate::overload::Overload;
 use crate::sip::message::{Method, Request, SipMessage};
 use crate::sip::response::{new_tag, response_for};
@@ -29,7 +29,6 @@ pub const URGENT_CAPACITY: usize = 4096;
 pub const FRESH_CAPACITY: usize = 4096;
 /// What a shed request is told: try again in this many seconds.
 pub const SHED_RETRY_AFTER: &str = "5";
-const SHED_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The endpoint's ends of both queues.
 pub struct InboundQueues {
@@ -42,8 +41,8 @@ pub struct InboundQueues {
 pub struct InboundSender {
     urgent: mpsc::Sender<Inbound>,
     fresh: mpsc::Sender<Inbound>,
-    shed_log: Arc<ShedLog>,
-    limited_log: Arc<ShedLog>,
+    shed_log: Arc<BurstLog>,
+    limited_log: Arc<BurstLog>,
     overload: Arc<Overload>,
     /// Shared by every socket task; held for a hash lookup per new request.
     limiter: Arc<std::sync::Mutex<SourceLimiter>>,
@@ -82,12 +81,8 @@ pub fn queues_with(
         InboundSender {
             urgent: urgent_tx,
             fresh: fresh_tx,
-            shed_log: Arc::new(ShedLog::new(
-                "overloaded: new requests answered 503 before any work (logged once per 10 s; see switchboard_sip_shed_total)",
-            )),
-            limited_log: Arc::new(ShedLog::new(
-                "a source sends more new requests than limits.new_requests_per_ip: dropping them (logged once per 10 s; see switchboard_sip_shed_total)",
-            )),
+            shed_log: Arc::default(),
+            limited_log: Arc::default(),
             overload,
             limiter,
         },
@@ -111,19 +106,13 @@ pub fn is_fresh(request: &Request) -> bool {
 impl InboundSender {
     /// Queues without waiting (UDP).
     pub fn deliver(&self, message: SipMessage, peer: Peer) -> Delivery {
-        let fresh = matches!(&message, SipMessage::Request(request) if is_fresh(request));
-        let inbound = Inbound::Message {
-            message,
-            peer,
-            received: Instant::now(),
-        };
-        if fresh {
-            return self.deliver_fresh(inbound);
-        }
-        match self.urgent.try_send(inbound) {
-            Ok(()) => Delivery::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Dropped,
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+        match self.deliver_fresh(message, peer) {
+            Ok(delivery) => delivery,
+            Err(inbound) => match self.urgent.try_send(inbound) {
+                Ok(()) => Delivery::Queued,
+                Err(mpsc::error::TrySendError::Full(_)) => Delivery::Dropped,
+                Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+            },
         }
     }
 
@@ -132,70 +121,69 @@ impl InboundSender {
     /// cannot get back); new requests are still shed when the endpoint is
     /// behind.
     pub async fn deliver_waiting(&self, message: SipMessage, peer: Peer) -> Delivery {
-        let fresh = matches!(&message, SipMessage::Request(request) if is_fresh(request));
-        let inbound = Inbound::Message {
-            message,
-            peer,
-            received: Instant::now(),
-        };
-        if fresh {
-            return self.deliver_fresh(inbound);
-        }
-        match self.urgent.send(inbound).await {
-            Ok(()) => Delivery::Queued,
-            Err(_) => Delivery::Closed,
+        match self.deliver_fresh(message, peer) {
+            Ok(delivery) => delivery,
+            Err(inbound) => match self.urgent.send(inbound).await {
+                Ok(()) => Delivery::Queued,
+                Err(_) => Delivery::Closed,
+            },
         }
     }
 
-    fn deliver_fresh(&self, inbound: Inbound) -> Delivery {
-        if let Inbound::Message {
+    /// Takes a new request: queued on `fresh`, or refused (rate, overload,
+    /// queue full). Anything else comes back, stamped, for `urgent`.
+    // The message travels inline, as on the queues: boxing it would cost
+    // an allocation per message.
+    #[allow(clippy::result_large_err)]
+    fn deliver_fresh(&self, message: SipMessage, peer: Peer) -> Result<Delivery, Inbound> {
+        let received = Instant::now();
+        let request = match message {
+            SipMessage::Request(request) if is_fresh(&request) => request,
+            message => {
+                return Err(Inbound::Message {
+                    message,
+                    peer,
+                    received,
+                })
+            }
+        };
+        let allowed = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .allow(peer.addr.ip(), received);
+        if !allowed {
+            crate::metrics::sip_shed("rate");
+            if let Some(count) = self.limited_log.note() {
+                tracing::warn!(method = %request.method, peer = %peer.addr, count, "a source sends more new requests than limits.new_requests_per_ip: dropping them (logged once per 10 s; see switchboard_sip_shed_total)");
+            }
+            return Ok(Delivery::Limited);
+        }
+        if request.method == Method::Invite && !self.overload.admit() {
+            return Ok(self.shed(&request, peer, "overload"));
+        }
+        let inbound = Inbound::Message {
             message: SipMessage::Request(request),
             peer,
             received,
-        } = &inbound
-        {
-            let allowed = self
-                .limiter
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .allow(peer.addr.ip(), *received);
-            if !allowed {
-                crate::metrics::sip_shed("rate");
-                self.limited_log.note(request, *peer);
-                return Delivery::Limited;
-            }
-        }
-        if self.overload.is_shedding() {
-            if let Inbound::Message {
-                message: SipMessage::Request(request),
-                peer,
-                ..
-            } = &inbound
-            {
-                if request.method == Method::Invite && !self.overload.admit() {
-                    crate::metrics::sip_shed("overload");
-                    self.shed_log.note(request, *peer);
-                    return Delivery::Shed(shed_response(request));
-                }
-            }
-        }
-        match self.fresh.try_send(inbound) {
+        };
+        Ok(match self.fresh.try_send(inbound) {
             Ok(()) => Delivery::Queued,
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
-            Err(mpsc::error::TrySendError::Full(inbound)) => {
-                let Inbound::Message {
-                    message: SipMessage::Request(request),
-                    peer,
-                    ..
-                } = inbound
-                else {
-                    return Delivery::Dropped;
-                };
-                crate::metrics::sip_shed("queue");
-                self.shed_log.note(&request, peer);
-                Delivery::Shed(shed_response(&request))
-            }
+            Err(mpsc::error::TrySendError::Full(Inbound::Message {
+                message: SipMessage::Request(request),
+                ..
+            })) => self.shed(&request, peer, "queue"),
+            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Dropped,
+        })
+    }
+
+    fn shed(&self, request: &Request, peer: Peer, stage: &'static str) -> Delivery {
+        crate::metrics::sip_shed(stage);
+        if let Some(count) = self.shed_log.note() {
+            tracing::warn!(method = %request.method, peer = %peer.addr, count, "overloaded: new requests answered 503 before any work (logged once per 10 s; see switchboard_sip_shed_total)");
         }
+        Delivery::Shed(shed_response(request))
     }
 
     /// Events other than messages (TCP connections opening and closing):
@@ -217,50 +205,6 @@ pub fn shed_response(request: &Request) -> Vec<u8> {
     let mut response = response_for(request, 503, "Service Unavailable", Some(&new_tag()));
     response.headers.push("Retry-After", SHED_RETRY_AFTER);
     response.to_bytes()
-}
-
-/// One log line per burst of shed requests, not one per request: a line
-/// per request would add to the overload it reports.
-struct ShedLog {
-    message: &'static str,
-    epoch: Instant,
-    /// Milliseconds since `epoch` of the last line, plus one; 0 = never.
-    last_ms: AtomicU64,
-    since_last: AtomicU64,
-}
-
-impl ShedLog {
-    fn new(message: &'static str) -> Self {
-        ShedLog {
-            message,
-            epoch: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            since_last: AtomicU64::new(0),
-        }
-    }
-
-    fn note(&self, request: &Request, peer: Peer) {
-        let shed = self.since_last.fetch_add(1, Ordering::Relaxed) + 1;
-        let now_ms = self.epoch.elapsed().as_millis() as u64 + 1;
-        let last = self.last_ms.load(Ordering::Relaxed);
-        if last != 0 && now_ms < last + SHED_LOG_EVERY.as_millis() as u64 {
-            return;
-        }
-        if self
-            .last_ms
-            .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.since_last.store(0, Ordering::Relaxed);
-            tracing::warn!(
-                method = %request.method,
-                peer = %peer.addr,
-                count = shed,
-                "{}",
-                self.message
-            );
-        }
-    }
 }
 
 #[cfg(test)]

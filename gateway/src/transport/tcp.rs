@@ -24,8 +24,6 @@ const MAX_MESSAGE: usize = 64 * 1024;
 /// connection opens), bounded by bytes whatever the message sizes.
 const WRITE_QUEUE: usize = 4096;
 const WRITE_QUEUE_BYTES: usize = 2 * 1024 * 1024;
-/// How often a refusal at accept is logged (a flood would flood the log).
-const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Longest wait for an outbound connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -281,7 +279,7 @@ pub async fn accept_loop(
     inbound: InboundSender,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut last_refusal_log: Option<Instant> = None;
+    let refusal_log = crate::burst_log::BurstLog::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -299,9 +297,8 @@ pub async fn accept_loop(
             Ok(slot) => slot,
             Err(reason) => {
                 crate::metrics::tcp_refused(reason);
-                if last_refusal_log.is_none_or(|at: Instant| at.elapsed() >= REFUSAL_LOG_EVERY) {
-                    last_refusal_log = Some(Instant::now());
-                    tracing::warn!(%peer, reason, "refusing TCP connections (logged once per 10 s; see switchboard_tcp_refused_total)");
+                if let Some(count) = refusal_log.note() {
+                    tracing::warn!(%peer, reason, count, "refusing TCP connections (logged once per 10 s; see switchboard_tcp_refused_total)");
                 }
                 continue;
             }

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -14,7 +13,6 @@ use crate::sip::transaction::{Peer, Transport};
 /// Largest datagram we accept; anything bigger is truncated by the kernel
 /// and then rejected by the parser.
 const MAX_DATAGRAM: usize = 65_535;
-const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Kernel buffers asked for on SIP sockets (Linux caps them at
 /// net.core.rmem_max / wmem_max, 4 MiB on Debian). The default ~200 KiB
@@ -43,7 +41,7 @@ pub async fn read_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
-    let mut last_drop_log: Option<Instant> = None;
+    let drop_log = crate::burst_log::BurstLog::default();
     loop {
         let received = tokio::select! {
             received = socket.recv_from(&mut buf) => received,
@@ -71,9 +69,8 @@ pub async fn read_loop(
                 }
                 Delivery::Dropped => {
                     crate::metrics::sip_shed("dropped");
-                    if last_drop_log.is_none_or(|at: Instant| at.elapsed() >= DROP_LOG_EVERY) {
-                        last_drop_log = Some(Instant::now());
-                        tracing::warn!(peer = %from, "endpoint busy: dropped in-dialog SIP datagrams, the senders retransmit (logged once per 10 s; see switchboard_sip_shed_total)");
+                    if let Some(count) = drop_log.note() {
+                        tracing::warn!(peer = %from, count, "endpoint busy: dropped in-dialog SIP datagrams, the senders retransmit (logged once per 10 s; see switchboard_sip_shed_total)");
                     }
                 }
             },
