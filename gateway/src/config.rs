@@ -47,7 +47,8 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SipConfig {
-    /// `udp:IP:PORT` or `tcp:IP:PORT`; IPv6 as `udp:[::1]:5060`.
+    /// `udp:IP:PORT`, `tcp:IP:PORT` or `tls:IP:PORT` (with `[sip.tls]`);
+    /// IPv6 as `udp:[::1]:5060`.
     #[serde(default = "default_listen")]
     pub listen: Vec<String>,
     /// Address written into Contact and SDP when the listen address is a
@@ -58,6 +59,9 @@ pub struct SipConfig {
     /// system's (`/etc/resolv.conf`) when empty.
     #[serde(default)]
     pub dns_servers: Vec<String>,
+    /// Certificates for `tls:` listeners and trust for outbound TLS.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for SipConfig {
@@ -66,8 +70,31 @@ impl Default for SipConfig {
             listen: default_listen(),
             public_address: None,
             dns_servers: Vec::new(),
+            tls: None,
         }
     }
+}
+
+/// `[sip.tls]`: files are read at start-up and again on every reload, so a
+/// renewed certificate takes effect without a restart.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain `tls:` listeners present (leaf first).
+    #[serde(default)]
+    pub cert: Option<std::path::PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `cert`.
+    #[serde(default)]
+    pub key: Option<std::path::PathBuf>,
+    /// PEM CA certificates trusted for outbound TLS, beside the system's
+    /// roots (a private PBX's CA).
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM CA certificates whose client certificates a trunk's
+    /// `tls_client_names` can require; clients are asked for one only
+    /// when this is set.
+    #[serde(default)]
+    pub client_ca: Option<std::path::PathBuf>,
 }
 
 /// Where calls may be sent: the toll-fraud guard. Bots, TwiML and the API
@@ -361,6 +388,11 @@ pub struct TrunkConfig {
     /// leave through this carrier.
     #[serde(default)]
     pub outbound: Option<TrunkOutboundConfig>,
+    /// When set, calls on this trunk must come over TLS with a client
+    /// certificate (signed by `sip.tls.client_ca`) valid for one of these
+    /// names; anything else gets 403.
+    #[serde(default)]
+    pub tls_client_names: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -550,14 +582,11 @@ pub struct ListenAddr {
 
 impl ListenAddr {
     pub fn parse(text: &str) -> Result<ListenAddr, String> {
-        let (scheme, rest) = text
-            .split_once(':')
-            .ok_or_else(|| format!("`{text}` is not `udp:IP:PORT` or `tcp:IP:PORT`"))?;
-        let transport = match scheme.to_ascii_lowercase().as_str() {
-            "udp" => Transport::Udp,
-            "tcp" => Transport::Tcp,
-            other => return Err(format!("transport `{other}` is not udp or tcp")),
-        };
+        let (scheme, rest) = text.split_once(':').ok_or_else(|| {
+            format!("`{text}` is not `udp:IP:PORT`, `tcp:IP:PORT` or `tls:IP:PORT`")
+        })?;
+        let transport = Transport::from_name(scheme)
+            .ok_or_else(|| format!("transport `{scheme}` is not udp, tcp or tls"))?;
         let addr = rest
             .parse::<SocketAddr>()
             .map_err(|_| format!("`{rest}` is not IP:PORT (IPv6 as [::1]:5060)"))?;
@@ -583,6 +612,18 @@ impl Config {
                 ));
             }
             listen.push(parsed);
+        }
+        let tls = std::sync::Arc::new(crate::transport::tls::TlsMaterial::load(
+            self.sip.tls.as_ref(),
+            listen.iter().any(|l| l.transport == Transport::Tls),
+        )?);
+        for (index, trunk) in self.trunks.iter().enumerate() {
+            if !trunk.tls_client_names.is_empty() && !tls.verifies_clients {
+                return Err(ConfigError::new(
+                    format!("trunks[{index}].tls_client_names"),
+                    "needs sip.tls.client_ca to verify client certificates against",
+                ));
+            }
         }
         let rtp_ports = parse_port_range(&self.media.rtp_ports)
             .map_err(|reason| ConfigError::new("media.rtp_ports", reason))?;
@@ -761,6 +802,7 @@ impl Config {
         Ok(ValidConfig {
             registrations,
             listen,
+            tls,
             rtp_ports,
             router,
             api_listen,
@@ -813,12 +855,12 @@ impl Config {
             let proxy_uri = |field: &str, text: &str| {
                 let uri = SipUri::parse(&format!("sip:{}", text.trim()))
                     .map_err(|e| ConfigError::new(key(field), format!("`{text}`: {e}")))?;
-                match uri.transport().map(str::to_ascii_lowercase).as_deref() {
-                    None | Some("udp") | Some("tcp") => Ok(uri),
-                    Some("tls") => Err(ConfigError::new(key(field), "TLS is not supported yet")),
+                match uri.transport() {
+                    None => Ok(uri),
+                    Some(name) if Transport::from_name(name).is_some() => Ok(uri),
                     Some(other) => Err(ConfigError::new(
                         key(field),
-                        format!("transport `{other}` is not udp or tcp"),
+                        format!("transport `{other}` is not udp, tcp or tls"),
                     )),
                 }
             };
@@ -953,6 +995,8 @@ impl Config {
 #[derive(Debug)]
 pub struct ValidConfig {
     pub listen: Vec<ListenAddr>,
+    /// `[sip.tls]`'s certificates and trust, loaded.
+    pub tls: std::sync::Arc<crate::transport::tls::TlsMaterial>,
     pub rtp_ports: RangeInclusive<u16>,
     pub router: Router,
     /// Where the HTTP API listens, when it is on.

@@ -80,7 +80,12 @@ fn registration_errors_name_the_key() {
         (
             "proxy = \"pbx.test;transport=tls\"",
             "registrations[0].proxy",
-            "TLS",
+            "no tls address",
+        ),
+        (
+            "proxy = \"pbx.test;transport=sctp\"",
+            "registrations[0].proxy",
+            "not udp, tcp or tls",
         ),
         (
             "proxy = \"1001@pbx.test\"",
@@ -204,4 +209,47 @@ fn outbound_trunks_are_checked() {
     for (outbound, key) in cases {
         assert_eq!(with(outbound).unwrap_err().key, key, "{outbound}");
     }
+}
+
+#[test]
+fn tls_settings_are_checked_with_file_key_and_reason() {
+    let tls_listener = format!("[sip]\nlisten = [\"tls:127.0.0.1:5061\"]\n{MINIMAL}");
+    let error = parse(&tls_listener).validate().unwrap_err();
+    assert_eq!(error.key, "sip.tls.cert");
+    assert!(error.reason.contains("sip.tls.key"), "{}", error.reason);
+
+    let missing = format!(
+        "[sip]\nlisten = [\"tls:127.0.0.1:5061\"]\n[sip.tls]\ncert = \"/nonexistent/cert.pem\"\nkey = \"/nonexistent/key.pem\"\n{MINIMAL}"
+    );
+    let error = parse(&missing).validate().unwrap_err();
+    assert_eq!(error.key, "sip.tls.cert");
+    assert!(
+        error.reason.contains("/nonexistent/cert.pem"),
+        "{}",
+        error.reason
+    );
+
+    let dir = std::env::temp_dir().join(format!("switchboard-tls-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let not_pem = dir.join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let garbage = format!(
+        "[sip]\nlisten = [\"tls:127.0.0.1:5061\"]\n[sip.tls]\ncert = \"{0}\"\nkey = \"{0}\"\n{MINIMAL}",
+        not_pem.display()
+    );
+    let error = parse(&garbage).validate().unwrap_err();
+    assert_eq!(error.key, "sip.tls.cert");
+    assert!(
+        error.reason.contains("no PEM certificate"),
+        "{}",
+        error.reason
+    );
+
+    let names_without_ca = format!(
+        "{MINIMAL}\n[[trunks]]\nname = \"carrier\"\ntls_client_names = [\"sbc.carrier.test\"]\nroutes = [{{ pattern = \".*\", flow = \"echo\" }}]\n"
+    );
+    let error = parse(&names_without_ca).validate().unwrap_err();
+    assert_eq!(error.key, "trunks[1].tls_client_names");
+
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,6 +1,7 @@
 //! Configuration reload (SIGHUP, `POST /v1/reload`): trunks, routes, flows,
-//! users, the dial allow-list, `max_calls` and outbound registrations take
-//! effect without dropping a call. Sockets, media and registrar settings
+//! users, the dial allow-list, `max_calls`, outbound registrations and TLS
+//! certificates (`[sip.tls]`, re-read every time) take effect without
+//! dropping a call. Sockets, media and registrar settings
 //! are bound at start-up; a change to them is reported as needing a
 //! restart and otherwise ignored.
 
@@ -53,6 +54,8 @@ pub(crate) struct Reloader {
     pub dial: watch::Sender<Arc<DialPolicy>>,
     /// New requests per source; trunks' networks are exempt.
     pub limiter: Arc<std::sync::Mutex<crate::transport::source_limit::SourceLimiter>>,
+    /// Certificates for TLS connections opened or accepted from now on.
+    pub tls: Arc<crate::transport::tls::TlsContext>,
 }
 
 impl Reloader {
@@ -80,6 +83,9 @@ impl Reloader {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .set_exempt(valid.router.trusted_networks());
+        // Re-read even when the paths are the same: renewing a certificate
+        // replaces the files' contents.
+        self.tls.replace(valid.tls.clone());
         let reconfiguration = Reconfiguration {
             router: valid.router,
             flows: flow_runtimes(&config),
@@ -148,7 +154,11 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         )
     };
     let mut changed = Vec::new();
-    if !same(&old.sip, &new.sip) {
+    let without_tls = |config: &Config| crate::config::SipConfig {
+        tls: None,
+        ..config.sip.clone()
+    };
+    if !same(&without_tls(old), &without_tls(new)) {
         changed.push("sip");
     }
     if !same(&old.media, &new.media) {

@@ -1,14 +1,17 @@
 //! Which flow an incoming call goes to: the trunk whose allow-list holds the
-//! source address, then the first of its routes whose pattern matches the
-//! dialed number.
+//! source address (or, over TLS, whose client names the certificate
+//! proves), then the first of its routes whose pattern matches the dialed
+//! number.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use regex::Regex;
+use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::config::{ConfigError, RouteConfig, TrunkConfig};
+use crate::transport::tls::certificate_names_one_of;
 
 /// Why a call could not be routed; each maps to one SIP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +60,22 @@ pub struct Trunk {
     /// Digest username and password calls from it must present.
     pub auth: Option<(String, String)>,
     routes: Vec<(Regex, Destination)>,
+    /// Names a TLS client certificate must be valid for (one of them);
+    /// empty when the trunk does not require one.
+    tls_client_names: Vec<ServerName<'static>>,
+}
+
+impl Trunk {
+    /// Whether a call over a connection that presented `cert` (verified
+    /// against `sip.tls.client_ca`) satisfies this trunk's TLS requirement.
+    pub fn accepts_certificate(&self, cert: Option<&CertificateDer<'_>>) -> bool {
+        self.tls_client_names.is_empty()
+            || cert.is_some_and(|cert| certificate_names_one_of(cert, &self.tls_client_names))
+    }
+
+    pub fn requires_certificate(&self) -> bool {
+        !self.tls_client_names.is_empty()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -127,11 +146,20 @@ impl Router {
             if trunk.name.trim().is_empty() {
                 return Err(ConfigError::new(key("name"), "must not be empty"));
             }
-            if trunk.allow.is_empty() && trunk.auth.is_none() {
+            if trunk.allow.is_empty() && trunk.auth.is_none() && trunk.tls_client_names.is_empty() {
                 return Err(ConfigError::new(
                     key("allow"),
-                    "lists no address and the trunk has no auth: it could never receive a call",
+                    "lists no address and the trunk has neither auth nor tls_client_names: it could never receive a call",
                 ));
+            }
+            let mut tls_client_names = Vec::with_capacity(trunk.tls_client_names.len());
+            for (position, name) in trunk.tls_client_names.iter().enumerate() {
+                tls_client_names.push(ServerName::try_from(name.clone()).map_err(|_| {
+                    ConfigError::new(
+                        key(&format!("tls_client_names[{position}]")),
+                        format!("`{name}` is not a host name or IP address"),
+                    )
+                })?);
             }
             if let Some(auth) = &trunk.auth {
                 if auth.username.trim().is_empty() || auth.password.is_empty() {
@@ -156,6 +184,7 @@ impl Router {
                     .as_ref()
                     .map(|a| (a.username.clone(), a.password.clone())),
                 routes,
+                tls_client_names,
             });
         }
         let user_routes = compile_routes(
@@ -179,12 +208,24 @@ impl Router {
             .collect()
     }
 
-    /// The first trunk whose allow-list holds `source`.
-    pub fn trunk_for(&self, source: IpAddr) -> Option<&Trunk> {
+    /// The first trunk whose allow-list holds `source`, or that has none
+    /// and takes calls by the client certificate `cert` names.
+    pub fn trunk_for(&self, source: IpAddr, cert: Option<&CertificateDer<'_>>) -> Option<&Trunk> {
         let source = canonical(source);
+        self.trunks.iter().find(|trunk| {
+            trunk.allow.iter().any(|net| net.contains(&source))
+                || (trunk.allow.is_empty()
+                    && trunk.auth.is_none()
+                    && trunk.requires_certificate()
+                    && trunk.accepts_certificate(cert))
+        })
+    }
+
+    /// Whether some trunk is recognised by client certificates alone.
+    pub fn any_certificate_trunk(&self) -> bool {
         self.trunks
             .iter()
-            .find(|trunk| trunk.allow.iter().any(|net| net.contains(&source)))
+            .any(|t| t.allow.is_empty() && t.auth.is_none() && t.requires_certificate())
     }
 
     /// The trunk whose credentials name `username`, usable from `source`
@@ -306,6 +347,7 @@ mod tests {
             allow: allow.iter().map(|s| s.to_string()).collect(),
             auth: None,
             outbound: None,
+            tls_client_names: Vec::new(),
             routes: routes
                 .iter()
                 .map(|(pattern, flow)| RouteConfig {
@@ -445,7 +487,7 @@ mod tests {
         }];
         let router = Router::new(&[carrier], &user_routes, &flows, &users).unwrap();
         let anywhere: IpAddr = "203.0.113.9".parse().unwrap();
-        assert!(router.trunk_for(anywhere).is_none());
+        assert!(router.trunk_for(anywhere, None).is_none());
         assert!(router.any_trunk_login_from(anywhere));
         let trunk = router.trunk_with_login("acme", anywhere).unwrap();
         assert!(router.trunk_with_login("other", anywhere).is_none());

@@ -68,13 +68,24 @@ impl Gateway {
             ),
         ));
         let (inbound_tx, inbound) = crate::transport::inbound::queues(overload, limiter.clone());
+        let server_names = Arc::new(crate::sip::resolve::ServerNames::default());
+        let tls = crate::transport::tls::TlsContext::new(valid.tls.clone(), server_names.clone());
         let transports = Transports::bind(
             &valid.listen,
             inbound_tx,
             sockets_watch,
             config.limits.tcp(),
+            tls.clone(),
         )
         .await?;
+        let resolver = || {
+            let resolver = if valid.dns_servers.is_empty() {
+                Resolver::system()
+            } else {
+                Resolver::with_servers(&valid.dns_servers)
+            };
+            resolver.noting_tls_names(server_names.clone())
+        };
         let local = transports.local_addrs().to_vec();
         let flows = flow_runtimes(&config);
         let (commands_tx, commands_rx) = mpsc::channel(crate::endpoint::COMMAND_CAPACITY);
@@ -117,11 +128,7 @@ impl Gateway {
         let manager = Manager::new(
             registry.clone(),
             commands_tx.clone(),
-            if valid.dns_servers.is_empty() {
-                Resolver::system()
-            } else {
-                Resolver::with_servers(&valid.dns_servers)
-            },
+            resolver(),
             http_client(),
             Addresses {
                 local: local.clone(),
@@ -165,11 +172,7 @@ impl Gateway {
                 rtp_ports: Arc::new(RtpPorts::new(valid.rtp_ports)),
                 dial: dial_rx,
                 http: http_client(),
-                resolver: if valid.dns_servers.is_empty() {
-                    Resolver::system()
-                } else {
-                    Resolver::with_servers(&valid.dns_servers)
-                },
+                resolver: resolver(),
                 local: local.clone(),
                 registrar: registrar.clone(),
                 registry: registry.clone(),
@@ -230,6 +233,7 @@ impl Gateway {
             registrations_task,
             reloader: Mutex::new(Reloader {
                 limiter,
+                tls,
                 running: config,
                 endpoint: commands_tx,
                 registrations: registrations_tx,

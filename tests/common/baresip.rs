@@ -152,6 +152,75 @@ impl Baresip {
         )
     }
 
+    /// Like [`Baresip::call`] over TLS: `target` is the gateway's `tls:`
+    /// listener, trusted through `ca`; `mediaenc` (e.g. `srtp-mand`) asks
+    /// for encrypted media.
+    #[allow(clippy::too_many_arguments)]
+    pub fn call_tls(
+        dir: &Path,
+        codec: &CodecCase,
+        source: &Path,
+        target: SocketAddr,
+        number: &str,
+        quit_after_secs: u32,
+        ca: &Path,
+        mediaenc: Option<&str>,
+    ) -> Baresip {
+        assert!(
+            target.ip().is_loopback(),
+            "baresip must only talk to loopback"
+        );
+        let account = format!(
+            "<sip:baresip@127.0.0.1;transport=tls>;regint=0;audio_codecs={}{}",
+            codec.account,
+            mediaenc
+                .map(|m| format!(";mediaenc={m}"))
+                .unwrap_or_default()
+        );
+        Baresip::launch_with(
+            dir.join("baresip-tls"),
+            source,
+            &account,
+            0,
+            Some(format!("/dial sip:{number}@{target};transport=tls")),
+            quit_after_secs,
+            &format!("sip_cafile\t\t{}\nmodule\t\t\tsrtp.so\n", ca.display()),
+        )
+    }
+
+    /// Like [`Baresip::answer`] but also taking calls over TLS with
+    /// `certificate` (cert and key in one PEM file). baresip listens for
+    /// TLS on `port + 1`.
+    pub fn answer_tls(
+        dir: &Path,
+        codec: &CodecCase,
+        source: &Path,
+        port: u16,
+        quit_after_secs: u32,
+        certificate: &Path,
+        mediaenc: Option<&str>,
+    ) -> Baresip {
+        let account = format!(
+            "<sip:agent@127.0.0.1>;regint=0;answermode=auto;audio_codecs={}{}",
+            codec.account,
+            mediaenc
+                .map(|m| format!(";mediaenc={m}"))
+                .unwrap_or_default()
+        );
+        Baresip::launch_with(
+            dir.join("baresip-tls-callee"),
+            source,
+            &account,
+            port,
+            None,
+            quit_after_secs,
+            &format!(
+                "sip_certificate\t\t{}\nmodule\t\t\tsrtp.so\n",
+                certificate.display()
+            ),
+        )
+    }
+
     fn launch(
         dir: PathBuf,
         source: &Path,
@@ -159,6 +228,18 @@ impl Baresip {
         port: u16,
         command: Option<String>,
         quit_after_secs: u32,
+    ) -> Baresip {
+        Baresip::launch_with(dir, source, account, port, command, quit_after_secs, "")
+    }
+
+    fn launch_with(
+        dir: PathBuf,
+        source: &Path,
+        account: &str,
+        port: u16,
+        command: Option<String>,
+        quit_after_secs: u32,
+        extra_config: &str,
     ) -> Baresip {
         let recordings = dir.join("recordings");
         std::fs::create_dir_all(&recordings).unwrap();
@@ -169,7 +250,8 @@ impl Baresip {
         let config = config(source, &recordings).replace(
             "sip_listen\t\t127.0.0.1:0",
             &format!("sip_listen\t\t127.0.0.1:{port}"),
-        ) + &format!("module\t\t\tcons.so\ncons_listen\t\t{console}\n");
+        ) + &format!("module\t\t\tcons.so\ncons_listen\t\t{console}\n")
+            + extra_config;
         std::fs::write(dir.join("config"), config).unwrap();
         std::fs::write(dir.join("accounts"), format!("{account}\n")).unwrap();
         // Created empty so baresip does not write its own example there.

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,6 +12,8 @@ pub struct GatewayProcess {
     child: Child,
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
+    /// The `tls:` listener, when the configuration has one.
+    pub tls: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
     pub dir: PathBuf,
 }
@@ -48,6 +50,19 @@ jitter_depth_ms = 40
 
 {body}
 "#
+    )
+}
+
+/// `config` (from [`config_with`]) also listening for TLS with `cert` and
+/// `key`, plus any other `[sip.tls]` lines.
+pub fn with_tls(config: &str, cert: &Path, key: &Path, more: &str) -> String {
+    config.replace(
+        r#"listen = ["udp:127.0.0.1:0", "tcp:127.0.0.1:0"]"#,
+        &format!(
+            "listen = [\"udp:127.0.0.1:0\", \"tcp:127.0.0.1:0\", \"tls:127.0.0.1:0\"]\n\n[sip.tls]\ncert = \"{}\"\nkey = \"{}\"\n{more}",
+            cert.display(),
+            key.display()
+        ),
     )
 }
 
@@ -101,8 +116,9 @@ impl GatewayProcess {
             });
         }
         let deadline = Instant::now() + Duration::from_secs(20);
-        let (mut udp, mut tcp) = (None, None);
-        while udp.is_none() || tcp.is_none() {
+        let (mut udp, mut tcp, mut tls) = (None, None, None);
+        let wants_tls = config.contains("\"tls:");
+        while udp.is_none() || tcp.is_none() || (wants_tls && tls.is_none()) {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 panic!("gateway did not start: {:#?}", logs.lock().unwrap());
@@ -122,6 +138,8 @@ impl GatewayProcess {
                     udp = addr;
                 } else if line.contains("transport=tcp") {
                     tcp = addr;
+                } else if line.contains("transport=tls") {
+                    tls = addr;
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -130,6 +148,7 @@ impl GatewayProcess {
             child,
             udp: udp.unwrap(),
             tcp: tcp.unwrap(),
+            tls,
             logs,
             dir,
         }

@@ -14,5 +14,6 @@ pub mod redis;
 pub mod registering;
 pub mod rtp_peer;
 pub mod sipp;
+pub mod tls;
 pub mod twilio_bot;
 pub mod ws_bot;

@@ -120,30 +120,30 @@ impl Target {
 /// `sip:agent@pbx.example.com;transport=tcp?X-Case=42&User-to-User=…`.
 /// Headers other than `X-…` and `User-to-User` are refused (a target must
 /// not forge Route, From or Authorization); so are `tel:` targets (they
-/// need a trunk's outbound side) and TLS (not supported yet).
+/// need a trunk's outbound side). `sips:` means TLS.
 pub fn parse_target(text: &str) -> Result<Target, String> {
     let text = text.trim();
     if text.len() > MAX_TARGET_LEN {
         return Err(format!("target is longer than {MAX_TARGET_LEN} characters"));
     }
     let mut uri = SipUri::parse(text).map_err(|e| format!("not a SIP URI: {e}"))?;
-    match uri.scheme {
-        Scheme::Sip => {}
-        Scheme::Sips => {
-            return Err("sips: targets need SIP over TLS, which is not supported yet".into())
-        }
-        Scheme::Tel => return Err("tel: targets need a trunk to send them through".into()),
+    if uri.scheme == Scheme::Tel {
+        return Err("tel: targets need a trunk to send them through".into());
     }
     if matches!(uri.host, crate::sip::uri::Host::Domain(ref d) if d.is_empty()) {
         return Err("target has no host".into());
     }
-    let transport = match uri.transport().map(str::to_ascii_lowercase).as_deref() {
+    let transport = match uri.transport() {
+        None if uri.scheme == Scheme::Sips => Some(Transport::Tls),
         None => None,
-        Some("udp") => Some(Transport::Udp),
-        Some("tcp") => Some(Transport::Tcp),
-        Some("tls") => return Err("transport=tls is not supported yet".into()),
-        Some(other) => return Err(format!("transport `{other}` is not udp or tcp")),
+        Some(name) => Some(
+            Transport::from_name(name)
+                .ok_or_else(|| format!("transport `{name}` is not udp, tcp or tls"))?,
+        ),
     };
+    if uri.scheme == Scheme::Sips && transport != Some(Transport::Tls) {
+        return Err("a sips: target must be reached over TLS".into());
+    }
     if uri.headers.len() > MAX_TARGET_HEADERS {
         return Err(format!(
             "target carries more than {MAX_TARGET_HEADERS} headers"
@@ -208,7 +208,7 @@ mod tests {
             "sip:a@b?From=x",
             "sip:a@b?X-A=1%0D%0AVia:%20x",
             "tel:+15551234567",
-            "sips:a@b",
+            "sips:a@b;transport=tcp",
             "sip:a@b;transport=sctp",
             "http://example.com",
         ] {

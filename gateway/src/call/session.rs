@@ -276,7 +276,7 @@ impl Call {
                 return Err("rejected 400 (no dialog)".into());
             }
         };
-        tracing::info!(peer = %setup.peer.addr, source = %setup.route.source, "incoming call");
+        tracing::info!(peer = %setup.peer.addr, transport = %setup.peer.transport, source = %setup.route.source, "incoming call");
         let invite = caller.invite().expect("an incoming leg has its INVITE");
         let info = CallInfo {
             call_id: setup.call_id.clone(),

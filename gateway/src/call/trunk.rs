@@ -23,7 +23,7 @@ impl OutboundTrunk {
         name: &str,
         config: &TrunkOutboundConfig,
     ) -> Result<OutboundTrunk, (&'static str, String)> {
-        let text = if config.proxy.starts_with("sip:") {
+        let text = if config.proxy.starts_with("sip:") || config.proxy.starts_with("sips:") {
             config.proxy.clone()
         } else {
             format!("sip:{}", config.proxy)
@@ -33,20 +33,15 @@ impl OutboundTrunk {
         if proxy.user.is_some() {
             return Err(("proxy", "names a host, without a user".into()));
         }
-        let transport = match proxy
-            .param("transport")
-            .flatten()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
-            None | Some("udp") => Transport::Udp,
-            Some("tcp") => Transport::Tcp,
-            Some(other) => {
-                return Err((
+        let transport = match proxy.param("transport").flatten() {
+            None if proxy.scheme == crate::sip::uri::Scheme::Sips => Transport::Tls,
+            None => Transport::Udp,
+            Some(name) => Transport::from_name(name).ok_or_else(|| {
+                (
                     "proxy",
-                    format!("transport `{other}` is not udp or tcp (TLS comes with the TLS issue)"),
-                ))
-            }
+                    format!("transport `{name}` is not udp, tcp or tls"),
+                )
+            })?,
         };
         let credentials = match (&config.username, &config.password) {
             (Some(user), Some(password)) if !user.is_empty() => {
@@ -120,11 +115,13 @@ mod tests {
         );
         assert_eq!(trunk.credentials, Some(("acct".into(), "pw".into())));
         assert_eq!(
-            OutboundTrunk::new("c", &config("pbx.test;transport=tls"))
+            OutboundTrunk::new("c", &config("pbx.test;transport=sctp"))
                 .unwrap_err()
                 .0,
             "proxy"
         );
+        let tls = OutboundTrunk::new("c", &config("sips:pbx.test")).unwrap();
+        assert_eq!(tls.transport, Transport::Tls);
         assert_eq!(
             OutboundTrunk::new("c", &config("sip:u@pbx.test"))
                 .unwrap_err()

@@ -47,7 +47,26 @@ impl Endpoint {
                 number,
             });
         }
-        if let Some(trunk) = self.router.trunk_for(ip) {
+        let client_cert = self.transports.client_certificate(peer);
+        let client_cert = client_cert.as_deref();
+        let certificate_refused = |core: &mut Core, trunk: &crate::routing::Trunk| {
+            let why = match client_cert {
+                None => format!(
+                    "trunk `{}` requires a TLS client certificate and the {} connection presented none",
+                    trunk.name, peer.transport
+                ),
+                Some(_) => format!(
+                    "trunk `{}`: the TLS client certificate is not valid for any of its tls_client_names",
+                    trunk.name
+                ),
+            };
+            refuse(core, 403, &why);
+        };
+        if let Some(trunk) = self.router.trunk_for(ip, client_cert) {
+            if !trunk.accepts_certificate(client_cert) {
+                certificate_refused(core, trunk);
+                return None;
+            }
             if trunk.auth.is_none() {
                 return match self.router.route_trunk(trunk, &dialed) {
                     Ok(route) => Some(route),
@@ -60,11 +79,12 @@ impl Endpoint {
         }
         let logins_possible = self.directory.has_users() || self.router.any_trunk_login_from(ip);
         if !logins_possible {
-            refuse(
-                core,
-                403,
-                &format!("source {ip} is not allowed by any trunk"),
-            );
+            let why = if self.router.any_certificate_trunk() && client_cert.is_none() {
+                format!("source {ip} is not allowed by any trunk and presented no TLS client certificate")
+            } else {
+                format!("source {ip} is not allowed by any trunk")
+            };
+            refuse(core, 403, &why);
             return None;
         }
         let now = Instant::now();
@@ -110,6 +130,10 @@ impl Endpoint {
             }
         };
         if let Some(trunk) = self.router.trunk_with_login(&name, ip) {
+            if !trunk.accepts_certificate(client_cert) {
+                certificate_refused(core, trunk);
+                return None;
+            }
             return match self.router.route_trunk(trunk, &dialed) {
                 Ok(route) => Some(route),
                 Err(error) => {

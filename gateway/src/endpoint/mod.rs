@@ -10,7 +10,7 @@ mod place;
 mod routes;
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +29,7 @@ use crate::routing::Router;
 use crate::sip::message::{Method, Request};
 use crate::sip::response::{default_reason, new_tag, response_for};
 use crate::sip::transaction::{
-    ClientTxId, Peer, ServerTxId, Timers, TransactionEvent, TransactionLayer, Transport,
+    ClientTxId, Peer, ServerTxId, Timers, TransactionEvent, TransactionLayer,
 };
 use crate::transport::{Inbound, InboundQueues, Transports};
 
@@ -126,7 +126,7 @@ struct Core {
     tasks: JoinSet<()>,
     commands: mpsc::Sender<EndpointCommand>,
     /// Our requests waiting for an outbound TCP connection to open.
-    connecting: HashMap<SocketAddr, Vec<ClientTxId>>,
+    connecting: HashMap<Peer, Vec<ClientTxId>>,
     /// Outbound registrations' REGISTERs: registration id and CSeq.
     registering: HashMap<ClientTxId, (String, u32)>,
     state: EndpointState,
@@ -237,17 +237,17 @@ impl Endpoint {
                     fresh && now.saturating_duration_since(received) > self.overload_delay;
                 core.layer.handle_input(message, peer, now);
             }
-            Inbound::Connected { addr } => {
-                core.connecting.remove(&addr);
+            Inbound::Connected { peer } => {
+                core.connecting.remove(&peer);
             }
-            Inbound::ConnectFailed { addr } => {
-                for tx in core.connecting.remove(&addr).unwrap_or_default() {
+            Inbound::ConnectFailed { peer } => {
+                for tx in core.connecting.remove(&peer).unwrap_or_default() {
                     core.layer.unreachable(tx);
                 }
             }
-            Inbound::Closed { addr } => {
+            Inbound::Closed { peer } => {
                 if let Some(registrations) = &self.registrations {
-                    let event = crate::registration::manager::Event::ConnectionClosed { addr };
+                    let event = crate::registration::manager::Event::ConnectionClosed { peer };
                     let _ = registrations.try_send(event);
                 }
             }
@@ -282,8 +282,8 @@ impl Endpoint {
                         method,
                     },
                 );
-                if peer.transport == Transport::Tcp && !self.transports.tcp_ready(peer.addr) {
-                    core.connecting.entry(peer.addr).or_default().push(tx);
+                if !self.transports.ready(peer) {
+                    core.connecting.entry(peer).or_default().push(tx);
                 }
             }
             EndpointCommand::SendStateless { message, peer } => {
@@ -293,8 +293,8 @@ impl Endpoint {
                 let cseq = request.cseq().map(|(n, _)| n).unwrap_or(0);
                 let tx = core.layer.send_request(request, peer, now);
                 core.registering.insert(tx, (id, cseq));
-                if peer.transport == Transport::Tcp && !self.transports.tcp_ready(peer.addr) {
-                    core.connecting.entry(peer.addr).or_default().push(tx);
+                if !self.transports.ready(peer) {
+                    core.connecting.entry(peer).or_default().push(tx);
                 }
             }
             EndpointCommand::SendRaw { peer, bytes } => self.transports.send(peer, bytes),
@@ -660,6 +660,8 @@ mod tests {
     use super::*;
     use crate::sip::framing::parse_message;
     use crate::sip::message::SipMessage;
+    use crate::sip::transaction::Transport;
+    use std::net::SocketAddr;
 
     fn core() -> Core {
         let (commands, _) = mpsc::channel(1);

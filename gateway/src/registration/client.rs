@@ -208,7 +208,7 @@ impl Client {
     /// registrations that shared the connection do not all come back in
     /// the same millisecond.
     pub fn connection_lost(&mut self, now: Instant) {
-        if self.settings.transport == Transport::Tcp && !self.stopping {
+        if self.settings.transport.reliable() && !self.stopping {
             self.in_flight = None;
             self.set_state(State::InProgress, 503, "connection lost".into(), now);
             let spread = rand::rng().random_range(0..=RECONNECT_SPREAD.as_millis() as u64);

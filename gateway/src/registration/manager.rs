@@ -66,6 +66,12 @@ impl RegistrationSpec {
             .as_deref()
         {
             Some("tcp") => Transport::Tcp,
+            Some("tls") => Transport::Tls,
+            _ if self.outbound_proxy.as_ref().unwrap_or(&self.proxy).scheme
+                == crate::sip::uri::Scheme::Sips =>
+            {
+                Transport::Tls
+            }
             _ => Transport::Udp,
         }
     }
@@ -95,8 +101,8 @@ pub enum Event {
         cseq: u32,
         unreachable: bool,
     },
-    /// A TCP connection closed: registrations over it register again.
-    ConnectionClosed { addr: SocketAddr },
+    /// A TCP or TLS connection closed: registrations over it register again.
+    ConnectionClosed { peer: Peer },
     /// The configuration changed: these are the registrations now.
     Reload(Vec<RegistrationSpec>),
     /// Un-REGISTER everything and stop.
@@ -408,14 +414,11 @@ impl Manager {
                 }
                 self.pump(&id).await;
             }
-            Event::ConnectionClosed { addr } => {
+            Event::ConnectionClosed { peer: closed } => {
                 let ids: Vec<String> = self
                     .running
                     .iter()
-                    .filter(|(_, r)| {
-                        r.peer
-                            .is_some_and(|p| p.addr == addr && p.transport == Transport::Tcp)
-                    })
+                    .filter(|(_, r)| r.peer.is_some_and(|p| p == closed))
                     .map(|(id, _)| id.clone())
                     .collect();
                 for id in ids {

@@ -1,10 +1,12 @@
 //! Locating a SIP server (RFC 3263, without NAPTR): an IP literal is used
 //! as it is; a host name with a port gets A/AAAA; a host name without one
-//! gets SRV (`_sip._udp` / `_sip._tcp`, or the one its `;transport=` names),
+//! gets SRV (`_sip._udp` / `_sip._tcp`, or the one its `;transport=` names,
+//! `_sips._tcp` for TLS),
 //! ordered by priority and weighted at random (RFC 2782), and A/AAAA at
 //! 5060 when it has no SRV records.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig};
 use hickory_resolver::name_server::TokioConnectionProvider;
@@ -14,11 +16,47 @@ use rand::Rng;
 use super::transaction::{Peer, Transport};
 use super::uri::{Host, SipUri};
 
+/// Host names remembered for TLS peers, beyond which an arbitrary half is
+/// forgotten (a forgotten one is verified by its IP address instead).
+const MAX_SERVER_NAMES: usize = 4096;
+
+/// Which host name each TLS peer address was resolved from: the name its
+/// certificate must be valid for, since a peer is only an address by the
+/// time a connection to it opens.
+#[derive(Default)]
+pub struct ServerNames {
+    names: std::sync::Mutex<std::collections::HashMap<SocketAddr, String>>,
+}
+
+impl ServerNames {
+    pub fn remember(&self, addr: SocketAddr, host: &str) {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if names.len() >= MAX_SERVER_NAMES && !names.contains_key(&addr) {
+            let forget: Vec<SocketAddr> =
+                names.keys().take(MAX_SERVER_NAMES / 2).copied().collect();
+            for addr in forget {
+                names.remove(&addr);
+            }
+        }
+        names.insert(addr, host.to_string());
+    }
+
+    pub fn host_of(&self, addr: SocketAddr) -> Option<String> {
+        self.names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .cloned()
+    }
+}
+
 /// DNS for dial targets and registrars: the system's resolver settings
 /// (`/etc/resolv.conf`, `/etc/hosts`), or name servers the operator named.
 #[derive(Clone)]
 pub struct Resolver {
     dns: Option<TokioResolver>,
+    /// Where a TLS peer's host name is noted for certificate checks.
+    server_names: Option<Arc<ServerNames>>,
 }
 
 impl Resolver {
@@ -28,10 +66,14 @@ impl Resolver {
         match TokioResolver::builder_tokio() {
             Ok(builder) => Resolver {
                 dns: Some(builder.build()),
+                server_names: None,
             },
             Err(error) => {
                 tracing::warn!(%error, "no usable DNS configuration: SRV lookups are off");
-                Resolver { dns: None }
+                Resolver {
+                    dns: None,
+                    server_names: None,
+                }
             }
         }
     }
@@ -49,22 +91,43 @@ impl Resolver {
         let config = ResolverConfig::from_parts(None, Vec::new(), group);
         let dns =
             TokioResolver::builder_with_config(config, TokioConnectionProvider::default()).build();
-        Resolver { dns: Some(dns) }
+        Resolver {
+            dns: Some(dns),
+            server_names: None,
+        }
+    }
+
+    /// Notes in `names` the host each TLS peer is resolved from.
+    pub fn noting_tls_names(mut self, names: Arc<ServerNames>) -> Resolver {
+        self.server_names = Some(names);
+        self
     }
 
     /// Where to send requests for `uri`; `transport` from its
-    /// `;transport=` parameter when it has one.
+    /// `;transport=` parameter (or `sips:`) when it has one. A TLS peer
+    /// found by name must present a certificate for that name.
     pub async fn resolve(
         &self,
         uri: &SipUri,
         transport: Option<Transport>,
     ) -> Result<Peer, String> {
+        let peer = self.locate(uri, transport).await?;
+        if let (Transport::Tls, Host::Domain(domain), Some(names)) =
+            (peer.transport, &uri.host, &self.server_names)
+        {
+            names.remember(peer.addr, domain);
+        }
+        Ok(peer)
+    }
+
+    async fn locate(&self, uri: &SipUri, transport: Option<Transport>) -> Result<Peer, String> {
         let domain = match &uri.host {
             Host::Ip(ip) => {
+                let transport = transport.unwrap_or(Transport::Udp);
                 return Ok(Peer {
-                    transport: transport.unwrap_or(Transport::Udp),
-                    addr: SocketAddr::new(*ip, uri.port.unwrap_or(5060)),
-                })
+                    transport,
+                    addr: SocketAddr::new(*ip, uri.port.unwrap_or(transport.default_port())),
+                });
             }
             Host::Domain(domain) => domain.clone(),
         };
@@ -78,10 +141,15 @@ impl Resolver {
         let candidates: &[Transport] = match transport {
             Some(Transport::Udp) => &[Transport::Udp],
             Some(Transport::Tcp) => &[Transport::Tcp],
+            Some(Transport::Tls) => &[Transport::Tls],
             None => &[Transport::Udp, Transport::Tcp],
         };
         for candidate in candidates {
-            let records = self.srv(&format!("_sip._{candidate}.{domain}.")).await;
+            let service = match candidate {
+                Transport::Tls => format!("_sips._tcp.{domain}."),
+                other => format!("_sip._{other}.{domain}."),
+            };
+            let records = self.srv(&service).await;
             let ordered = order_srv(records, &mut rand::rng());
             for (port, target) in ordered {
                 if let Ok(ip) = self.address(&target).await {
@@ -93,9 +161,10 @@ impl Resolver {
             }
         }
         let ip = self.address(&domain).await?;
+        let transport = transport.unwrap_or(Transport::Udp);
         Ok(Peer {
-            transport: transport.unwrap_or(Transport::Udp),
-            addr: SocketAddr::new(ip, 5060),
+            transport,
+            addr: SocketAddr::new(ip, transport.default_port()),
         })
     }
 
@@ -300,7 +369,16 @@ mod tests {
 
     #[tokio::test]
     async fn literals_and_hosts_resolve_without_dns_servers() {
-        let resolver = Resolver { dns: None };
+        let names = Arc::new(ServerNames::default());
+        let resolver = Resolver {
+            dns: None,
+            server_names: None,
+        }
+        .noting_tls_names(names.clone());
+        let uri = SipUri::parse("sips:a@localhost").unwrap();
+        let peer = resolver.resolve(&uri, Some(Transport::Tls)).await.unwrap();
+        assert_eq!(peer.addr.port(), 5061, "TLS defaults to 5061");
+        assert_eq!(names.host_of(peer.addr).as_deref(), Some("localhost"));
         let uri = SipUri::parse("sip:a@127.0.0.1:5090;transport=tcp").unwrap();
         let peer = resolver.resolve(&uri, Some(Transport::Tcp)).await.unwrap();
         assert_eq!(peer.addr, "127.0.0.1:5090".parse().unwrap());

@@ -5,6 +5,7 @@
 pub mod inbound;
 pub mod source_limit;
 pub mod tcp;
+pub mod tls;
 mod udp;
 
 use std::net::SocketAddr;
@@ -32,13 +33,13 @@ pub enum Inbound {
         /// whether it is keeping up.
         received: std::time::Instant,
     },
-    /// An outbound TCP connection we opened is up.
-    Connected { addr: SocketAddr },
-    /// An outbound TCP connection could not be opened: what waited for it
-    /// is unreachable.
-    ConnectFailed { addr: SocketAddr },
-    /// A TCP connection closed.
-    Closed { addr: SocketAddr },
+    /// An outbound TCP or TLS connection we opened is up.
+    Connected { peer: Peer },
+    /// An outbound connection could not be opened: what waited for it is
+    /// unreachable.
+    ConnectFailed { peer: Peer },
+    /// A TCP or TLS connection closed.
+    Closed { peer: Peer },
 }
 
 /// Every bound SIP socket, for sending.
@@ -46,6 +47,7 @@ pub enum Inbound {
 pub struct Transports {
     udp: Vec<Arc<tokio::net::UdpSocket>>,
     tcp: TcpConnections,
+    tls: TcpConnections,
     local: Vec<(Transport, SocketAddr)>,
 }
 
@@ -56,9 +58,11 @@ impl Transports {
         inbound: InboundSender,
         shutdown: watch::Receiver<bool>,
         tcp_limits: tcp::TcpLimits,
+        tls: Arc<tls::TlsContext>,
     ) -> std::io::Result<Transports> {
         let mut udp = Vec::new();
-        let tcp = TcpConnections::new(inbound.clone(), shutdown.clone(), tcp_limits);
+        let tcp = TcpConnections::new(inbound.clone(), shutdown.clone(), tcp_limits, None);
+        let tls = TcpConnections::new(inbound.clone(), shutdown.clone(), tcp_limits, Some(tls));
         let mut local = Vec::new();
         for entry in listen {
             match entry.transport {
@@ -72,19 +76,29 @@ impl Transports {
                     ));
                     udp.push(socket);
                 }
-                Transport::Tcp => {
+                Transport::Tcp | Transport::Tls => {
                     let listener = tokio::net::TcpListener::bind(entry.addr).await?;
-                    local.push((Transport::Tcp, listener.local_addr()?));
+                    local.push((entry.transport, listener.local_addr()?));
+                    let connections = if entry.transport == Transport::Tls {
+                        tls.clone()
+                    } else {
+                        tcp.clone()
+                    };
                     tokio::spawn(tcp::accept_loop(
                         listener,
-                        tcp.clone(),
+                        connections,
                         inbound.clone(),
                         shutdown.clone(),
                     ));
                 }
             }
         }
-        Ok(Transports { udp, tcp, local })
+        Ok(Transports {
+            udp,
+            tcp,
+            tls,
+            local,
+        })
     }
 
     pub fn local_addrs(&self) -> &[(Transport, SocketAddr)] {
@@ -102,15 +116,31 @@ impl Transports {
             .or_else(|| self.local.iter().map(|(_, addr)| *addr).find(same_family))
     }
 
-    /// Whether a TCP connection to `addr` is open (not just being opened).
-    pub fn tcp_ready(&self, addr: SocketAddr) -> bool {
-        self.tcp.is_ready(addr)
+    /// Whether a connection to a TCP or TLS `peer` is open (not just being
+    /// opened); always true for UDP.
+    pub fn ready(&self, peer: Peer) -> bool {
+        match peer.transport {
+            Transport::Udp => true,
+            Transport::Tcp => self.tcp.is_ready(peer.addr),
+            Transport::Tls => self.tls.is_ready(peer.addr),
+        }
+    }
+
+    /// The verified certificate of the TLS client at `peer`, if it gave one.
+    pub fn client_certificate(
+        &self,
+        peer: Peer,
+    ) -> Option<Arc<rustls::pki_types::CertificateDer<'static>>> {
+        match peer.transport {
+            Transport::Tls => self.tls.client_certificate(peer.addr),
+            Transport::Udp | Transport::Tcp => None,
+        }
     }
 
     /// Sends without waiting: a full socket buffer or a vanished TCP
     /// connection loses the message, which SIP retransmission recovers. A
-    /// TCP peer we have no connection to gets one opened (the message waits
-    /// for it), with our listening address as its local one.
+    /// TCP or TLS peer we have no connection to gets one opened (the
+    /// message waits for it), with our listening address as its local one.
     pub fn send(&self, peer: Peer, bytes: Vec<u8>) {
         match peer.transport {
             Transport::Udp => {
@@ -133,13 +163,18 @@ impl Transports {
                     None => tracing::warn!(peer = %peer.addr, "no UDP socket to send SIP on"),
                 }
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 let local = self
                     .local
                     .iter()
-                    .find(|(t, a)| *t == Transport::Tcp && a.is_ipv4() == peer.addr.is_ipv4())
+                    .find(|(t, a)| *t == peer.transport && a.is_ipv4() == peer.addr.is_ipv4())
                     .map(|(_, a)| a.ip());
-                self.tcp.send(peer.addr, bytes, local)
+                let connections = if peer.transport == Transport::Tls {
+                    &self.tls
+                } else {
+                    &self.tcp
+                };
+                connections.send(peer.addr, bytes, local)
             }
         }
     }

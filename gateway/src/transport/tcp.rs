@@ -1,6 +1,7 @@
-//! SIP over TCP: an accept loop, one reader and one writer task per
+//! SIP over TCP and TLS: an accept loop, one reader and one writer task per
 //! connection, and a table of live connections for sending responses and
-//! in-dialog requests back on the connection the peer opened.
+//! in-dialog requests back on the connection the peer opened. A table with
+//! a TLS context runs every connection, accepted or opened, through TLS.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -8,10 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
+use super::tls::TlsContext;
 use super::{Delivery, Inbound, InboundSender};
 use crate::sip::framing::{bad_request, StreamDecoder, StreamItem};
 use crate::sip::transaction::{Peer, Transport};
@@ -34,6 +37,8 @@ struct Writer {
     pending: Arc<AtomicUsize>,
     /// Set once an outbound connection is open (accepted ones start open).
     ready: Arc<AtomicBool>,
+    /// The verified certificate an accepted TLS client presented.
+    client_cert: Option<Arc<CertificateDer<'static>>>,
 }
 
 /// What one peer, and all of them, may hold open; and how long a
@@ -72,6 +77,8 @@ pub struct TcpConnections {
     limits: TcpLimits,
     inbound: InboundSender,
     shutdown: watch::Receiver<bool>,
+    /// Set for the TLS table.
+    tls: Option<Arc<TlsContext>>,
 }
 
 /// An accepted connection's place in its source's count, given back when
@@ -94,14 +101,44 @@ impl Drop for AcceptedSlot {
 }
 
 impl TcpConnections {
-    pub fn new(inbound: InboundSender, shutdown: watch::Receiver<bool>, limits: TcpLimits) -> Self {
+    pub fn new(
+        inbound: InboundSender,
+        shutdown: watch::Receiver<bool>,
+        limits: TcpLimits,
+        tls: Option<Arc<TlsContext>>,
+    ) -> Self {
         TcpConnections {
             writers: Arc::default(),
             accepted: Arc::default(),
             limits,
             inbound,
             shutdown,
+            tls,
         }
+    }
+
+    fn transport(&self) -> Transport {
+        if self.tls.is_some() {
+            Transport::Tls
+        } else {
+            Transport::Tcp
+        }
+    }
+
+    fn peer(&self, addr: SocketAddr) -> Peer {
+        Peer {
+            transport: self.transport(),
+            addr,
+        }
+    }
+
+    /// The verified certificate the TLS client at `addr` presented.
+    pub fn client_certificate(&self, addr: SocketAddr) -> Option<Arc<CertificateDer<'static>>> {
+        self.writers
+            .lock()
+            .unwrap()
+            .get(&addr)
+            .and_then(|writer| writer.client_cert.clone())
     }
 
     /// Takes a slot for a connection from `ip`, or says which limit is hit.
@@ -151,7 +188,9 @@ impl TcpConnections {
         if writers.len() >= self.limits.max_connections {
             tracing::warn!(%peer, "too many TCP connections: not opening another");
             drop(writers);
-            let _ = self.inbound.try_send(Inbound::ConnectFailed { addr: peer });
+            let _ = self.inbound.try_send(Inbound::ConnectFailed {
+                peer: self.peer(peer),
+            });
             return;
         }
         let (queue, outgoing) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
@@ -164,6 +203,7 @@ impl TcpConnections {
                 queue: queue.clone(),
                 pending: pending.clone(),
                 ready: ready.clone(),
+                client_cert: None,
             },
         );
         drop(writers);
@@ -187,7 +227,13 @@ impl TcpConnections {
         self.writers.lock().unwrap().len()
     }
 
-    fn insert(&self, peer: SocketAddr, queue: mpsc::Sender<Vec<u8>>, pending: Arc<AtomicUsize>) {
+    fn insert(
+        &self,
+        peer: SocketAddr,
+        queue: mpsc::Sender<Vec<u8>>,
+        pending: Arc<AtomicUsize>,
+        client_cert: Option<Arc<CertificateDer<'static>>>,
+    ) {
         let ready = Arc::new(AtomicBool::new(true));
         self.writers.lock().unwrap().insert(
             peer,
@@ -195,6 +241,7 @@ impl TcpConnections {
                 queue,
                 pending,
                 ready,
+                client_cert,
             },
         );
     }
@@ -219,7 +266,8 @@ struct Channel {
     pending: Arc<AtomicUsize>,
 }
 
-/// Opens an outbound connection and serves it like an accepted one.
+/// Opens an outbound connection (TLS on the TLS table, the server's
+/// certificate verified) and serves it like an accepted one.
 async fn connect(
     connections: TcpConnections,
     peer: SocketAddr,
@@ -237,25 +285,86 @@ async fn connect(
         {
             socket.bind(SocketAddr::new(ip, 0))?;
         }
-        socket.connect(peer).await
+        let stream = socket.connect(peer).await?;
+        let _ = stream.set_nodelay(true);
+        match &connections.tls {
+            None => Ok(Stream::Plain(stream)),
+            Some(tls) => {
+                let name = tls.server_name(peer);
+                let stream = tls.connector().connect(name, stream).await?;
+                Ok::<_, std::io::Error>(Stream::Tls(Box::new(stream.into())))
+            }
+        }
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
         Ok(Ok(stream)) => {
-            tracing::debug!(%peer, "TCP connection opened");
+            tracing::debug!(%peer, transport = %connections.transport(), "connection opened");
             ready.store(true, Ordering::Relaxed);
             let _ = connections
                 .inbound
-                .send(Inbound::Connected { addr: peer })
+                .send(Inbound::Connected {
+                    peer: connections.peer(peer),
+                })
                 .await;
-            let _ = stream.set_nodelay(true);
             let shutdown = connections.shutdown.clone();
             let inbound = connections.inbound.clone();
-            run(stream, peer, connections, inbound, shutdown, channel, false).await;
+            stream
+                .run(peer, connections, inbound, shutdown, channel, false)
+                .await;
         }
         Ok(Err(error)) => {
             connect_failed(&connections, peer, &channel.queue, &error.to_string()).await
         }
         Err(_) => connect_failed(&connections, peer, &channel.queue, "timed out").await,
+    }
+}
+
+/// A connection, plain or TLS, before it is split into its two halves.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    async fn run(
+        self,
+        peer: SocketAddr,
+        connections: TcpConnections,
+        inbound: InboundSender,
+        shutdown: watch::Receiver<bool>,
+        channel: Channel,
+        accepted: bool,
+    ) {
+        match self {
+            Stream::Plain(stream) => {
+                let (reader, writer) = stream.into_split();
+                run(
+                    reader,
+                    writer,
+                    peer,
+                    connections,
+                    inbound,
+                    shutdown,
+                    channel,
+                    accepted,
+                )
+                .await
+            }
+            Stream::Tls(stream) => {
+                let (reader, writer) = tokio::io::split(*stream);
+                run(
+                    reader,
+                    writer,
+                    peer,
+                    connections,
+                    inbound,
+                    shutdown,
+                    channel,
+                    accepted,
+                )
+                .await
+            }
+        }
     }
 }
 
@@ -265,11 +374,13 @@ async fn connect_failed(
     queue: &mpsc::Sender<Vec<u8>>,
     reason: &str,
 ) {
-    tracing::warn!(%peer, %reason, "cannot open a TCP connection");
+    tracing::warn!(%peer, transport = %connections.transport(), %reason, "cannot open a connection");
     connections.remove(peer, queue);
     let _ = connections
         .inbound
-        .send(Inbound::ConnectFailed { addr: peer })
+        .send(Inbound::ConnectFailed {
+            peer: connections.peer(peer),
+        })
         .await;
 }
 
@@ -323,34 +434,72 @@ async fn serve(
     shutdown: watch::Receiver<bool>,
     _slot: AcceptedSlot,
 ) {
+    let (stream, client_cert) = match &connections.tls {
+        None => (Stream::Plain(stream), None),
+        Some(tls) => {
+            let Some(acceptor) = tls.acceptor() else {
+                return;
+            };
+            // The handshake counts as the first message: a client that
+            // opens a connection and stalls is closed as soon.
+            let timeout = connections.limits.message_timeout;
+            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let client_cert = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .map(|leaf| Arc::new(leaf.clone().into_owned()));
+                    (Stream::Tls(Box::new(stream.into())), client_cert)
+                }
+                Ok(Err(error)) => {
+                    crate::metrics::tcp_refused("tls handshake");
+                    tracing::info!(%peer, %error, "TLS handshake failed: closing the connection");
+                    return;
+                }
+                Err(_) => {
+                    crate::metrics::tcp_refused("tls handshake timeout");
+                    tracing::info!(%peer, timeout_secs = timeout.as_secs_f32(), "no TLS handshake in time: closing the connection");
+                    return;
+                }
+            }
+        }
+    };
     let (queue, outgoing) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let pending = Arc::new(AtomicUsize::new(0));
-    connections.insert(peer, queue.clone(), pending.clone());
+    connections.insert(peer, queue.clone(), pending.clone(), client_cert);
     let channel = Channel {
         queue,
         outgoing,
         pending,
     };
-    run(stream, peer, connections, inbound, shutdown, channel, true).await;
+    stream
+        .run(peer, connections, inbound, shutdown, channel, true)
+        .await;
 }
 
 /// Reads and writes one connection until either side ends it.
-async fn run(
-    stream: TcpStream,
+#[allow(clippy::too_many_arguments)]
+async fn run<R, W>(
+    mut reader: R,
+    mut writer: W,
     peer: SocketAddr,
     connections: TcpConnections,
     inbound: InboundSender,
     mut shutdown: watch::Receiver<bool>,
     channel: Channel,
     accepted: bool,
-) {
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let limits = connections.limits;
     let Channel {
         queue,
         mut outgoing,
         pending,
     } = channel;
-    let (mut reader, mut writer) = stream.into_split();
     let write_task = tokio::spawn(async move {
         while let Some(bytes) = outgoing.recv().await {
             let written = writer.write_all(&bytes).await;
@@ -364,10 +513,8 @@ async fn run(
 
     let mut decoder = StreamDecoder::new(MAX_MESSAGE);
     let mut buf = vec![0u8; 16 * 1024];
-    let tcp_peer = Peer {
-        transport: Transport::Tcp,
-        addr: peer,
-    };
+    let stream_peer = connections.peer(peer);
+    let transport = connections.transport();
     // A message (and an accepted connection's first one) must arrive
     // whole in time: half a header held open forever is an attack.
     let mut message_since = accepted.then(Instant::now);
@@ -387,7 +534,7 @@ async fn run(
                 if message_since.is_some_and(|since| since.elapsed() >= limits.message_timeout) =>
             {
                 crate::metrics::tcp_refused("message timeout");
-                tracing::info!(%peer, timeout_secs = limits.message_timeout.as_secs_f32(), "no whole SIP message in time: closing the TCP connection");
+                tracing::info!(%peer, timeout_secs = limits.message_timeout.as_secs_f32(), "no whole SIP message in time: closing the connection");
                 break;
             }
             Err(_) => {
@@ -401,7 +548,7 @@ async fn run(
         while let Some(item) = decoder.next() {
             match item {
                 StreamItem::Message(message) => {
-                    match inbound.deliver_waiting(message, tcp_peer).await {
+                    match inbound.deliver_waiting(message, stream_peer).await {
                         Delivery::Queued | Delivery::Dropped | Delivery::Limited => {}
                         Delivery::Shed(response) => {
                             let _ = queue.try_send(response);
@@ -413,7 +560,7 @@ async fn run(
                     let _ = queue.try_send(b"\r\n".to_vec());
                 }
                 StreamItem::Malformed(error) => {
-                    tracing::warn!(%peer, transport = "tcp", reason = %error.reason, "malformed SIP message");
+                    tracing::warn!(%peer, %transport, reason = %error.reason, "malformed SIP message");
                     if let Some(response) = error
                         .partial
                         .as_ref()
@@ -423,7 +570,7 @@ async fn run(
                     }
                 }
                 StreamItem::Fatal(error) => {
-                    tracing::warn!(%peer, transport = "tcp", reason = %error.reason, "malformed SIP message; framing lost, closing connection");
+                    tracing::warn!(%peer, %transport, reason = %error.reason, "malformed SIP message; framing lost, closing connection");
                     if let Some(response) = error
                         .partial
                         .as_ref()
@@ -444,5 +591,5 @@ async fn run(
     connections.remove(peer, &queue);
     drop(queue);
     let _ = write_task.await;
-    let _ = inbound.try_send(Inbound::Closed { addr: peer });
+    let _ = inbound.try_send(Inbound::Closed { peer: stream_peer });
 }

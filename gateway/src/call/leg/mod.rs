@@ -513,14 +513,14 @@ pub fn literal_peer(uri: &SipUri, default: Transport) -> Option<Peer> {
     let Host::Ip(ip) = uri.host else {
         return None;
     };
-    let transport = match uri.transport().map(str::to_ascii_lowercase).as_deref() {
-        Some("tcp") => Transport::Tcp,
-        Some("udp") => Transport::Udp,
-        _ => default,
+    let transport = match uri.transport().and_then(Transport::from_name) {
+        Some(transport) => transport,
+        None if uri.scheme == crate::sip::uri::Scheme::Sips => Transport::Tls,
+        None => default,
     };
     Some(Peer {
         transport,
-        addr: SocketAddr::new(ip, uri.port.unwrap_or(5060)),
+        addr: SocketAddr::new(ip, uri.port.unwrap_or(transport.default_port())),
     })
 }
 
