@@ -169,7 +169,8 @@ impl RtcpSession {
                     self.stats.reports_received += 1;
                     self.read_blocks(&packet[28..], count, now);
                 }
-                PT_RR => {
+                // A length word of 0 makes a 4-byte packet: no SSRC, no blocks.
+                PT_RR if packet.len() >= 8 => {
                     self.stats.reports_received += 1;
                     self.read_blocks(&packet[8..], count, now);
                 }

@@ -112,3 +112,15 @@ fn hostile_rtcp_is_ignored_without_panicking() {
     us.handle_rtcp(&[0x9f, 201, 0, 1, 0, 0, 0, 1], t0);
     assert_eq!(us.stats().rtt_ms, None);
 }
+
+/// Found by the fuzzer (`fuzz/corpus/rtcp/regression-empty-rr`): a receiver
+/// report whose length word is 0 is four bytes long and has no SSRC; it
+/// panicked the call's media task, a remote crash by one datagram.
+#[test]
+fn a_receiver_report_too_short_for_its_ssrc_is_skipped() {
+    let now = Instant::now();
+    let mut session = RtcpSession::new(1, 8000, "x", now);
+    let empty_rr = [0x81, 201, 0, 0, 0x0b, 0xad, 0xca, 0x56, 0x78, 0, 0, 0, 0];
+    session.handle_rtcp(&empty_rr, now);
+    assert_eq!(session.stats().reports_received, 0);
+}
