@@ -19,6 +19,7 @@ pub mod resample;
 pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
+pub mod srtp;
 pub mod tone;
 
 pub use codec::{AudioDecoder, AudioEncoder, Codec, CodecError, Decoder, Encoder, OpusConfig};

@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::codec::{Codec, CodecError, Decoder, Encoder, OpusConfig, OpusEncoder};
 use crate::g711::G711;
+use crate::srtp::CryptoAttribute;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SdpError {
@@ -24,9 +25,12 @@ pub enum SdpError {
     NoAudio,
     #[error("no codec in common")]
     NoCommonCodec,
-    /// Audio offered only over a transport we cannot speak (e.g. RTP/SAVP).
+    /// Audio offered only over a transport we cannot speak (e.g. DTLS).
     #[error("unsupported audio transport {0}")]
     UnsupportedTransport(String),
+    /// RTP/SAVP without an `a=crypto` line we can use (RFC 4568: 488).
+    #[error("no SRTP crypto suite in common (we take AES_CM_128_HMAC_SHA1_80 and _32)")]
+    NoCommonCrypto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +91,8 @@ pub struct MediaOffer {
     pub formats: Vec<OfferedFormat>,
     pub ptime: Option<u32>,
     pub direction: Direction,
+    /// Usable `a=crypto` lines (SDES), in the offerer's order.
+    pub crypto: Vec<CryptoAttribute>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +137,11 @@ fn static_format(pt: u8) -> Option<(&'static str, u32)> {
 
 fn is_rtp_avp(protocol: &str) -> bool {
     protocol.eq_ignore_ascii_case("RTP/AVP") || protocol.eq_ignore_ascii_case("RTP/AVPF")
+}
+
+/// SRTP keyed by SDES (RFC 4568).
+fn is_rtp_savp(protocol: &str) -> bool {
+    protocol.eq_ignore_ascii_case("RTP/SAVP") || protocol.eq_ignore_ascii_case("RTP/SAVPF")
 }
 
 fn malformed(what: &str, line: &str) -> SdpError {
@@ -264,6 +275,7 @@ impl SessionOffer {
                         formats,
                         ptime: None,
                         direction: session_direction,
+                        crypto: Vec::new(),
                     });
                     in_audio = true;
                 }
@@ -327,6 +339,11 @@ fn apply_media_attribute(
             }
         }
         "ptime" => audio.ptime = arg.parse().ok(),
+        // Unusable lines (suites we lack, MKIs) are skipped: another line
+        // of the same offer may do. Bounded, as every offer is.
+        "crypto" if audio.crypto.len() < 16 => {
+            audio.crypto.extend(CryptoAttribute::parse(arg));
+        }
         _ => {}
     }
     Ok(())
@@ -425,6 +442,17 @@ pub struct NegotiatedMedia {
     pub peer_uses_fec: bool,
     /// Opus: the peer's `maxaveragebitrate`, bits per second.
     pub peer_max_bitrate: Option<u32>,
+    /// SRTP keys, when the audio is RTP/SAVP.
+    pub srtp: Option<Sdes>,
+}
+
+/// Both keys of an SRTP stream keyed in SDP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sdes {
+    /// What we send is protected with this (our `a=crypto` line).
+    pub ours: CryptoAttribute,
+    /// What the peer sends is protected with this.
+    pub theirs: CryptoAttribute,
 }
 
 impl NegotiatedMedia {
@@ -473,6 +501,7 @@ impl From<&Negotiated> for NegotiatedMedia {
             direction: n.direction,
             peer_uses_fec: false,
             peer_max_bitrate: None,
+            srtp: None,
         }
     }
 }
@@ -494,9 +523,21 @@ pub fn negotiate_media(
     preferences: &CodecPreferences,
 ) -> Result<NegotiatedMedia, SdpError> {
     let audio = offer.audio.as_ref().ok_or(SdpError::NoAudio)?;
-    if !is_rtp_avp(&audio.protocol) {
+    let srtp = if is_rtp_savp(&audio.protocol) {
+        // Answering, the first usable line wins and we key our direction
+        // with a fresh key of the same suite and tag; reading an answer,
+        // its one line is the peer's key (ours is the offered line with
+        // that tag).
+        let theirs = audio.crypto.first().ok_or(SdpError::NoCommonCrypto)?;
+        Some(Sdes {
+            ours: CryptoAttribute::generate(theirs.tag, theirs.suite),
+            theirs: theirs.clone(),
+        })
+    } else if is_rtp_avp(&audio.protocol) {
+        None
+    } else {
         return Err(SdpError::UnsupportedTransport(audio.protocol.clone()));
-    }
+    };
     let event_at = |rate: u32| {
         audio
             .formats
@@ -549,6 +590,7 @@ pub fn negotiate_media(
         direction: audio.direction.reversed(),
         peer_uses_fec,
         peer_max_bitrate,
+        srtp,
     })
 }
 
@@ -577,6 +619,7 @@ fn write_audio_section(
     codecs: &[(u8, Codec)],
     telephone_events: &[(u8, u32)],
     direction: Direction,
+    crypto: &[&CryptoAttribute],
 ) {
     let _ = write!(sdp, "m=audio {port} {protocol}");
     for (pt, _) in codecs {
@@ -601,6 +644,9 @@ fn write_audio_section(
         );
     }
     let _ = write!(sdp, "a=ptime:20\r\na={}\r\n", direction.as_str());
+    for line in crypto {
+        let _ = write!(sdp, "a=crypto:{}\r\n", line.to_sdp());
+    }
 }
 
 /// Builds the answer to `offer`: our audio stream first-class, every other
@@ -663,6 +709,11 @@ pub fn build_media_answer(
         &[(negotiated.payload_type, negotiated.codec)],
         events,
         negotiated.direction,
+        &negotiated
+            .srtp
+            .iter()
+            .map(|sdes| &sdes.ours)
+            .collect::<Vec<_>>(),
     );
     for m in &offer.other_media[split..] {
         reject(&mut sdp, m);
@@ -702,6 +753,26 @@ pub fn build_media_offer(
     session_id: u64,
     session_version: u64,
 ) -> String {
+    build_secure_media_offer(
+        preferences,
+        local_ip,
+        local_port,
+        session_id,
+        session_version,
+        &[],
+    )
+}
+
+/// [`build_media_offer`] as RTP/SAVP with `crypto` (SDES keys, one per
+/// suite, best first) when it is not empty.
+pub fn build_secure_media_offer(
+    preferences: &CodecPreferences,
+    local_ip: IpAddr,
+    local_port: u16,
+    session_id: u64,
+    session_version: u64,
+    crypto: &[CryptoAttribute],
+) -> String {
     let mut sdp = String::with_capacity(512);
     write_session_header(&mut sdp, local_ip, session_id, session_version);
     let codecs: Vec<(u8, Codec)> = preferences
@@ -732,10 +803,15 @@ pub fn build_media_offer(
     write_audio_section(
         &mut sdp,
         local_port,
-        "RTP/AVP",
+        if crypto.is_empty() {
+            "RTP/AVP"
+        } else {
+            "RTP/SAVP"
+        },
         &codecs,
         &events,
         Direction::SendRecv,
+        &crypto.iter().collect::<Vec<_>>(),
     );
     sdp
 }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::codec::{AudioDecoder, Codec};
+use crate::srtp::Suite;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 const BOTH: [G711; 2] = [G711::Pcmu, G711::Pcma];
@@ -187,8 +188,69 @@ fn no_audio_and_srtp_only() {
     let srtp = SIPP.replace("RTP/AVP", "RTP/SAVP");
     assert_eq!(
         negotiate(&parse(&srtp), &BOTH),
-        Err(SdpError::UnsupportedTransport("RTP/SAVP".into()))
+        Err(SdpError::NoCommonCrypto),
+        "SAVP without a=crypto is a 488"
     );
+    let gcm_only = format!(
+        "{srtp}a=crypto:1 AEAD_AES_256_GCM inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n"
+    );
+    assert_eq!(
+        negotiate(&parse(&gcm_only), &BOTH),
+        Err(SdpError::NoCommonCrypto)
+    );
+    let dtls = SIPP.replace("RTP/AVP", "UDP/TLS/RTP/SAVPF");
+    assert_eq!(
+        negotiate(&parse(&dtls), &BOTH),
+        Err(SdpError::UnsupportedTransport("UDP/TLS/RTP/SAVPF".into()))
+    );
+}
+
+#[test]
+fn an_sdes_offer_is_answered_with_our_own_key_for_the_first_usable_suite() {
+    let offer = parse(&format!(
+        "{}a=crypto:1 AEAD_AES_256_GCM inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n\
+         a=crypto:2 AES_CM_128_HMAC_SHA1_32 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n\
+         a=crypto:3 AES_CM_128_HMAC_SHA1_80 inline:PS1uQCVeeCFCanVmcjkpPywjNWhcYD0mXXtxaVBR\r\n",
+        SIPP.replace("RTP/AVP", "RTP/SAVP")
+    ));
+    let negotiated = negotiate_media(&offer, &CodecPreferences::g711_only()).unwrap();
+    let sdes = negotiated.srtp.clone().expect("SRTP keys");
+    assert_eq!(
+        (sdes.theirs.tag, sdes.theirs.suite),
+        (2, Suite::AesCm128HmacSha1_32)
+    );
+    assert_eq!(
+        (sdes.ours.tag, sdes.ours.suite),
+        (2, Suite::AesCm128HmacSha1_32)
+    );
+    assert_ne!(sdes.ours.key, sdes.theirs.key, "we never echo their key");
+    let answer = build_media_answer(&offer, &negotiated, "10.0.0.1".parse().unwrap(), 7000, 1, 1);
+    assert!(answer.contains("m=audio 7000 RTP/SAVP "), "{answer}");
+    let crypto: Vec<_> = answer
+        .lines()
+        .filter(|l| l.starts_with("a=crypto:"))
+        .collect();
+    assert_eq!(crypto, [format!("a=crypto:{}", sdes.ours.to_sdp())]);
+    // Reading it back as an answer gives the same key.
+    let read = negotiate_media(&parse(&answer), &CodecPreferences::g711_only()).unwrap();
+    assert_eq!(read.srtp.unwrap().theirs, sdes.ours);
+}
+
+#[test]
+fn a_secure_offer_carries_one_key_per_suite() {
+    let keys = Suite::ALL.map(|suite| CryptoAttribute::generate(suite as u32 + 1, suite));
+    let offer = build_secure_media_offer(
+        &CodecPreferences::g711_only(),
+        "10.0.0.1".parse().unwrap(),
+        7000,
+        1,
+        1,
+        &keys,
+    );
+    let parsed = parse(&offer);
+    let audio = parsed.audio.unwrap();
+    assert_eq!(audio.protocol, "RTP/SAVP");
+    assert_eq!(audio.crypto, keys);
 }
 
 #[test]

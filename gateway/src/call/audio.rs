@@ -10,6 +10,7 @@ use switchboard_connectors::BotControl;
 use switchboard_media::tone::{Cadence, ToneGenerator};
 
 use super::dial::Ringback;
+use super::secure_io::{send_rtcp, send_rtp};
 use super::session::Call;
 use super::transfer::Transfer;
 
@@ -35,7 +36,7 @@ impl Call {
         let (send, star) = media.relay_from_caller(packet, now);
         if send {
             if let Some(to) = media.remote {
-                let _ = media.rtp.try_send_to(packet, to);
+                send_rtp(&media.rtp, media.srtp.as_mut(), packet, to);
             }
         }
         if star && hangup_on_star {
@@ -50,9 +51,10 @@ impl Call {
         let Some(relayed) = media.relay_from_agent(packet, from, now) else {
             return;
         };
-        let to = self.caller_media.pipeline.as_ref().and_then(|p| p.remote());
-        if let (Some(to), Some(socket)) = (to, self.caller_media.rtp()) {
-            let _ = socket.try_send_to(relayed, to);
+        let caller = &mut self.caller_media;
+        let to = caller.pipeline.as_ref().and_then(|p| p.remote());
+        if let (Some(to), Some((socket, _))) = (to, caller.sockets.as_ref()) {
+            send_rtp(socket, caller.srtp.as_mut(), relayed, to);
         }
     }
 
@@ -135,11 +137,21 @@ impl Call {
             return;
         };
         if let Some((len, to)) = tick.rtp {
-            let _ = rtp.try_send_to(&caller_media.rtp_out[..len], to);
+            send_rtp(
+                rtp,
+                caller_media.srtp.as_mut(),
+                &caller_media.rtp_out[..len],
+                to,
+            );
         }
         if let Some((len, to, mux)) = pipeline.poll_rtcp(now, &mut caller_media.rtcp_out[..]) {
             let from = if mux { rtp } else { rtcp };
-            let _ = from.try_send_to(&caller_media.rtcp_out[..len], to);
+            send_rtcp(
+                from,
+                caller_media.srtp.as_mut(),
+                &caller_media.rtcp_out[..len],
+                to,
+            );
         }
         info.playout.set_played_ms(pipeline.played_ms());
         for slot in digits.iter_mut() {
@@ -205,6 +217,7 @@ impl Call {
         let rtcp_socket = &media.rtcp;
         let out = &mut media.rtp_out;
         let rtcp_out = &mut media.rtcp_out;
+        let srtp = &mut media.srtp;
         let Some(agent) = (match &mut media.path {
             Some(super::bridge::MediaPath::Transcode(pipeline)) => Some(pipeline),
             _ => None,
@@ -216,11 +229,11 @@ impl Call {
             caller.push_bot_audio(&frame);
         }
         if let (Some((len, to)), Some(_)) = (tick.rtp, remote) {
-            let _ = rtp_socket.try_send_to(&out[..len], to);
+            send_rtp(rtp_socket, srtp.as_mut(), &out[..len], to);
         }
         if let Some((len, to, mux)) = agent.poll_rtcp(now, &mut rtcp_out[..]) {
             let from = if mux { rtp_socket } else { rtcp_socket };
-            let _ = from.try_send_to(&rtcp_out[..len], to);
+            send_rtcp(from, srtp.as_mut(), &rtcp_out[..len], to);
         }
         while let Some(digit) = agent.poll_digit() {
             if let Some(caller) = caller_media.pipeline.as_mut() {

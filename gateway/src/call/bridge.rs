@@ -13,8 +13,10 @@ use std::time::Instant;
 use switchboard_media::dtmf::DtmfReceiver;
 use switchboard_media::rtp::RtpPacket;
 use switchboard_media::sdp::{
-    build_media_offer, negotiate_media, CodecPreferences, NegotiatedMedia, SessionOffer,
+    build_secure_media_offer, negotiate_media, CodecPreferences, NegotiatedMedia, Sdes,
+    SessionOffer,
 };
+use switchboard_media::srtp::{CryptoAttribute, SrtpContext, Suite};
 use switchboard_media::{Codec, RtpRewriter};
 use tokio::net::UdpSocket;
 
@@ -52,6 +54,10 @@ pub(super) struct AgentMedia {
     pub(super) last_packet: Option<Instant>,
     pub(super) rtp_out: Box<[u8; 1500]>,
     pub(super) rtcp_out: Box<[u8; 256]>,
+    /// Our SDES keys, one per suite, when the dial asked for SRTP.
+    offered_keys: Vec<CryptoAttribute>,
+    /// Keys once the party's answer picked one of ours.
+    pub(super) srtp: Option<SrtpContext>,
 }
 
 impl AgentMedia {
@@ -60,6 +66,7 @@ impl AgentMedia {
         ip: IpAddr,
         caller_codec: Option<Codec>,
         ours: &CodecPreferences,
+        secure: bool,
     ) -> AgentMedia {
         let port = sockets.0.local_addr().map(|a| a.port()).unwrap_or(0);
         let mut preferences = ours.clone();
@@ -80,18 +87,63 @@ impl AgentMedia {
             last_packet: None,
             rtp_out: Box::new([0; 1500]),
             rtcp_out: Box::new([0; 256]),
+            offered_keys: if secure {
+                (1..)
+                    .zip(Suite::ALL)
+                    .map(|(tag, suite)| CryptoAttribute::generate(tag, suite))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            srtp: None,
         }
     }
 
     pub(super) fn offer(&self) -> String {
-        build_media_offer(&self.preferences, self.ip, self.port, self.session_id, 1)
+        build_secure_media_offer(
+            &self.preferences,
+            self.ip,
+            self.port,
+            self.session_id,
+            1,
+            &self.offered_keys,
+        )
     }
 
-    /// Reads the party's answer (from a 183 or the 200).
+    /// Reads the party's answer (from a 183 or the 200); with SRTP, its
+    /// `a=crypto` line must take one of our offered suites, by tag.
     pub(super) fn take_answer(&mut self, sdp: &str) -> Result<&NegotiatedMedia, String> {
         let answer = SessionOffer::parse(sdp).map_err(|e| e.to_string())?;
-        let negotiated = negotiate_media(&answer, &self.preferences)
+        let mut negotiated = negotiate_media(&answer, &self.preferences)
             .map_err(|e| format!("the answer has no codec we offered: {e}"))?;
+        match (negotiated.srtp.take(), self.offered_keys.is_empty()) {
+            (None, true) => {}
+            (Some(_), true) => return Err("the answer is RTP/SAVP to our plain RTP offer".into()),
+            (None, false) => {
+                return Err("the answer refuses SRTP, which the dial requires (secure=true)".into())
+            }
+            (Some(answered), false) => {
+                let ours = self
+                    .offered_keys
+                    .iter()
+                    .find(|k| k.tag == answered.theirs.tag && k.suite == answered.theirs.suite)
+                    .ok_or("the answer's a=crypto matches none we offered")?
+                    .clone();
+                let same = self
+                    .negotiated
+                    .as_ref()
+                    .and_then(|n| n.srtp.as_ref())
+                    .is_some_and(|sdes| sdes.theirs == answered.theirs);
+                if !same || self.srtp.is_none() {
+                    self.srtp =
+                        Some(SrtpContext::new(&ours, &answered.theirs).map_err(|e| e.to_string())?);
+                }
+                negotiated.srtp = Some(Sdes {
+                    ours,
+                    theirs: answered.theirs,
+                });
+            }
+        }
         self.remote = negotiated.remote_rtp;
         Ok(self.negotiated.insert(negotiated))
     }

@@ -9,6 +9,7 @@ use switchboard_media::sdp::{
     build_media_answer, build_media_offer, negotiate_media, CodecPreferences, NegotiatedMedia,
     SessionOffer,
 };
+use switchboard_media::srtp::SrtpContext;
 use tokio::net::UdpSocket;
 
 use super::leg::{EndReason, LegEvent, LegState};
@@ -41,6 +42,8 @@ pub(super) struct CallerMedia {
     pub(super) ringback: Option<switchboard_media::tone::ToneGenerator>,
     pub(super) rtp_out: Box<[u8; 1500]>,
     pub(super) rtcp_out: Box<[u8; 256]>,
+    /// Keys when the caller's media is SRTP (RTP/SAVP with `a=crypto`).
+    pub(super) srtp: Option<SrtpContext>,
 }
 
 impl CallerMedia {
@@ -62,6 +65,7 @@ impl CallerMedia {
             ringback: None,
             rtp_out: Box::new([0; 1500]),
             rtcp_out: Box::new([0; 256]),
+            srtp: None,
         }
     }
 
@@ -71,14 +75,6 @@ impl CallerMedia {
 
     pub(super) fn sockets(&self) -> Option<(&UdpSocket, &UdpSocket)> {
         self.sockets.as_ref().map(|(rtp, rtcp)| (rtp, rtcp))
-    }
-
-    pub(super) fn rtp(&self) -> Option<&UdpSocket> {
-        self.sockets.as_ref().map(|(rtp, _)| rtp)
-    }
-
-    pub(super) fn rtcp(&self) -> Option<&UdpSocket> {
-        self.sockets.as_ref().map(|(_, rtcp)| rtcp)
     }
 
     pub(super) fn is_running(&self) -> bool {
@@ -152,11 +148,26 @@ impl Call {
             };
             match negotiate_media(&offer, &self.shared.media.codecs) {
                 Ok(negotiated) => {
+                    if let Some(sdes) = &negotiated.srtp {
+                        match SrtpContext::new(&sdes.ours, &sdes.theirs) {
+                            Ok(srtp) => {
+                                tracing::info!(
+                                    suite = sdes.ours.suite.name(),
+                                    "media is SRTP (SDES)"
+                                );
+                                self.caller_media.srtp = Some(srtp);
+                            }
+                            Err(error) => {
+                                tracing::warn!(%error, "cannot set up SRTP: 488");
+                                return self.reject(488, format!("rejected 488 ({error})"));
+                            }
+                        }
+                    }
                     self.caller_media.negotiated = Some(negotiated);
                     self.caller_media.offer = Some(offer);
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "no common codec: 488");
+                    tracing::warn!(%error, "unusable offer: 488");
                     return self.reject(488, format!("rejected 488 ({error})"));
                 }
             }
@@ -365,6 +376,9 @@ impl Call {
                     .map(|n| (answer, n))
                     .map_err(|e| format!("the answer has no codec we offered: {e}"))
             })?;
+        if negotiated.srtp.is_some() {
+            return Err("the answer is RTP/SAVP to our plain RTP offer".into());
+        }
         let ours = build_media_answer(
             &answer,
             &negotiated,
@@ -411,9 +425,34 @@ impl Call {
             };
             // The call keeps its codec; only where the caller's media goes may change.
             match negotiate_media(&offer, &CodecPreferences::new(&[negotiated.codec])) {
+                Ok(updated) if updated.srtp.is_some() != negotiated.srtp.is_some() => {
+                    tracing::info!("re-INVITE switches between RTP and SRTP: 488");
+                    self.caller.reject_offer(488);
+                    return;
+                }
                 Ok(updated) => {
                     if let Some(pipeline) = &mut media.pipeline {
                         pipeline.update_remote(&updated);
+                    }
+                    // The caller may re-key (RFC 4568 §7.1.4); our answer,
+                    // and so our key, stays the same.
+                    if let (Some(old), Some(new)) = (&negotiated.srtp, &updated.srtp) {
+                        if old.theirs != new.theirs {
+                            match SrtpContext::new(&old.ours, &new.theirs) {
+                                Ok(srtp) => media.srtp = Some(srtp),
+                                Err(error) => {
+                                    tracing::info!(%error, "re-INVITE with unusable keys: 488");
+                                    self.caller.reject_offer(488);
+                                    return;
+                                }
+                            }
+                            if let Some(current) = &mut media.negotiated {
+                                current.srtp = Some(switchboard_media::sdp::Sdes {
+                                    ours: old.ours.clone(),
+                                    theirs: new.theirs.clone(),
+                                });
+                            }
+                        }
                     }
                 }
                 Err(error) => {
@@ -436,9 +475,18 @@ impl Call {
         };
         let now = std::time::Instant::now();
         if let Some((len, to, mux)) = pipeline.final_rtcp(now, &mut media.rtcp_out[..]) {
-            let from = if mux { media.rtp() } else { media.rtcp() };
+            let from = match &media.sockets {
+                Some((rtp, _)) if mux => Some(rtp),
+                Some((_, rtcp)) => Some(rtcp),
+                None => None,
+            };
             if let Some(socket) = from {
-                let _ = socket.try_send_to(&media.rtcp_out[..len], to);
+                super::secure_io::send_rtcp(
+                    socket,
+                    media.srtp.as_mut(),
+                    &media.rtcp_out[..len],
+                    to,
+                );
             }
         }
         if let Some(recorder) = media.recorder.take() {

@@ -104,6 +104,9 @@ pub struct Target {
     pub headers: Vec<(String, String)>,
     /// `;transport=` when given.
     pub transport: Option<Transport>,
+    /// `;secure=true`: the media must be SRTP (keys in SDP, so only over
+    /// TLS). The parameter is ours and is not sent on.
+    pub secure: bool,
 }
 
 impl Target {
@@ -144,6 +147,19 @@ pub fn parse_target(text: &str) -> Result<Target, String> {
     if uri.scheme == Scheme::Sips && transport != Some(Transport::Tls) {
         return Err("a sips: target must be reached over TLS".into());
     }
+    let secure = match uri.param("secure") {
+        None => false,
+        Some(Some(value)) if value.eq_ignore_ascii_case("true") => true,
+        Some(Some(value)) if value.eq_ignore_ascii_case("false") => false,
+        Some(_) => return Err("secure= is true or false".into()),
+    };
+    uri.params
+        .retain(|(name, _)| !name.eq_ignore_ascii_case("secure"));
+    if secure && transport != Some(Transport::Tls) {
+        return Err(
+            "secure=true needs transport=tls (or sips:): SRTP keys travel in the SDP".into(),
+        );
+    }
     if uri.headers.len() > MAX_TARGET_HEADERS {
         return Err(format!(
             "target carries more than {MAX_TARGET_HEADERS} headers"
@@ -170,6 +186,7 @@ pub fn parse_target(text: &str) -> Result<Target, String> {
         request_uri: uri,
         headers,
         transport,
+        secure,
     })
 }
 
@@ -209,11 +226,28 @@ mod tests {
             "sip:a@b?X-A=1%0D%0AVia:%20x",
             "tel:+15551234567",
             "sips:a@b;transport=tcp",
+            "sip:a@b;secure=true",
+            "sip:a@b;transport=tcp;secure=true",
+            "sip:a@b;transport=tls;secure=maybe",
             "sip:a@b;transport=sctp",
             "http://example.com",
         ] {
             assert!(parse_target(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn tls_and_secure_targets() {
+        let target = parse_target("sip:agent@pbx.example.com;transport=tls;secure=true").unwrap();
+        assert_eq!(target.transport, Some(Transport::Tls));
+        assert!(target.secure);
+        assert_eq!(
+            target.request_uri.to_string(),
+            "sip:agent@pbx.example.com;transport=tls",
+            "secure= is ours, not the far end's"
+        );
+        let sips = parse_target("sips:agent@pbx.example.com").unwrap();
+        assert_eq!((sips.transport, sips.secure), (Some(Transport::Tls), false));
     }
 
     #[test]

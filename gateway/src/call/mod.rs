@@ -20,6 +20,7 @@ mod ports;
 mod recording;
 mod refer;
 pub mod registry;
+mod secure_io;
 mod session;
 pub mod status_callback;
 mod transfer;

@@ -349,6 +349,7 @@ async fn reach(shared: &CallShared, reach: &Reach, from: &str) -> Result<Reached
                     request_uri: uri,
                     headers: Vec::new(),
                     transport: Some(peer.transport),
+                    secure: false,
                 },
                 peer,
                 from: None,

@@ -24,6 +24,7 @@ use super::caller::CallerMedia;
 use super::dial::CallShared;
 use super::leg::{Leg, LegConfig, LegEvent, LegOutput};
 use super::registry::{CallResource, CallStatus};
+use super::secure_io::receive;
 use super::transfer::Transfer;
 use super::{CallInput, CallRef, EndpointCommand, LegId};
 use crate::routing::RouteMatch;
@@ -339,21 +340,31 @@ impl Call {
                 Wake::CallerRtp(len, from) => {
                     let mut buf = [0u8; 2048];
                     buf[..len].copy_from_slice(&self.bufs.caller_rtp[..len]);
-                    self.on_caller_rtp(&mut buf[..len], from, now);
+                    if let Some(len) = receive(self.caller_media.srtp.as_mut(), &mut buf[..len]) {
+                        self.on_caller_rtp(&mut buf[..len], from, now);
+                    }
                 }
                 Wake::CallerRtcp(len, from) => {
-                    let datagram = &self.bufs.caller_rtcp[..len];
-                    self.caller_media.on_rtcp(datagram, from, now);
+                    let datagram = &mut self.bufs.caller_rtcp[..len];
+                    if let Some(len) = receive(self.caller_media.srtp.as_mut(), datagram) {
+                        let datagram = &self.bufs.caller_rtcp[..len];
+                        self.caller_media.on_rtcp(datagram, from, now);
+                    }
                 }
                 Wake::AgentRtp(len, from) => {
                     let mut buf = [0u8; 2048];
                     buf[..len].copy_from_slice(&self.bufs.agent_rtp[..len]);
-                    self.on_agent_rtp(&mut buf[..len], from, now);
+                    let srtp = self.transfer.as_mut().and_then(|t| t.srtp_mut());
+                    if let Some(len) = receive(srtp, &mut buf[..len]) {
+                        self.on_agent_rtp(&mut buf[..len], from, now);
+                    }
                 }
                 Wake::AgentRtcp(len, from) => {
-                    let datagram = &self.bufs.agent_rtcp[..len];
                     if let Some(transfer) = &mut self.transfer {
-                        transfer.on_agent_rtcp(datagram, from, now);
+                        let datagram = &mut self.bufs.agent_rtcp[..len];
+                        if let Some(len) = receive(transfer.srtp_mut(), datagram) {
+                            transfer.on_agent_rtcp(&self.bufs.agent_rtcp[..len], from, now);
+                        }
                     }
                 }
                 Wake::Bot(event) => self.on_bot_event(event),

@@ -99,6 +99,11 @@ impl Transfer {
         }
     }
 
+    /// The party's SRTP keys, when its media is SRTP.
+    pub(super) fn srtp_mut(&mut self) -> Option<&mut switchboard_media::srtp::SrtpContext> {
+        self.media_mut().and_then(|media| media.srtp.as_mut())
+    }
+
     pub(super) fn media_mut(&mut self) -> Option<&mut AgentMedia> {
         match &mut self.stage {
             Stage::Ringing { media, .. } | Stage::Bridged { media, .. } => Some(media),
@@ -430,7 +435,22 @@ impl Call {
         };
         let media_ip = self.shared.media.public_ip.unwrap_or(local.ip());
         let caller_codec = self.caller_media.negotiated.as_ref().map(|n| n.codec);
-        let media = AgentMedia::new(sockets, media_ip, caller_codec, &self.shared.media.codecs);
+        let secure = transfer.parsed.secure;
+        if secure && first.transport != crate::sip::transaction::Transport::Tls {
+            let reason = format!(
+                "secure=true but {} is reached over {}, not TLS",
+                first.addr, first.transport
+            );
+            tracing::warn!(%reason, "transfer impossible");
+            return self.dial_failed(FailKind::Failed, 488, reason);
+        }
+        let media = AgentMedia::new(
+            sockets,
+            media_ip,
+            caller_codec,
+            &self.shared.media.codecs,
+            secure,
+        );
         let offer = media.offer();
         let mut legs = Vec::with_capacity(targets.len());
         let call_id = new_call_id(&local.ip().to_string());
@@ -885,6 +905,7 @@ pub(super) fn through_registration(
             request_uri,
             headers: Vec::new(),
             transport: Some(peer.transport),
+            secure: false,
         },
         peer,
         from,

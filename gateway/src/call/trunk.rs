@@ -74,6 +74,7 @@ impl OutboundTrunk {
             request_uri,
             headers: Vec::new(),
             transport: Some(self.transport),
+            secure: false,
         }
     }
 
