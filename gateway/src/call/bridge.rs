@@ -13,10 +13,11 @@ use std::time::Instant;
 use switchboard_media::dtmf::DtmfReceiver;
 use switchboard_media::rtp::RtpPacket;
 use switchboard_media::sdp::{
-    build_secure_media_offer, negotiate_media, CodecPreferences, NegotiatedMedia, Sdes,
-    SessionOffer,
+    build_secure_media_offer, negotiate_media, CodecPreferences, NegotiatedMedia, SessionOffer,
 };
-use switchboard_media::srtp::{CryptoAttribute, SrtpContext, Suite};
+use switchboard_media::srtp::{CryptoAttribute, SrtpContext};
+
+use super::secure_io::{answered_keys, offer_keys};
 use switchboard_media::{Codec, RtpRewriter};
 use tokio::net::UdpSocket;
 
@@ -87,14 +88,7 @@ impl AgentMedia {
             last_packet: None,
             rtp_out: Box::new([0; 1500]),
             rtcp_out: Box::new([0; 256]),
-            offered_keys: if secure {
-                (1..)
-                    .zip(Suite::ALL)
-                    .map(|(tag, suite)| CryptoAttribute::generate(tag, suite))
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            offered_keys: offer_keys(secure),
             srtp: None,
         }
     }
@@ -116,33 +110,13 @@ impl AgentMedia {
         let answer = SessionOffer::parse(sdp).map_err(|e| e.to_string())?;
         let mut negotiated = negotiate_media(&answer, &self.preferences)
             .map_err(|e| format!("the answer has no codec we offered: {e}"))?;
-        match (negotiated.srtp.take(), self.offered_keys.is_empty()) {
-            (None, true) => {}
-            (Some(_), true) => return Err("the answer is RTP/SAVP to our plain RTP offer".into()),
-            (None, false) => {
-                return Err("the answer refuses SRTP, which the dial requires (secure=true)".into())
-            }
-            (Some(answered), false) => {
-                let ours = self
-                    .offered_keys
-                    .iter()
-                    .find(|k| k.tag == answered.theirs.tag && k.suite == answered.theirs.suite)
-                    .ok_or("the answer's a=crypto matches none we offered")?
-                    .clone();
-                let same = self
-                    .negotiated
-                    .as_ref()
-                    .and_then(|n| n.srtp.as_ref())
-                    .is_some_and(|sdes| sdes.theirs == answered.theirs);
-                if !same || self.srtp.is_none() {
-                    self.srtp =
-                        Some(SrtpContext::new(&ours, &answered.theirs).map_err(|e| e.to_string())?);
-                }
-                negotiated.srtp = Some(Sdes {
-                    ours,
-                    theirs: answered.theirs,
-                });
-            }
+        let keys = answered_keys(
+            &self.offered_keys,
+            self.negotiated.as_ref(),
+            &mut negotiated,
+        )?;
+        if let Some(srtp) = keys {
+            self.srtp = Some(srtp);
         }
         self.remote = negotiated.remote_rtp;
         Ok(self.negotiated.insert(negotiated))

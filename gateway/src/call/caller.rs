@@ -6,8 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use switchboard_media::sdp::{
-    build_media_answer, build_media_offer, negotiate_media, CodecPreferences, NegotiatedMedia,
-    SessionOffer,
+    build_media_answer, build_media_offer, build_secure_media_offer, negotiate_media,
+    CodecPreferences, NegotiatedMedia, SessionOffer,
 };
 use switchboard_media::srtp::SrtpContext;
 use tokio::net::UdpSocket;
@@ -44,6 +44,9 @@ pub(super) struct CallerMedia {
     pub(super) rtcp_out: Box<[u8; 256]>,
     /// Keys when the caller's media is SRTP (RTP/SAVP with `a=crypto`).
     pub(super) srtp: Option<SrtpContext>,
+    /// Our SDES keys when we offered SRTP (a placed call to a
+    /// `;secure=true` target).
+    offered_keys: Vec<switchboard_media::srtp::CryptoAttribute>,
 }
 
 impl CallerMedia {
@@ -66,6 +69,7 @@ impl CallerMedia {
             rtp_out: Box::new([0; 1500]),
             rtcp_out: Box::new([0; 256]),
             srtp: None,
+            offered_keys: Vec::new(),
         }
     }
 
@@ -91,20 +95,24 @@ impl CallerMedia {
         }
     }
 
-    /// Our offer for a call we place, on freshly bound RTP sockets.
+    /// Our offer for a call we place, on freshly bound RTP sockets; SRTP
+    /// only when `secure`.
     pub(super) fn offer_on(
         &mut self,
         sockets: (UdpSocket, UdpSocket),
         preferences: &CodecPreferences,
+        secure: bool,
     ) -> String {
         self.port = sockets.0.local_addr().map(|a| a.port()).unwrap_or(0);
         self.sockets = Some(sockets);
-        build_media_offer(
+        self.offered_keys = super::secure_io::offer_keys(secure);
+        build_secure_media_offer(
             preferences,
             self.ip,
             self.port,
             self.session_id,
             self.version,
+            &self.offered_keys,
         )
     }
 
@@ -368,7 +376,7 @@ impl Call {
     /// placed): the codec is agreed.
     pub(super) fn take_answer(&mut self, sdp: Option<String>) -> Result<(), String> {
         let preferences = self.shared.media.codecs.clone();
-        let (answer, negotiated) = sdp
+        let (answer, mut negotiated) = sdp
             .ok_or_else(|| "no usable SDP answer".to_string())
             .and_then(|sdp| SessionOffer::parse(&sdp).map_err(|e| e.to_string()))
             .and_then(|answer| {
@@ -376,8 +384,14 @@ impl Call {
                     .map(|n| (answer, n))
                     .map_err(|e| format!("the answer has no codec we offered: {e}"))
             })?;
-        if negotiated.srtp.is_some() {
-            return Err("the answer is RTP/SAVP to our plain RTP offer".into());
+        let media = &mut self.caller_media;
+        let keys = super::secure_io::answered_keys(
+            &media.offered_keys,
+            media.negotiated.as_ref(),
+            &mut negotiated,
+        )?;
+        if let Some(srtp) = keys {
+            media.srtp = Some(srtp);
         }
         let ours = build_media_answer(
             &answer,

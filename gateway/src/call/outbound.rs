@@ -235,7 +235,7 @@ async fn place(
     };
     let mut media =
         super::caller::CallerMedia::new(setup.shared.media.public_ip.unwrap_or(local.ip()));
-    let offer = media.offer_on(sockets, &setup.shared.media.codecs);
+    let offer = media.offer_on(sockets, &setup.shared.media.codecs, target.secure);
     let leg = Leg::outgoing(
         OutgoingCall {
             call_id: setup.call_id.clone(),
