@@ -296,9 +296,48 @@ fn aec(c: &mut Criterion) {
     }
 }
 
+/// One 20 ms G.711 packet (172 bytes) and one Opus packet (~92 bytes),
+/// protected and then unprotected: the SRTP cost a call pays per packet
+/// each way, beside a plain copy of the same bytes.
+fn srtp(c: &mut Criterion) {
+    use switchboard_media::srtp::{CryptoAttribute, SrtpContext, Suite};
+    for (name, payload) in [("G.711", 160usize), ("Opus", 80)] {
+        let mut packet = vec![0x80u8, 0, 0, 0, 0, 0, 0, 0, 0x11, 0x22, 0x33, 0x44];
+        packet.extend(std::iter::repeat_n(0x55u8, payload));
+        for suite in Suite::ALL {
+            let a = CryptoAttribute::generate(1, suite);
+            let b = CryptoAttribute::generate(1, suite);
+            let mut sender = SrtpContext::new(&a, &b).unwrap();
+            let mut receiver = SrtpContext::new(&b, &a).unwrap();
+            let mut sequence = 0u16;
+            let mut wire = [0u8; 1500];
+            c.bench_function(
+                &format!("srtp {} protect+unprotect {name} packet", suite.name()),
+                |bench| {
+                    bench.iter(|| {
+                        sequence = sequence.wrapping_add(1);
+                        packet[2..4].copy_from_slice(&sequence.to_be_bytes());
+                        let protected = sender.protect_rtp(black_box(&packet)).unwrap();
+                        let len = protected.len();
+                        wire[..len].copy_from_slice(protected);
+                        black_box(receiver.unprotect(&mut wire[..len]))
+                    })
+                },
+            );
+        }
+        let mut wire = [0u8; 1500];
+        c.bench_function(&format!("srtp none (copy) {name} packet"), |bench| {
+            bench.iter(|| {
+                wire[..packet.len()].copy_from_slice(black_box(&packet));
+                black_box(wire[3])
+            })
+        });
+    }
+}
+
 criterion_group! {
     name = stages;
     config = Criterion::default().warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
-    targets = g711, codecs, jitter, plc, resample, pacer, pipeline, aec
+    targets = g711, codecs, jitter, plc, resample, pacer, pipeline, aec, srtp
 }
 criterion_main!(stages);

@@ -145,9 +145,13 @@ fn is_rtp_savp(protocol: &str) -> bool {
 }
 
 fn malformed(what: &str, line: &str) -> SdpError {
-    let mut line = line.to_string();
-    line.truncate(80);
-    SdpError::Malformed(format!("{what}: {line:?}"))
+    // 80 bytes, cut back to a character boundary: `truncate` inside a
+    // UTF-8 sequence panics (found by the fuzzer).
+    let mut end = line.len().min(80);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    SdpError::Malformed(format!("{what}: {:?}", &line[..end]))
 }
 
 /// Parses `IN IP4 addr[/ttl[/n]]` or `IN IP6 addr`.

@@ -564,3 +564,13 @@ fn wideband_offer_lists_every_codec_and_dtmf_at_both_clocks() {
     assert!(sdp.contains("m=audio 20000 RTP/AVP 9 0 101\r\n"));
     assert!(!sdp.contains("48000"));
 }
+
+/// Found by the fuzzer (`fuzz/corpus/sip_datagram/regression-sdp-utf8`): a
+/// malformed line whose 80th byte falls inside a UTF-8 character panicked
+/// while quoting it in the error — from an INVITE's body, a remote crash.
+#[test]
+fn a_malformed_line_is_quoted_without_splitting_a_character() {
+    let line = format!("m={}§ trailing", "x".repeat(77));
+    let text = format!("v=0\r\n{line}\r\n");
+    assert!(matches!(SessionOffer::parse(&text), Err(SdpError::Malformed(_))));
+}
