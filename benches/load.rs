@@ -2,7 +2,10 @@
 //! and reports CPU and RSS per call, late frames and the gateway's added
 //! latency (RTP in → bot → RTP out, minus the echo bot's own delay).
 //!
-//!   cargo bench --bench load -- --calls 100 --seconds 20 [--fixed-jitter] [--json]
+//!   cargo bench --bench load -- --calls 100 --seconds 20 [--fixed-jitter] [--srtp] [--json]
+//!
+//! `--srtp`: the callers offer RTP/SAVP with an SDES key, so every packet
+//! is protected and unprotected on both sides.
 //!
 //! Each call is a UDP SIP dialog plus an RTP stream of silence with a 20 ms
 //! tone burst once a second; the burst's return time gives the latency.
@@ -11,7 +14,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{arg, hold_calls, start_gateway};
+use harness::{arg, hold_calls_with, start_gateway};
 
 const ECHO_DELAY_MS: u64 = 200;
 
@@ -57,12 +60,14 @@ bot = {{ kind = "echo", delay_ms = {ECHO_DELAY_MS}, sample_rate = 16000 }}
 
 async fn run(calls: usize, seconds: u64, fixed_jitter: bool) {
     let gateway = start_gateway(&echo_config(calls, fixed_jitter));
-    let figures = hold_calls(
+    let srtp = std::env::args().any(|a| a == "--srtp");
+    let figures = hold_calls_with(
         &gateway,
         calls,
         seconds,
         ECHO_DELAY_MS,
         Duration::from_secs(2),
+        srtp,
     )
     .await;
     if std::env::args().any(|a| a == "--json") {

@@ -98,7 +98,8 @@ async fn hammer(
                             break;
                         }
                         seen += read;
-                        if buf[..seen].starts_with(b"SIP/2.0 ") && buf[..seen].ends_with(b"\r\n\r\n")
+                        if buf[..seen].starts_with(b"SIP/2.0 ")
+                            && buf[..seen].ends_with(b"\r\n\r\n")
                         {
                             break;
                         }
@@ -115,10 +116,7 @@ async fn hammer(
     for task in tasks {
         let _ = task.await;
     }
-    (
-        done.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-    )
+    (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
 }
 
 /// The reference: accept, handshake, read one request, answer, close.
@@ -199,7 +197,9 @@ where
     while Instant::now() < deadline {
         n += 1;
         let id = format!("{client}-{n}");
-        let via = |branch: &str| format!("Via: SIP/2.0/{upper} 127.0.0.1:5999;branch=z9hG4bK{branch}{id}\r\n");
+        let via = |branch: &str| {
+            format!("Via: SIP/2.0/{upper} 127.0.0.1:5999;branch=z9hG4bK{branch}{id}\r\n")
+        };
         let common = format!(
             "Max-Forwards: 70\r\nFrom: <sip:bench@127.0.0.1>;tag=f{id}\r\nCall-ID: call-{id}@bench\r\n"
         );
@@ -293,7 +293,11 @@ async fn call_rate(
     let cpu_ms = (proc_cpu_ticks(pid) - before) as f64 * 10.0;
     (
         calls as f64 / seconds as f64,
-        if calls > 0 { cpu_ms / calls as f64 } else { 0.0 },
+        if calls > 0 {
+            cpu_ms / calls as f64
+        } else {
+            0.0
+        },
     )
 }
 

@@ -221,6 +221,18 @@ pub async fn hold_calls(
     echo_delay_ms: u64,
     settle: Duration,
 ) -> Figures {
+    hold_calls_with(gateway, calls, seconds, echo_delay_ms, settle, false).await
+}
+
+/// [`hold_calls`], the callers offering SRTP (SDES) when `srtp` is set.
+pub async fn hold_calls_with(
+    gateway: &Gateway,
+    calls: usize,
+    seconds: u64,
+    echo_delay_ms: u64,
+    settle: Duration,
+    srtp: bool,
+) -> Figures {
     let pid = gateway.child.id();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_idle_kib = proc_rss_kib(pid);
@@ -230,7 +242,7 @@ pub async fn hold_calls(
         let stop_at = stop_at.clone();
         let target = gateway.udp;
         tasks.push(tokio::spawn(async move {
-            one_call(index, target, stop_at, echo_delay_ms).await
+            one_call(index, target, stop_at, echo_delay_ms, srtp).await
         }));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -273,16 +285,25 @@ pub async fn one_call(
     target: SocketAddr,
     stop_at: Arc<Mutex<Option<Instant>>>,
     echo_delay_ms: u64,
+    srtp: bool,
 ) -> CallStats {
+    use switchboard_media::srtp::{CryptoAttribute, SrtpContext, Suite};
+    let ours = CryptoAttribute::generate(1, Suite::AesCm128HmacSha1_80);
     let mut stats = CallStats::default();
     let sip = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let sip_port = sip.local_addr().unwrap().port();
     let rtp_port = rtp.local_addr().unwrap().port();
     let call_id = format!("load-{index}-{}", std::process::id());
+    let (profile, crypto) = if srtp {
+        ("RTP/SAVP", format!("a=crypto:{}\r\n", ours.to_sdp()))
+    } else {
+        ("RTP/AVP", String::new())
+    };
     let sdp = format!(
-        "v=0\r\no=load 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n"
+        "v=0\r\no=load 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {rtp_port} {profile} 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n{crypto}"
     );
+    let mut context: Option<SrtpContext> = None;
     let invite = format!(
         "INVITE sip:{index}@{target} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK-inv-{index}\r\nFrom: <sip:load{index}@127.0.0.1>;tag=load{index}\r\nTo: <sip:{index}@{target}>\r\nCall-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:load@127.0.0.1:{sip_port}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
         sdp.len()
@@ -309,6 +330,17 @@ pub async fn one_call(
                     .and_then(|l| l.split_whitespace().nth(1))
                     .and_then(|p| p.parse().ok());
                 remote_rtp = port.map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+                if srtp {
+                    let theirs = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("a=crypto:"))
+                        .and_then(CryptoAttribute::parse);
+                    let Some(theirs) = theirs else {
+                        eprintln!("call {index}: the answer has no usable a=crypto");
+                        return stats;
+                    };
+                    context = Some(SrtpContext::new(&ours, &theirs).unwrap());
+                }
                 break;
             } else if text.starts_with("SIP/2.0 ") && !text.starts_with("SIP/2.0 1") {
                 eprintln!("call {index}: {}", text.lines().next().unwrap_or(""));
@@ -355,7 +387,16 @@ pub async fn one_call(
                 packet[4..8].copy_from_slice(&(sequence as u32 * 160).to_be_bytes());
                 packet[8..12].copy_from_slice(&(index as u32 + 1).to_be_bytes());
                 packet[12..].copy_from_slice(if burst { &tone } else { &silence });
-                let _ = rtp.send_to(&packet, remote_rtp).await;
+                match context.as_mut() {
+                    Some(srtp) => {
+                        if let Some(wire) = srtp.protect_rtp(&packet) {
+                            let _ = rtp.send_to(wire, remote_rtp).await;
+                        }
+                    }
+                    None => {
+                        let _ = rtp.send_to(&packet, remote_rtp).await;
+                    }
+                }
                 if burst { last_burst = Some(Instant::now()); }
                 sequence = sequence.wrapping_add(1);
                 stats.sent += 1;
@@ -363,6 +404,13 @@ pub async fn one_call(
             received = rtp.recv_from(&mut buf) => {
                 let Ok((len, _)) = received else { continue };
                 let now = Instant::now();
+                let len = match context.as_mut() {
+                    Some(srtp) => match srtp.unprotect(&mut buf[..len]) {
+                        Some(len) => len,
+                        None => continue,
+                    },
+                    None => len,
+                };
                 if len < 12 { continue; }
                 stats.received += 1;
                 if let Some(previous) = last_arrival {

@@ -572,5 +572,8 @@ fn wideband_offer_lists_every_codec_and_dtmf_at_both_clocks() {
 fn a_malformed_line_is_quoted_without_splitting_a_character() {
     let line = format!("m={}§ trailing", "x".repeat(77));
     let text = format!("v=0\r\n{line}\r\n");
-    assert!(matches!(SessionOffer::parse(&text), Err(SdpError::Malformed(_))));
+    assert!(matches!(
+        SessionOffer::parse(&text),
+        Err(SdpError::Malformed(_))
+    ));
 }
