@@ -6,17 +6,27 @@
 //! truncation), panics caught and the input saved. It is not coverage
 //! guided: it trades depth for running in CI without nightly or sanitizers.
 
+pub mod connectors;
 pub mod mutate;
 pub mod targets;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 pub use targets::{Target, TARGETS};
+
+/// Every panic in the process while a run is on, in any thread: tasks
+/// that tokio catches still pass through the hook.
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+pub fn panics_seen() -> u64 {
+    PANICS.load(Ordering::Relaxed)
+}
 
 /// What one run of a target found.
 #[derive(Debug, Default)]
@@ -69,7 +79,9 @@ pub fn run(target: &Target, corpus: &[Vec<u8>], budget: Budget, seed: u64) -> Re
     let mut report = Report::default();
     let started = Instant::now();
     let previous_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    std::panic::set_hook(Box::new(|_| {
+        PANICS.fetch_add(1, Ordering::Relaxed);
+    }));
     let execute = |input: &[u8], report: &mut Report| {
         let at = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| (target.run)(input)));

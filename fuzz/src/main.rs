@@ -32,6 +32,7 @@ fn main() {
             continue;
         }
         let seeds = corpus(target);
+        let sessions_before = switchboard_fuzz::connectors::sessions_opened_and_inputs_handled();
         let report = run(
             target,
             &seeds,
@@ -48,6 +49,14 @@ fn main() {
             report.slowest,
             report.crashes.len()
         );
+        let sessions = switchboard_fuzz::connectors::sessions_opened_and_inputs_handled();
+        if target.name.starts_with("connector_") {
+            println!(
+                "  {} sessions opened, {} inputs handled by a live session",
+                sessions.0 - sessions_before.0,
+                sessions.1 - sessions_before.1
+            );
+        }
         if !report.crashes.is_empty() {
             failed = true;
             let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -200,6 +200,26 @@ pub const TARGETS: &[Target] = &[
         run: bot_message,
         dictionary: JSON_TOKENS,
     },
+    Target {
+        name: "connector_twilio_stream",
+        run: crate::connectors::twilio_stream,
+        dictionary: JSON_TOKENS,
+    },
+    Target {
+        name: "connector_websocket",
+        run: crate::connectors::websocket,
+        dictionary: JSON_TOKENS,
+    },
+    Target {
+        name: "connector_ultravox",
+        run: crate::connectors::ultravox,
+        dictionary: JSON_TOKENS,
+    },
+    Target {
+        name: "connector_openai_realtime",
+        run: crate::connectors::openai_realtime,
+        dictionary: JSON_TOKENS,
+    },
 ];
 
 const PEER: Peer = Peer {
