@@ -187,7 +187,6 @@ struct TransferSetup {
     gateway: GatewayProcess,
     bot: TwilioBot,
     agent: Baresip,
-    agent_port: u16,
     caller_rtp: RtpPeer,
     caller: std::thread::JoinHandle<std::process::Output>,
     voice: Vec<i16>,
@@ -265,7 +264,6 @@ bot = {{ kind = "twilio_stream", url = "ws://{}/media" }}
         gateway,
         bot,
         agent,
-        agent_port: port,
         caller_rtp,
         caller,
         voice,
@@ -359,7 +357,6 @@ fn an_agent_with_an_untrusted_certificate_is_not_called() {
         "the untrusted agent was called:\n{}",
         setup.agent.log()
     );
-    let _ = setup.agent_port;
     setup.gateway.assert_no_panic();
 }
 

@@ -15,13 +15,11 @@ pub(super) fn send_rtp(
     packet: &[u8],
     to: SocketAddr,
 ) {
-    let wire = match srtp {
-        None => Some(packet),
-        Some(srtp) => srtp.protect_rtp(packet),
-    };
-    if let Some(wire) = wire {
-        let _ = socket.try_send_to(wire, to);
-    }
+    send(
+        socket,
+        srtp.map_or(Some(packet), |s| s.protect_rtp(packet)),
+        to,
+    );
 }
 
 /// Sends one RTCP compound packet.
@@ -31,10 +29,15 @@ pub(super) fn send_rtcp(
     packet: &[u8],
     to: SocketAddr,
 ) {
-    let wire = match srtp {
-        None => Some(packet),
-        Some(srtp) => srtp.protect_rtcp(packet),
-    };
+    send(
+        socket,
+        srtp.map_or(Some(packet), |s| s.protect_rtcp(packet)),
+        to,
+    );
+}
+
+/// `None`: libsrtp refused to protect it, and it is not sent in clear.
+fn send(socket: &UdpSocket, wire: Option<&[u8]>, to: SocketAddr) {
     if let Some(wire) = wire {
         let _ = socket.try_send_to(wire, to);
     }
