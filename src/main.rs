@@ -81,6 +81,9 @@ fn real_main() -> Result<()> {
             drain_secs,
         } => {
             let _log_writer = init_logging(log_format);
+            // One crypto provider for the whole process (SIP over TLS, wss://
+            // bots, HTTPS webhooks), chosen before anything uses rustls.
+            switchboard_connectors::install_crypto_provider();
             let loaded = config_file::load(config.as_deref())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()

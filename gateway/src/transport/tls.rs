@@ -37,8 +37,13 @@ impl std::fmt::Debug for TlsMaterial {
     }
 }
 
+/// The process's provider, installed once at start-up; the same one if a
+/// library user has not installed any.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    switchboard_connectors::install_crypto_provider();
+    rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
 /// The system's trusted roots, read once: reading /etc/ssl costs tens of
