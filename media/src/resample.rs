@@ -44,6 +44,9 @@ const STOP_EDGE_DOWN: f64 = 0.55;
 /// transition band only partly attenuated; in exchange the wider transition
 /// allows a shorter filter, and so less delay.
 const STOP_EDGE_UP: f64 = 1.0 - PASS_EDGE;
+/// Input chunk of a [`Resampler::streaming`] resampler: 2.5 ms is a whole
+/// number of samples, and of output samples, at every supported rate.
+const STREAMING_CHUNK_US: u32 = 2_500;
 /// Relative excess of the ratio given to rubato; see [`Inner::new`].
 const RATIO_BIAS: f64 = 1e-12;
 
@@ -95,7 +98,25 @@ impl std::fmt::Debug for Resampler {
 }
 
 impl Resampler {
+    /// For 20 ms frames in, one frame out per call ([`Resampler::process`]).
     pub fn new(from_rate: u32, to_rate: u32) -> Result<Resampler, ResampleError> {
+        Self::with_chunk_us(from_rate, to_rate, FRAME_MS * 1000)
+    }
+
+    /// For audio arriving in pieces of any size ([`Resampler::process_any`])
+    /// that should come out as soon as possible: input waits for a 2.5 ms
+    /// chunk, not a 20 ms one. A bot streaming 20 ms frames that do not fall
+    /// on the chunk grid (the first frame of a resampled stream is a few
+    /// samples short) would otherwise have each frame held ~20 ms.
+    pub fn streaming(from_rate: u32, to_rate: u32) -> Result<Resampler, ResampleError> {
+        Self::with_chunk_us(from_rate, to_rate, STREAMING_CHUNK_US)
+    }
+
+    fn with_chunk_us(
+        from_rate: u32,
+        to_rate: u32,
+        chunk_us: u32,
+    ) -> Result<Resampler, ResampleError> {
         for rate in [from_rate, to_rate] {
             if !SUPPORTED_RATES.contains(&rate) {
                 return Err(ResampleError::UnsupportedRate(rate));
@@ -104,7 +125,7 @@ impl Resampler {
         let inner = if from_rate == to_rate {
             None
         } else {
-            Some(Inner::new(from_rate, to_rate)?)
+            Some(Inner::new(from_rate, to_rate, chunk_us)?)
         };
         Ok(Resampler {
             from: from_rate,
@@ -207,8 +228,8 @@ impl Resampler {
 }
 
 impl Inner {
-    fn new(from: u32, to: u32) -> Result<Inner, ResampleError> {
-        let chunk = (from * FRAME_MS / 1000) as usize;
+    fn new(from: u32, to: u32, chunk_us: u32) -> Result<Inner, ResampleError> {
+        let chunk = (u64::from(from) * u64::from(chunk_us) / 1_000_000) as usize;
         let ratio = to as f64 / from as f64;
         let lower = from.min(to) as f64;
         let stop = if to > from {

@@ -513,3 +513,37 @@ fn reset_starts_a_new_stream_like_a_fresh_resampler() {
         assert_eq!(again, fresh, "{from}->{to}");
     }
 }
+
+/// A bot echoing the caller's upsampled frames hands back 20 ms frames off
+/// the 20 ms grid (the upsampler's first frame is a few samples short). A
+/// 20 ms chunk would hold nearly a whole frame back every time; a
+/// streaming resampler holds less than 2.5 ms.
+#[test]
+fn streaming_resampler_holds_back_under_a_chunk_of_off_grid_frames() {
+    for (caller, bot) in [(8000, 16_000), (8000, 24_000), (16_000, 48_000)] {
+        let mut up = Resampler::new(caller, bot).unwrap();
+        let mut framed = Resampler::new(bot, caller).unwrap();
+        let mut streaming = Resampler::streaming(bot, caller).unwrap();
+        let input = sine(caller, 440.0, 8000.0, 0.02);
+        let mut frame = AudioFrame::new(bot);
+        let (mut fed, mut framed_out, mut streaming_out) = (0usize, 0usize, 0usize);
+        for _ in 0..50 {
+            up.process(&input, &mut frame);
+            fed += frame.samples().len();
+            framed.process_any(frame.samples(), |c: &[i16]| framed_out += c.len());
+            streaming.process_any(frame.samples(), |c: &[i16]| streaming_out += c.len());
+        }
+        let expected = fed * caller as usize / bot as usize;
+        let held_ms = |out: usize| (expected - out) as f64 * 1000.0 / caller as f64;
+        assert!(
+            held_ms(streaming_out) < 2.5,
+            "{bot}->{caller}: streaming holds {} ms",
+            held_ms(streaming_out)
+        );
+        assert!(
+            held_ms(framed_out) > 10.0,
+            "{bot}->{caller}: the 20 ms chunk was expected to hold most of a frame, held {} ms",
+            held_ms(framed_out)
+        );
+    }
+}
