@@ -90,12 +90,15 @@ fn steady_state_media_path_does_not_allocate() {
             let mut step = |index: u32, pipeline: &mut MediaPipeline| {
                 let now = start + Duration::from_millis(20 * index as u64);
                 // Every tenth packet is lost: concealment runs too.
+                // Caller frames move on packet arrival, or on their schedule
+                // when one is lost.
                 if index % 10 != 5 {
                     pipeline.on_datagram(&packets[index as usize], from, now);
+                    let _ = pipeline.pull_on_arrival(now);
                 }
-                pipeline.push_bot_audio(&bot_frame);
-                let tick = pipeline.tick(now, &mut out);
-                assert!(tick.rtp.is_some());
+                let _ = pipeline.poll_pull(now);
+                pipeline.push_bot_audio(&bot_frame, now);
+                assert!(pipeline.send(now, &mut out).rtp.is_some());
                 while pipeline.poll_mark().is_some() {}
             };
             for index in 0..200 {

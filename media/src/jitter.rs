@@ -256,6 +256,11 @@ impl JitterBuffer {
         self.playing.is_some()
     }
 
+    /// Packets held, not yet played.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
     pub fn stats(&self) -> JitterStats {
         let held = match self.playing {
             Some(next) => (self.highest - next + 1).max(0),

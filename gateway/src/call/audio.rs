@@ -4,15 +4,23 @@
 //! ringback fills the silence while a transfer rings.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use switchboard_connectors::BotControl;
 use switchboard_media::tone::{Cadence, ToneGenerator};
+use switchboard_media::AudioFrame;
 
 use super::dial::Ringback;
+use super::media::SEND_SLACK;
 use super::secure_io::{send_rtcp, send_rtp};
 use super::session::Call;
 use super::transfer::Transfer;
+
+/// The caller's send schedule: one packet every 20 ms.
+pub(super) const SEND_PERIOD: Duration = Duration::from_millis(20);
+/// How long a talkspurt's send waits for a bot frame that is late, before
+/// the caller gets a silent frame instead.
+const SEND_HOLD: Duration = Duration::from_millis(10);
 
 impl Call {
     pub(super) fn on_caller_rtp(&mut self, packet: &mut [u8], from: SocketAddr, now: Instant) {
@@ -24,6 +32,7 @@ impl Call {
             if let Some(pipeline) = &mut self.caller_media.pipeline {
                 pipeline.on_datagram(packet, from, now);
             }
+            self.pull_caller(now, true);
             return;
         }
         let hangup_on_star = self
@@ -88,55 +97,138 @@ impl Call {
                 .and_then(Transfer::media)
                 .is_some_and(|m| m.is_relay());
         let mut digits = [None::<char>; 4];
-        if !relaying {
-            self.tick_caller(now, bridged, &mut digits);
+        if let Some(due) = self.send_held.take() {
+            // The held send's own tick: silence now, then back on schedule.
+            if let Some(pipeline) = self.caller_media.pipeline.as_mut() {
+                pipeline.stop_holding();
+            }
+            if !relaying {
+                self.send_caller(now, &mut digits);
+            }
+            self.ticker
+                .reset_at(tokio::time::Instant::from_std(due + SEND_PERIOD));
+            self.on_digits(digits);
+            return;
+        }
+        let hold = !relaying
+            && self
+                .caller_media
+                .pipeline
+                .as_mut()
+                .is_some_and(|p| p.hold_for_audio());
+        if hold {
+            self.send_held = Some(now);
+            self.ticker
+                .reset_at(tokio::time::Instant::from_std(now + SEND_HOLD));
+        } else if !relaying {
+            if let Some(advance) = self.send_caller(now, &mut digits) {
+                // The bot's frames keep arriving well before their send.
+                self.ticker.reset_at(tokio::time::Instant::from_std(
+                    now + SEND_PERIOD.saturating_sub(advance),
+                ));
+            }
         }
         self.tick_ringback(now);
         self.tick_play();
         self.tick_agent(now);
-        for digit in digits.into_iter().flatten() {
-            tracing::info!(%digit, "DTMF (RFC 4733)");
-            self.on_caller_digit(digit);
-        }
+        self.on_digits(digits);
         self.check_rtp_timeouts(now, relaying);
     }
 
-    /// The caller's 20 ms: its audio to the bot or the party, ours to it.
-    fn tick_caller(&mut self, now: Instant, bridged: bool, digits: &mut [Option<char>; 4]) {
+    /// The caller's frame due now, if any, to the bot or the party. Called
+    /// after each caller packet (`arrival`) and when its schedule is due.
+    pub(super) fn pull_caller(&mut self, now: Instant, arrival: bool) {
         let Call {
             caller_media,
             bot,
             transfer,
-            info,
             ..
         } = self;
         let Some(pipeline) = caller_media.pipeline.as_mut() else {
             return;
         };
-        let tick = pipeline.tick(now, &mut caller_media.rtp_out[..]);
-        if let Some(frame) = tick.to_bot {
-            let agent = transfer
-                .as_mut()
-                .filter(|_| bridged)
-                .and_then(Transfer::media_mut)
-                .and_then(|m| m.pipeline_mut());
-            match (agent, bot.as_ref().filter(|b| !b.muted)) {
-                (Some(agent), _) => agent.push_bot_audio(&frame),
-                (None, Some(bot)) => {
-                    if bot.session.audio_in.try_send(frame).is_err() {
-                        pipeline.note_dropped_to_bot();
-                    }
-                }
-                (None, None) => {}
-            }
-        }
-        if let (true, Some(recorder)) = (tick.recorded, caller_media.recorder.as_mut()) {
-            recorder.push(pipeline.recorded_frame());
-        }
-        let Some((rtp, rtcp)) = caller_media.sockets.as_ref().map(|(a, b)| (a, b)) else {
+        let frame = if arrival {
+            pipeline.pull_on_arrival(now)
+        } else {
+            pipeline.poll_pull(now)
+        };
+        let Some(frame) = frame else {
             return;
         };
-        if let Some((len, to)) = tick.rtp {
+        let bridged = transfer.as_ref().is_some_and(Transfer::is_bridged);
+        let agent = transfer
+            .as_mut()
+            .filter(|_| bridged)
+            .and_then(Transfer::media_mut)
+            .and_then(|m| m.pipeline_mut());
+        match (agent, bot.as_ref().filter(|b| !b.muted)) {
+            (Some(agent), _) => {
+                agent.push_bot_audio(&frame, now);
+            }
+            (None, Some(bot)) => {
+                if bot.session.audio_in.try_send(frame).is_err() {
+                    pipeline.note_dropped_to_bot();
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// When the caller's next frame is due without a packet arriving.
+    pub(super) fn caller_pull_deadline(&self) -> Option<Instant> {
+        let relaying = self
+            .transfer
+            .as_ref()
+            .is_some_and(|t| t.is_bridged() && t.media().is_some_and(|m| m.is_relay()));
+        if relaying {
+            return None;
+        }
+        self.caller_media.pipeline.as_ref()?.next_pull()
+    }
+
+    /// Bot audio for the caller; a talkspurt starting goes out at once and
+    /// the caller's 20 ms send schedule restarts from it.
+    pub(super) fn play_bot_audio(&mut self, frame: &AudioFrame) {
+        let Some(pipeline) = self.caller_media.pipeline.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        if !pipeline.push_bot_audio(frame, now) {
+            return;
+        }
+        self.send_held = None;
+        let mut digits = [None::<char>; 4];
+        self.send_caller(now, &mut digits);
+        self.ticker.reset_at(tokio::time::Instant::from_std(
+            now + SEND_PERIOD + SEND_SLACK,
+        ));
+        self.on_digits(digits);
+    }
+
+    fn on_digits(&mut self, digits: [Option<char>; 4]) {
+        for digit in digits.into_iter().flatten() {
+            tracing::info!(%digit, "DTMF (RFC 4733)");
+            self.on_caller_digit(digit);
+        }
+    }
+
+    /// The caller's 20 ms towards it: bot (or party) audio or silence, RTCP,
+    /// marks played, digits received. Returns how much sooner than 20 ms
+    /// the next send should come, if the bot's frames wait too long.
+    fn send_caller(&mut self, now: Instant, digits: &mut [Option<char>; 4]) -> Option<Duration> {
+        let Call {
+            caller_media,
+            bot,
+            info,
+            ..
+        } = self;
+        let pipeline = caller_media.pipeline.as_mut()?;
+        let sent = pipeline.send(now, &mut caller_media.rtp_out[..]);
+        if let (true, Some(recorder)) = (sent.recorded, caller_media.recorder.as_mut()) {
+            recorder.push(pipeline.recorded_frame());
+        }
+        let (rtp, rtcp) = caller_media.sockets.as_ref().map(|(a, b)| (a, b))?;
+        if let Some((len, to)) = sent.rtp {
             send_rtp(
                 rtp,
                 caller_media.srtp.as_mut(),
@@ -162,6 +254,7 @@ impl Call {
                 bot.tell(BotControl::MarkPlayed(mark));
             }
         }
+        sent.advance
     }
 
     /// While the party rings without early media, the caller hears
@@ -226,7 +319,9 @@ impl Call {
         };
         let tick = agent.tick(now, &mut out[..]);
         if let (Some(frame), Some(caller)) = (tick.to_bot, caller_media.pipeline.as_mut()) {
-            caller.push_bot_audio(&frame);
+            // The party's audio already comes on this tick: nothing to gain
+            // from sending it early.
+            let _ = caller.push_bot_audio(&frame, now);
         }
         if let (Some((len, to)), Some(_)) = (tick.rtp, remote) {
             send_rtp(rtp_socket, srtp.as_mut(), &out[..len], to);

@@ -157,8 +157,8 @@ impl Call {
         let pipeline = self.caller_media.pipeline.as_mut();
         match event {
             Some(BotEvent::Audio(frame)) => {
-                if let (false, Some(pipeline)) = (muted, pipeline) {
-                    pipeline.push_bot_audio(&frame);
+                if !muted {
+                    self.play_bot_audio(&frame);
                 }
             }
             Some(BotEvent::Clear) => {

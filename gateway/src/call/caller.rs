@@ -547,6 +547,8 @@ impl Call {
             concealed_ms = jitter.concealed_ms,
             fec_recovered = counters.fec_recovered,
             jitter_target_ms = jitter.target_ms,
+            jitter_delay_ms = jitter.depth_ms,
+            talkspurts_sent_early = counters.talkspurts_sent_early,
             jitter_skipped = jitter.dropped,
             jitter_inserted = jitter.inserted,
             "media summary"

@@ -2,9 +2,16 @@
 //! decode (G.711, G.722 or Opus) → resample to the bot's rate; bot audio →
 //! resample to the codec's rate → pacer → encode → RTP out. The session feeds it packets and a 20 ms
 //! tick and does the I/O. All buffers are allocated once per call.
+//!
+//! The two directions keep their own 20 ms schedules, each aligned to when
+//! its audio arrives, so that neither waits for the other's tick: the
+//! caller's frames are pulled on a schedule started by the packet that let
+//! the jitter buffer play ([`MediaPipeline::pull_on_arrival`],
+//! [`MediaPipeline::poll_pull`]), and a bot talkspurt is sent the moment its
+//! first audio arrives ([`MediaPipeline::push_bot_audio`] says when).
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use switchboard_media::aec::{AecStats, AudioSettings, EchoCanceller};
 use switchboard_media::dtmf::DtmfReceiver;
@@ -29,6 +36,24 @@ const SILENCE: [i16; MAX_FRAME_SAMPLES] = [0; MAX_FRAME_SAMPLES];
 const MAX_PENDING_DIGITS: usize = 16;
 /// Longest bot audio the pacer holds (bots send whole answers at once).
 const MAX_QUEUED_MS: u32 = 120_000;
+/// One packet time; every codec here sends 20 ms packets.
+const FRAME: Duration = Duration::from_millis(20);
+/// A packet arriving this close before the caller's next frame is due
+/// plays it at once: one wake-up instead of two, a millisecond early.
+const PULL_EARLY: Duration = Duration::from_millis(1);
+/// A schedule this far behind (a stalled task) restarts from now instead
+/// of bursting the missed frames to the bot.
+const MAX_BEHIND: Duration = Duration::from_millis(60);
+/// Sends over which the bot's just-in-time frames are watched: if every one
+/// of them waited longer than `SEND_SLACK` in the pacer, the send schedule
+/// moves earlier by the shortest wait less the slack.
+const PHASE_WINDOW: u32 = 25;
+/// How long a just-in-time bot frame should wait for its send: room for
+/// the bot's scheduling jitter, and no more.
+pub const SEND_SLACK: Duration = Duration::from_millis(2);
+/// Caller frames the recording may hold while waiting to be paired with
+/// what the caller heard (the directions' schedules differ in phase).
+const RECORDING_BACKLOG: usize = 3;
 
 /// Counters for the call's final log line.
 #[derive(Debug, Default, Clone, Copy)]
@@ -42,6 +67,40 @@ pub struct MediaCounters {
     pub undecodable: u64,
     /// Lost Opus frames rebuilt from the next packet's in-band FEC.
     pub fec_recovered: u64,
+    /// Bot talkspurts sent on arrival instead of at the next tick.
+    pub talkspurts_sent_early: u64,
+}
+
+/// Caller frames pulled but not yet written to the recording.
+struct CallerBacklog {
+    frames: [[i16; MAX_FRAME_SAMPLES]; RECORDING_BACKLOG],
+    first: usize,
+    len: usize,
+}
+
+impl CallerBacklog {
+    fn push(&mut self, frame: &[i16]) {
+        if self.len == RECORDING_BACKLOG {
+            // The oldest frame is dropped rather than the recording drifting.
+            self.first = (self.first + 1) % RECORDING_BACKLOG;
+            self.len -= 1;
+        }
+        let slot = &mut self.frames[(self.first + self.len) % RECORDING_BACKLOG];
+        slot[..frame.len()].copy_from_slice(frame);
+        slot[frame.len()..].fill(0);
+        self.len += 1;
+    }
+
+    /// The oldest frame, or silence when the caller sent nothing.
+    fn pop_into(&mut self, out: &mut [i16]) {
+        if self.len == 0 {
+            out.fill(0);
+            return;
+        }
+        out.copy_from_slice(&self.frames[self.first][..out.len()]);
+        self.first = (self.first + 1) % RECORDING_BACKLOG;
+        self.len -= 1;
+    }
 }
 
 pub struct MediaPipeline {
@@ -75,12 +134,29 @@ pub struct MediaPipeline {
     suppress_silence: bool,
     /// The next audio packet starts a talkspurt: set the marker bit.
     talkspurt_start: bool,
+    /// The last frame towards the caller had no bot audio: bot audio now
+    /// starts a talkspurt, which is sent at once.
+    last_sent_silent: bool,
+    /// A talkspurt's next frame was due with none queued: the send waits a
+    /// little for it rather than put a silent frame inside the talkspurt.
+    holding: bool,
+    /// When the bot frame at the head of the pacer arrived, if it came to
+    /// an empty pacer (a bot streaming in real time, not a burst).
+    head_arrival: Option<Instant>,
+    /// Shortest wait of such a frame over the sends seen in this window.
+    phase_wait_min: Option<Duration>,
+    phase_sends: u32,
     /// Repeat-and-fade for codecs without their own concealment (G.711, G.722).
     concealer: Option<Concealer>,
     /// Echo canceller, noise suppressor and gain control, when the flow asks.
     aec: Option<EchoCanceller>,
-    /// This tick's caller audio, kept for the recording.
-    caller_pcm: [i16; MAX_FRAME_SAMPLES],
+    /// Caller audio waiting for the recording; `Some` once recording.
+    caller_backlog: Option<Box<CallerBacklog>>,
+    /// When the caller's next frame is due while its stream plays; `None`
+    /// while the jitter buffer fills, when arrivals try to start playout.
+    inbound_due: Option<Instant>,
+    /// While filling with packets held but no arrival, when to try again.
+    inbound_retry: Option<Instant>,
     recording: bool,
     recorded: StereoFrame,
     rtcp: RtcpSession,
@@ -90,6 +166,17 @@ pub struct MediaPipeline {
     rtcp_mux: bool,
     /// Someone else (a relay) sends the caller's RTP for now.
     send_paused: bool,
+}
+
+/// What one packet towards the caller produced.
+pub struct Sent {
+    /// Bot frames have been waiting this much longer than needed: the next
+    /// send should come this much sooner than 20 ms from now.
+    pub advance: Option<Duration>,
+    /// Bytes of an RTP packet written into the caller's buffer, and where to.
+    pub rtp: Option<(usize, SocketAddr)>,
+    /// A frame for the recording is in [`MediaPipeline::recorded_frame`].
+    pub recorded: bool,
 }
 
 /// What one 20 ms tick produced.
@@ -138,6 +225,11 @@ impl MediaPipeline {
         Ok(MediaPipeline {
             suppress_silence: false,
             talkspurt_start: true,
+            last_sent_silent: true,
+            holding: false,
+            head_arrival: None,
+            phase_wait_min: None,
+            phase_sends: 0,
             concealer,
             aec,
             codec,
@@ -149,7 +241,7 @@ impl MediaPipeline {
             telephone_event: negotiated.telephone_event,
             jitter,
             to_bot: Resampler::new(rate, bot_rate).map_err(|e| e.to_string())?,
-            from_bot: Resampler::new(bot_rate, rate).map_err(|e| e.to_string())?,
+            from_bot: Resampler::streaming(bot_rate, rate).map_err(|e| e.to_string())?,
             pacer: Pacer::new(rate, MAX_QUEUED_MS),
             sender,
             remote: negotiated.remote_rtp,
@@ -164,7 +256,9 @@ impl MediaPipeline {
             payload: [0; MAX_PAYLOAD],
             resampled: AudioFrame::new(bot_rate),
             counters: MediaCounters::default(),
-            caller_pcm: [0; MAX_FRAME_SAMPLES],
+            caller_backlog: None,
+            inbound_due: None,
+            inbound_retry: None,
             recording: false,
             recorded: StereoFrame::default(),
             rtcp,
@@ -287,10 +381,62 @@ impl MediaPipeline {
         self.last_packet
     }
 
-    /// Advances 20 ms: one frame of caller audio towards the bot and one RTP
-    /// packet towards the caller (bot audio, or silence to keep the stream
-    /// and NAT bindings alive).
+    /// Advances 20 ms in both directions at once: one frame of caller audio
+    /// towards the bot and one RTP packet towards the caller. For a leg
+    /// whose two directions share one clock (a transcoded bridge).
     pub fn tick(&mut self, now: Instant, rtp_out: &mut [u8]) -> Tick {
+        let (to_bot, _) = self.pull(now);
+        let sent = self.send(now, rtp_out);
+        Tick {
+            to_bot,
+            rtp: sent.rtp,
+            recorded: sent.recorded,
+        }
+    }
+
+    /// When [`Self::poll_pull`] has a frame to give, if ever without a new packet.
+    pub fn next_pull(&self) -> Option<Instant> {
+        self.inbound_due.or(self.inbound_retry)
+    }
+
+    /// The caller's frame due by `now`, on the schedule the stream set.
+    pub fn poll_pull(&mut self, now: Instant) -> Option<AudioFrame> {
+        if self.next_pull()? > now {
+            return None;
+        }
+        self.pull_scheduled(now)
+    }
+
+    /// Right after [`Self::on_datagram`]: a stream that was filling may
+    /// start now, and a frame due within a millisecond plays now. The
+    /// schedule thus follows the caller's packets instead of a free-running
+    /// tick, and a packet waits the jitter buffer's delay and no more.
+    pub fn pull_on_arrival(&mut self, now: Instant) -> Option<AudioFrame> {
+        match self.inbound_due {
+            Some(due) if due > now + PULL_EARLY => None,
+            _ => self.pull_scheduled(now),
+        }
+    }
+
+    fn pull_scheduled(&mut self, now: Instant) -> Option<AudioFrame> {
+        let (frame, playing) = self.pull(now);
+        if playing {
+            self.inbound_due = Some(match self.inbound_due {
+                Some(due) if now.saturating_duration_since(due) < MAX_BEHIND => due + FRAME,
+                _ => now + FRAME,
+            });
+            self.inbound_retry = None;
+        } else {
+            self.inbound_due = None;
+            self.inbound_retry = (self.jitter.buffered() > 0).then_some(now + FRAME);
+        }
+        frame
+    }
+
+    /// One frame of the caller's audio out of the jitter buffer: decoded,
+    /// concealed or `None` while the buffer fills. The bool says whether the
+    /// stream is playing (a frame, real or concealed, came out).
+    fn pull(&mut self, now: Instant) -> (Option<AudioFrame>, bool) {
         let n = self.frame_samples;
         let lost_before = self.jitter.stats().lost;
         let decoded = match self.jitter.pop(now) {
@@ -332,31 +478,72 @@ impl MediaPipeline {
                 true
             }
         };
-        let to_bot = if decoded {
-            self.counters.frames_to_bot += 1;
-            if let Some(aec) = &mut self.aec {
-                aec.near_end(&mut self.pcm[..n]);
-            }
-            self.caller_pcm[..n].copy_from_slice(&self.pcm[..n]);
-            Some(self.resample_for_bot())
-        } else {
-            self.caller_pcm[..n].fill(0);
-            None
-        };
+        if !decoded {
+            return (None, false);
+        }
+        self.counters.frames_to_bot += 1;
+        if let Some(aec) = &mut self.aec {
+            aec.near_end(&mut self.pcm[..n]);
+        }
+        if let Some(backlog) = &mut self.caller_backlog {
+            backlog.push(&self.pcm[..n]);
+        }
+        (Some(self.resample_for_bot()), true)
+    }
+
+    /// One packet towards the caller (bot audio, or silence to keep the
+    /// stream and NAT bindings alive), and the recording's frame.
+    pub fn send(&mut self, now: Instant, rtp_out: &mut [u8]) -> Sent {
+        let n = self.frame_samples;
+        let advance = self.track_phase(now);
         let (rtp, bot_audio) = if self.send_paused {
             (None, false)
         } else {
             self.send_to_caller(now, rtp_out)
         };
         if self.recording {
+            let mut caller = [0i16; MAX_FRAME_SAMPLES];
+            if let Some(backlog) = &mut self.caller_backlog {
+                backlog.pop_into(&mut caller[..n]);
+            }
             let bot: &[i16] = if bot_audio { &self.pcm[..n] } else { &[] };
-            interleave(&self.caller_pcm[..n], bot, n, &mut self.recorded);
+            interleave(&caller[..n], bot, n, &mut self.recorded);
         }
-        Tick {
-            to_bot,
+        Sent {
+            advance,
             rtp,
             recorded: self.recording,
         }
+    }
+
+    /// Watches how long just-in-time bot frames wait for their send. A
+    /// schedule set by a talkspurt's first frame stays wherever that frame
+    /// happened to land; a real-time stream whose frames all wait longer
+    /// than the slack should be sent that much sooner.
+    fn track_phase(&mut self, now: Instant) -> Option<Duration> {
+        let head = self.head_arrival.take()?;
+        if self.pacer.queued_samples() > self.frame_samples {
+            // A backlog: its frames arrived together, none is just in time.
+            self.phase_wait_min = None;
+            self.phase_sends = 0;
+            return None;
+        }
+        let wait = now.saturating_duration_since(head);
+        self.phase_wait_min = Some(self.phase_wait_min.map_or(wait, |min| min.min(wait)));
+        self.phase_sends += 1;
+        if self.phase_sends < PHASE_WINDOW {
+            return None;
+        }
+        let min = self.phase_wait_min.take().unwrap_or_default();
+        self.phase_sends = 0;
+        (min > SEND_SLACK + Duration::from_millis(1)).then(|| min - SEND_SLACK)
+    }
+
+    /// The send schedule restarts from a frame sent the moment it arrived.
+    fn restart_phase_tracking(&mut self) {
+        self.head_arrival = None;
+        self.phase_wait_min = None;
+        self.phase_sends = 0;
     }
 
     /// One packet towards the caller: a DTMF event or the pacer's audio
@@ -393,6 +580,7 @@ impl MediaPipeline {
             bot_audio = true;
             let n = self.frame_samples;
             let kind = self.pacer.next_frame(&mut self.pcm[..n]);
+            self.last_sent_silent = kind == FrameKind::Silence;
             // The far-end reference is exactly what the caller is sent.
             if let Some(aec) = &mut self.aec {
                 aec.far_end(&self.pcm[..n]);
@@ -430,6 +618,13 @@ impl MediaPipeline {
 
     /// Record this call from now on: each tick fills [`Self::recorded_frame`].
     pub fn enable_recording(&mut self) {
+        if self.caller_backlog.is_none() {
+            self.caller_backlog = Some(Box::new(CallerBacklog {
+                frames: [[0; MAX_FRAME_SAMPLES]; RECORDING_BACKLOG],
+                first: 0,
+                len: 0,
+            }));
+        }
         self.recording = true;
     }
 
@@ -468,13 +663,60 @@ impl MediaPipeline {
         self.codec
     }
 
-    /// Bot audio at the bot's rate, any length.
-    pub fn push_bot_audio(&mut self, frame: &AudioFrame) {
+    /// Bot audio at the bot's rate, any length. True when it should go out
+    /// now ([`Self::send`]) rather than at the next tick: it starts a
+    /// talkspurt (the packet then carries the marker bit, so the caller's
+    /// jitter buffer takes the new phase as a new talkspurt), or the send is
+    /// [holding](Self::hold_for_audio) for it.
+    pub fn push_bot_audio(&mut self, frame: &AudioFrame, now: Instant) -> bool {
+        let was_empty = !self.pacer.is_playing();
+        let was_idle = self.last_sent_silent && was_empty;
         let pacer = &mut self.pacer;
         self.from_bot
             .process_any(frame.samples(), &mut |chunk: &[i16]| {
                 pacer.push_audio(chunk)
             });
+        let can_send = self.pacer.is_playing()
+            && !self.send_paused
+            && self.remote.is_some()
+            && !self.dtmf_out.is_busy();
+        if was_empty && self.pacer.is_playing() {
+            self.head_arrival = Some(now);
+        }
+        if self.holding && can_send {
+            self.holding = false;
+            self.restart_phase_tracking();
+            return true;
+        }
+        let early = was_idle && can_send;
+        if early {
+            self.talkspurt_start = true;
+            self.counters.talkspurts_sent_early += 1;
+            self.restart_phase_tracking();
+        }
+        early
+    }
+
+    /// Whether this tick's send should wait for the bot: its talkspurt is
+    /// playing, the queue ran dry, and a bot streaming in real time is
+    /// probably a moment late. The caller then hears its audio on time
+    /// instead of a silent frame in the middle of it. Once per dry spell.
+    pub fn hold_for_audio(&mut self) -> bool {
+        let hold = !self.holding
+            && !self.last_sent_silent
+            && !self.pacer.is_playing()
+            && !self.send_paused
+            && self.remote.is_some()
+            && !self.dtmf_out.is_busy();
+        if hold {
+            self.holding = true;
+        }
+        hold
+    }
+
+    /// The hold ended without audio: the next send is silence.
+    pub fn stop_holding(&mut self) {
+        self.holding = false;
     }
 
     /// An RTCP datagram that came to the RTCP port.

@@ -183,7 +183,9 @@ pub(super) struct Call {
     jobs: FuturesUnordered<Job>,
     /// Commands to send before the legs' next outputs (dialog routes).
     pub(super) outbox: Vec<EndpointCommand>,
-    ticker: Interval,
+    pub(super) ticker: Interval,
+    /// The caller's send is held for late bot audio since this tick.
+    pub(super) send_held: Option<std::time::Instant>,
     bufs: Box<Buffers>,
     /// Why the call is ending, once it is, and since when.
     pub(super) ending: Option<(String, Instant)>,
@@ -242,6 +244,7 @@ impl Call {
             jobs: FuturesUnordered::new(),
             outbox: Vec::new(),
             ticker,
+            send_held: None,
             bufs: Box::new(Buffers {
                 caller_rtp: [0; 2048],
                 caller_rtcp: [0; 1500],
@@ -440,7 +443,9 @@ impl Call {
             .as_ref()
             .filter(|t| t.is_relaying())
             .map(|_| self.relay_checked + RELAY_CHECK);
+        let caller_pull = self.caller_pull_deadline().map(Instant::from_std);
         legs.chain(transfer)
+            .chain(caller_pull)
             .chain(ending)
             .chain(relay_check)
             .min()
@@ -448,6 +453,9 @@ impl Call {
     }
 
     fn on_timer(&mut self, now: std::time::Instant) {
+        if self.caller_pull_deadline().is_some_and(|due| due <= now) {
+            self.pull_caller(now, false);
+        }
         self.caller.handle_timeout(now);
         for (_, leg) in &mut self.legs {
             leg.handle_timeout(now);

@@ -1,0 +1,196 @@
+//! When each direction of the media pipeline moves, on a fake clock: the
+//! caller's frames follow its packets' arrival (a packet waits the jitter
+//! buffer's delay, not also for a free-running tick), and a bot talkspurt
+//! goes out the moment it arrives, with the marker bit.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use switchboard_gateway::call::media::MediaPipeline;
+use switchboard_media::aec::AudioSettings;
+use switchboard_media::g711::{ulaw_decode, ulaw_encode};
+use switchboard_media::jitter::AdaptiveConfig;
+use switchboard_media::sdp::{negotiate_media, CodecPreferences, SessionOffer};
+use switchboard_media::{AudioFrame, Codec};
+
+const FRAME: Duration = Duration::from_millis(20);
+
+/// A PCMU pipeline to a bot at 8 kHz (no resampling, so sample values
+/// identify packets), adaptive jitter buffer at its 20 ms floor.
+fn pipeline() -> MediaPipeline {
+    let offer = SessionOffer::parse(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
+    )
+    .unwrap();
+    let negotiated = negotiate_media(&offer, &CodecPreferences::new(&[Codec::Pcmu])).unwrap();
+    let adaptive = AdaptiveConfig {
+        min_depth_ms: 20,
+        ..AdaptiveConfig::default()
+    };
+    MediaPipeline::new(
+        &negotiated,
+        8000,
+        20,
+        Some(adaptive),
+        "gw@127.0.0.1",
+        AudioSettings::default(),
+    )
+    .unwrap()
+}
+
+/// Packet `sequence`, every sample the µ-law code of `level`.
+fn packet(sequence: u16, level: i16) -> Vec<u8> {
+    let mut packet = vec![0x80, 0];
+    packet.extend_from_slice(&sequence.to_be_bytes());
+    packet.extend_from_slice(&(sequence as u32 * 160).to_be_bytes());
+    packet.extend_from_slice(&7u32.to_be_bytes());
+    packet.extend(std::iter::repeat_n(ulaw_encode(level), 160));
+    packet
+}
+
+fn level(sequence: u16) -> i16 {
+    ulaw_decode(ulaw_encode(100 * (sequence as i16 + 1)))
+}
+
+#[test]
+fn caller_frames_play_as_their_packets_arrive() {
+    let mut pipeline = pipeline();
+    let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+    // Packets arrive 7 ms into an arbitrary 20 ms grid.
+    let start = Instant::now() + Duration::from_millis(7);
+    let mut played = Vec::new();
+    for sequence in 0..50u16 {
+        let now = start + FRAME * sequence as u32;
+        // Nothing is due between packets: no wake-up without a packet.
+        let before = now - Duration::from_millis(2);
+        assert!(pipeline.poll_pull(before).is_none(), "packet {sequence}");
+        pipeline.on_datagram(&packet(sequence, 100 * (sequence as i16 + 1)), from, now);
+        if let Some(frame) = pipeline.pull_on_arrival(now) {
+            played.push((sequence, frame.samples()[0]));
+            // The next frame is due when the next packet is.
+            assert_eq!(pipeline.next_pull(), Some(now + FRAME), "packet {sequence}");
+        }
+    }
+    assert!(played.len() >= 45, "{} frames played", played.len());
+    // Each packet played on the next one's arrival: it waited exactly the
+    // jitter buffer's 20 ms.
+    for (arrived, sample) in &played[5..] {
+        assert_eq!(
+            *sample,
+            level(arrived - 1),
+            "frame played at packet {arrived}"
+        );
+    }
+}
+
+#[test]
+fn caller_frames_keep_their_schedule_through_a_lost_packet() {
+    let mut pipeline = pipeline();
+    let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+    let start = Instant::now();
+    for sequence in 0..20u16 {
+        let now = start + FRAME * sequence as u32;
+        pipeline.on_datagram(&packet(sequence, 1000), from, now);
+        pipeline.pull_on_arrival(now);
+    }
+    // Packet 20 never comes: its frame is still due on time, concealed.
+    let due = pipeline.next_pull().expect("playing");
+    assert_eq!(due, start + FRAME * 20);
+    assert!(pipeline.poll_pull(due - Duration::from_millis(2)).is_none());
+    assert!(pipeline.poll_pull(due).is_some());
+    assert_eq!(pipeline.next_pull(), Some(due + FRAME));
+}
+
+#[test]
+fn a_bot_talkspurt_goes_out_when_it_arrives() {
+    let mut pipeline = pipeline();
+    let mut out = [0u8; 1500];
+    let start = Instant::now();
+    // Silence goes out on the send schedule while the bot is quiet.
+    for tick in 0..5u32 {
+        let sent = pipeline.send(start + FRAME * tick, &mut out);
+        let (len, _) = sent.rtp.expect("silence keeps the stream alive");
+        if tick > 0 {
+            assert_eq!(
+                out[1] & 0x80,
+                0,
+                "no marker on silence after the first packet"
+            );
+        }
+        assert!(out[12..len].iter().all(|&b| b == ulaw_encode(0)));
+    }
+    // The bot's first frame, 13 ms after a tick: it should go now, not 7 ms later.
+    let speech = AudioFrame::from_samples(8000, &[4000i16; 160]);
+    let arrival = start + FRAME * 4 + Duration::from_millis(13);
+    assert!(
+        pipeline.push_bot_audio(&speech, arrival),
+        "a talkspurt starts"
+    );
+    let sent = pipeline.send(arrival, &mut out);
+    let (len, _) = sent.rtp.expect("sent at once");
+    assert_ne!(out[1] & 0x80, 0, "the marker bit starts the talkspurt");
+    assert_eq!(ulaw_decode(out[12]), ulaw_decode(ulaw_encode(4000)));
+    assert_eq!(len, 172);
+    // More audio while the talkspurt plays waits for its tick.
+    assert!(!pipeline.push_bot_audio(&speech, arrival));
+    assert!(!pipeline.push_bot_audio(&speech, arrival));
+    pipeline.send(arrival + FRAME, &mut out);
+    assert_eq!(out[1] & 0x80, 0, "no marker within a talkspurt");
+    assert!(!pipeline.push_bot_audio(&speech, arrival), "still playing");
+    pipeline.send(arrival + FRAME * 2, &mut out);
+    // The queue ran dry inside the talkspurt: the send waits for the bot,
+    // and its frame, arriving late, goes at once without a marker.
+    assert!(!pipeline.hold_for_audio(), "a frame is still queued");
+    pipeline.send(arrival + FRAME * 3, &mut out);
+    assert!(pipeline.hold_for_audio());
+    assert!(!pipeline.hold_for_audio(), "one hold per dry spell");
+    assert!(
+        pipeline.push_bot_audio(&speech, arrival),
+        "the held send goes now"
+    );
+    pipeline.send(arrival + FRAME * 4 + Duration::from_millis(3), &mut out);
+    assert_eq!(out[1] & 0x80, 0, "a held frame continues the talkspurt");
+    assert_eq!(ulaw_decode(out[12]), ulaw_decode(ulaw_encode(4000)));
+    // Nothing comes during the next hold: silence, and the next audio
+    // starts a new talkspurt.
+    assert!(pipeline.hold_for_audio());
+    pipeline.stop_holding();
+    pipeline.send(arrival + FRAME * 5 + Duration::from_millis(10), &mut out);
+    assert!(out[12..172].iter().all(|&b| b == ulaw_encode(0)));
+    assert!(!pipeline.hold_for_audio(), "no hold after silence");
+    assert!(pipeline.push_bot_audio(&speech, arrival));
+    assert_eq!(pipeline.counters().talkspurts_sent_early, 2);
+}
+
+#[test]
+fn a_real_time_bot_stream_pulls_the_send_schedule_to_its_frames() {
+    let mut pipeline = pipeline();
+    let mut out = [0u8; 1500];
+    let speech = AudioFrame::from_samples(8000, &[4000i16; 160]);
+    let start = Instant::now();
+    assert!(pipeline.push_bot_audio(&speech, start));
+    assert!(pipeline.send(start, &mut out).advance.is_none());
+    // Each frame arrives 9 ms before its send: 7 ms more than needed.
+    let mut advance = None;
+    for n in 1..=25u32 {
+        let send = start + FRAME * n;
+        assert!(!pipeline.push_bot_audio(&speech, send - Duration::from_millis(9)));
+        let sent = pipeline.send(send, &mut out);
+        assert!(sent.rtp.is_some());
+        if sent.advance.is_some() {
+            advance = sent.advance;
+            assert_eq!(n, 25, "decided once per window");
+        }
+    }
+    assert_eq!(advance, Some(Duration::from_millis(7)));
+    // A burst (frames queued ahead) says nothing about the phase.
+    for n in 26..=60u32 {
+        let send = start + FRAME * n;
+        if n == 26 {
+            for _ in 0..40 {
+                pipeline.push_bot_audio(&speech, send - Duration::from_millis(15));
+            }
+        }
+        assert!(pipeline.send(send, &mut out).advance.is_none(), "send {n}");
+    }
+}
