@@ -51,6 +51,29 @@ pub fn ulaw(sample: i16) -> u8 {
 pub struct Gateway {
     pub child: Child,
     pub udp: SocketAddr,
+    /// Each ended call's jitter-buffer playout delay and its bot talkspurts
+    /// sent on arrival, from its "media summary" log line.
+    pub media_summaries: Arc<std::sync::Mutex<Vec<(u32, u64)>>>,
+}
+
+impl Gateway {
+    /// Median jitter-buffer delay and total early talkspurts of the calls
+    /// that ended so far.
+    pub fn jitter_delay_summary(&self) -> Option<(u32, u64)> {
+        let summaries = self.media_summaries.lock().unwrap();
+        let mut delays: Vec<u32> = summaries.iter().map(|(delay, _)| *delay).collect();
+        delays.sort_unstable();
+        let median = *delays.get(delays.len() / 2)?;
+        Some((median, summaries.iter().map(|(_, early)| early).sum()))
+    }
+}
+
+/// The value of `key=` in a log line.
+fn log_field<T: std::str::FromStr>(line: &str, key: &str) -> Option<T> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))?
+        .parse()
+        .ok()
 }
 
 impl Drop for Gateway {
@@ -98,16 +121,28 @@ pub fn start_gateway(config: &str) -> Gateway {
     // BENCH_GATEWAY_LOG=FILE keeps the gateway's log lines for a look.
     let keep =
         std::env::var_os("BENCH_GATEWAY_LOG").and_then(|path| std::fs::File::create(path).ok());
+    let media_summaries = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let summaries = media_summaries.clone();
     std::thread::spawn(move || {
         let mut keep = keep;
         for line in lines.map_while(Result::ok) {
+            if line.contains("media summary") {
+                if let Some(delay) = log_field(&line, "jitter_delay_ms") {
+                    let early = log_field(&line, "talkspurts_sent_early").unwrap_or(0);
+                    summaries.lock().unwrap().push((delay, early));
+                }
+            }
             if let Some(file) = keep.as_mut() {
                 use std::io::Write;
                 let _ = writeln!(file, "{line}");
             }
         }
     });
-    Gateway { child, udp }
+    Gateway {
+        child,
+        udp,
+        media_summaries,
+    }
 }
 
 pub fn proc_cpu_ticks(pid: u32) -> u64 {
