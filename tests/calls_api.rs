@@ -97,8 +97,16 @@ fn a_twilio_bot_hangs_up_its_own_call_with_a_form_post() {
     } = call_the_bot("calls-api-hangup", "+12125550100");
     assert!(sid.starts_with("CA") && sid.len() == 34, "{sid}");
 
-    // The call is a resource while it lasts.
-    let (status, call) = twilio_request(api, "GET", &calls_path(&sid), "", LOGIN);
+    // The call is a resource while it lasts. The bot hears `start` while
+    // its session opens, a moment before the call task answers the caller.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let (status, call) = loop {
+        let (status, call) = twilio_request(api, "GET", &calls_path(&sid), "", LOGIN);
+        if call["status"] != "ringing" || std::time::Instant::now() >= deadline {
+            break (status, call);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert_eq!(status, 200, "{call}");
     assert_eq!(call["sid"], sid.as_str());
     assert_eq!(call["status"], "in-progress");
