@@ -110,6 +110,12 @@ impl Call {
             self.on_digits(digits);
             return;
         }
+        // What the gateway itself plays to the caller (ringback, a clip, a
+        // transcoded party's audio) goes into the pacer before this tick's
+        // send, so it leaves now rather than a tick later.
+        self.tick_ringback(now);
+        self.tick_play();
+        self.tick_agent(now);
         let hold = !relaying
             && self
                 .caller_media
@@ -121,16 +127,15 @@ impl Call {
             self.ticker
                 .reset_at(tokio::time::Instant::from_std(now + SEND_HOLD));
         } else if !relaying {
-            if let Some(advance) = self.send_caller(now, &mut digits) {
-                // The bot's frames keep arriving well before their send.
+            let advance = self.send_caller(now, &mut digits);
+            // The bot's frames keep arriving well before their send: send
+            // sooner. Never while bridged, as the tick also clocks the party.
+            if let (Some(advance), false) = (advance, bridged) {
                 self.ticker.reset_at(tokio::time::Instant::from_std(
                     now + SEND_PERIOD.saturating_sub(advance),
                 ));
             }
         }
-        self.tick_ringback(now);
-        self.tick_play();
-        self.tick_agent(now);
         self.on_digits(digits);
         self.check_rtp_timeouts(now, relaying);
     }
