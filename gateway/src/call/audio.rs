@@ -11,24 +11,18 @@ use switchboard_media::tone::{Cadence, ToneGenerator};
 use switchboard_media::AudioFrame;
 
 use super::dial::Ringback;
-use super::media::SEND_SLACK;
+use super::media::{FRAME, SEND_SLACK};
 use super::secure_io::{send_rtcp, send_rtp};
 use super::session::Call;
 use super::transfer::Transfer;
 
-/// The caller's send schedule: one packet every 20 ms.
-pub(super) const SEND_PERIOD: Duration = Duration::from_millis(20);
 /// How long a talkspurt's send waits for a bot frame that is late, before
 /// the caller gets a silent frame instead.
 const SEND_HOLD: Duration = Duration::from_millis(10);
 
 impl Call {
     pub(super) fn on_caller_rtp(&mut self, packet: &mut [u8], from: SocketAddr, now: Instant) {
-        let relaying = self
-            .transfer
-            .as_ref()
-            .is_some_and(|t| t.is_bridged() && t.media().is_some_and(|m| m.is_relay()));
-        if !relaying {
+        if !self.relaying() {
             if let Some(pipeline) = &mut self.caller_media.pipeline {
                 pipeline.on_datagram(packet, from, now);
             }
@@ -90,12 +84,7 @@ impl Call {
 
     pub(super) fn on_tick(&mut self, now: Instant) {
         let bridged = self.transfer.as_ref().is_some_and(Transfer::is_bridged);
-        let relaying = bridged
-            && self
-                .transfer
-                .as_ref()
-                .and_then(Transfer::media)
-                .is_some_and(|m| m.is_relay());
+        let relaying = self.relaying();
         let mut digits = [None::<char>; 4];
         if let Some(due) = self.send_held.take() {
             // The held send's own tick: silence now, then back on schedule.
@@ -106,7 +95,7 @@ impl Call {
                 self.send_caller(now, &mut digits);
             }
             self.ticker
-                .reset_at(tokio::time::Instant::from_std(due + SEND_PERIOD));
+                .reset_at(tokio::time::Instant::from_std(due + FRAME));
             self.on_digits(digits);
             return;
         }
@@ -132,7 +121,7 @@ impl Call {
             // sooner. Never while bridged, as the tick also clocks the party.
             if let (Some(advance), false) = (advance, bridged) {
                 self.ticker.reset_at(tokio::time::Instant::from_std(
-                    now + SEND_PERIOD.saturating_sub(advance),
+                    now + FRAME.saturating_sub(advance),
                 ));
             }
         }
@@ -181,14 +170,15 @@ impl Call {
 
     /// When the caller's next frame is due without a packet arriving.
     pub(super) fn caller_pull_deadline(&self) -> Option<Instant> {
-        let relaying = self
-            .transfer
-            .as_ref()
-            .is_some_and(|t| t.is_bridged() && t.media().is_some_and(|m| m.is_relay()));
-        if relaying {
+        if self.relaying() {
             return None;
         }
         self.caller_media.pipeline.as_ref()?.next_pull()
+    }
+
+    /// Bridged with RTP relayed untouched: the caller's pipeline is idle.
+    fn relaying(&self) -> bool {
+        self.transfer.as_ref().is_some_and(Transfer::is_relaying)
     }
 
     /// Bot audio for the caller; a talkspurt starting goes out at once and
@@ -204,9 +194,8 @@ impl Call {
         self.send_held = None;
         let mut digits = [None::<char>; 4];
         self.send_caller(now, &mut digits);
-        self.ticker.reset_at(tokio::time::Instant::from_std(
-            now + SEND_PERIOD + SEND_SLACK,
-        ));
+        self.ticker
+            .reset_at(tokio::time::Instant::from_std(now + FRAME + SEND_SLACK));
         self.on_digits(digits);
     }
 

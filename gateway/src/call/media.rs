@@ -36,8 +36,8 @@ const SILENCE: [i16; MAX_FRAME_SAMPLES] = [0; MAX_FRAME_SAMPLES];
 const MAX_PENDING_DIGITS: usize = 16;
 /// Longest bot audio the pacer holds (bots send whole answers at once).
 const MAX_QUEUED_MS: u32 = 120_000;
-/// One packet time; every codec here sends 20 ms packets.
-const FRAME: Duration = Duration::from_millis(20);
+/// One packet time, in both directions; every codec here sends 20 ms packets.
+pub const FRAME: Duration = Duration::from_millis(20);
 /// A packet arriving this close before the caller's next frame is due
 /// plays it at once: one wake-up instead of two, a millisecond early.
 const PULL_EARLY: Duration = Duration::from_millis(1);
