@@ -26,7 +26,9 @@ impl Call {
             if let Some(pipeline) = &mut self.caller_media.pipeline {
                 pipeline.on_datagram(packet, from, now);
             }
-            self.pull_caller(now, true);
+            if !self.transcoding() {
+                self.pull_caller(now, true);
+            }
             return;
         }
         let hangup_on_star = self
@@ -102,6 +104,9 @@ impl Call {
         // What the gateway itself plays to the caller (ringback, a clip, a
         // transcoded party's audio) goes into the pacer before this tick's
         // send, so it leaves now rather than a tick later.
+        if self.transcoding() {
+            self.pull_caller_on_tick(now);
+        }
         self.tick_ringback(now);
         self.tick_play();
         self.tick_agent(now);
@@ -132,13 +137,7 @@ impl Call {
     /// The caller's frame due now, if any, to the bot or the party. Called
     /// after each caller packet (`arrival`) and when its schedule is due.
     pub(super) fn pull_caller(&mut self, now: Instant, arrival: bool) {
-        let Call {
-            caller_media,
-            bot,
-            transfer,
-            ..
-        } = self;
-        let Some(pipeline) = caller_media.pipeline.as_mut() else {
+        let Some(pipeline) = self.caller_media.pipeline.as_mut() else {
             return;
         };
         let frame = if arrival {
@@ -146,7 +145,33 @@ impl Call {
         } else {
             pipeline.poll_pull(now)
         };
-        let Some(frame) = frame else {
+        if let Some(frame) = frame {
+            self.route_caller_frame(frame, now);
+        }
+    }
+
+    /// A transcoded bridge's tick: the caller's frame goes into the party's
+    /// pacer just before the party's send on the same tick.
+    fn pull_caller_on_tick(&mut self, now: Instant) {
+        let frame = self
+            .caller_media
+            .pipeline
+            .as_mut()
+            .and_then(|p| p.pull_on_tick(now));
+        if let Some(frame) = frame {
+            self.route_caller_frame(frame, now);
+        }
+    }
+
+    /// The caller's audio to the bot, or to the party when bridged.
+    fn route_caller_frame(&mut self, frame: AudioFrame, now: Instant) {
+        let Call {
+            caller_media,
+            bot,
+            transfer,
+            ..
+        } = self;
+        let Some(pipeline) = caller_media.pipeline.as_mut() else {
             return;
         };
         let bridged = transfer.as_ref().is_some_and(Transfer::is_bridged);
@@ -170,7 +195,7 @@ impl Call {
 
     /// When the caller's next frame is due without a packet arriving.
     pub(super) fn caller_pull_deadline(&self) -> Option<Instant> {
-        if self.relaying() {
+        if self.relaying() || self.transcoding() {
             return None;
         }
         self.caller_media.pipeline.as_ref()?.next_pull()
@@ -179,6 +204,15 @@ impl Call {
     /// Bridged with RTP relayed untouched: the caller's pipeline is idle.
     fn relaying(&self) -> bool {
         self.transfer.as_ref().is_some_and(Transfer::is_relaying)
+    }
+
+    /// Bridged through both pipelines, which the tick clocks together.
+    fn transcoding(&self) -> bool {
+        self.transfer
+            .as_ref()
+            .filter(|t| t.is_bridged())
+            .and_then(Transfer::media)
+            .is_some_and(|m| m.is_transcode())
     }
 
     /// Bot audio for the caller; a talkspurt starting goes out at once and

@@ -182,6 +182,10 @@ impl AgentMedia {
         matches!(self.path, Some(MediaPath::Relay(_)))
     }
 
+    pub(super) fn is_transcode(&self) -> bool {
+        matches!(self.path, Some(MediaPath::Transcode(_)))
+    }
+
     pub(super) fn pipeline_mut(&mut self) -> Option<&mut MediaPipeline> {
         match &mut self.path {
             Some(MediaPath::Transcode(pipeline)) => Some(pipeline),

@@ -418,6 +418,16 @@ impl MediaPipeline {
         }
     }
 
+    /// The caller's frame for a tick that also clocks where it goes (a
+    /// transcoded bridge's party): pulled now, so that it leaves on this
+    /// same tick, and off the arrival schedule, whose phase would race the
+    /// tick's.
+    pub fn pull_on_tick(&mut self, now: Instant) -> Option<AudioFrame> {
+        self.inbound_due = None;
+        self.inbound_retry = None;
+        self.pull(now).0
+    }
+
     fn pull_scheduled(&mut self, now: Instant) -> Option<AudioFrame> {
         let (frame, playing) = self.pull(now);
         if playing {
