@@ -90,7 +90,19 @@ pub fn start_gateway(config: &str) -> Gateway {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("load.toml");
     std::fs::write(&path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+    // BENCH_GATEWAY_WRAPPER="heaptrack -o /tmp/gw" runs the gateway under a
+    // profiler (words split on spaces).
+    let wrapper = std::env::var("BENCH_GATEWAY_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut command = match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(env!("CARGO_BIN_EXE_switchboard"));
+            command
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_switchboard")),
+    };
+    let mut child = command
         .args(["run", "--config"])
         .arg(&path)
         .env(

@@ -191,7 +191,8 @@ async fn open_openai(audio: RealtimeAudio) -> BotSession {
 
 /// One caller frame in, one bot frame out.
 async fn round_trip(session: &mut BotSession, frame: &AudioFrame) {
-    session.audio_in.send(*frame).await.unwrap();
+    let frame = session.frames.copy_of(frame);
+    session.audio_in.send(frame).await.unwrap();
     loop {
         match session.events.recv().await {
             Some(BotEvent::Audio(audio)) => {

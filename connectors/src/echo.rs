@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use switchboard_flows::EchoBotConfig;
-use switchboard_media::{AudioFormat, AudioFrame, FRAME_MS};
+use switchboard_media::{AudioFormat, FramePool, PooledFrame, FRAME_MS};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -44,6 +44,7 @@ impl BotConnector for EchoConnector {
         Ok(BotSession {
             audio_format: AudioFormat::new(self.config.sample_rate),
             audio_in: audio_tx,
+            frames: FramePool::new(),
             control: control_tx,
             events: events_rx,
         })
@@ -60,19 +61,27 @@ fn queue_capacity(delay: Duration) -> usize {
 /// gone), or when nobody listens to events any more.
 async fn run(
     delay: Duration,
-    mut audio_in: mpsc::Receiver<AudioFrame>,
+    mut audio_in: mpsc::Receiver<PooledFrame>,
     mut control: mpsc::Receiver<BotControl>,
     events: mpsc::Sender<BotEvent>,
 ) {
     let capacity = queue_capacity(delay);
-    // Allocated once per session; frames are plain values so the per-frame
-    // path never touches the allocator.
-    let mut queue: VecDeque<(Instant, AudioFrame)> = VecDeque::with_capacity(capacity);
+    // Allocated once per session. The caller's frames are echoed in their own
+    // boxes, which go back to the call's pool once played.
+    let mut queue: VecDeque<(Instant, PooledFrame)> = VecDeque::with_capacity(capacity);
     let mut control_open = true;
     let mut dropped: u64 = 0;
+    // One timer for the session, moved to each frame's due time.
+    let sleep = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(sleep);
+    let mut armed_for = None;
 
     loop {
         let due = queue.front().map(|(arrived, _)| *arrived + delay);
+        if let Some(due) = due.filter(|due| armed_for != Some(*due)) {
+            sleep.as_mut().reset(due);
+            armed_for = Some(due);
+        }
         tokio::select! {
             // Control first: a Hangup must win over a steady stream of audio.
             biased;
@@ -88,7 +97,8 @@ async fn run(
             },
             // Due frames go out before new ones are queued, so the line never
             // overflows just because emitting lagged one loop.
-            () = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+            () = &mut sleep, if due.is_some() => {
+                armed_for = None;
                 if let Some((_, frame)) = queue.pop_front() {
                     if events.send(BotEvent::Audio(frame)).await.is_err() {
                         // Nobody listens: the session is gone.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use switchboard_flows::{Action, BotConfig};
-use switchboard_media::{AudioFormat, AudioFrame};
+use switchboard_media::{AudioFormat, FramePool, PooledFrame};
 use tokio::sync::mpsc;
 
 pub mod actions;
@@ -64,13 +64,10 @@ impl PlayoutClock {
 }
 
 /// Something the bot said or did.
-// Audio is by far the most frequent event and is carried inline on purpose:
-// boxing it would cost an allocation per frame to save memory on rare events.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum BotEvent {
     /// Audio for the caller, at the session's `audio_format` rate; any length.
-    Audio(AudioFrame),
+    Audio(PooledFrame),
     /// Drop all queued audio (barge-in).
     Clear,
     /// Report back with [`BotControl::MarkPlayed`] once the audio queued before it has played.
@@ -107,7 +104,9 @@ pub struct BotSession {
     /// Rate the bot wants caller audio in and sends its own audio at.
     pub audio_format: AudioFormat,
     /// Caller audio towards the bot, frames of 20 ms at `audio_format`.
-    pub audio_in: mpsc::Sender<AudioFrame>,
+    pub audio_in: mpsc::Sender<PooledFrame>,
+    /// Where the call takes the frames it sends on `audio_in`.
+    pub frames: FramePool,
     /// Control messages towards the bot.
     pub control: mpsc::Sender<BotControl>,
     /// Everything the bot says and does.
@@ -153,5 +152,20 @@ pub fn connector_for(bot: &BotConfig) -> Box<dyn BotConnector> {
         BotConfig::Websocket(config) => {
             Box::new(websocket::WebsocketConnector::new(config.clone()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tokio's mpsc allocates its slots 32 at a time: a slot holding a whole
+    /// 1.9 KB frame made each events channel hold 62 KB per block.
+    #[test]
+    fn channel_slots_stay_small() {
+        let event = std::mem::size_of::<BotEvent>();
+        // An action (a dial target) is the largest variant now: 6 KB a block.
+        assert!(event <= 256, "BotEvent is {event} bytes");
+        assert!(std::mem::size_of::<PooledFrame>() <= 16);
     }
 }

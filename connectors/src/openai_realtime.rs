@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use switchboard_flows::{OpenAiRealtimeConfig, RealtimeAudio, ToolKind};
 use switchboard_media::g711::{ulaw_decode, ulaw_encode};
-use switchboard_media::{AudioFormat, AudioFrame};
+use switchboard_media::{AudioFormat, AudioFrame, FramePool, PooledFrame};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -160,12 +160,14 @@ impl BotConnector for OpenAiRealtimeConnector {
             decoded: Vec::new(),
             outgoing: String::new(),
             pending: VecDeque::new(),
+            frames: FramePool::new(),
             stats: Stats::default(),
         };
         tokio::spawn(session.run(audio_rx, control_rx));
         Ok(BotSession {
             audio_format: format,
             audio_in: audio_tx,
+            frames: FramePool::new(),
             control: control_tx,
             events: events_rx,
         })
@@ -301,13 +303,15 @@ struct Session {
     decoded: Vec<u8>,
     outgoing: String,
     pending: VecDeque<Pending>,
+    /// Boxes for the bot's frames, back here once the call plays them.
+    frames: FramePool,
     stats: Stats,
 }
 
 impl Session {
     async fn run(
         mut self,
-        audio_in: mpsc::Receiver<AudioFrame>,
+        audio_in: mpsc::Receiver<PooledFrame>,
         control: mpsc::Receiver<BotControl>,
     ) {
         let ending = match self.pump(audio_in, control).await {
@@ -335,7 +339,7 @@ impl Session {
     /// Moves messages until something ends the session; never returns `Ok`.
     async fn pump(
         &mut self,
-        mut audio_in: mpsc::Receiver<AudioFrame>,
+        mut audio_in: mpsc::Receiver<PooledFrame>,
         mut control: mpsc::Receiver<BotControl>,
     ) -> Result<std::convert::Infallible, Ending> {
         let mut control_open = true;
@@ -532,7 +536,7 @@ impl Session {
             match self.audio {
                 RealtimeAudio::Pcmu => {
                     for chunk in bytes.chunks(frame_samples) {
-                        let mut frame = AudioFrame::new(rate);
+                        let mut frame = self.frames.frame(rate);
                         for (out, byte) in frame.fill(chunk.len()).iter_mut().zip(chunk) {
                             *out = ulaw_decode(*byte);
                         }
@@ -547,7 +551,7 @@ impl Session {
                         self.odd_byte = bytes.pop();
                     }
                     for chunk in bytes.chunks(frame_samples * 2) {
-                        let mut frame = AudioFrame::new(rate);
+                        let mut frame = self.frames.frame(rate);
                         let pairs = chunk.chunks_exact(2);
                         for (out, pair) in frame.fill(chunk.len() / 2).iter_mut().zip(pairs) {
                             *out = i16::from_le_bytes([pair[0], pair[1]]);

@@ -27,7 +27,7 @@ use futures_util::{SinkExt, StreamExt};
 use rand::Rng;
 use serde::{Deserialize, Serialize, Serializer};
 use switchboard_flows::TwilioStreamConfig;
-use switchboard_media::{AudioFormat, AudioFrame, G711, MAX_FRAME_SAMPLES};
+use switchboard_media::{AudioFormat, AudioFrame, FramePool, PooledFrame, G711, MAX_FRAME_SAMPLES};
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -101,12 +101,14 @@ impl BotConnector for TwilioStreamConnector {
             out,
             events: events_tx,
             payload: Vec::with_capacity(4 * BOT_FRAME_SAMPLES),
+            frames: FramePool::new(),
             stats: Stats::default(),
         };
         tokio::spawn(session.run(audio_rx, control_rx));
         Ok(BotSession {
             audio_format: AudioFormat::new(SAMPLE_RATE),
             audio_in: audio_tx,
+            frames: FramePool::new(),
             control: control_tx,
             events: events_rx,
         })
@@ -416,13 +418,15 @@ struct Session {
     events: mpsc::Sender<BotEvent>,
     /// Reused for every decoded media payload.
     payload: Vec<u8>,
+    /// Boxes for the bot's frames, back here once the call plays them.
+    frames: FramePool,
     stats: Stats,
 }
 
 impl Session {
     async fn run(
         mut self,
-        audio_in: mpsc::Receiver<AudioFrame>,
+        audio_in: mpsc::Receiver<PooledFrame>,
         control: mpsc::Receiver<BotControl>,
     ) {
         let ending = match self.pump(audio_in, control).await {
@@ -475,7 +479,7 @@ impl Session {
     /// Moves messages until something ends the session; never returns `Ok`.
     async fn pump(
         &mut self,
-        mut audio_in: mpsc::Receiver<AudioFrame>,
+        mut audio_in: mpsc::Receiver<PooledFrame>,
         mut control: mpsc::Receiver<BotControl>,
     ) -> Result<std::convert::Infallible, Ending> {
         let mut control_open = true;
@@ -636,7 +640,7 @@ impl Session {
             return Ok(());
         }
         for chunk in self.payload.chunks(BOT_FRAME_SAMPLES) {
-            let mut frame = AudioFrame::new(SAMPLE_RATE);
+            let mut frame = self.frames.frame(SAMPLE_RATE);
             G711::Pcmu.decode(chunk, frame.fill(chunk.len()));
             // Field-level borrows: `payload` is read while `events` sends.
             self.events

@@ -17,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use switchboard_flows::{ToolKind, UltravoxConfig};
-use switchboard_media::{AudioFormat, AudioFrame};
+use switchboard_media::{AudioFormat, AudioFrame, FramePool, PooledFrame};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
@@ -196,6 +196,7 @@ impl BotConnector for UltravoxConnector {
             odd_byte: None,
             transcripts: VecDeque::new(),
             pending: VecDeque::new(),
+            frames: FramePool::new(),
             stats: Stats::default(),
             ultravox_call,
         };
@@ -203,6 +204,7 @@ impl BotConnector for UltravoxConnector {
         Ok(BotSession {
             audio_format: AudioFormat::new(rate),
             audio_in: audio_tx,
+            frames: FramePool::new(),
             control: control_tx,
             events: events_rx,
         })
@@ -375,6 +377,8 @@ struct Session {
     odd_byte: Option<u8>,
     transcripts: VecDeque<Utterance>,
     pending: VecDeque<Pending>,
+    /// Boxes for the bot's frames, back here once the call plays them.
+    frames: FramePool,
     stats: Stats,
     /// Ultravox's id of the call, for logs.
     ultravox_call: String,
@@ -383,7 +387,7 @@ struct Session {
 impl Session {
     async fn run(
         mut self,
-        audio_in: mpsc::Receiver<AudioFrame>,
+        audio_in: mpsc::Receiver<PooledFrame>,
         control: mpsc::Receiver<BotControl>,
     ) {
         let ending = match self.pump(audio_in, control).await {
@@ -423,7 +427,7 @@ impl Session {
     /// Moves messages until something ends the session; never returns `Ok`.
     async fn pump(
         &mut self,
-        mut audio_in: mpsc::Receiver<AudioFrame>,
+        mut audio_in: mpsc::Receiver<PooledFrame>,
         mut control: mpsc::Receiver<BotControl>,
     ) -> Result<std::convert::Infallible, Ending> {
         let mut control_open = true;
@@ -537,7 +541,7 @@ impl Session {
         let frame_samples = self.format.frame_samples().max(1);
         while remaining > 0 {
             let n = remaining.min(frame_samples);
-            let mut frame = AudioFrame::new(rate);
+            let mut frame = self.frames.frame(rate);
             let dst = frame.fill(n);
             let start = match first.take() {
                 Some(sample) => {

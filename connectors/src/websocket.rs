@@ -44,7 +44,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchboard_flows::WebsocketBotConfig;
-use switchboard_media::{AudioFormat, AudioFrame, MAX_FRAME_SAMPLES};
+use switchboard_media::{AudioFormat, FramePool, PooledFrame, MAX_FRAME_SAMPLES};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
@@ -107,12 +107,14 @@ impl BotConnector for WebsocketConnector {
             frame_samples: format.frame_samples().clamp(1, MAX_FRAME_SAMPLES),
             odd_byte: None,
             samples: Vec::with_capacity(MAX_FRAME_SAMPLES),
+            frames: FramePool::new(),
             stats: Stats::default(),
         };
         tokio::spawn(session.run(audio_rx, control_rx));
         Ok(BotSession {
             audio_format: format,
             audio_in: audio_tx,
+            frames: FramePool::new(),
             control: control_tx,
             events: events_rx,
         })
@@ -182,13 +184,15 @@ struct Session {
     odd_byte: Option<u8>,
     /// Reused for every binary message's samples.
     samples: Vec<i16>,
+    /// Boxes for the bot's frames, back here once the call plays them.
+    frames: FramePool,
     stats: Stats,
 }
 
 impl Session {
     async fn run(
         mut self,
-        audio_in: mpsc::Receiver<AudioFrame>,
+        audio_in: mpsc::Receiver<PooledFrame>,
         control: mpsc::Receiver<BotControl>,
     ) {
         let ending = match self.pump(audio_in, control).await {
@@ -235,7 +239,7 @@ impl Session {
     /// Moves messages until something ends the session; never returns `Ok`.
     async fn pump(
         &mut self,
-        mut audio_in: mpsc::Receiver<AudioFrame>,
+        mut audio_in: mpsc::Receiver<PooledFrame>,
         mut control: mpsc::Receiver<BotControl>,
     ) -> Result<std::convert::Infallible, Ending> {
         let mut control_open = true;
@@ -338,7 +342,8 @@ impl Session {
             .extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
         self.odd_byte = pairs.remainder().first().copied();
         for chunk in self.samples.chunks(self.frame_samples) {
-            let frame = AudioFrame::from_samples(self.rate, chunk);
+            let mut frame = self.frames.frame(self.rate);
+            frame.fill(chunk.len()).copy_from_slice(chunk);
             // Field-level borrows: `samples` is read while `events` sends.
             self.events
                 .send(BotEvent::Audio(frame))

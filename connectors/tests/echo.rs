@@ -46,7 +46,7 @@ async fn frames_come_back_in_order_after_the_delay() {
         let mut sent = Vec::new();
         for tag in 0..10 {
             sent.push(Instant::now());
-            audio_in.send(tagged(tag)).await.unwrap();
+            audio_in.send(tagged(tag).into()).await.unwrap();
             sleep(Duration::from_millis(20)).await;
         }
         sent
@@ -90,7 +90,7 @@ async fn frames_come_back_in_order_after_the_delay() {
 async fn zero_delay_echoes_at_once() {
     let mut session = open(0, 8_000).await;
     let started = Instant::now();
-    session.audio_in.send(tagged(7)).await.unwrap();
+    session.audio_in.send(tagged(7).into()).await.unwrap();
     match session.events.recv().await {
         Some(BotEvent::Audio(frame)) => assert_eq!(frame.samples()[0], 7),
         other => panic!("unexpected {other:?}"),
@@ -101,7 +101,7 @@ async fn zero_delay_echoes_at_once() {
 #[tokio::test(start_paused = true)]
 async fn hangup_closes_the_session() {
     let mut session = open(200, 16_000).await;
-    session.audio_in.send(tagged(1)).await.unwrap();
+    session.audio_in.send(tagged(1).into()).await.unwrap();
     session.control.send(BotControl::Dtmf('5')).await.unwrap();
     session
         .control
@@ -119,7 +119,7 @@ async fn a_full_delay_line_drops_the_oldest() {
     // 1 s of delay holds 50 frames + 10 of slack.
     let mut session = open(1_000, 16_000).await;
     for tag in 0..70 {
-        session.audio_in.send(tagged(tag)).await.unwrap();
+        session.audio_in.send(tagged(tag).into()).await.unwrap();
     }
     let mut tags = Vec::new();
     while tags.len() < 60 {
@@ -144,4 +144,32 @@ async fn dropping_the_events_receiver_ends_the_task() {
     timeout(Duration::from_secs(5), audio_in.closed())
         .await
         .expect("the task must end when nobody listens");
+}
+
+/// The echo bot returns the caller's own boxes: once played they go back to
+/// the call's pool, so a long call reuses a handful of frames.
+#[tokio::test(start_paused = true)]
+async fn echoed_frames_return_to_the_calls_pool() {
+    let mut session = open(100, 16_000).await;
+    let mut addresses = std::collections::HashSet::new();
+    for tag in 0..50 {
+        let mut frame = session.frames.frame(16_000);
+        frame.fill(320).fill(tag);
+        session.audio_in.send(frame).await.unwrap();
+        sleep(Duration::from_millis(20)).await;
+        while let Ok(event) = session.events.try_recv() {
+            match event {
+                BotEvent::Audio(frame) => {
+                    addresses.insert(&*frame as *const AudioFrame as usize);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert!(session.frames.free_frames() >= 1, "played frames come back");
+    assert!(
+        addresses.len() <= 10,
+        "{} distinct boxes for 50 frames with 5 in flight",
+        addresses.len()
+    );
 }

@@ -109,7 +109,7 @@ async fn pcm24k_audio_both_ways_at_the_declared_rate() {
     for chunk in tone(24_000, 1000.0, 4800).chunks(480) {
         session
             .audio_in
-            .send(AudioFrame::from_samples(24_000, chunk))
+            .send(AudioFrame::from_samples(24_000, chunk).into())
             .await
             .unwrap();
     }
@@ -204,7 +204,7 @@ async fn truncate_carries_the_played_milliseconds_of_the_item() {
     .await;
     session
         .audio_in
-        .send(AudioFrame::from_samples(8000, &[0; 160]))
+        .send(AudioFrame::from_samples(8000, &[0; 160]).into())
         .await
         .unwrap();
     let next = next_json(&mut ws).await;

@@ -180,7 +180,7 @@ async fn full_conversation() {
         let samples = sine(160, k * 160);
         session
             .audio_in
-            .send(AudioFrame::from_samples(8_000, &samples))
+            .send(AudioFrame::from_samples(8_000, &samples).into())
             .await
             .unwrap();
         let media = next_json(&mut ws).await;

@@ -371,7 +371,7 @@ async fn caller_audio_at(rate: u32) {
     for chunk in tone.chunks(frame_len) {
         session
             .audio_in
-            .send(AudioFrame::from_samples(rate, chunk))
+            .send(AudioFrame::from_samples(rate, chunk).into())
             .await
             .unwrap();
     }
@@ -408,9 +408,9 @@ async fn caller_audio_at_8k() {
 async fn caller_audio_at_another_rate_is_dropped() {
     let (session, mut ws, _) = open_session(16_000).await;
     let wrong = AudioFrame::from_samples(8_000, &[1000; 160]);
-    session.audio_in.send(wrong).await.unwrap();
+    session.audio_in.send(wrong.into()).await.unwrap();
     let right = AudioFrame::from_samples(16_000, &[7; 320]);
-    session.audio_in.send(right).await.unwrap();
+    session.audio_in.send(right.into()).await.unwrap();
     match next_message(&mut ws).await {
         Message::Binary(data) => assert_eq!(data.to_vec(), s16le(&[7; 320])),
         other => panic!("expected audio, got {other:?}"),

@@ -150,7 +150,7 @@ async fn audio_is_exact_both_ways_at_the_declared_rate() {
     for k in 0..frames {
         let samples = sine(320, k * 320);
         let frame = AudioFrame::from_samples(RATE, &samples);
-        session.audio_in.send(frame).await.unwrap();
+        session.audio_in.send(frame.into()).await.unwrap();
         match next_message(&mut ws).await {
             Message::Binary(bytes) => {
                 assert_eq!(bytes.as_ref(), le_bytes(&samples).as_slice());
@@ -349,7 +349,7 @@ async fn bot_vanishing_mid_call_is_an_error() {
     let (mut session, ws, _) = open_session().await;
     session
         .audio_in
-        .send(AudioFrame::from_samples(RATE, &sine(320, 0)))
+        .send(AudioFrame::from_samples(RATE, &sine(320, 0)).into())
         .await
         .unwrap();
     drop(ws);

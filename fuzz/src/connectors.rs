@@ -34,7 +34,7 @@ struct Live {
     bot: WebSocketStream<TcpStream>,
     /// Held so the session does not end for want of a caller.
     _session: (
-        tokio::sync::mpsc::Sender<switchboard_media::AudioFrame>,
+        tokio::sync::mpsc::Sender<switchboard_media::PooledFrame>,
         tokio::sync::mpsc::Sender<switchboard_connectors::BotControl>,
     ),
     ended: Arc<AtomicBool>,

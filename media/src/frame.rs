@@ -1,8 +1,7 @@
 //! Fixed-capacity PCM frames that travel between the media pipeline and bots.
 //!
-//! A frame is a plain value (no heap): passing one through a bounded channel
-//! costs a copy, never an allocation, which keeps the per-packet path free of
-//! the allocator.
+//! A frame is a plain value (no heap) for the pipeline's own buffers; frames
+//! that cross between tasks travel as [`crate::frame_pool::PooledFrame`].
 
 /// Largest number of samples one frame may carry: 20 ms at 48 kHz.
 pub const MAX_FRAME_SAMPLES: usize = 960;
@@ -76,6 +75,12 @@ impl AudioFrame {
             return 0;
         }
         self.len as u32 * 1000 / self.sample_rate
+    }
+
+    /// Empties the frame and gives it a new rate.
+    pub fn reset(&mut self, sample_rate: u32) {
+        self.sample_rate = sample_rate;
+        self.len = 0;
     }
 
     /// Mutable access to the first `len` samples, setting the frame's length.

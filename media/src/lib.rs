@@ -9,6 +9,7 @@ pub mod codec;
 pub mod dtmf;
 pub mod dtmf_send;
 pub mod frame;
+pub mod frame_pool;
 pub mod g711;
 pub mod jitter;
 mod jitter_adapt;
@@ -24,6 +25,7 @@ pub mod tone;
 
 pub use codec::{AudioDecoder, AudioEncoder, Codec, CodecError, Decoder, Encoder, OpusConfig};
 pub use frame::{AudioFormat, AudioFrame, FRAME_MS, MAX_FRAME_SAMPLES};
+pub use frame_pool::{FramePool, PooledFrame};
 pub use g711::G711;
 pub use jitter::{AdaptiveConfig, JitterBuffer, JitterConfig, JitterStats, Playout, PushOutcome};
 pub use pacer::{FrameKind, Pacer, PacerEvent};

@@ -185,6 +185,7 @@ impl Call {
                 agent.push_bot_audio(&frame, now);
             }
             (None, Some(bot)) => {
+                let frame = bot.session.frames.copy_of(&frame);
                 if bot.session.audio_in.try_send(frame).is_err() {
                     pipeline.note_dropped_to_bot();
                 }

@@ -206,7 +206,10 @@ impl MediaPipeline {
         let jitter = JitterBuffer::new(JitterConfig {
             clock_rate: clock,
             samples_per_packet: codec.timestamp_step(),
-            max_payload: MAX_PAYLOAD,
+            // Slots sized for the codec, not for Opus's 1,275 bytes: 25 KB
+            // less per G.711 call. Three frames' worth keeps a peer that
+            // packs 60 ms per packet from being dropped as too large.
+            max_payload: (codec.max_payload_bytes() * 3).min(MAX_PAYLOAD),
             adaptive: jitter_adaptive,
             depth_ms: jitter_depth_ms,
             ..JitterConfig::default()

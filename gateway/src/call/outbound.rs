@@ -180,7 +180,7 @@ pub async fn run_outbound_call(setup: OutboundSetup) {
 async fn place(
     mut setup: OutboundSetup,
     callbacks: Option<StatusCallbacks>,
-) -> Result<Call, String> {
+) -> Result<Box<Call>, String> {
     let shared = setup.shared.clone();
     let reached = tokio::select! {
         reached = reach(&shared, &setup.request.reach, &setup.request.from) => reached,
