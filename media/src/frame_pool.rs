@@ -22,11 +22,16 @@ use crate::frame::AudioFrame;
 /// extra boxes are freed as they are played.
 const KEEP_FREE: usize = 16;
 
+/// Boxes waiting for reuse. Boxed on purpose: a box moves between the free
+/// list and the channel without its 1.9 KB of samples being copied.
+#[allow(clippy::vec_box)]
+type FreeList = Mutex<Vec<Box<AudioFrame>>>;
+
 /// Source of [`PooledFrame`]s for one direction of one call. Cloning shares
 /// the pool.
 #[derive(Clone, Default)]
 pub struct FramePool {
-    free: Arc<Mutex<Vec<Box<AudioFrame>>>>,
+    free: Arc<FreeList>,
 }
 
 impl FramePool {
@@ -71,7 +76,7 @@ pub struct PooledFrame {
     /// `None` only while dropping.
     frame: Option<Box<AudioFrame>>,
     /// `None` for a frame made outside any pool, which is simply freed.
-    home: Option<Arc<Mutex<Vec<Box<AudioFrame>>>>>,
+    home: Option<Arc<FreeList>>,
 }
 
 impl From<AudioFrame> for PooledFrame {
