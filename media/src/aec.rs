@@ -36,8 +36,8 @@ use crate::resample::{ResampleError, Resampler};
 const APM_RATE: u32 = ffi::SAMPLE_RATE_HZ as u32;
 /// One 10 ms frame at [`APM_RATE`], the unit the processing module works in.
 const APM_FRAME: usize = ffi::NUM_SAMPLES_PER_FRAME as usize;
-/// Largest block [`Resampler::process_any`] hands over at once: one 20 ms
-/// chunk at 48 kHz plus rubato's rounding slack.
+/// Largest block [`Resampler::process_any`] hands over at once is one 20 ms
+/// frame at 48 kHz; the slack is kept for safety.
 const UP_BLOCK_MAX: usize = 2 * APM_FRAME + 64;
 
 /// Which processing a call gets. All off is a bit-exact passthrough.
@@ -346,9 +346,8 @@ impl Engine {
                 }
             }
         });
-        // Only frames shorter than the resamplers' 20 ms chunk can come up
-        // short (their audio is still inside a resampler, and comes out with
-        // the next frame): pad the front with silence rather than stall.
+        // A frame can come up short only while the module's 10 ms framing
+        // holds part of it: pad the front with silence rather than stall.
         let have = out.len().min(chunk.len());
         let missing = chunk.len() - have;
         chunk[..missing].fill(0);
@@ -356,13 +355,11 @@ impl Engine {
     }
 }
 
-/// Rubato trims its start-up delay from the first block it emits, which
-/// leaves the 48 kHz stream a few samples short of a whole number of 10 ms
-/// frames. Left alone, the remainder would sit in the queue for the whole
-/// call as 10 ms of extra latency (and another 10 ms in the downsampler,
-/// waiting for its second half-chunk). Padding the front once instead lines
-/// every later 20 ms frame up with exactly two module frames. Both directions
-/// get the same padding, so the echo's delay is unchanged.
+/// A first block that is not a whole number of 10 ms frames (the caller's
+/// first frame short, say) would leave its remainder in the queue for the
+/// whole call as extra latency. Padding the front once instead lines every
+/// later 20 ms frame up with exactly two module frames. Both directions get
+/// the same padding, so the echo's delay is unchanged.
 fn align(fifo: &mut Fifo<f32>, aligned: &mut bool, first_block: usize) {
     if !*aligned {
         *aligned = true;

@@ -244,7 +244,7 @@ impl MediaPipeline {
             telephone_event: negotiated.telephone_event,
             jitter,
             to_bot: Resampler::new(rate, bot_rate).map_err(|e| e.to_string())?,
-            from_bot: Resampler::streaming(bot_rate, rate).map_err(|e| e.to_string())?,
+            from_bot: Resampler::new(bot_rate, rate).map_err(|e| e.to_string())?,
             pacer: Pacer::new(rate, MAX_QUEUED_MS),
             sender,
             remote: negotiated.remote_rtp,
