@@ -3,7 +3,7 @@
 //! latency (RTP in → bot → RTP out, minus the echo bot's own delay).
 //!
 //!   cargo bench --bench load -- --calls 100 --seconds 20 [--fixed-jitter] [--jitter-ms 40]
-//!       [--bot-rate 16000] [--srtp] [--json]
+//!       [--bot-rate 16000] [--srtp] [--ws-bot] [--json]
 //!
 //! `--jitter-ms`: the jitter buffer's starting depth (40 by default; the
 //! adaptive buffer's floor is 20). `--bot-rate`: the echo bot's sample rate;
@@ -12,14 +12,25 @@
 //! `--srtp`: the callers offer RTP/SAVP with an SDES key, so every packet
 //! is protected and unprotected on both sides.
 //!
+//! `--ws-bot`: instead of the built-in echo bot, an external one over
+//! WebSocket (Switchboard's own protocol: s16le binary frames at
+//! `--bot-rate`), run by the load tool on loopback, the way real bots
+//! connect. It echoes each frame after the same delay; its CPU counts as
+//! the load tool's.
+//!
 //! Each call is a UDP SIP dialog plus an RTP stream of silence with a 20 ms
 //! tone burst once a second; the burst's return time gives the latency.
 
 mod harness;
 
+use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures_util::{SinkExt, StreamExt};
 use harness::{arg, hold_calls_with, start_gateway};
+use tokio::time::{sleep_until, Instant};
+use tokio_tungstenite::tungstenite::Message;
 
 const ECHO_DELAY_MS: u64 = 200;
 
@@ -40,7 +51,21 @@ fn main() {
     runtime.block_on(run(calls, seconds, fixed_jitter, jitter_ms, bot_rate));
 }
 
-fn echo_config(calls: usize, fixed_jitter: bool, jitter_ms: u64, bot_rate: u64) -> String {
+fn echo_config(
+    calls: usize,
+    fixed_jitter: bool,
+    jitter_ms: u64,
+    bot_rate: u64,
+    ws_bot: Option<SocketAddr>,
+) -> String {
+    let bot = match ws_bot {
+        Some(addr) => {
+            format!(r#"{{ kind = "websocket", url = "ws://{addr}", sample_rate = {bot_rate} }}"#)
+        }
+        None => {
+            format!(r#"{{ kind = "echo", delay_ms = {ECHO_DELAY_MS}, sample_rate = {bot_rate} }}"#)
+        }
+    };
     format!(
         r#"
 [sip]
@@ -58,17 +83,67 @@ allow = ["127.0.0.1"]
 routes = [{{ pattern = ".*", flow = "echo" }}]
 [[flows]]
 name = "echo"
-bot = {{ kind = "echo", delay_ms = {ECHO_DELAY_MS}, sample_rate = {} }}
+bot = {}
 "#,
         jitter_ms,
         !fixed_jitter,
         calls + 10,
-        bot_rate
+        bot
     )
 }
 
+/// An external echo bot: every binary frame goes back after the echo delay.
+async fn ws_echo_bot() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(echo_session(stream));
+        }
+    });
+    addr
+}
+
+async fn echo_session(stream: tokio::net::TcpStream) {
+    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+        return;
+    };
+    let (mut out, mut incoming) = ws.split();
+    let delay = Duration::from_millis(ECHO_DELAY_MS);
+    let mut queue = VecDeque::new();
+    loop {
+        let due = queue.front().map(|(at, _)| *at + delay);
+        tokio::select! {
+            message = incoming.next() => match message {
+                Some(Ok(Message::Binary(audio))) => queue.push_back((Instant::now(), audio)),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+            () = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                if let Some((_, audio)) = queue.pop_front() {
+                    if out.send(Message::Binary(audio)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 async fn run(calls: usize, seconds: u64, fixed_jitter: bool, jitter_ms: u64, bot_rate: u64) {
-    let gateway = start_gateway(&echo_config(calls, fixed_jitter, jitter_ms, bot_rate));
+    let ws_bot = if std::env::args().any(|a| a == "--ws-bot") {
+        Some(ws_echo_bot().await)
+    } else {
+        None
+    };
+    let gateway = start_gateway(&echo_config(
+        calls,
+        fixed_jitter,
+        jitter_ms,
+        bot_rate,
+        ws_bot,
+    ));
     let srtp = std::env::args().any(|a| a == "--srtp");
     let figures = hold_calls_with(
         &gateway,
