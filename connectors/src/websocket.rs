@@ -342,8 +342,7 @@ impl Session {
             .extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
         self.odd_byte = pairs.remainder().first().copied();
         for chunk in self.samples.chunks(self.frame_samples) {
-            let mut frame = self.frames.frame(self.rate);
-            frame.fill(chunk.len()).copy_from_slice(chunk);
+            let frame = self.frames.with_samples(self.rate, chunk);
             // Field-level borrows: `samples` is read while `events` sends.
             self.events
                 .send(BotEvent::Audio(frame))

@@ -15,7 +15,7 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 
-use crate::frame::AudioFrame;
+use crate::frame::{AudioFrame, MAX_FRAME_SAMPLES};
 
 /// Free frames a pool keeps for reuse; more than a call has in flight at
 /// once (an echo bot holds 10), fewer than a bot's burst of audio, whose
@@ -50,11 +50,18 @@ impl FramePool {
         }
     }
 
+    /// A frame holding a copy of `samples`, truncated to
+    /// [`MAX_FRAME_SAMPLES`] like [`AudioFrame::from_samples`].
+    pub fn with_samples(&self, sample_rate: u32, samples: &[i16]) -> PooledFrame {
+        let mut frame = self.frame(sample_rate);
+        let len = samples.len().min(MAX_FRAME_SAMPLES);
+        frame.fill(len).copy_from_slice(&samples[..len]);
+        frame
+    }
+
     /// A frame holding a copy of `source`'s samples and rate.
     pub fn copy_of(&self, source: &AudioFrame) -> PooledFrame {
-        let mut frame = self.frame(source.sample_rate());
-        frame.fill(source.len()).copy_from_slice(source.samples());
-        frame
+        self.with_samples(source.sample_rate(), source.samples())
     }
 
     /// Boxes waiting for reuse.
@@ -159,5 +166,8 @@ mod tests {
         drop(copy);
         let loose = PooledFrame::from(source);
         assert_eq!(loose.len(), 3);
+        let pool = FramePool::new();
+        let long = pool.with_samples(48_000, &[1; MAX_FRAME_SAMPLES + 40]);
+        assert_eq!(long.len(), MAX_FRAME_SAMPLES, "truncated, not a panic");
     }
 }

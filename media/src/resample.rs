@@ -77,9 +77,11 @@ pub struct Resampler {
 }
 
 struct Inner {
-    /// Output samples per `from_step` input samples: the ratio `L / M`.
+    /// The ratio `L / M`: `up` output samples for every `down` input samples.
     up: usize,
     down: usize,
+    /// Input samples converted per pass: one frame of output at most.
+    block: usize,
     /// Filter length in input samples (a multiple of [`LANES`]).
     taps: usize,
     /// `up` branches of `taps` coefficients, each stored oldest sample
@@ -259,6 +261,7 @@ impl Inner {
         Inner {
             up,
             down,
+            block,
             taps,
             branches,
             work,
@@ -266,10 +269,6 @@ impl Inner {
             out: vec![0; MAX_FRAME_SAMPLES],
             delay: centre / down as f64,
         }
-    }
-
-    fn block(&self) -> usize {
-        self.work.capacity() - (self.taps - 1)
     }
 
     fn reset(&mut self) {
@@ -280,7 +279,7 @@ impl Inner {
 
     fn run(&mut self, input: &[i16], emit: &mut dyn FnMut(&[i16])) {
         let taps = self.taps;
-        for block in input.chunks(self.block()) {
+        for block in input.chunks(self.block) {
             self.work.truncate(taps - 1);
             self.work.extend(block.iter().map(|&s| f32::from(s)));
             let mut n = 0;
