@@ -67,14 +67,24 @@ fn echo_over_tls(name: &str, mediaenc: Option<&str>) -> GatewayProcess {
 
     let heard = phone.recording("dec").mono();
     // Past the first second, which start-up on a loaded machine may cut.
-    for window_secs in [1.5, 3.0] {
-        let start = (window_secs * codec.rate as f64) as usize;
-        let (score, _) = peak_correlation(&voice, &heard, codec.rate, start);
-        assert!(
-            score >= REQUIRED_CORRELATION,
-            "echo over TLS at {window_secs} s: correlation {score:.3}"
-        );
-    }
+    // Three separate seconds, each with its own delay: a jitter buffer
+    // that conceals or drops one frame on a loaded CI machine shifts the
+    // echo by 20 ms and splits the one second it falls in (seen once:
+    // 0.653). Two clean seconds out of three still prove both directions
+    // decrypt; broken media fails all three.
+    let scores: Vec<f64> = [1.5, 2.5, 3.5]
+        .iter()
+        .map(|window_secs| {
+            let start = (window_secs * codec.rate as f64) as usize;
+            peak_correlation(&voice, &heard, codec.rate, start).0
+        })
+        .collect();
+    eprintln!("[{name}] echo correlation per second from 1.5 s: {scores:.3?}");
+    let clean = scores.iter().filter(|s| **s >= REQUIRED_CORRELATION).count();
+    assert!(
+        clean >= 2,
+        "echo over TLS: correlation per second from 1.5 s {scores:.3?}, fewer than two >= {REQUIRED_CORRELATION}"
+    );
     gateway.assert_no_panic();
     gateway
 }
