@@ -11,7 +11,8 @@
 //! then offers 2x and 4x the rate; the figure that matters is completed
 //! calls/s against the peak. `--find-max` raises the rate in steps of 250
 //! until a run has a failed call and reports the last clean rate. Every
-//! run prints one line (one JSON object with `--json`).
+//! run prints one line (one JSON object with `--json`). `--sip-workers N`
+//! sets `[limits] sip_workers` (default: one endpoint worker per CPU).
 
 mod harness;
 
@@ -295,10 +296,18 @@ impl Drop for Reference {
 
 fn gateway_config() -> String {
     let port = free_port();
-    DEFAULT_CONFIG.replace(
+    let config = DEFAULT_CONFIG.replace(
         r#"listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]"#,
         &format!(r#"listen = ["udp:127.0.0.1:{port}"]"#),
-    )
+    );
+    match text_arg("--sip-workers") {
+        Some(workers) => config.replacen(
+            "[limits]\n",
+            &format!("[limits]\nsip_workers = {workers}\n"),
+            1,
+        ),
+        None => config,
+    }
 }
 
 fn main() {

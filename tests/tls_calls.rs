@@ -80,7 +80,10 @@ fn echo_over_tls(name: &str, mediaenc: Option<&str>) -> GatewayProcess {
         })
         .collect();
     eprintln!("[{name}] echo correlation per second from 1.5 s: {scores:.3?}");
-    let clean = scores.iter().filter(|s| **s >= REQUIRED_CORRELATION).count();
+    let clean = scores
+        .iter()
+        .filter(|s| **s >= REQUIRED_CORRELATION)
+        .count();
     assert!(
         clean >= 2,
         "echo over TLS: correlation per second from 1.5 s {scores:.3?}, fewer than two >= {REQUIRED_CORRELATION}"

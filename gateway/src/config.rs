@@ -236,6 +236,10 @@ pub struct LimitsConfig {
     /// How many of them a source may send at once before the rate applies.
     #[serde(default = "default_new_requests_burst_per_ip")]
     pub new_requests_burst_per_ip: u32,
+    /// SIP endpoint workers (shards by Call-ID), each with its own
+    /// transactions and calls; 0 = one per CPU.
+    #[serde(default)]
+    pub sip_workers: usize,
 }
 
 impl Default for LimitsConfig {
@@ -250,11 +254,20 @@ impl Default for LimitsConfig {
             overload_task_delay_ms: default_overload_task_delay_ms(),
             new_requests_per_ip: default_new_requests_per_ip(),
             new_requests_burst_per_ip: default_new_requests_burst_per_ip(),
+            sip_workers: 0,
         }
     }
 }
 
 impl LimitsConfig {
+    /// How many endpoint shards run: `sip_workers`, or one per CPU.
+    pub fn endpoint_shards(&self) -> usize {
+        match self.sip_workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
     pub fn tcp(&self) -> crate::transport::tcp::TcpLimits {
         crate::transport::tcp::TcpLimits {
             max_connections: self.tcp_connections,
@@ -288,6 +301,12 @@ impl LimitsConfig {
                 return Err(ConfigError::new(key, "must be at least 1"));
             }
         }
+        if self.sip_workers > MAX_SIP_WORKERS {
+            return Err(ConfigError::new(
+                "limits.sip_workers",
+                format!("at most {MAX_SIP_WORKERS} (0 = one per CPU)"),
+            ));
+        }
         if self.tcp_idle_timeout_secs < self.tcp_message_timeout_secs {
             return Err(ConfigError::new(
                 "limits.tcp_idle_timeout_secs",
@@ -297,6 +316,9 @@ impl LimitsConfig {
         Ok(())
     }
 }
+
+/// More workers than this only add queues: each is one task.
+const MAX_SIP_WORKERS: usize = 256;
 
 /// Under T1 (500 ms), so a shed caller hears 503 before it would
 /// retransmit, and above the endpoint's occasional stalls on a 2-vCPU VM

@@ -253,3 +253,18 @@ fn tls_settings_are_checked_with_file_key_and_reason() {
 
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn sip_workers_default_to_one_per_cpu_and_are_bounded() {
+    let with = |limits: &str| {
+        parse(&format!(
+            "[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\n{MINIMAL}\n[limits]\n{limits}"
+        ))
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(with("").limits.endpoint_shards(), cpus);
+    assert_eq!(with("sip_workers = 3").limits.endpoint_shards(), 3);
+    assert!(with("sip_workers = 256").validate().is_ok());
+    let error = with("sip_workers = 257").validate().unwrap_err();
+    assert_eq!(error.key, "limits.sip_workers");
+}

@@ -48,7 +48,7 @@ pub enum ReloadError {
 /// The handles a reload pushes new settings through.
 pub(crate) struct Reloader {
     pub running: Config,
-    pub endpoint: mpsc::Sender<EndpointCommand>,
+    pub endpoint: crate::endpoint::EndpointSender,
     pub registrations: mpsc::Sender<RegistrationEvent>,
     pub directory: watch::Sender<Arc<Directory>>,
     pub dial: watch::Sender<Arc<DialPolicy>>,
@@ -87,15 +87,19 @@ impl Reloader {
         // replaces the files' contents.
         self.tls.replace(valid.tls.clone());
         let reconfiguration = Reconfiguration {
-            router: valid.router,
-            flows: flow_runtimes(&config),
+            router: Arc::new(valid.router),
+            flows: Arc::new(flow_runtimes(&config)),
             directory: directory.clone(),
             max_calls: config.limits.max_calls,
         };
-        self.endpoint
-            .send(EndpointCommand::Reconfigure(Box::new(reconfiguration)))
-            .await
-            .map_err(|_| ReloadError::Stopping)?;
+        for shard in self.endpoint.all() {
+            shard
+                .send(EndpointCommand::Reconfigure(Box::new(
+                    reconfiguration.clone(),
+                )))
+                .await
+                .map_err(|_| ReloadError::Stopping)?;
+        }
         self.directory.send_replace(directory);
         self.dial.send_replace(Arc::new(valid.dial));
         self.registrations
@@ -175,6 +179,9 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
             c.limits.new_requests_burst_per_ip,
         )
     };
+    if old.limits.sip_workers != new.limits.sip_workers {
+        changed.push("limits.sip_workers");
+    }
     if shedding(old) != shedding(new) {
         changed.push("limits.overload_* / limits.new_requests_*");
     }

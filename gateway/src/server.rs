@@ -12,7 +12,9 @@ use crate::api::{ApiContext, ApiServer};
 use crate::call::dial::CallShared;
 use crate::call::RtpPorts;
 use crate::config::{Config, ValidConfig};
-use crate::endpoint::{Endpoint, EndpointState, FlowRuntime, MediaSettings};
+use crate::endpoint::{
+    Endpoint, EndpointSender, EndpointState, FlowRuntime, MediaSettings, Occupancy, Shard,
+};
 use crate::registrar::redis_store::RedisStore;
 use crate::registrar::service::{Registrar, JOBS_CAPACITY};
 use crate::registrar::store::{LocationStore, MemoryStore};
@@ -44,7 +46,8 @@ pub struct Gateway {
     state: watch::Sender<EndpointState>,
     sockets_shutdown: watch::Sender<bool>,
     active_calls: watch::Receiver<usize>,
-    endpoint: JoinHandle<()>,
+    /// One task per endpoint shard.
+    endpoint: Vec<JoinHandle<()>>,
     api: Option<ApiServer>,
     registrations: mpsc::Sender<RegistrationEvent>,
     registrations_task: JoinHandle<()>,
@@ -67,7 +70,13 @@ impl Gateway {
                 valid.router.trusted_networks(),
             ),
         ));
-        let (inbound_tx, inbound) = crate::transport::inbound::queues(overload, limiter.clone());
+        let shards = config.limits.endpoint_shards();
+        tracing::info!(
+            workers = shards,
+            "SIP endpoint: one worker per shard of Call-IDs"
+        );
+        let (inbound_tx, inbound) =
+            crate::transport::inbound::queues(shards, overload, limiter.clone());
         let server_names = Arc::new(crate::sip::resolve::ServerNames::default());
         let tls = crate::transport::tls::TlsContext::new(valid.tls.clone(), server_names.clone());
         let transports = Transports::bind(
@@ -88,7 +97,10 @@ impl Gateway {
         };
         let local = transports.local_addrs().to_vec();
         let flows = flow_runtimes(&config);
-        let (commands_tx, commands_rx) = mpsc::channel(crate::endpoint::COMMAND_CAPACITY);
+        let (command_senders, command_receivers): (Vec<_>, Vec<_>) = (0..shards)
+            .map(|_| mpsc::channel(crate::endpoint::COMMAND_CAPACITY))
+            .unzip();
+        let commands_tx = EndpointSender::new(command_senders);
         let auth = Arc::new(std::sync::Mutex::new(Authenticator::new(
             valid.auth.clone(),
         )));
@@ -141,60 +153,75 @@ impl Gateway {
         let call_resources = Arc::new(crate::call::registry::CallRegistry::default());
         let (state, state_watch) = watch::channel(EndpointState::Running);
         let (active_tx, active_calls) = watch::channel(0usize);
-        let endpoint = Endpoint {
-            transports,
-            router: valid.router,
-            flows,
-            max_calls: config.limits.max_calls,
-            calls: Arc::new(CallShared {
-                media: MediaSettings {
-                    public_ip: config.sip.public_address,
-                    rtp_timeout: Duration::from_secs(config.media.rtp_timeout_secs),
-                    jitter_depth_ms: config.media.jitter_depth_ms,
-                    jitter_adaptive: config.media.jitter_adaptive.then(|| {
-                        switchboard_media::jitter::AdaptiveConfig {
-                            min_depth_ms: config.media.jitter_min_ms,
-                            max_depth_ms: config.media.jitter_max_ms,
-                            ..Default::default()
-                        }
-                    }),
-                    suppress_silence: config.media.send_silence
-                        == crate::config::SendSilence::Never,
-                    codecs: switchboard_media::sdp::CodecPreferences::new(
-                        &config
-                            .media
-                            .codecs
-                            .iter()
-                            .filter_map(|name| crate::config::codec_named(name))
-                            .collect::<Vec<_>>(),
-                    ),
-                },
-                rtp_ports: Arc::new(RtpPorts::new(valid.rtp_ports)),
-                dial: dial_rx,
-                http: http_client(),
-                resolver: resolver(),
-                local: local.clone(),
-                registrar: registrar.clone(),
-                registry: registry.clone(),
-                call_resources: call_resources.clone(),
-                twilio: valid.api_credentials.clone(),
-                clips: Arc::default(),
-                api_recordings: config.api.recording_dir.clone(),
-            }),
-            inbound,
-            overload_delay: std::time::Duration::from_millis(config.limits.overload_delay_ms),
-            shutdown: state_watch.clone(),
-            active_calls: active_tx,
-            auth,
-            directory,
-            registrar,
-            register_jobs,
-            user_calls: user_calls(),
-            registrations: Some(registrations_tx.clone()),
+        let calls = Arc::new(CallShared {
+            media: MediaSettings {
+                public_ip: config.sip.public_address,
+                rtp_timeout: Duration::from_secs(config.media.rtp_timeout_secs),
+                jitter_depth_ms: config.media.jitter_depth_ms,
+                jitter_adaptive: config.media.jitter_adaptive.then(|| {
+                    switchboard_media::jitter::AdaptiveConfig {
+                        min_depth_ms: config.media.jitter_min_ms,
+                        max_depth_ms: config.media.jitter_max_ms,
+                        ..Default::default()
+                    }
+                }),
+                suppress_silence: config.media.send_silence == crate::config::SendSilence::Never,
+                codecs: switchboard_media::sdp::CodecPreferences::new(
+                    &config
+                        .media
+                        .codecs
+                        .iter()
+                        .filter_map(|name| crate::config::codec_named(name))
+                        .collect::<Vec<_>>(),
+                ),
+            },
+            rtp_ports: Arc::new(RtpPorts::new(valid.rtp_ports)),
+            dial: dial_rx,
+            http: http_client(),
+            resolver: resolver(),
+            local: local.clone(),
+            registrar: registrar.clone(),
             registry: registry.clone(),
-            commands_tx: commands_tx.clone(),
-            commands_rx,
-        };
+            call_resources: call_resources.clone(),
+            twilio: valid.api_credentials.clone(),
+            clips: Arc::default(),
+            api_recordings: config.api.recording_dir.clone(),
+        });
+        let router = Arc::new(valid.router);
+        let flows = Arc::new(flows);
+        let occupancy = Arc::new(Occupancy::new(active_tx));
+        let user_calls = user_calls();
+        let shard_ends = inbound
+            .into_iter()
+            .zip(command_receivers)
+            .zip(commands_tx.all().cloned());
+        let endpoints: Vec<Endpoint> = shard_ends
+            .enumerate()
+            .map(|(index, ((inbound, commands_rx), own_tx))| Endpoint {
+                shard: Shard {
+                    index,
+                    count: shards,
+                },
+                transports: transports.clone(),
+                router: router.clone(),
+                flows: flows.clone(),
+                max_calls: config.limits.max_calls,
+                calls: calls.clone(),
+                inbound,
+                overload_delay: Duration::from_millis(config.limits.overload_delay_ms),
+                shutdown: state_watch.clone(),
+                occupancy: occupancy.clone(),
+                auth: auth.clone(),
+                directory: directory.clone(),
+                registrar: registrar.clone(),
+                register_jobs: register_jobs.clone(),
+                user_calls: user_calls.clone(),
+                registrations: Some(registrations_tx.clone()),
+                registry: registry.clone(),
+                commands_tx: own_tx,
+                commands_rx,
+            })
+            .collect();
         let (reload_tx, reload_requests) = mpsc::channel(crate::reload::REQUESTS_CAPACITY);
         let api = match valid.api_listen {
             Some(listen) => {
@@ -221,7 +248,10 @@ impl Gateway {
             }
             None => None,
         };
-        let endpoint = tokio::spawn(endpoint.run());
+        let endpoint = endpoints
+            .into_iter()
+            .map(|endpoint| tokio::spawn(endpoint.run()))
+            .collect();
         Ok(Gateway {
             local,
             state,
@@ -299,12 +329,15 @@ impl Gateway {
         }
         let _ = self.state.send(EndpointState::Stopping);
         // Calls need the sockets to send their BYEs; close them last.
-        if tokio::time::timeout(Duration::from_secs(10), &mut self.endpoint)
-            .await
-            .is_err()
-        {
-            tracing::warn!("endpoint did not stop in time");
-            self.endpoint.abort();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        for shard in &mut self.endpoint {
+            if tokio::time::timeout_at(deadline, &mut *shard)
+                .await
+                .is_err()
+            {
+                tracing::warn!("endpoint did not stop in time");
+                shard.abort();
+            }
         }
         let _ = self.sockets_shutdown.send(true);
         if let Some(api) = self.api.take() {

@@ -88,7 +88,7 @@ impl GatewayProcess {
     pub fn start(name: &str, config: &str) -> GatewayProcess {
         let dir = scratch_dir(name);
         let path = dir.join("switchboard.toml");
-        std::fs::write(&path, config).unwrap();
+        std::fs::write(&path, with_sip_workers(config)).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
             .args(["run", "--config"])
             .arg(&path)
@@ -231,5 +231,21 @@ impl Drop for GatewayProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Every gateway a test starts runs three endpoint shards unless its
+/// configuration says otherwise, whatever the machine's CPU count: a
+/// message or a command that reached the wrong shard (a transfer's agent
+/// leg, a registrar answer, a placed call) then fails a test two times in
+/// three instead of passing on a one-CPU machine.
+pub fn with_sip_workers(config: &str) -> String {
+    const WORKERS: &str = "sip_workers = 3\n";
+    if config.contains("sip_workers") {
+        config.to_string()
+    } else if config.contains("[limits]\n") {
+        config.replacen("[limits]\n", &format!("[limits]\n{WORKERS}"), 1)
+    } else {
+        format!("{config}\n[limits]\n{WORKERS}")
     }
 }

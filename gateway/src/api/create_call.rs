@@ -63,6 +63,7 @@ pub(super) async fn create_call(
         |message: String| TwilioError::new(StatusCode::SERVICE_UNAVAILABLE, 20503, message);
     state
         .endpoint
+        .next_shard()
         .send(EndpointCommand::PlaceCall(Box::new(PlaceCall {
             request,
             reply,

@@ -47,7 +47,7 @@ pub struct ApiContext {
     pub calls: std::sync::Arc<crate::call::registry::CallRegistry>,
     pub credentials: Option<crate::config::ApiCredentials>,
     pub http: reqwest::Client,
-    pub endpoint: tokio::sync::mpsc::Sender<crate::call::EndpointCommand>,
+    pub endpoint: crate::endpoint::EndpointSender,
 }
 
 /// A running API listener; dropped or [`ApiServer::stop`]ped with the gateway.

@@ -39,7 +39,7 @@ pub(super) struct TwilioState {
     pub credentials: Option<ApiCredentials>,
     pub http: reqwest::Client,
     /// Where placed calls start.
-    pub endpoint: tokio::sync::mpsc::Sender<crate::call::EndpointCommand>,
+    pub endpoint: crate::endpoint::EndpointSender,
     /// Users a call may be placed to, and registrations to dial through.
     pub registrar: Option<Arc<crate::registrar::service::Registrar>>,
     pub registrations: Arc<crate::registration::manager::Registry>,

@@ -81,8 +81,11 @@ pub enum PlaceError {
 #[derive(Debug)]
 pub struct PlaceCall {
     pub request: OutboundRequest,
-    pub reply: oneshot::Sender<Result<CallRecord, PlaceError>>,
+    pub reply: PlaceReply,
 }
+
+/// Where the endpoint answers a [`PlaceCall`].
+pub type PlaceReply = oneshot::Sender<Result<CallRecord, PlaceError>>;
 
 /// Everything a placed call's task starts with.
 pub struct OutboundSetup {
@@ -95,6 +98,8 @@ pub struct OutboundSetup {
     pub endpoint: mpsc::Sender<EndpointCommand>,
     pub inputs: mpsc::Receiver<CallInput>,
     pub resource: CallResource,
+    /// The endpoint shard the call belongs to (its Call-ID routes there).
+    pub shard: crate::endpoint::Shard,
 }
 
 /// A placed call's own state.
@@ -265,6 +270,7 @@ async fn place(
         local_sip: local,
         from_user: request.from.clone(),
         endpoint: setup.endpoint,
+        shard: setup.shard,
         inputs: setup.inputs,
         resource: setup.resource,
         caller: leg,

@@ -27,6 +27,7 @@ use super::registry::{CallResource, CallStatus};
 use super::secure_io::receive;
 use super::transfer::Transfer;
 use super::{CallInput, CallRef, EndpointCommand, LegId};
+use crate::endpoint::Shard;
 use crate::routing::RouteMatch;
 use crate::sip::message::{Request, SipMessage};
 use crate::sip::transaction::{Peer, ServerTxId, Transport};
@@ -53,6 +54,9 @@ pub struct CallSetup {
     pub local_sip: SocketAddr,
     pub shared: Arc<CallShared>,
     pub endpoint: mpsc::Sender<EndpointCommand>,
+    /// The endpoint shard the call belongs to: Call-IDs it chooses must
+    /// route back there.
+    pub shard: Shard,
     pub inputs: mpsc::Receiver<CallInput>,
     /// The call as a Calls API resource: marked ended when the call drops it.
     pub resource: CallResource,
@@ -157,6 +161,7 @@ pub(super) struct Call {
     /// Caller ID: the user part of the caller's From.
     pub(super) from_user: String,
     endpoint: mpsc::Sender<EndpointCommand>,
+    pub(super) shard: Shard,
     inputs: mpsc::Receiver<CallInput>,
     pub(super) resource: CallResource,
     pub(super) caller: Leg,
@@ -204,6 +209,7 @@ pub(super) struct CallParts {
     pub local_sip: SocketAddr,
     pub from_user: String,
     pub endpoint: mpsc::Sender<EndpointCommand>,
+    pub shard: Shard,
     pub inputs: mpsc::Receiver<CallInput>,
     pub resource: CallResource,
     pub caller: Leg,
@@ -228,6 +234,7 @@ impl Call {
             local_sip: parts.local_sip,
             from_user: parts.from_user,
             endpoint: parts.endpoint,
+            shard: parts.shard,
             inputs: parts.inputs,
             resource: parts.resource,
             caller: parts.caller,
@@ -308,6 +315,7 @@ impl Call {
             local_sip: setup.local_sip,
             from_user,
             endpoint: setup.endpoint,
+            shard: setup.shard,
             inputs: setup.inputs,
             resource: setup.resource,
             caller,

@@ -16,7 +16,6 @@ use super::dial::{parse_target, CallShared, Target};
 use super::leg::{DialFailure, FailKind, Leg, LegConfig, LegEvent, LegState, OutgoingCall};
 use super::session::{contact_uri, Call, JobOutput};
 use super::LegId;
-use crate::sip::response::new_call_id;
 use crate::sip::transaction::Peer;
 use crate::sip::uri::NameAddr;
 
@@ -453,7 +452,8 @@ impl Call {
         );
         let offer = media.offer();
         let mut legs = Vec::with_capacity(targets.len());
-        let call_id = new_call_id(&local.ip().to_string());
+        // The agent's answers and requests must reach this call's shard.
+        let call_id = self.shard.new_call_id(&local.ip().to_string());
         for (request_uri, peer) in targets {
             let Some(local) = self.shared.local_for(peer.transport, peer.addr) else {
                 tracing::warn!(peer = %peer.addr, transport = %peer.transport, "no listener for this contact");

@@ -4,10 +4,14 @@
 //! supervises call tasks: however a call ends (even by panicking), its slot
 //! and routes are released and an INVITE it left unanswered gets a 500.
 //! It never touches media.
+//!
+//! The endpoint runs as one such task per shard ([`shards`]), so SIP work
+//! spreads over every core: each shard owns the Call-IDs that hash to it.
 
 mod admission;
 mod place;
 mod routes;
+pub mod shards;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -34,6 +38,7 @@ use crate::sip::transaction::{
 use crate::transport::{Inbound, InboundQueues, Transports};
 
 pub use routes::{ClientOwner, Routes};
+pub use shards::{EndpointSender, Occupancy, Shard};
 
 /// Commands queued from all calls towards the endpoint.
 pub const COMMAND_CAPACITY: usize = 4096;
@@ -41,6 +46,7 @@ pub const COMMAND_CAPACITY: usize = 4096;
 const ALLOW: &str = crate::call::leg::ALLOW;
 
 /// A flow ready to take calls.
+#[derive(Clone)]
 pub struct FlowRuntime {
     pub config: Arc<FlowConfig>,
     pub connector: Arc<dyn BotConnector>,
@@ -59,21 +65,25 @@ pub struct MediaSettings {
     pub suppress_silence: bool,
 }
 
+/// One shard of the endpoint.
 pub struct Endpoint {
+    /// Which Call-IDs are this shard's.
+    pub shard: Shard,
     pub transports: Transports,
-    pub router: Router,
-    pub flows: HashMap<String, FlowRuntime>,
+    pub router: Arc<Router>,
+    pub flows: Arc<HashMap<String, FlowRuntime>>,
     pub max_calls: usize,
     /// What every call shares: media settings, RTP ports, dial policy…
     pub calls: Arc<crate::call::dial::CallShared>,
-    /// From the sockets: in-dialog traffic first, then new requests.
+    /// From the sockets, this shard's messages: in-dialog traffic first,
+    /// then new requests.
     pub inbound: InboundQueues,
     /// A new INVITE that waited longer than this in the queue is answered
     /// 503 before any call state exists: the gateway is not keeping up.
     pub overload_delay: Duration,
     pub shutdown: watch::Receiver<EndpointState>,
-    /// Live call count, readable by whoever drains the gateway.
-    pub active_calls: watch::Sender<usize>,
+    /// Calls in progress in every shard, against `max_calls`.
+    pub occupancy: Arc<Occupancy>,
     /// Digest authentication, shared with the registrar.
     pub auth: Arc<std::sync::Mutex<crate::sip::authenticator::Authenticator>>,
     /// Users and trunk logins.
@@ -86,16 +96,18 @@ pub struct Endpoint {
     /// The outbound registrations' manager, and what they share.
     pub registrations: Option<mpsc::Sender<crate::registration::manager::Event>>,
     pub registry: Arc<crate::registration::manager::Registry>,
-    /// The queue calls and the registrar send commands on, and its end.
+    /// This shard's command queue (its calls and the registrar send on
+    /// it), and its end.
     pub commands_tx: mpsc::Sender<EndpointCommand>,
     pub commands_rx: mpsc::Receiver<EndpointCommand>,
 }
 
 /// What a configuration reload changes in the endpoint. Calls in progress
-/// keep the flow they were admitted to.
+/// keep the flow they were admitted to. Every shard gets a copy.
+#[derive(Clone)]
 pub struct Reconfiguration {
-    pub router: Router,
-    pub flows: HashMap<String, FlowRuntime>,
+    pub router: Arc<Router>,
+    pub flows: Arc<HashMap<String, FlowRuntime>>,
     pub directory: Arc<crate::registrar::users::Directory>,
     pub max_calls: usize,
 }
@@ -135,6 +147,8 @@ struct Core {
     behind: bool,
     /// One line per burst of new calls refused.
     shed_log: crate::burst_log::BurstLog,
+    /// Calls in progress in every shard.
+    occupancy: Arc<Occupancy>,
 }
 
 impl Endpoint {
@@ -144,7 +158,7 @@ impl Endpoint {
         let mut commands = std::mem::replace(&mut self.commands_rx, unused);
         let mut core = Core {
             layer: TransactionLayer::new(Timers::default()),
-            routes: Routes::default(),
+            routes: Routes::for_shard(self.shard),
             tasks: JoinSet::new(),
             commands: commands_tx,
             connecting: HashMap::new(),
@@ -152,6 +166,7 @@ impl Endpoint {
             state: EndpointState::Running,
             behind: false,
             shed_log: Default::default(),
+            occupancy: self.occupancy.clone(),
         };
         let far = || Instant::now() + Duration::from_secs(3600);
         let timer = tokio::time::sleep_until(far());
@@ -316,11 +331,13 @@ impl Endpoint {
                 self.flows = flows;
                 self.directory = directory;
                 self.max_calls = max_calls;
-                tracing::info!(
-                    flows = self.flows.len(),
-                    max_calls,
-                    "new calls follow the reloaded configuration"
-                );
+                if self.shard.index == 0 {
+                    tracing::info!(
+                        flows = self.flows.len(),
+                        max_calls,
+                        "new calls follow the reloaded configuration"
+                    );
+                }
             }
         }
     }
@@ -331,8 +348,6 @@ impl Endpoint {
         joined: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
     ) {
         core.release(joined);
-        let _ = self.active_calls.send(core.routes.len());
-        crate::metrics::active_calls(core.routes.len());
     }
 
     fn forward(&self, core: &mut Core, call: CallRef, leg: LegId, input: LegInput) {
@@ -519,7 +534,8 @@ impl Endpoint {
             );
             return;
         }
-        if core.routes.len() >= self.max_calls {
+        // Cheap first look; the place is taken once the call is certain.
+        if core.occupancy.calls() >= self.max_calls {
             core.refuse_new_call(tx, &request, &call_id, "at capacity (limits.max_calls)");
             return;
         }
@@ -541,6 +557,10 @@ impl Endpoint {
             crate::metrics::call_rejected(500);
             return;
         };
+        if !core.occupancy.try_take(self.max_calls) {
+            core.refuse_new_call(tx, &request, &call_id, "at capacity (limits.max_calls)");
+            return;
+        }
         let (inputs_tx, inputs) = mpsc::channel(CALL_INPUT_CAPACITY);
         let resource = self.calls.call_resources.open(CallRecord::inbound(
             &call_id,
@@ -560,6 +580,7 @@ impl Endpoint {
             peer,
             local_tag,
             route,
+            shard: self.shard,
             flow: flow.config.clone(),
             connector: flow.connector.clone(),
             local_sip,
@@ -570,8 +591,6 @@ impl Endpoint {
         };
         let task = core.tasks.spawn(run_call(setup));
         core.routes.attach_task(task.id(), call);
-        let _ = self.active_calls.send(core.routes.len());
-        crate::metrics::active_calls(core.routes.len());
     }
 }
 
@@ -604,8 +623,11 @@ impl Core {
                 error.id()
             }
         };
-        if let Some((_, Some(tx))) = self.routes.remove_task(id) {
-            self.layer.abandon(tx, std::time::Instant::now());
+        if let Some((_, invite)) = self.routes.remove_task(id) {
+            self.occupancy.release();
+            if let Some(tx) = invite {
+                self.layer.abandon(tx, std::time::Instant::now());
+            }
         }
     }
 
@@ -675,6 +697,7 @@ mod tests {
             state: EndpointState::Running,
             behind: false,
             shed_log: Default::default(),
+            occupancy: Arc::new(Occupancy::new(watch::channel(0).0)),
         }
     }
 

@@ -7,11 +7,11 @@ use tokio::sync::mpsc;
 
 use super::{Core, Endpoint, EndpointState};
 use crate::call::outbound::{
-    run_outbound_call, twiml_flow, webhook_flow, OutboundSetup, PlaceCall, PlaceError, Program,
+    run_outbound_call, twiml_flow, webhook_flow, OutboundSetup, PlaceCall, PlaceError, PlaceReply,
+    Program,
 };
 use crate::call::registry::{CallRecord, CallStatus, Direction};
 use crate::call::CALL_INPUT_CAPACITY;
-use crate::sip::response::new_call_id;
 
 impl Endpoint {
     pub(super) fn place(&self, core: &mut Core, place: PlaceCall) {
@@ -22,12 +22,8 @@ impl Endpoint {
             )));
             return;
         }
-        if core.routes.len() >= self.max_calls {
-            tracing::warn!(max_calls = self.max_calls, "at capacity: no call placed");
-            let _ = reply.send(Err(PlaceError::Unavailable(format!(
-                "at capacity ({} calls)",
-                self.max_calls
-            ))));
+        if core.occupancy.calls() >= self.max_calls {
+            self.refuse_at_capacity(reply);
             return;
         }
         let (flow, connector) = match &request.program {
@@ -75,7 +71,12 @@ impl Endpoint {
             .first()
             .map(|(_, addr)| addr.ip().to_string())
             .unwrap_or_else(|| "switchboard".into());
-        let call_id = new_call_id(&host);
+        if !core.occupancy.try_take(self.max_calls) {
+            self.refuse_at_capacity(reply);
+            return;
+        }
+        // Its legs' messages must come back to this shard.
+        let call_id = self.shard.new_call_id(&host);
         let (inputs_tx, inputs) = mpsc::channel(CALL_INPUT_CAPACITY);
         let record = CallRecord {
             sid: switchboard_flows::call_sid(&call_id),
@@ -106,11 +107,18 @@ impl Endpoint {
             endpoint: core.commands.clone(),
             inputs,
             resource,
+            shard: self.shard,
         };
         let task = core.tasks.spawn(run_outbound_call(setup));
         core.routes.attach_task(task.id(), call);
-        let _ = self.active_calls.send(core.routes.len());
-        crate::metrics::active_calls(core.routes.len());
         let _ = reply.send(Ok(answer));
+    }
+
+    fn refuse_at_capacity(&self, reply: PlaceReply) {
+        tracing::warn!(max_calls = self.max_calls, "at capacity: no call placed");
+        let _ = reply.send(Err(PlaceError::Unavailable(format!(
+            "at capacity ({} calls)",
+            self.max_calls
+        ))));
     }
 }

@@ -38,6 +38,9 @@ struct CallEntry {
 #[derive(Default)]
 pub struct Routes {
     next_call: u64,
+    /// Shards number calls in turn (shard i of n: i+n, i+2n…), so a
+    /// `CallRef` names one call in the whole process.
+    stride: u64,
     calls: HashMap<CallRef, CallEntry>,
     tasks: HashMap<tokio::task::Id, CallRef>,
     dialogs: HashMap<DialogKey, (CallRef, LegId)>,
@@ -47,6 +50,19 @@ pub struct Routes {
 }
 
 impl Routes {
+    pub fn for_shard(shard: super::Shard) -> Self {
+        Self {
+            next_call: shard.index as u64,
+            stride: shard.count as u64,
+            ..Self::default()
+        }
+    }
+
+    fn next_ref(&mut self) -> CallRef {
+        self.next_call += self.stride.max(1);
+        CallRef(self.next_call)
+    }
+
     pub fn len(&self) -> usize {
         self.calls.len()
     }
@@ -65,8 +81,7 @@ impl Routes {
         tx: ServerTxId,
         inputs: mpsc::Sender<CallInput>,
     ) -> CallRef {
-        self.next_call += 1;
-        let call = CallRef(self.next_call);
+        let call = self.next_ref();
         let dialog = (call_id.to_string(), local_tag.to_string());
         let inbound = (call_id.to_string(), from_tag.to_string());
         self.dialogs.insert(dialog.clone(), (call, LegId::CALLER));
@@ -86,8 +101,7 @@ impl Routes {
 
     /// Registers a call we place; its dialogs are added as its legs form.
     pub fn place(&mut self, inputs: mpsc::Sender<CallInput>) -> CallRef {
-        self.next_call += 1;
-        let call = CallRef(self.next_call);
+        let call = self.next_ref();
         self.calls.insert(
             call,
             CallEntry {

@@ -54,7 +54,7 @@ impl Registrar {
     pub async fn run(
         self: Arc<Self>,
         mut jobs: mpsc::Receiver<RegisterJob>,
-        endpoint: mpsc::Sender<EndpointCommand>,
+        endpoint: crate::endpoint::EndpointSender,
     ) {
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         loop {
@@ -69,7 +69,9 @@ impl Registrar {
                     } else {
                         EndpointCommand::Respond { tx: job.tx, response }
                     };
-                    if endpoint.send(command).await.is_err() {
+                    // The shard that received the REGISTER holds its transaction.
+                    let shard = endpoint.for_call_id(job.request.call_id().unwrap_or(""));
+                    if shard.send(command).await.is_err() {
                         break;
                     }
                 }

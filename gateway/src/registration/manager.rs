@@ -134,7 +134,7 @@ pub struct Addresses {
 
 pub struct Manager {
     registry: Arc<Registry>,
-    endpoint: mpsc::Sender<EndpointCommand>,
+    endpoint: crate::endpoint::EndpointSender,
     resolver: Resolver,
     http: reqwest::Client,
     addresses: Addresses,
@@ -152,7 +152,7 @@ type Resolution =
 impl Manager {
     pub fn new(
         registry: Arc<Registry>,
-        endpoint: mpsc::Sender<EndpointCommand>,
+        endpoint: crate::endpoint::EndpointSender,
         resolver: Resolver,
         http: reqwest::Client,
         addresses: Addresses,
@@ -250,7 +250,8 @@ impl Manager {
                     let peer = running.peer;
                     for output in outputs {
                         if let (Output::Register(request), Some(peer)) = (output, peer) {
-                            let _ = self.endpoint.try_send(EndpointCommand::Register {
+                            let shard = self.endpoint.for_call_id(request.call_id().unwrap_or(""));
+                            let _ = shard.try_send(EndpointCommand::Register {
                                 id: format!("{id}#removed"),
                                 request,
                                 peer,
@@ -493,6 +494,7 @@ impl Manager {
                 Output::KeepAlive => {
                     let _ = self
                         .endpoint
+                        .next_shard()
                         .send(EndpointCommand::SendRaw {
                             peer,
                             bytes: b"\r\n\r\n".to_vec(),
@@ -557,8 +559,10 @@ impl Manager {
 
     async fn send(&self, id: &str, request: Request, peer: Peer) {
         crate::metrics::register_sent();
+        // The shard that owns the registration's Call-ID gets its answers.
         let _ = self
             .endpoint
+            .for_call_id(request.call_id().unwrap_or(""))
             .send(EndpointCommand::Register {
                 id: id.to_string(),
                 request,

@@ -6,6 +6,10 @@
 //! the `fresh` queue. When `fresh` is full the socket task answers the
 //! request 503 with Retry-After itself: no transaction, no call state, a
 //! few microseconds.
+//!
+//! There is one pair of queues per endpoint shard: a message goes to the
+//! shard its Call-ID belongs to ([`crate::endpoint::shards`]); connection
+//! events go to every shard, since each keeps its own waiting requests.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,6 +19,7 @@ use tokio::sync::mpsc;
 use super::source_limit::SourceLimiter;
 use super::Inbound;
 use crate::burst_log::BurstLog;
+use crate::endpoint::shards::shard_of;
 use crate::overload::Overload;
 use crate::sip::message::{Method, Request, SipMessage};
 use crate::sip::response::{new_tag, response_for};
@@ -36,11 +41,16 @@ pub struct InboundQueues {
     pub fresh: mpsc::Receiver<Inbound>,
 }
 
+/// One shard's pair of queues, the sockets' end.
+struct ShardQueues {
+    urgent: mpsc::Sender<Inbound>,
+    fresh: mpsc::Sender<Inbound>,
+}
+
 /// The sockets' end: clone one per reader task.
 #[derive(Clone)]
 pub struct InboundSender {
-    urgent: mpsc::Sender<Inbound>,
-    fresh: mpsc::Sender<Inbound>,
+    shards: Arc<[ShardQueues]>,
     shed_log: Arc<BurstLog>,
     limited_log: Arc<BurstLog>,
     overload: Arc<Overload>,
@@ -62,34 +72,47 @@ pub enum Delivery {
     Closed,
 }
 
+/// Queues for `shards` endpoint shards; the receivers in shard order.
 pub fn queues(
+    shards: usize,
     overload: Arc<Overload>,
     limiter: Arc<std::sync::Mutex<SourceLimiter>>,
-) -> (InboundSender, InboundQueues) {
-    queues_with(URGENT_CAPACITY, FRESH_CAPACITY, overload, limiter)
+) -> (InboundSender, Vec<InboundQueues>) {
+    queues_with(shards, URGENT_CAPACITY, FRESH_CAPACITY, overload, limiter)
 }
 
 pub fn queues_with(
+    shards: usize,
     urgent: usize,
     fresh: usize,
     overload: Arc<Overload>,
     limiter: Arc<std::sync::Mutex<SourceLimiter>>,
-) -> (InboundSender, InboundQueues) {
-    let (urgent_tx, urgent_rx) = mpsc::channel(urgent);
-    let (fresh_tx, fresh_rx) = mpsc::channel(fresh);
+) -> (InboundSender, Vec<InboundQueues>) {
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..shards.max(1))
+        .map(|_| {
+            let (urgent_tx, urgent_rx) = mpsc::channel(urgent);
+            let (fresh_tx, fresh_rx) = mpsc::channel(fresh);
+            (
+                ShardQueues {
+                    urgent: urgent_tx,
+                    fresh: fresh_tx,
+                },
+                InboundQueues {
+                    urgent: urgent_rx,
+                    fresh: fresh_rx,
+                },
+            )
+        })
+        .unzip();
     (
         InboundSender {
-            urgent: urgent_tx,
-            fresh: fresh_tx,
+            shards: senders.into(),
             shed_log: Arc::default(),
             limited_log: Arc::default(),
             overload,
             limiter,
         },
-        InboundQueues {
-            urgent: urgent_rx,
-            fresh: fresh_rx,
-        },
+        receivers,
     )
 }
 
@@ -104,11 +127,23 @@ pub fn is_fresh(request: &Request) -> bool {
 }
 
 impl InboundSender {
+    /// The queues of the shard that owns this message's Call-ID (a message
+    /// without one goes to the first shard, which answers it 400).
+    fn shard_for(&self, message: &SipMessage) -> &ShardQueues {
+        let call_id = match message {
+            SipMessage::Request(request) => request.call_id(),
+            SipMessage::Response(response) => response.call_id(),
+        };
+        let shard = call_id.map_or(0, |id| shard_of(id, self.shards.len()));
+        &self.shards[shard]
+    }
+
     /// Queues without waiting (UDP).
     pub fn deliver(&self, message: SipMessage, peer: Peer) -> Delivery {
-        match self.deliver_fresh(message, peer) {
+        let shard = self.shard_for(&message);
+        match self.deliver_fresh(shard, message, peer) {
             Ok(delivery) => delivery,
-            Err(inbound) => match self.urgent.try_send(inbound) {
+            Err(inbound) => match shard.urgent.try_send(inbound) {
                 Ok(()) => Delivery::Queued,
                 Err(mpsc::error::TrySendError::Full(_)) => Delivery::Dropped,
                 Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
@@ -121,9 +156,10 @@ impl InboundSender {
     /// cannot get back); new requests are still shed when the endpoint is
     /// behind.
     pub async fn deliver_waiting(&self, message: SipMessage, peer: Peer) -> Delivery {
-        match self.deliver_fresh(message, peer) {
+        let shard = self.shard_for(&message);
+        match self.deliver_fresh(shard, message, peer) {
             Ok(delivery) => delivery,
-            Err(inbound) => match self.urgent.send(inbound).await {
+            Err(inbound) => match shard.urgent.send(inbound).await {
                 Ok(()) => Delivery::Queued,
                 Err(_) => Delivery::Closed,
             },
@@ -135,7 +171,12 @@ impl InboundSender {
     // The message travels inline, as on the queues: boxing it would cost
     // an allocation per message.
     #[allow(clippy::result_large_err)]
-    fn deliver_fresh(&self, message: SipMessage, peer: Peer) -> Result<Delivery, Inbound> {
+    fn deliver_fresh(
+        &self,
+        shard: &ShardQueues,
+        message: SipMessage,
+        peer: Peer,
+    ) -> Result<Delivery, Inbound> {
         let received = Instant::now();
         let request = match message {
             SipMessage::Request(request) if is_fresh(&request) => request,
@@ -167,7 +208,7 @@ impl InboundSender {
             peer,
             received,
         };
-        Ok(match self.fresh.try_send(inbound) {
+        Ok(match shard.fresh.try_send(inbound) {
             Ok(()) => Delivery::Queued,
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
             Err(mpsc::error::TrySendError::Full(Inbound::Message {
@@ -190,12 +231,40 @@ impl InboundSender {
     /// they settle transactions, so they wait for room. False when the
     /// endpoint is gone.
     pub async fn send(&self, inbound: Inbound) -> bool {
-        self.urgent.send(inbound).await.is_ok()
+        let mut sent = false;
+        for (shard, event) in self.connection_event(inbound) {
+            sent |= shard.urgent.send(event).await.is_ok();
+        }
+        sent
     }
 
     /// As [`send`](Self::send) without waiting; false when not queued.
     pub fn try_send(&self, inbound: Inbound) -> bool {
-        self.urgent.try_send(inbound).is_ok()
+        let mut sent = false;
+        for (shard, event) in self.connection_event(inbound) {
+            sent |= shard.urgent.try_send(event).is_ok();
+        }
+        sent
+    }
+
+    /// Who hears of a connection event: requests waiting for a connection
+    /// may be in any shard; only the first tells the registrations of a
+    /// closed one (once is enough).
+    fn connection_event(&self, inbound: Inbound) -> Vec<(&ShardQueues, Inbound)> {
+        match inbound {
+            Inbound::Connected { peer } => self
+                .shards
+                .iter()
+                .map(|shard| (shard, Inbound::Connected { peer }))
+                .collect(),
+            Inbound::ConnectFailed { peer } => self
+                .shards
+                .iter()
+                .map(|shard| (shard, Inbound::ConnectFailed { peer }))
+                .collect(),
+            Inbound::Closed { .. } => vec![(&self.shards[0], inbound)],
+            Inbound::Message { ref message, .. } => vec![(self.shard_for(message), inbound)],
+        }
     }
 }
 
@@ -234,7 +303,8 @@ mod tests {
     fn new_requests_are_shed_and_dialog_traffic_is_not() {
         let overload = Arc::new(Overload::default());
         let limiter = Arc::new(std::sync::Mutex::new(SourceLimiter::new(0, 1, Vec::new())));
-        let (sender, mut queues) = queues_with(8, 1, overload, limiter);
+        let (sender, mut queues) = queues_with(1, 8, 1, overload, limiter);
+        let queues = &mut queues[0];
         assert!(matches!(
             sender.deliver(message("INVITE", ""), PEER),
             Delivery::Queued
@@ -259,5 +329,50 @@ mod tests {
             sender.deliver(message("REGISTER", ""), PEER),
             Delivery::Queued
         ));
+    }
+
+    /// With three shards, a message goes to the one its Call-ID belongs to
+    /// (responses and in-dialog requests included); a connection failing
+    /// reaches every shard, since any may have requests waiting on it.
+    #[test]
+    fn messages_go_to_their_call_ids_shard_and_connection_events_to_all() {
+        let overload = Arc::new(Overload::default());
+        let limiter = Arc::new(std::sync::Mutex::new(SourceLimiter::new(0, 1, Vec::new())));
+        let (sender, mut queues) = queues_with(3, 64, 64, overload, limiter);
+        for n in 0..30 {
+            let call_id = format!("call-{n}");
+            let text = |method: &str, to_tag: &str| {
+                format!(
+                    "{method} sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{n}\r\nFrom: <sip:a@127.0.0.1>;tag=f1\r\nTo: <sip:100@127.0.0.1>{to_tag}\r\nCall-ID: {call_id}\r\nCSeq: 1 {method}\r\nContent-Length: 0\r\n\r\n"
+                )
+            };
+            let response = format!(
+                "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKr{n}\r\nFrom: <sip:a@127.0.0.1>;tag=f1\r\nTo: <sip:100@127.0.0.1>;tag=t\r\nCall-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+            );
+            for bytes in [text("INVITE", ""), text("BYE", ";tag=t"), response] {
+                let message = parse_message(bytes.as_bytes()).unwrap();
+                assert!(matches!(sender.deliver(message, PEER), Delivery::Queued));
+            }
+            let owner = shard_of(&call_id, 3);
+            for (index, queue) in queues.iter_mut().enumerate() {
+                let fresh = std::iter::from_fn(|| queue.fresh.try_recv().ok()).count();
+                let urgent = std::iter::from_fn(|| queue.urgent.try_recv().ok()).count();
+                let expected = if index == owner { (1, 2) } else { (0, 0) };
+                assert_eq!((fresh, urgent), expected, "{call_id} at shard {index}");
+            }
+        }
+        assert!(sender.try_send(Inbound::ConnectFailed { peer: PEER }));
+        for queue in &mut queues {
+            assert!(matches!(
+                queue.urgent.try_recv(),
+                Ok(Inbound::ConnectFailed { .. })
+            ));
+        }
+        assert!(sender.try_send(Inbound::Closed { peer: PEER }));
+        assert!(matches!(
+            queues[0].urgent.try_recv(),
+            Ok(Inbound::Closed { .. })
+        ));
+        assert!(queues[1].urgent.try_recv().is_err() && queues[2].urgent.try_recv().is_err());
     }
 }

@@ -1,0 +1,192 @@
+//! The endpoint runs as several workers (shards), one per core by default,
+//! each with its own transaction layer, routes and calls. A message belongs
+//! to the shard its Call-ID hashes to: every request and response of a
+//! transaction or a dialog carries the same Call-ID, so a shard never needs
+//! another's state. Call-IDs we choose (a transfer's agent leg, a call the
+//! API places, an outbound registration) are drawn until they hash to the
+//! shard that will own them.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::call::EndpointCommand;
+use crate::sip::response::new_call_id;
+
+/// Which shard owns `call_id` among `count`. Stable for the process's life
+/// (a fixed-key hash), so the sockets, the calls and the registrar agree.
+pub fn shard_of(call_id: &str, count: usize) -> usize {
+    if count <= 1 {
+        return 0;
+    }
+    let mut hasher = std::hash::DefaultHasher::new();
+    call_id.hash(&mut hasher);
+    (hasher.finish() % count as u64) as usize
+}
+
+/// One shard's place among all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    pub const ONLY: Shard = Shard { index: 0, count: 1 };
+
+    pub fn owns(&self, call_id: &str) -> bool {
+        shard_of(call_id, self.count) == self.index
+    }
+
+    /// A fresh Call-ID whose messages will come back to this shard
+    /// (`count` draws on average).
+    pub fn new_call_id(&self, host: &str) -> String {
+        loop {
+            let call_id = new_call_id(host);
+            if self.owns(&call_id) {
+                return call_id;
+            }
+        }
+    }
+}
+
+/// The command queues of every shard, for those outside the calls (API,
+/// registrar, registrations, reload) who must reach the right one.
+#[derive(Clone, Debug)]
+pub struct EndpointSender {
+    shards: Arc<[mpsc::Sender<EndpointCommand>]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl EndpointSender {
+    pub fn new(shards: Vec<mpsc::Sender<EndpointCommand>>) -> Self {
+        assert!(!shards.is_empty(), "an endpoint has at least one shard");
+        Self {
+            shards: shards.into(),
+            next: Arc::default(),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The shard that owns this Call-ID's transactions and dialogs.
+    pub fn for_call_id(&self, call_id: &str) -> &mpsc::Sender<EndpointCommand> {
+        &self.shards[shard_of(call_id, self.shards.len())]
+    }
+
+    /// A shard for new work that has no Call-ID yet, in turn.
+    pub fn next_shard(&self) -> &mpsc::Sender<EndpointCommand> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        &self.shards[index]
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &mpsc::Sender<EndpointCommand>> {
+        self.shards.iter()
+    }
+}
+
+/// Calls in progress across all shards: `limits.max_calls` holds for the
+/// gateway, not per shard, and whoever drains it watches one number.
+#[derive(Debug)]
+pub struct Occupancy {
+    calls: AtomicUsize,
+    watch: watch::Sender<usize>,
+}
+
+impl Occupancy {
+    pub fn new(watch: watch::Sender<usize>) -> Self {
+        Self {
+            calls: AtomicUsize::new(0),
+            watch,
+        }
+    }
+
+    /// Takes a place for a new call unless `max` are in progress.
+    pub fn try_take(&self, max: usize) -> bool {
+        let taken = self
+            .calls
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |calls| {
+                (calls < max).then_some(calls + 1)
+            })
+            .is_ok();
+        if taken {
+            self.publish();
+        }
+        taken
+    }
+
+    /// Gives back the place of a call that ended.
+    pub fn release(&self) {
+        let _ = self
+            .calls
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |calls| {
+                calls.checked_sub(1)
+            });
+        self.publish();
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(Ordering::Acquire)
+    }
+
+    fn publish(&self) {
+        let calls = self.calls();
+        self.watch.send_replace(calls);
+        crate::metrics::active_calls(calls);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_call_id_has_one_stable_shard() {
+        for count in [1, 2, 3, 8] {
+            let mut seen = vec![0usize; count];
+            for n in 0..4000 {
+                let call_id = format!("{n:x}@10.0.0.1");
+                let shard = shard_of(&call_id, count);
+                assert_eq!(shard, shard_of(&call_id, count));
+                seen[shard] += 1;
+            }
+            // Roughly even: no shard gets under half its share.
+            assert!(seen.iter().all(|n| *n > 4000 / count / 2), "{seen:?}");
+        }
+    }
+
+    #[test]
+    fn call_ids_we_choose_come_back_to_their_shard() {
+        for index in 0..4 {
+            let shard = Shard { index, count: 4 };
+            for _ in 0..50 {
+                let call_id = shard.new_call_id("127.0.0.1");
+                assert_eq!(shard_of(&call_id, 4), index);
+                assert!(call_id.ends_with("@127.0.0.1"));
+            }
+        }
+    }
+
+    #[test]
+    fn max_calls_holds_across_shards() {
+        let (watch, seen) = watch::channel(0);
+        let occupancy = Arc::new(Occupancy::new(watch));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let occupancy = occupancy.clone();
+                std::thread::spawn(move || (0..100).filter(|_| occupancy.try_take(150)).count())
+            })
+            .collect();
+        let taken: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(taken, 150);
+        assert_eq!(*seen.borrow(), 150);
+        occupancy.release();
+        assert_eq!(occupancy.calls(), 149);
+        assert!(occupancy.try_take(150));
+        assert!(!occupancy.try_take(150));
+    }
+}
