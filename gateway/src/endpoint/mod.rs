@@ -30,7 +30,7 @@ use crate::call::{
     CALL_INPUT_CAPACITY,
 };
 use crate::routing::Router;
-use crate::sip::message::{Method, Request};
+use crate::sip::message::{Method, Request, SipMessage};
 use crate::sip::response::{default_reason, new_tag, response_for};
 use crate::sip::transaction::{
     ClientTxId, Peer, ServerTxId, Timers, TransactionEvent, TransactionLayer,
@@ -142,9 +142,6 @@ struct Core {
     /// Outbound registrations' REGISTERs: registration id and CSeq.
     registering: HashMap<ClientTxId, (String, u32)>,
     state: EndpointState,
-    /// The message being handled waited so long that new calls must be
-    /// turned away (set per inbound message).
-    behind: bool,
     /// One line per burst of new calls refused.
     shed_log: crate::burst_log::BurstLog,
     /// Calls in progress in every shard.
@@ -164,7 +161,6 @@ impl Endpoint {
             connecting: HashMap::new(),
             registering: HashMap::new(),
             state: EndpointState::Running,
-            behind: false,
             shed_log: Default::default(),
             occupancy: self.occupancy.clone(),
         };
@@ -248,8 +244,11 @@ impl Endpoint {
                 received,
             } => {
                 let now = std::time::Instant::now();
-                core.behind =
-                    fresh && now.saturating_duration_since(received) > self.overload_delay;
+                let late = fresh && now.saturating_duration_since(received) > self.overload_delay;
+                if let Some(refusal) = core.shed_if_late(&message, late) {
+                    self.transports.send(peer, refusal);
+                    return;
+                }
                 core.layer.handle_input(message, peer, now);
             }
             Inbound::Connected { peer } => {
@@ -522,18 +521,6 @@ impl Endpoint {
             crate::metrics::call_rejected(503);
             return;
         }
-        if core.behind {
-            // The caller has its 100 Trying; the transaction absorbs its
-            // retransmissions and the ACK. Nothing else is created.
-            crate::metrics::sip_shed("delay");
-            core.refuse_new_call(
-                tx,
-                &request,
-                &call_id,
-                "overloaded: new calls waited too long for the SIP endpoint",
-            );
-            return;
-        }
         // Cheap first look; the place is taken once the call is certain.
         if core.occupancy.calls() >= self.max_calls {
             core.refuse_new_call(tx, &request, &call_id, "at capacity (limits.max_calls)");
@@ -599,6 +586,12 @@ impl Core {
     /// exists, with one log line per burst rather than one per call: a line
     /// per refused call would add to the load it reports.
     fn refuse_new_call(&mut self, tx: ServerTxId, request: &Request, call_id: &str, why: &str) {
+        self.note_refusal(call_id, why);
+        let retry_after = crate::transport::inbound::SHED_RETRY_AFTER;
+        reply(&mut self.layer, tx, request, 503, Some(retry_after));
+    }
+
+    fn note_refusal(&mut self, call_id: &str, why: &str) {
         crate::metrics::call_rejected(503);
         if let Some(refused) = self.shed_log.note() {
             tracing::warn!(
@@ -607,8 +600,28 @@ impl Core {
                 "{why}: new calls answered 503 (logged once per 10 s; see switchboard_calls_rejected_total)"
             );
         }
-        let retry_after = crate::transport::inbound::SHED_RETRY_AFTER;
-        reply(&mut self.layer, tx, request, 503, Some(retry_after));
+    }
+
+    /// A new INVITE that waited too long for this shard is refused before
+    /// the transaction layer sees it: no 100 Trying, no transaction, no
+    /// timers — the 503 is all it costs (bytes to send back). If the 503
+    /// is lost, the INVITE's retransmission is refused the same way; its
+    /// ACK stops at the socket. A retransmission of an INVITE we already
+    /// took on goes on to its transaction instead.
+    fn shed_if_late(&mut self, message: &SipMessage, late: bool) -> Option<Vec<u8>> {
+        let SipMessage::Request(request) = message else {
+            return None;
+        };
+        if !late || request.method != Method::Invite || self.layer.is_known_request(request) {
+            return None;
+        }
+        crate::metrics::sip_shed("delay");
+        let call_id = request.call_id().unwrap_or_default();
+        self.note_refusal(
+            call_id,
+            "overloaded: new calls waited too long for the SIP endpoint",
+        );
+        Some(crate::transport::inbound::shed_response(request))
     }
 
     /// Forgets a call whose task ended, however it ended (a panic too):
@@ -695,7 +708,6 @@ mod tests {
             connecting: HashMap::new(),
             registering: HashMap::new(),
             state: EndpointState::Running,
-            behind: false,
             shed_log: Default::default(),
             occupancy: Arc::new(Occupancy::new(watch::channel(0).0)),
         }
@@ -749,6 +761,36 @@ mod tests {
         core.release(joined);
         assert_eq!(core.routes.sizes(), (0, 0, 0, 0));
         assert_eq!(sent(&mut core), vec!["SIP/2.0 500 Server Internal Error"]);
+    }
+
+    /// A new INVITE that waited too long is refused before any state: a
+    /// 503 with Retry-After, no 100 Trying, no transaction to time for
+    /// 32 s per refusal. A retransmission of an INVITE already taken on is
+    /// not refused: its transaction answers it.
+    #[test]
+    fn a_late_new_invite_is_refused_without_a_transaction() {
+        let mut core = core();
+        let now = std::time::Instant::now();
+        let invite = request("INVITE", "z9hG4bKr1", "");
+        assert!(core.shed_if_late(&invite, false).is_none());
+        let refusal = core.shed_if_late(&invite, true).expect("refused");
+        let text = String::from_utf8(refusal).unwrap();
+        assert!(
+            text.starts_with("SIP/2.0 503 Service Unavailable\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nRetry-After: 5\r\n"));
+        assert!(core.layer.is_empty() && sent(&mut core).is_empty());
+
+        core.layer.handle_input(invite.clone(), PEER, now);
+        assert_eq!(sent(&mut core), vec!["SIP/2.0 100 Trying"]);
+        assert!(
+            core.shed_if_late(&invite, true).is_none(),
+            "a retransmission"
+        );
+        assert!(core
+            .shed_if_late(&request("OPTIONS", "z9hG4bKo", ""), true)
+            .is_none());
     }
 
     /// A call whose queue is full gets its in-dialog request answered 503

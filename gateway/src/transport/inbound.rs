@@ -34,6 +34,11 @@ pub const URGENT_CAPACITY: usize = 4096;
 pub const FRESH_CAPACITY: usize = 4096;
 /// What a shed request is told: try again in this many seconds.
 pub const SHED_RETRY_AFTER: &str = "5";
+/// The To tag of every 503 that refuses a new call without keeping a
+/// transaction starts with this: the caller's ACK for it is recognised at
+/// the socket and dropped there, instead of travelling to the endpoint
+/// once per refused call.
+const SHED_TAG_PREFIX: &str = "shed";
 
 /// The endpoint's ends of both queues.
 pub struct InboundQueues {
@@ -70,6 +75,8 @@ pub enum Delivery {
     Limited,
     /// The endpoint is gone.
     Closed,
+    /// The ACK of a refusal sent without a transaction: nothing to do.
+    Absorbed,
 }
 
 /// Queues for `shards` endpoint shards; the receivers in shard order.
@@ -140,6 +147,9 @@ impl InboundSender {
 
     /// Queues without waiting (UDP).
     pub fn deliver(&self, message: SipMessage, peer: Peer) -> Delivery {
+        if acknowledges_a_refusal(&message) {
+            return Delivery::Absorbed;
+        }
         let shard = self.shard_for(&message);
         match self.deliver_fresh(shard, message, peer) {
             Ok(delivery) => delivery,
@@ -156,6 +166,9 @@ impl InboundSender {
     /// cannot get back); new requests are still shed when the endpoint is
     /// behind.
     pub async fn deliver_waiting(&self, message: SipMessage, peer: Peer) -> Delivery {
+        if acknowledges_a_refusal(&message) {
+            return Delivery::Absorbed;
+        }
         let shard = self.shard_for(&message);
         match self.deliver_fresh(shard, message, peer) {
             Ok(delivery) => delivery,
@@ -270,10 +283,26 @@ impl InboundSender {
 
 /// `503 Service Unavailable` with Retry-After, for a request we will not
 /// take on now.
+/// Sent without a transaction (before any 100 Trying): if it is lost, the
+/// INVITE's retransmission is refused the same way.
 pub fn shed_response(request: &Request) -> Vec<u8> {
-    let mut response = response_for(request, 503, "Service Unavailable", Some(&new_tag()));
+    let tag = format!("{SHED_TAG_PREFIX}{}", new_tag());
+    let mut response = response_for(request, 503, "Service Unavailable", Some(&tag));
     response.headers.push("Retry-After", SHED_RETRY_AFTER);
     response.to_bytes()
+}
+
+/// An ACK for one of [`shed_response`]'s 503s (RFC 3261 §17.1.1.3: same
+/// To tag).
+fn acknowledges_a_refusal(message: &SipMessage) -> bool {
+    match message {
+        SipMessage::Request(request) if request.method == Method::Ack => request
+            .to()
+            .ok()
+            .and_then(|to| to.tag().map(|tag| tag.starts_with(SHED_TAG_PREFIX)))
+            .unwrap_or(false),
+        _ => false,
+    }
 }
 
 #[cfg(test)]
@@ -329,6 +358,13 @@ mod tests {
             sender.deliver(message("REGISTER", ""), PEER),
             Delivery::Queued
         ));
+        // The caller's ACK for the refusal stops at the socket.
+        let to = text.lines().find(|line| line.starts_with("To:")).unwrap();
+        let tag = to.split("tag=").nth(1).unwrap();
+        assert!(tag.starts_with(SHED_TAG_PREFIX), "{text}");
+        let ack = message("ACK", &format!(";tag={tag}"));
+        assert!(matches!(sender.deliver(ack, PEER), Delivery::Absorbed));
+        assert_eq!(queues.urgent.len(), 3, "nothing more queued");
     }
 
     /// With three shards, a message goes to the one its Call-ID belongs to

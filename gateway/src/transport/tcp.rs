@@ -549,7 +549,10 @@ async fn run<R, W>(
             match item {
                 StreamItem::Message(message) => {
                     match inbound.deliver_waiting(message, stream_peer).await {
-                        Delivery::Queued | Delivery::Dropped | Delivery::Limited => {}
+                        Delivery::Queued
+                        | Delivery::Dropped
+                        | Delivery::Limited
+                        | Delivery::Absorbed => {}
                         Delivery::Shed(response) => {
                             let _ = queue.try_send(response);
                         }

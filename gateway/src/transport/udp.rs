@@ -63,7 +63,7 @@ pub async fn read_loop(
         match parse_datagram(&buf[..len]) {
             Datagram::KeepAlive => {}
             Datagram::Message(message) => match inbound.deliver(message, peer) {
-                Delivery::Queued | Delivery::Closed | Delivery::Limited => {}
+                Delivery::Queued | Delivery::Closed | Delivery::Limited | Delivery::Absorbed => {}
                 Delivery::Shed(response) => {
                     let _ = socket.try_send_to(&response, from);
                 }
