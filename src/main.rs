@@ -10,8 +10,27 @@ use clap::{Parser, Subcommand, ValueEnum};
 use switchboard_gateway::Gateway;
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc rather than mimalloc: after a 4,000 calls/s burst it kept 63
+/// MB (base 20) where mimalloc kept 102 MB (base 31), for the same CPU per
+/// call (BENCHMARKS.md, "Memory after a burst").
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read when it starts: a background thread returns
+/// freed pages to the system within a second of a burst's end, instead of
+/// waiting for the next allocations in the same arena (an idle gateway
+/// makes none).
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: MallocConf = MallocConf(
+    c"background_thread:true,max_background_threads:1,dirty_decay_ms:1000,muzzy_decay_ms:0"
+        .as_ptr(),
+);
+
+/// A C string pointer jemalloc reads as `const char *malloc_conf`.
+#[repr(transparent)]
+struct MallocConf(*const std::ffi::c_char);
+// SAFETY: it points to a 'static C string literal nobody writes.
+unsafe impl Sync for MallocConf {}
 
 #[derive(Parser)]
 #[command(
@@ -87,7 +106,6 @@ fn real_main() -> Result<()> {
             let loaded = config_file::load(config.as_deref())?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
-                .on_thread_park(collect_freed_memory)
                 .thread_name("switchboard")
                 .build()
                 .context("starting the async runtime")?;
@@ -207,34 +225,6 @@ impl HangupSignal {
         self.hup.recv().await;
         #[cfg(not(unix))]
         std::future::pending::<()>().await;
-    }
-}
-
-/// A call is set up on one worker and torn down on another: mimalloc puts
-/// blocks freed by another thread on their owner's list and reclaims them
-/// only when the owner allocates again. After a burst the workers go idle
-/// and the process kept ~270 MB it no longer used. So a worker about to
-/// idle collects its heap (forced: returned to the system), at most every
-/// 5 s. Measured: 113 MB -> 87 MB 40 s after a 4,000 calls/s burst (base
-/// 23 MB); the rest is not yet explained.
-fn collect_freed_memory() {
-    use std::cell::Cell;
-    use std::time::Instant;
-    thread_local! {
-        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
-    }
-    let due = LAST.with(|last| {
-        let due = last
-            .get()
-            .is_none_or(|at| at.elapsed() >= Duration::from_secs(5));
-        if due {
-            last.set(Some(Instant::now()));
-        }
-        due
-    });
-    if due {
-        // SAFETY: mi_collect only walks the calling thread's own heap.
-        unsafe { libmimalloc_sys::mi_collect(true) };
     }
 }
 
