@@ -10,9 +10,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use switchboard_gateway::Gateway;
 use tracing_subscriber::EnvFilter;
 
-/// jemalloc rather than mimalloc: after a 4,000 calls/s burst it kept 63
-/// MB (base 20) where mimalloc kept 102 MB (base 31), for the same CPU per
-/// call (BENCHMARKS.md, "Memory after a burst").
+/// jemalloc rather than mimalloc: 40 s after a 4,000 calls/s burst it kept
+/// 67 MB (base 20) where mimalloc kept 112-132 MB (base 25-29), for the
+/// same CPU per call (BENCHMARKS.md, "Memory after a burst").
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -2,9 +2,10 @@
 //! each with its own transaction layer, routes and calls. A message belongs
 //! to the shard its Call-ID hashes to: every request and response of a
 //! transaction or a dialog carries the same Call-ID, so a shard never needs
-//! another's state. Call-IDs we choose (a transfer's agent leg, a call the
-//! API places, an outbound registration) are drawn until they hash to the
-//! shard that will own them.
+//! another's state. Call-IDs a call chooses (a transfer's agent leg, a
+//! call the API places) are drawn until they hash to the call's shard; an
+//! outbound registration's REGISTERs are sent through the shard its
+//! Call-ID hashes to.
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,8 +35,6 @@ pub struct Shard {
 }
 
 impl Shard {
-    pub const ONLY: Shard = Shard { index: 0, count: 1 };
-
     pub fn owns(&self, call_id: &str) -> bool {
         shard_of(call_id, self.count) == self.index
     }
@@ -67,10 +66,6 @@ impl EndpointSender {
             shards: shards.into(),
             next: Arc::default(),
         }
-    }
-
-    pub fn count(&self) -> usize {
-        self.shards.len()
     }
 
     /// The shard that owns this Call-ID's transactions and dialogs.
