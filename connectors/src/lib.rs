@@ -8,8 +8,11 @@ use switchboard_flows::{Action, BotConfig};
 use switchboard_media::{AudioFormat, FramePool, PooledFrame};
 use tokio::sync::mpsc;
 
+pub use inline::InlineBot;
+
 pub mod actions;
 pub mod echo;
+mod inline;
 pub mod openai_realtime;
 mod playout_position;
 mod socket;
@@ -129,6 +132,12 @@ pub trait BotConnector: Send + Sync {
     /// Start a bot session for this call: REST set-up if the protocol needs
     /// one, then the WebSocket. Returns once the bot is ready for audio.
     async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError>;
+
+    /// A session that runs inside the call's own task, for bots that need
+    /// no I/O; `None` (the default) means the call uses [`BotConnector::open`].
+    fn open_inline(&self, _call: &CallInfo) -> Option<Box<dyn InlineBot>> {
+        None
+    }
 }
 
 /// rustls 0.23 needs one process-wide crypto provider, or the first `wss://`

@@ -14,6 +14,8 @@ use switchboard_media::sdp::{negotiate_media, CodecPreferences, SessionOffer};
 use switchboard_media::{AudioFrame, Codec};
 
 const FRAME: Duration = Duration::from_millis(20);
+/// How long a due frame waits for a packet to carry its pull.
+const PULL_LATE: Duration = Duration::from_millis(2);
 
 /// A PCMU pipeline to a bot at 8 kHz (no resampling, so sample values
 /// identify packets), adaptive jitter buffer at its 20 ms floor.
@@ -67,8 +69,13 @@ fn caller_frames_play_as_their_packets_arrive() {
         pipeline.on_datagram(&packet(sequence, 100 * (sequence as i16 + 1)), from, now);
         if let Some(frame) = pipeline.pull_on_arrival(now) {
             played.push((sequence, frame.samples()[0]));
-            // The next frame is due when the next packet is.
-            assert_eq!(pipeline.next_pull(), Some(now + FRAME), "packet {sequence}");
+            // The next frame is due when the next packet is; a wake-up of
+            // its own waits a moment longer for that packet to carry it.
+            assert_eq!(
+                pipeline.next_pull(),
+                Some(now + FRAME + PULL_LATE),
+                "packet {sequence}"
+            );
         }
     }
     assert!(played.len() >= 45, "{} frames played", played.len());
@@ -93,12 +100,36 @@ fn caller_frames_keep_their_schedule_through_a_lost_packet() {
         pipeline.on_datagram(&packet(sequence, 1000), from, now);
         pipeline.pull_on_arrival(now);
     }
-    // Packet 20 never comes: its frame is still due on time, concealed.
+    // Packet 20 never comes: its frame is still pulled, concealed, as soon
+    // as the wait for a packet to carry it is over.
     let due = pipeline.next_pull().expect("playing");
-    assert_eq!(due, start + FRAME * 20);
-    assert!(pipeline.poll_pull(due - Duration::from_millis(2)).is_none());
+    assert_eq!(due, start + FRAME * 20 + PULL_LATE);
+    assert!(pipeline.poll_pull(due - Duration::from_millis(1)).is_none());
     assert!(pipeline.poll_pull(due).is_some());
+    // The schedule itself did not move.
     assert_eq!(pipeline.next_pull(), Some(due + FRAME));
+}
+
+#[test]
+fn a_packet_just_after_the_due_time_carries_the_pull() {
+    let mut pipeline = pipeline();
+    let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+    let start = Instant::now();
+    for sequence in 0..20u16 {
+        let now = start + FRAME * sequence as u32;
+        pipeline.on_datagram(&packet(sequence, 1000), from, now);
+        pipeline.pull_on_arrival(now);
+    }
+    // Packet 20 comes a millisecond late: its arrival pulls the frame due,
+    // and the schedule stays on the 20 ms grid.
+    let late = start + FRAME * 20 + Duration::from_millis(1);
+    assert!(
+        pipeline.poll_pull(late).is_none(),
+        "no wake-up of its own yet"
+    );
+    pipeline.on_datagram(&packet(20, 1000), from, late);
+    assert!(pipeline.pull_on_arrival(late).is_some());
+    assert_eq!(pipeline.next_pull(), Some(start + FRAME * 21 + PULL_LATE));
 }
 
 #[test]

@@ -4,9 +4,10 @@
 //! While a transfer rings the bot stays connected but muted, so a failed
 //! transfer can return the caller to it.
 
-use switchboard_connectors::{BotControl, BotEvent, BotSession};
+use switchboard_connectors::{BotControl, BotEvent};
 use switchboard_flows::{Action, DialTarget, OnFailure};
 
+use super::bot_link::BotLink;
 use super::session::{Call, JobOutput};
 use super::transfer::Origin;
 
@@ -22,7 +23,7 @@ pub(super) enum OpenPurpose {
 }
 
 pub(super) struct BotState {
-    pub(super) session: BotSession,
+    pub(super) link: BotLink,
     /// A transfer is ringing: the bot's audio is dropped and it hears nothing.
     pub(super) muted: bool,
     reconnects_left: u32,
@@ -31,9 +32,9 @@ pub(super) struct BotState {
 }
 
 impl BotState {
-    fn new(session: BotSession, reconnects_left: u32) -> Self {
+    fn new(link: BotLink, reconnects_left: u32) -> Self {
         BotState {
-            session,
+            link,
             muted: false,
             reconnects_left,
             reopening: false,
@@ -45,8 +46,8 @@ impl BotState {
         !self.reopening
     }
 
-    pub(super) fn tell(&self, control: BotControl) {
-        let _ = self.session.control.try_send(control);
+    pub(super) fn tell(&mut self, control: BotControl) {
+        self.link.tell(control);
     }
 }
 
@@ -55,25 +56,28 @@ impl Call {
         let connector = self.connector.clone();
         let info = self.info.clone();
         self.spawn_job(Box::pin(async move {
-            let result = connector.open(&info).await.map_err(|e| e.to_string());
+            let result = match connector.open_inline(&info) {
+                Some(bot) => Ok(BotLink::Inline(bot)),
+                None => connector
+                    .open(&info)
+                    .await
+                    .map(BotLink::Remote)
+                    .map_err(|e| e.to_string()),
+            };
             JobOutput::BotOpened { purpose, result }
         }));
     }
 
-    pub(super) fn on_bot_opened(
-        &mut self,
-        purpose: OpenPurpose,
-        result: Result<BotSession, String>,
-    ) {
+    pub(super) fn on_bot_opened(&mut self, purpose: OpenPurpose, result: Result<BotLink, String>) {
         if self.is_ending() {
-            if let Ok(session) = result {
-                let _ = session.control.try_send(BotControl::Hangup);
+            if let Ok(mut session) = result {
+                session.tell(BotControl::Hangup);
             }
             return;
         }
         match (purpose, result) {
             (OpenPurpose::Initial, Ok(session)) => {
-                let rate = session.audio_format.sample_rate;
+                let rate = session.audio_format().sample_rate;
                 let reconnects = u32::from(self.flow.reconnect_once);
                 self.bot = Some(BotState::new(session, reconnects));
                 if let Err(error) = self.answer_caller(rate) {
@@ -94,25 +98,25 @@ impl Call {
                     }
                 }
             }
-            (OpenPurpose::Reconnect, Ok(session)) => {
+            (OpenPurpose::Reconnect, Ok(mut session)) => {
                 let same_format = self
                     .bot
                     .as_ref()
-                    .is_some_and(|bot| bot.session.audio_format == session.audio_format);
+                    .is_some_and(|bot| bot.link.audio_format() == session.audio_format());
                 if !same_format {
-                    let _ = session.control.try_send(BotControl::Hangup);
+                    session.tell(BotControl::Hangup);
                     return self.bot_failed("the reopened session changed its audio format".into());
                 }
                 tracing::info!(flow = %self.flow.name, "bot session reopened");
                 if let Some(bot) = &mut self.bot {
-                    bot.session = session;
+                    bot.link = session;
                     bot.reopening = false;
                 }
             }
-            (OpenPurpose::Return, Ok(session))
-                if session.audio_format.sample_rate != self.caller_media.pipeline_rate() =>
+            (OpenPurpose::Return, Ok(mut session))
+                if session.audio_format().sample_rate != self.caller_media.pipeline_rate() =>
             {
-                let _ = session.control.try_send(BotControl::Hangup);
+                session.tell(BotControl::Hangup);
                 self.end("the flow's bot cannot take the call back at this call's audio rate");
             }
             (OpenPurpose::Return, Ok(session)) => {
@@ -144,7 +148,7 @@ impl Call {
     /// Ends the bot's session with its protocol's goodbye (`stop` for
     /// Twilio Media Streams) and forgets it.
     pub(super) fn close_bot(&mut self) {
-        if let Some(bot) = self.bot.take() {
+        if let Some(mut bot) = self.bot.take() {
             bot.tell(BotControl::Hangup);
         }
     }
@@ -197,9 +201,22 @@ impl Call {
         }
     }
 
+    /// Hands an inline bot's due events to the call, as a remote bot's
+    /// would arrive on their channel.
+    pub(super) fn pump_inline_bot(&mut self, now: std::time::Instant) {
+        while let Some(event) = self
+            .bot
+            .as_mut()
+            .filter(|bot| bot.listening())
+            .and_then(|bot| bot.link.poll_inline(now))
+        {
+            self.on_bot_event(Some(event));
+        }
+    }
+
     /// Tells the bot how an action went.
-    pub(super) fn action_result(&self, action: &str, ok: bool, message: impl Into<String>) {
-        if let Some(bot) = &self.bot {
+    pub(super) fn action_result(&mut self, action: &str, ok: bool, message: impl Into<String>) {
+        if let Some(bot) = &mut self.bot {
             bot.tell(BotControl::ActionResult {
                 action: action.to_string(),
                 ok,

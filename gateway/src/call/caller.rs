@@ -409,7 +409,7 @@ impl Call {
     /// The rate audio is exchanged at with whoever the caller talks to.
     pub(super) fn party_rate(&self) -> u32 {
         match &self.bot {
-            Some(bot) => bot.session.audio_format.sample_rate,
+            Some(bot) => bot.link.audio_format().sample_rate,
             None => self
                 .caller_media
                 .negotiated

@@ -41,6 +41,11 @@ pub const FRAME: Duration = Duration::from_millis(20);
 /// A packet arriving this close before the caller's next frame is due
 /// plays it at once: one wake-up instead of two, a millisecond early.
 const PULL_EARLY: Duration = Duration::from_millis(1);
+/// A frame due with no packet arriving waits this long for one before a
+/// wake-up of its own pulls it: the frame due is one the jitter buffer
+/// already holds, and the packet that usually comes within a millisecond
+/// or two of it then carries the pull (one wake-up per packet, not two).
+const PULL_LATE: Duration = Duration::from_millis(2);
 /// A schedule this far behind (a stalled task) restarts from now instead
 /// of bursting the missed frames to the bot.
 const MAX_BEHIND: Duration = Duration::from_millis(60);
@@ -399,7 +404,9 @@ impl MediaPipeline {
 
     /// When [`Self::poll_pull`] has a frame to give, if ever without a new packet.
     pub fn next_pull(&self) -> Option<Instant> {
-        self.inbound_due.or(self.inbound_retry)
+        self.inbound_due
+            .map(|due| due + PULL_LATE)
+            .or(self.inbound_retry)
     }
 
     /// The caller's frame due by `now`, on the schedule the stream set.

@@ -5,6 +5,7 @@
 
 mod audio;
 mod bot;
+mod bot_link;
 mod bridge;
 mod caller;
 mod control;

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use switchboard_connectors::{BotConnector, BotEvent, CallInfo};
 use switchboard_flows::FlowConfig;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::{Instant, Sleep};
 use tracing::Instrument;
 
 use super::bot::BotState;
@@ -91,7 +91,7 @@ pub(super) enum JobOutput {
     /// A bot session opened (or failed to) for `purpose`.
     BotOpened {
         purpose: super::bot::OpenPurpose,
-        result: Result<switchboard_connectors::BotSession, String>,
+        result: Result<super::bot_link::BotLink, String>,
     },
     /// A dial target resolved, for transfer `attempt`.
     Resolved {
@@ -140,7 +140,6 @@ enum Wake {
     Input(Option<CallInput>),
     Timer,
     Job(JobOutput),
-    Tick,
     CallerRtp(usize, SocketAddr),
     CallerRtcp(usize, SocketAddr),
     AgentRtp(usize, SocketAddr),
@@ -188,7 +187,14 @@ pub(super) struct Call {
     jobs: FuturesUnordered<Job>,
     /// Commands to send before the legs' next outputs (dialog routes).
     pub(super) outbox: Vec<EndpointCommand>,
-    pub(super) ticker: Interval,
+    /// When the caller's next 20 ms send (and a transcoded bridge's
+    /// party's) is due, while media runs.
+    pub(super) tick_due: std::time::Instant,
+    /// The call's one timer, moved to its next deadline only when that
+    /// changes: the 20 ms send, the caller's pull, legs, bot, transfer.
+    timer: Pin<Box<Sleep>>,
+    /// What the timer waits for when nothing is due.
+    far_future: Instant,
     /// The caller's send is held for late bot audio since this tick.
     pub(super) send_held: Option<std::time::Instant>,
     bufs: Box<Buffers>,
@@ -220,8 +226,7 @@ impl Call {
     /// Boxed: a call is ~20 KB, and the futures that own it would otherwise
     /// hold it inline several times over (63 KB per call task, measured).
     pub(super) fn assemble(parts: CallParts) -> Box<Call> {
-        let mut ticker = tokio::time::interval(Duration::from_millis(20));
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let far_future = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let media_ip = parts.shared.media.public_ip.unwrap_or(parts.local_sip.ip());
         Box::new(Call {
             call: parts.call,
@@ -252,7 +257,9 @@ impl Call {
             gathering: None,
             jobs: FuturesUnordered::new(),
             outbox: Vec::new(),
-            ticker,
+            tick_due: std::time::Instant::now(),
+            timer: Box::pin(tokio::time::sleep_until(far_future)),
+            far_future,
             send_held: None,
             bufs: Box::new(Buffers {
                 caller_rtp: [0; 2048],
@@ -349,7 +356,6 @@ impl Call {
                 }
                 Wake::Timer => self.on_timer(now),
                 Wake::Job(output) => self.on_job(output),
-                Wake::Tick => self.on_tick(now),
                 Wake::CallerRtp(len, from) => {
                     let mut buf = [0u8; 2048];
                     buf[..len].copy_from_slice(&self.bufs.caller_rtp[..len]);
@@ -382,6 +388,10 @@ impl Call {
                 }
                 Wake::Bot(event) => self.on_bot_event(event),
             }
+            // Whatever the wake-up was, an inline bot answers the audio it
+            // brought, and a send due within a moment goes out with it.
+            self.pump_inline_bot(now);
+            self.tick_if_due(now);
             self.drive().await;
         }
         self.finish_media().await;
@@ -397,21 +407,19 @@ impl Call {
     /// buffer, so the wake-up owns nothing borrowed from the call.
     async fn next_wake(&mut self) -> Wake {
         let deadline = self.next_deadline();
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
+        }
         let Call {
             inputs,
             jobs,
-            ticker,
+            timer,
             bufs,
             caller_media,
             transfer,
             bot,
             ..
         } = self;
-        // A relayed bridge has nothing to do every 20 ms: packets wake it.
-        let relaying = transfer.as_ref().is_some_and(Transfer::is_relaying);
-        let media_running = !relaying
-            && (caller_media.is_running()
-                || transfer.as_ref().is_some_and(|t| t.media().is_some()));
         let caller_sockets = caller_media.sockets();
         let agent_sockets = transfer
             .as_ref()
@@ -420,7 +428,7 @@ impl Call {
         let bot_events = bot
             .as_mut()
             .filter(|b| b.listening())
-            .map(|b| &mut b.session.events);
+            .and_then(|b| b.link.events());
         let Buffers {
             caller_rtp,
             caller_rtcp,
@@ -429,9 +437,8 @@ impl Call {
         } = &mut **bufs;
         tokio::select! {
             input = inputs.recv() => Wake::Input(input),
-            _ = tokio::time::sleep_until(deadline) => Wake::Timer,
+            _ = timer.as_mut() => Wake::Timer,
             Some(output) = jobs.next(), if !jobs.is_empty() => Wake::Job(output),
-            _ = ticker.tick(), if media_running => Wake::Tick,
             Ok((len, from)) = recv(caller_sockets.map(|s| s.0), caller_rtp) => Wake::CallerRtp(len, from),
             Ok((len, from)) = recv(caller_sockets.map(|s| s.1), caller_rtcp) => Wake::CallerRtcp(len, from),
             Ok((len, from)) = recv(agent_sockets.map(|s| s.0), agent_rtp) => Wake::AgentRtp(len, from),
@@ -441,7 +448,6 @@ impl Call {
     }
 
     fn next_deadline(&self) -> Instant {
-        let far = Instant::now() + Duration::from_secs(3600);
         let legs = std::iter::once(self.caller.poll_timeout())
             .chain(self.legs.iter().map(|(_, leg)| leg.poll_timeout()))
             .flatten()
@@ -454,12 +460,22 @@ impl Call {
             .filter(|t| t.is_relaying())
             .map(|_| self.relay_checked + RELAY_CHECK);
         let caller_pull = self.caller_pull_deadline().map(Instant::from_std);
+        let tick = Some(self.tick_due)
+            .filter(|_| self.media_ticking())
+            .map(Instant::from_std);
+        let bot = self
+            .bot
+            .as_ref()
+            .and_then(|bot| bot.link.deadline())
+            .map(Instant::from_std);
         legs.chain(transfer)
             .chain(caller_pull)
             .chain(ending)
             .chain(relay_check)
+            .chain(tick)
+            .chain(bot)
             .min()
-            .unwrap_or(far)
+            .unwrap_or(self.far_future)
     }
 
     fn on_timer(&mut self, now: std::time::Instant) {
@@ -528,10 +544,9 @@ impl Call {
     /// Moves every leg's output to the endpoint and its events into the
     /// call, until nothing moves.
     pub(super) async fn drive(&mut self) {
-        let endpoint = self.endpoint.clone();
         for _ in 0..32 {
             for command in std::mem::take(&mut self.outbox) {
-                let _ = endpoint.send(command).await;
+                let _ = self.endpoint.send(command).await;
             }
             let mut outputs = Vec::new();
             let mut events = Vec::new();
@@ -564,7 +579,7 @@ impl Call {
                         peer,
                     },
                 };
-                let _ = endpoint.send(command).await;
+                let _ = self.endpoint.send(command).await;
             }
             for (id, event) in events {
                 self.on_leg_event(id, event);

@@ -1,0 +1,72 @@
+//! How a call reaches its bot: over channels to a connector's tasks (every
+//! bot behind a socket), or inline, a state machine the call task drives
+//! itself (the echo bot: no task, channel or timer of its own).
+
+use std::time::Instant;
+
+use switchboard_connectors::{BotControl, BotEvent, BotSession, InlineBot};
+use switchboard_media::{AudioFormat, AudioFrame};
+use tokio::sync::mpsc;
+
+pub(super) enum BotLink {
+    Remote(BotSession),
+    Inline(Box<dyn InlineBot>),
+}
+
+impl BotLink {
+    pub(super) fn audio_format(&self) -> AudioFormat {
+        match self {
+            BotLink::Remote(session) => session.audio_format,
+            BotLink::Inline(bot) => bot.audio_format(),
+        }
+    }
+
+    /// Never waits: a bot whose control queue is full misses the message.
+    pub(super) fn tell(&mut self, control: BotControl) {
+        match self {
+            BotLink::Remote(session) => {
+                let _ = session.control.try_send(control);
+            }
+            BotLink::Inline(bot) => bot.control(control, Instant::now()),
+        }
+    }
+
+    /// One frame of caller audio; false when a remote bot's queue is full
+    /// and the frame was dropped rather than stall the media path.
+    pub(super) fn send_audio(&mut self, frame: &AudioFrame, now: Instant) -> bool {
+        match self {
+            BotLink::Remote(session) => {
+                let frame = session.frames.copy_of(frame);
+                session.audio_in.try_send(frame).is_ok()
+            }
+            BotLink::Inline(bot) => {
+                bot.push_audio(frame, now);
+                true
+            }
+        }
+    }
+
+    /// Where a remote bot's events arrive.
+    pub(super) fn events(&mut self) -> Option<&mut mpsc::Receiver<BotEvent>> {
+        match self {
+            BotLink::Remote(session) => Some(&mut session.events),
+            BotLink::Inline(_) => None,
+        }
+    }
+
+    /// An inline bot's next event due by `now`.
+    pub(super) fn poll_inline(&mut self, now: Instant) -> Option<BotEvent> {
+        match self {
+            BotLink::Remote(_) => None,
+            BotLink::Inline(bot) => bot.poll_event(now),
+        }
+    }
+
+    /// When an inline bot next has an event without new input.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match self {
+            BotLink::Remote(_) => None,
+            BotLink::Inline(bot) => bot.poll_timeout(),
+        }
+    }
+}
