@@ -41,6 +41,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use bytes::{BufMut, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchboard_flows::WebsocketBotConfig;
@@ -55,6 +56,8 @@ use crate::{
     CONTROL_CAPACITY, EVENTS_CAPACITY,
 };
 
+/// Room for the largest frame's s16le bytes, kept per session and reused.
+const PCM_OUT_CAPACITY: usize = 2 * MAX_FRAME_SAMPLES;
 /// Malformed messages tolerated before the bot is considered broken.
 pub const MAX_MALFORMED: u64 = 20;
 /// A bot that cannot take one message within this time is considered dead.
@@ -107,6 +110,7 @@ impl BotConnector for WebsocketConnector {
             frame_samples: format.frame_samples().clamp(1, MAX_FRAME_SAMPLES),
             odd_byte: None,
             samples: Vec::with_capacity(MAX_FRAME_SAMPLES),
+            pcm_out: BytesMut::with_capacity(PCM_OUT_CAPACITY),
             frames: FramePool::new(),
             stats: Stats::default(),
         };
@@ -184,6 +188,10 @@ struct Session {
     odd_byte: Option<u8>,
     /// Reused for every binary message's samples.
     samples: Vec<i16>,
+    /// Caller audio on its way out: each frame's bytes are split off as the
+    /// message's payload, and the space is reclaimed once tungstenite has
+    /// copied them, so sending allocates nothing per frame.
+    pcm_out: BytesMut,
     /// Boxes for the bot's frames, back here once the call plays them.
     frames: FramePool,
     stats: Stats,
@@ -264,10 +272,11 @@ impl Session {
                 // Caller audio before the bot's messages, as in twilio_stream.
                 frame = audio_in.recv() => match frame {
                     Some(frame) => {
-                        let mut pcm = Vec::with_capacity(2 * frame.len());
-                        for sample in frame.samples() {
-                            pcm.extend_from_slice(&sample.to_le_bytes());
+                        self.pcm_out.reserve(2 * frame.len());
+                        for &sample in frame.samples() {
+                            self.pcm_out.put_i16_le(sample);
                         }
+                        let pcm = self.pcm_out.split().freeze();
                         self.stats.frames_out += 1;
                         self.send(Message::binary(pcm)).await.map_err(Ending::Failed)?;
                     }
