@@ -99,24 +99,41 @@ impl Call {
     }
 
     /// Runs the 20 ms tick when it is due, or due within [`PIGGYBACK`] of
-    /// a wake-up the call has anyway (a caller packet, bot audio): one
-    /// wake-up instead of two, the packet a moment early. The schedule
-    /// itself stays where it was.
+    /// a wake-up the call has anyway (a caller packet, bot audio) when what
+    /// it sends is ready: one wake-up instead of two, the packet a moment
+    /// early. The schedule itself stays where it was.
     pub(super) fn tick_if_due(&mut self, now: Instant) {
         if !self.media_ticking() || self.tick_due > now + PIGGYBACK {
             return;
         }
-        let due = self.tick_due;
-        self.tick_due = if now > due + MAX_TICK_BEHIND {
+        if self.tick_due > now && !self.can_send_early() {
+            return;
+        }
+        let mut due = self.tick_due;
+        if now > due + MAX_TICK_BEHIND {
             // A stalled task starts again from now rather than burst.
-            now + FRAME
-        } else {
-            due + FRAME
-        };
-        self.on_tick(now);
+            due = now;
+        }
+        self.tick_due = due + FRAME;
+        self.on_tick(now, due);
     }
 
-    fn on_tick(&mut self, now: Instant) {
+    /// Sending early changes nothing the caller hears: a whole frame of bot
+    /// audio is queued, or the bot is quiet and silence goes out. Not while
+    /// a talkspurt's next frame is late (the send waits for it), nor in a
+    /// transcoded bridge, whose tick clocks the party too.
+    fn can_send_early(&self) -> bool {
+        !self.transcoding()
+            && self
+                .caller_media
+                .pipeline
+                .as_ref()
+                .is_some_and(|p| p.can_send_early())
+    }
+
+    /// `due` is when the schedule wanted this tick; `now` may be a moment
+    /// before (a send riding on another wake-up) or after.
+    fn on_tick(&mut self, now: Instant, due: Instant) {
         let bridged = self.transfer.as_ref().is_some_and(Transfer::is_bridged);
         let relaying = self.relaying();
         let mut digits = [None::<char>; 4];
@@ -148,14 +165,14 @@ impl Call {
                 .as_mut()
                 .is_some_and(|p| p.hold_for_audio());
         if hold {
-            self.send_held = Some(now);
+            self.send_held = Some(due);
             self.tick_due = now + SEND_HOLD;
         } else if !relaying {
             let advance = self.send_caller(now, &mut digits);
             // The bot's frames keep arriving well before their send: send
             // sooner. Never while bridged, as the tick also clocks the party.
             if let (Some(advance), false) = (advance, bridged) {
-                self.tick_due = now + FRAME.saturating_sub(advance);
+                self.tick_due = due + FRAME.saturating_sub(advance);
             }
         }
         self.on_digits(digits);
