@@ -225,3 +225,25 @@ fn a_real_time_bot_stream_pulls_the_send_schedule_to_its_frames() {
         assert!(pipeline.send(send, &mut out).advance.is_none(), "send {n}");
     }
 }
+
+/// The call lets a send ride on another wake-up only when going early
+/// changes nothing the caller hears.
+#[test]
+fn a_send_may_go_early_only_with_its_frame_ready_or_silence() {
+    let mut pipeline = pipeline();
+    let mut out = [0u8; 1500];
+    let start = Instant::now();
+    pipeline.send(start, &mut out);
+    assert!(pipeline.can_send_early(), "the bot is quiet: silence goes out");
+    let speech = AudioFrame::from_samples(8000, &[4000i16; 160]);
+    assert!(pipeline.push_bot_audio(&speech, start + Duration::from_millis(5)));
+    pipeline.send(start + Duration::from_millis(5), &mut out);
+    // The talkspurt's next frame has not come: the send must wait for it.
+    assert!(!pipeline.can_send_early());
+    // Half a frame is not a frame.
+    let half = AudioFrame::from_samples(8000, &[4000i16; 80]);
+    assert!(!pipeline.push_bot_audio(&half, start + Duration::from_millis(20)));
+    assert!(!pipeline.can_send_early());
+    assert!(!pipeline.push_bot_audio(&half, start + Duration::from_millis(21)));
+    assert!(pipeline.can_send_early(), "a whole frame is queued");
+}
