@@ -2,8 +2,6 @@
 //! warm: the caller's frames are copied into boxes from the session's own
 //! pool, which come back when the call drops the echoed frame.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use switchboard_connectors::echo::EchoConnector;
@@ -11,23 +9,11 @@ use switchboard_connectors::{BotConnector, BotEvent, CallInfo};
 use switchboard_flows::EchoBotConfig;
 use switchboard_media::AudioFrame;
 
-struct Counting;
+// The media crate's counting allocator (per thread), shared rather than copied.
+#[path = "../../media/tests/common/counting_alloc.rs"]
+mod counting_alloc;
 
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use counting_alloc::{allocations, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -55,9 +41,9 @@ fn inline_echo_allocates_nothing_per_frame() {
     };
     // Warm-up: the delay line fills and the pool holds its boxes.
     run(0, 100, &mut echoed);
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     run(100, 1100, &mut echoed);
-    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    let allocations = allocations() - before;
     assert_eq!(echoed, 1090, "every frame but the last 200 ms came back");
     assert_eq!(allocations, 0, "allocations over 1,000 frames");
 }

@@ -90,8 +90,8 @@ fn caller_frames_play_as_their_packets_arrive() {
     }
 }
 
-#[test]
-fn caller_frames_keep_their_schedule_through_a_lost_packet() {
+/// A pipeline whose caller sent packets 0..20 on time from `start`.
+fn playing_twenty_packets() -> (MediaPipeline, SocketAddr, Instant) {
     let mut pipeline = pipeline();
     let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
     let start = Instant::now();
@@ -100,6 +100,12 @@ fn caller_frames_keep_their_schedule_through_a_lost_packet() {
         pipeline.on_datagram(&packet(sequence, 1000), from, now);
         pipeline.pull_on_arrival(now);
     }
+    (pipeline, from, start)
+}
+
+#[test]
+fn caller_frames_keep_their_schedule_through_a_lost_packet() {
+    let (mut pipeline, _, start) = playing_twenty_packets();
     // Packet 20 never comes: its frame is still pulled, concealed, as soon
     // as the wait for a packet to carry it is over.
     let due = pipeline.next_pull().expect("playing");
@@ -112,14 +118,7 @@ fn caller_frames_keep_their_schedule_through_a_lost_packet() {
 
 #[test]
 fn a_packet_just_after_the_due_time_carries_the_pull() {
-    let mut pipeline = pipeline();
-    let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-    let start = Instant::now();
-    for sequence in 0..20u16 {
-        let now = start + FRAME * sequence as u32;
-        pipeline.on_datagram(&packet(sequence, 1000), from, now);
-        pipeline.pull_on_arrival(now);
-    }
+    let (mut pipeline, from, start) = playing_twenty_packets();
     // Packet 20 comes a millisecond late: its arrival pulls the frame due,
     // and the schedule stays on the 20 ms grid.
     let late = start + FRAME * 20 + Duration::from_millis(1);
@@ -234,7 +233,10 @@ fn a_send_may_go_early_only_with_its_frame_ready_or_silence() {
     let mut out = [0u8; 1500];
     let start = Instant::now();
     pipeline.send(start, &mut out);
-    assert!(pipeline.can_send_early(), "the bot is quiet: silence goes out");
+    assert!(
+        pipeline.can_send_early(),
+        "the bot is quiet: silence goes out"
+    );
     let speech = AudioFrame::from_samples(8000, &[4000i16; 160]);
     assert!(pipeline.push_bot_audio(&speech, start + Duration::from_millis(5)));
     pipeline.send(start + Duration::from_millis(5), &mut out);
