@@ -466,6 +466,7 @@ impl Call {
         let bot = self
             .bot
             .as_ref()
+            .filter(|bot| bot.listening())
             .and_then(|bot| bot.link.deadline())
             .map(Instant::from_std);
         legs.chain(transfer)
