@@ -164,11 +164,7 @@ impl InlineBot for EchoBot {
         match control {
             // Queued audio goes with the call.
             BotControl::Hangup => self.line.queue.clear(),
-            BotControl::Dtmf(digit) => tracing::debug!(%digit, "echo bot got DTMF"),
-            BotControl::MarkPlayed(_) => {}
-            BotControl::ActionResult { action, ok, .. } => {
-                tracing::debug!(%action, ok, "echo bot got an action result");
-            }
+            other => note_control(&other),
         }
     }
 
@@ -178,6 +174,18 @@ impl InlineBot for EchoBot {
 
     fn poll_timeout(&self) -> Option<Instant> {
         Some(self.line.next_due()? + self.line.early + self.tail_wait)
+    }
+}
+
+/// What the echo bot does with anything but Hangup: it has nothing to
+/// say back, so only the debug log hears of it.
+fn note_control(control: &BotControl) {
+    match control {
+        BotControl::Dtmf(digit) => tracing::debug!(%digit, "echo bot got DTMF"),
+        BotControl::ActionResult { action, ok, .. } => {
+            tracing::debug!(%action, ok, "echo bot got an action result");
+        }
+        BotControl::MarkPlayed(_) | BotControl::Hangup => {}
     }
 }
 
@@ -208,11 +216,7 @@ async fn run(
             biased;
             message = control.recv(), if control_open => match message {
                 Some(BotControl::Hangup) => break,
-                Some(BotControl::Dtmf(digit)) => tracing::debug!(%digit, "echo bot got DTMF"),
-                Some(BotControl::MarkPlayed(_)) => {}
-                Some(BotControl::ActionResult { action, ok, .. }) => {
-                    tracing::debug!(%action, ok, "echo bot got an action result");
-                }
+                Some(other) => note_control(&other),
                 // The caller may keep audio_in and drop control; audio_in decides then.
                 None => control_open = false,
             },

@@ -717,10 +717,6 @@ impl MediaPipeline {
         early
     }
 
-    /// Whether this tick's send should wait for the bot: its talkspurt is
-    /// playing, the queue ran dry, and a bot streaming in real time is
-    /// probably a moment late. The caller then hears its audio on time
-    /// instead of a silent frame in the middle of it. Once per dry spell.
     /// Whether this 20 ms send may go out a moment before its time without
     /// changing what the caller hears: a whole frame of bot audio is
     /// queued, or the bot is quiet and the send is silence (or nothing).
@@ -729,6 +725,10 @@ impl MediaPipeline {
             || (self.last_sent_silent && !self.pacer.is_playing())
     }
 
+    /// Whether this tick's send should wait for the bot: its talkspurt is
+    /// playing, the queue ran dry, and a bot streaming in real time is
+    /// probably a moment late. The caller then hears its audio on time
+    /// instead of a silent frame in the middle of it. Once per dry spell.
     pub fn hold_for_audio(&mut self) -> bool {
         let hold = !self.holding
             && !self.last_sent_silent

@@ -412,15 +412,15 @@ impl TransactionLayer {
         self.schedule(TxRef::Server(id));
     }
 
-    /// Answers and forgets at once (RFC 3261 §8.2.7's stateless UAS): for
-    /// challenges, which a retransmitted request may just as well get
-    /// again, fresh. Keeps nothing for 32 s per challenged request.
     /// Whether `request` is a retransmission of one whose server
     /// transaction we hold.
     pub fn is_known_request(&self, request: &Request) -> bool {
         server_key(request).is_some_and(|key| self.server_keys.contains_key(&key))
     }
 
+    /// Answers and forgets at once (RFC 3261 §8.2.7's stateless UAS): for
+    /// challenges, which a retransmitted request may just as well get
+    /// again, fresh. Keeps nothing for 32 s per challenged request.
     pub fn respond_statelessly(&mut self, id: ServerTxId, response: Response) {
         let Some(tx) = self.servers.get(&id) else {
             return;
