@@ -92,6 +92,10 @@ struct Inner {
     /// Branch of the next output, counted in steps of 1 / `up` input samples
     /// past the newest input sample: outputs are due while it is below `up`.
     phase: usize,
+    /// When upsampling, the branch that falls on input instants is the
+    /// input itself, delayed: its phase and the one tap (oldest-first
+    /// index) whose weight is 1. Copying skips that branch's dot product.
+    copy: Option<(usize, usize)>,
     out: Vec<i16>,
     /// Exact filter delay in output samples.
     delay: f64,
@@ -160,7 +164,9 @@ impl Resampler {
     /// dropped and counted). Use [`Resampler::process_any`] for large or
     /// irregular input.
     pub fn process(&mut self, input: &[i16], output: &mut AudioFrame) {
-        *output = AudioFrame::new(self.to);
+        // Only the length and rate: zeroing 1.9 KB per frame cost more
+        // than the copy that follows.
+        output.reset(self.to);
         let carried = self.carry_len.min(MAX_FRAME_SAMPLES);
         output.fill(carried).copy_from_slice(&self.carry[..carried]);
         self.carry.copy_within(carried..self.carry_len, 0);
@@ -226,8 +232,11 @@ impl Inner {
         let taps = BLACKMAN_WIDTH * f64::from(from) / ((stop - PASS_EDGE) * lower);
         let taps = (taps.ceil() as usize).next_multiple_of(LANES);
         // The prototype runs at `up` times the input rate; its cut-off sits
-        // in the middle of the transition band.
-        let length = taps * up;
+        // in the middle of the transition band. Upsampling, that middle is
+        // the input's Nyquist rate, so the sinc is zero every `up` samples
+        // from its centre: centred on a sample (an odd length, the last tap
+        // left zero), one branch is a plain copy of the input.
+        let length = if to > from { taps * up - 1 } else { taps * up };
         let cutoff = (PASS_EDGE + stop) / 2.0 * lower / (f64::from(from) * up as f64);
         let centre = (length - 1) as f64 / 2.0;
         let prototype: Vec<f64> = (0..length)
@@ -248,12 +257,16 @@ impl Inner {
         for (phase, branch) in branches.chunks_exact_mut(taps).enumerate() {
             // Tap k weighs the input k samples before the newest; stored
             // oldest first. Each branch is scaled to unit gain at DC.
-            let gain: f64 = (0..taps).map(|k| prototype[phase + k * up]).sum();
+            let tap = |k: usize| prototype.get(phase + k * up).copied().unwrap_or(0.0);
+            let gain: f64 = (0..taps).map(tap).sum();
             for (t, coefficient) in branch.iter_mut().enumerate() {
-                let k = taps - 1 - t;
-                *coefficient = (prototype[phase + k * up] / gain) as f32;
+                *coefficient = (tap(taps - 1 - t) / gain) as f32;
             }
         }
+        let copy = branches
+            .chunks_exact(taps)
+            .enumerate()
+            .find_map(|(phase, branch)| Some((phase, single_unit_tap(branch)?)));
         // At most one frame of output per block, so `out` stays one frame.
         let block = MAX_FRAME_SAMPLES.min(MAX_FRAME_SAMPLES * down / up).max(1);
         let mut work = Vec::with_capacity(taps - 1 + block);
@@ -266,6 +279,7 @@ impl Inner {
             branches,
             work,
             phase: 0,
+            copy,
             out: vec![0; MAX_FRAME_SAMPLES],
             delay: centre / down as f64,
         }
@@ -307,8 +321,10 @@ impl Inner {
             for newest in 0..block.len() {
                 let window = &self.work[newest..newest + taps];
                 while self.phase < self.up {
-                    let branch = &self.branches[self.phase * taps..][..taps];
-                    let y = dot(window, branch);
+                    let y = match self.copy {
+                        Some((phase, tap)) if phase == self.phase => window[tap],
+                        _ => dot(window, &self.branches[self.phase * taps..][..taps]),
+                    };
                     // Round half away from zero; `as` saturates at the i16 range.
                     self.out[n] = (y + 0.5f32.copysign(y)) as i16;
                     n += 1;
@@ -334,6 +350,17 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum()
+}
+
+/// The index of the one tap weighing 1 in a branch whose others are zero
+/// (to rounding: the sinc's zeros come out near 1e-17).
+fn single_unit_tap(branch: &[f32]) -> Option<usize> {
+    let unit = branch.iter().position(|&c| (c - 1.0).abs() < 1e-6)?;
+    let others_zero = branch
+        .iter()
+        .enumerate()
+        .all(|(t, &c)| t == unit || c.abs() < 1e-6);
+    others_zero.then_some(unit)
 }
 
 fn gcd(a: u32, b: u32) -> u32 {

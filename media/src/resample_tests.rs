@@ -207,6 +207,35 @@ fn every_chunk_yields_exactly_20ms() {
     }
 }
 
+/// Upsampling, every `up`-th output falls on an input instant and is that
+/// input sample itself (the branch is copied, not filtered); the others
+/// are interpolated. Downsampling has no such branch.
+#[test]
+fn upsampling_passes_input_samples_through_exactly() {
+    for (from, to) in pairs() {
+        let rs = Resampler::new(from, to).unwrap();
+        let inner = rs.inner.as_ref().unwrap();
+        assert_eq!(inner.copy.is_some(), to > from, "{from}->{to}");
+    }
+    // Pseudo-random samples: a filtered output would not equal them.
+    let input: Vec<i16> = (0..8000u32)
+        .map(|n| (n.wrapping_mul(2_654_435_761) >> 16) as i16)
+        .collect();
+    for to in [16_000u32, 48_000] {
+        let (out, rs) = run_frames(8000, to, &input);
+        let up = (to / 8000) as usize;
+        let delay = rs.delay_samples();
+        assert_eq!(rs.inner.as_ref().unwrap().delay, delay as f64, "8000->{to}");
+        let copied = (0..input.len())
+            .filter(|m| up * m + delay < out.len())
+            .filter(|&m| out[up * m + delay] == input[m])
+            .count();
+        assert_eq!(copied, (out.len() - delay).div_ceil(up), "8000->{to}");
+        // ...and the samples between them are not copies of anything.
+        assert_ne!(out[up * 100 + delay + 1], input[100]);
+    }
+}
+
 #[test]
 fn no_pair_delays_by_more_than_3ms() {
     for (from, to) in pairs() {
