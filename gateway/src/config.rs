@@ -240,10 +240,6 @@ pub struct LimitsConfig {
     /// transactions and calls; 0 = one per CPU.
     #[serde(default)]
     pub sip_workers: usize,
-    /// Threads that run calls (their media, bots and legs), each with a
-    /// runtime of its own; 0 = one per CPU.
-    #[serde(default)]
-    pub media_workers: usize,
 }
 
 impl Default for LimitsConfig {
@@ -259,7 +255,6 @@ impl Default for LimitsConfig {
             new_requests_per_ip: default_new_requests_per_ip(),
             new_requests_burst_per_ip: default_new_requests_burst_per_ip(),
             sip_workers: 0,
-            media_workers: 0,
         }
     }
 }
@@ -267,12 +262,10 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     /// How many endpoint shards run: `sip_workers`, or one per CPU.
     pub fn endpoint_shards(&self) -> usize {
-        per_cpu_unless_set(self.sip_workers)
-    }
-
-    /// How many threads run calls: `media_workers`, or one per CPU.
-    pub fn media_threads(&self) -> usize {
-        per_cpu_unless_set(self.media_workers)
+        match self.sip_workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     pub fn tcp(&self) -> crate::transport::tcp::TcpLimits {
@@ -308,16 +301,11 @@ impl LimitsConfig {
                 return Err(ConfigError::new(key, "must be at least 1"));
             }
         }
-        for (key, value) in [
-            ("limits.sip_workers", self.sip_workers),
-            ("limits.media_workers", self.media_workers),
-        ] {
-            if value > MAX_WORKERS {
-                return Err(ConfigError::new(
-                    key,
-                    format!("at most {MAX_WORKERS} (0 = one per CPU)"),
-                ));
-            }
+        if self.sip_workers > MAX_SIP_WORKERS {
+            return Err(ConfigError::new(
+                "limits.sip_workers",
+                format!("at most {MAX_SIP_WORKERS} (0 = one per CPU)"),
+            ));
         }
         if self.tcp_idle_timeout_secs < self.tcp_message_timeout_secs {
             return Err(ConfigError::new(
@@ -329,16 +317,8 @@ impl LimitsConfig {
     }
 }
 
-/// More workers than this only add queues and threads.
-const MAX_WORKERS: usize = 256;
-
-/// A worker count as configured, or one per CPU for 0.
-fn per_cpu_unless_set(configured: usize) -> usize {
-    match configured {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    }
-}
+/// More workers than this only add queues: each is one task.
+const MAX_SIP_WORKERS: usize = 256;
 
 /// Under T1 (500 ms), so a shed caller hears 503 before it would
 /// retransmit, and above the endpoint's occasional stalls on a 2-vCPU VM

@@ -268,18 +268,3 @@ fn sip_workers_default_to_one_per_cpu_and_are_bounded() {
     let error = with("sip_workers = 257").validate().unwrap_err();
     assert_eq!(error.key, "limits.sip_workers");
 }
-
-#[test]
-fn media_workers_default_to_one_per_cpu_and_are_bounded() {
-    let with = |limits: &str| {
-        parse(&format!(
-            "[sip]\nlisten = [\"udp:127.0.0.1:5060\"]\n{MINIMAL}\n[limits]\n{limits}"
-        ))
-    };
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    assert_eq!(with("").limits.media_threads(), cpus);
-    assert_eq!(with("media_workers = 3").limits.media_threads(), 3);
-    assert!(with("media_workers = 256").validate().is_ok());
-    let error = with("media_workers = 257").validate().unwrap_err();
-    assert_eq!(error.key, "limits.media_workers");
-}

@@ -182,9 +182,6 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.limits.sip_workers != new.limits.sip_workers {
         changed.push("limits.sip_workers");
     }
-    if old.limits.media_workers != new.limits.media_workers {
-        changed.push("limits.media_workers");
-    }
     if shedding(old) != shedding(new) {
         changed.push("limits.overload_* / limits.new_requests_*");
     }

@@ -39,8 +39,6 @@ pub enum GatewayError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot start the threads that run calls: {0}")]
-    Workers(std::io::Error),
 }
 
 pub struct Gateway {
@@ -187,8 +185,6 @@ impl Gateway {
             call_resources: call_resources.clone(),
             twilio: valid.api_credentials.clone(),
             clips: Arc::default(),
-            workers: crate::call::MediaWorkers::start(config.limits.media_threads())
-                .map_err(GatewayError::Workers)?,
             api_recordings: config.api.recording_dir.clone(),
         });
         let router = Arc::new(valid.router);

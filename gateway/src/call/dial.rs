@@ -81,8 +81,6 @@ pub struct CallShared {
     pub api_recordings: Option<std::path::PathBuf>,
     /// `<Play>` clips, decoded once for every call.
     pub clips: Arc<super::play::ClipCache>,
-    /// The runtimes calls run on, one per core.
-    pub workers: super::MediaWorkers,
 }
 
 impl CallShared {

@@ -27,7 +27,6 @@ pub mod status_callback;
 mod transfer;
 pub mod trunk;
 mod twiml_program;
-mod workers;
 
 use crate::sip::message::{Request, Response, SipMessage};
 use crate::sip::transaction::{Peer, ServerTxId};
@@ -35,7 +34,6 @@ use crate::sip::transaction::{Peer, ServerTxId};
 pub use leg::LegInput;
 pub use ports::RtpPorts;
 pub use session::{run_call, CallSetup};
-pub use workers::MediaWorkers;
 
 /// Messages queued from the endpoint to one call. A full queue means the
 /// call task is stuck: the endpoint answers requests 503 itself and drops

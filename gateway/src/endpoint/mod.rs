@@ -576,7 +576,7 @@ impl Endpoint {
             inputs,
             resource,
         };
-        let task = self.calls.workers.spawn(&mut core.tasks, run_call(setup));
+        let task = core.tasks.spawn(run_call(setup));
         core.routes.attach_task(task.id(), call);
     }
 }

@@ -109,10 +109,7 @@ impl Endpoint {
             resource,
             shard: self.shard,
         };
-        let task = self
-            .calls
-            .workers
-            .spawn(&mut core.tasks, run_outbound_call(setup));
+        let task = core.tasks.spawn(run_outbound_call(setup));
         core.routes.attach_task(task.id(), call);
         let _ = reply.send(Ok(answer));
     }
