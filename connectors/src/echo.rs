@@ -117,6 +117,11 @@ impl DelayLine {
         Some(*arrived + self.delay - self.early)
     }
 
+    /// Forgets every frame waiting (their boxes go back to their pool).
+    fn clear(&mut self) {
+        self.queue.clear();
+    }
+
     fn pop_due(&mut self, now: Instant) -> Option<PooledFrame> {
         if self.next_due()? > now {
             return None;
@@ -163,7 +168,7 @@ impl InlineBot for EchoBot {
     fn control(&mut self, control: BotControl, _now: Instant) {
         match control {
             // Queued audio goes with the call.
-            BotControl::Hangup => self.line.queue.clear(),
+            BotControl::Hangup => self.line.clear(),
             other => note_control(&other),
         }
     }

@@ -282,8 +282,8 @@ impl InboundSender {
 }
 
 /// `503 Service Unavailable` with Retry-After, for a request we will not
-/// take on now. Sent without a transaction (before any 100 Trying): if it is lost, the
-/// INVITE's retransmission is refused the same way.
+/// take on now. Sent without a transaction (before any 100 Trying): if it
+/// is lost, the INVITE's retransmission is refused the same way.
 pub fn shed_response(request: &Request) -> Vec<u8> {
     let tag = format!("{SHED_TAG_PREFIX}{}", new_tag());
     let mut response = response_for(request, 503, "Service Unavailable", Some(&tag));
