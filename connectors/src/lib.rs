@@ -9,12 +9,14 @@ use switchboard_media::{AudioFormat, FramePool, PooledFrame};
 use tokio::sync::mpsc;
 
 pub use inline::InlineBot;
+pub use polled::{spawn_session, PolledBot};
 
 pub mod actions;
 pub mod echo;
 mod inline;
 pub mod openai_realtime;
 mod playout_position;
+mod polled;
 mod socket;
 mod text;
 mod tools;
@@ -136,6 +138,16 @@ pub trait BotConnector: Send + Sync {
     /// A session that runs inside the call's own task, for bots that need
     /// no I/O; `None` (the default) means the call uses [`BotConnector::open`].
     fn open_inline(&self, _call: &CallInfo) -> Option<Box<dyn InlineBot>> {
+        None
+    }
+
+    /// A session that the call's own task polls, for bots behind a socket
+    /// whose connector supports it; `None` (the default) means the call
+    /// uses [`BotConnector::open`].
+    async fn open_polled(
+        &self,
+        _call: &CallInfo,
+    ) -> Option<Result<Box<dyn PolledBot>, ConnectorError>> {
         None
     }
 }

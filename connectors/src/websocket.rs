@@ -33,28 +33,31 @@
 //! `event`, or lack a required field, are ignored too, but a bot that sends
 //! more than [`MAX_MALFORMED`] of them is dropped as broken.
 //!
-//! One task per session owns the socket, as in [`crate::twilio_stream`]: it
-//! ends with the session (Hangup, caller audio closed, events receiver
-//! dropped: `stop` and a close frame are sent) or with the bot (close frame,
-//! socket error), always after sending `Closed` if anyone still listens.
+//! The session is a [`PolledBot`]: the call's own task writes caller audio
+//! to the socket and reads the bot's messages, with no task or channel in
+//! between ([`crate::polled`] says why). It ends with the call (Hangup or
+//! dropped: `stop` and a close frame are sent, and the closing handshake
+//! finishes in a small task of its own) or with the bot (close frame, socket
+//! error), reported as `Closed`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchboard_flows::WebsocketBotConfig;
-use switchboard_media::{AudioFormat, FramePool, PooledFrame, MAX_FRAME_SAMPLES};
-use tokio::sync::mpsc;
-use tokio::time::timeout;
+use switchboard_media::{AudioFormat, AudioFrame, FramePool, MAX_FRAME_SAMPLES};
+use tokio::time::{timeout, Sleep};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::MaybeTlsStream;
 
-use crate::socket::{finish_close, send_close, worth_logging, Ending, Socket};
-use crate::{
-    BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError, AUDIO_IN_CAPACITY,
-    CONTROL_CAPACITY, EVENTS_CAPACITY,
-};
+use crate::polled::{spawn_session, PolledBot};
+use crate::socket::{finish_close, send_close, worth_logging, Socket};
+use crate::{BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError};
 
 /// Room for the largest frame's s16le bytes, kept per session and reused.
 const PCM_OUT_CAPACITY: usize = 2 * MAX_FRAME_SAMPLES;
@@ -62,6 +65,9 @@ const PCM_OUT_CAPACITY: usize = 2 * MAX_FRAME_SAMPLES;
 pub const MAX_MALFORMED: u64 = 20;
 /// A bot that cannot take one message within this time is considered dead.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages for the bot (marks, digits, action results) held while its
+/// socket is backed up; beyond this they are dropped, like caller audio.
+const OUTBOX_CAPACITY: usize = crate::CONTROL_CAPACITY;
 
 /// Opens generic WebSocket bot sessions to one URL.
 pub struct WebsocketConnector {
@@ -73,11 +79,8 @@ impl WebsocketConnector {
         crate::install_crypto_provider();
         Self { config }
     }
-}
 
-#[async_trait::async_trait]
-impl BotConnector for WebsocketConnector {
-    async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError> {
+    async fn connect(&self, call: &CallInfo) -> Result<WebsocketBot, ConnectorError> {
         let url = &self.config.url;
         let rate = self.config.sample_rate;
         let limit = Duration::from_millis(self.config.connect_timeout_ms);
@@ -98,30 +101,23 @@ impl BotConnector for WebsocketConnector {
             Ok(Ok(ws)) => ws,
         };
         tracing::debug!(call_id = %call.call_id, %url, rate, "websocket bot started");
+        Ok(WebsocketBot::new(ws, rate))
+    }
+}
 
-        let (audio_tx, audio_rx) = mpsc::channel(AUDIO_IN_CAPACITY);
-        let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
-        let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
-        let format = AudioFormat::new(rate);
-        let session = Session {
-            ws,
-            events: events_tx,
-            rate,
-            frame_samples: format.frame_samples().clamp(1, MAX_FRAME_SAMPLES),
-            odd_byte: None,
-            samples: Vec::with_capacity(MAX_FRAME_SAMPLES),
-            pcm_out: BytesMut::with_capacity(PCM_OUT_CAPACITY),
-            frames: FramePool::new(),
-            stats: Stats::default(),
-        };
-        tokio::spawn(session.run(audio_rx, control_rx));
-        Ok(BotSession {
-            audio_format: format,
-            audio_in: audio_tx,
-            frames: FramePool::new(),
-            control: control_tx,
-            events: events_rx,
-        })
+#[async_trait::async_trait]
+impl BotConnector for WebsocketConnector {
+    async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError> {
+        let bot = self.connect(call).await?;
+        Ok(spawn_session(Box::new(bot)))
+    }
+
+    async fn open_polled(
+        &self,
+        call: &CallInfo,
+    ) -> Option<Result<Box<dyn PolledBot>, ConnectorError>> {
+        let bot = self.connect(call).await;
+        Some(bot.map(|bot| Box::new(bot) as Box<dyn PolledBot>))
     }
 }
 
@@ -175,19 +171,42 @@ struct Stats {
     unknown: u64,
     bad_actions: u64,
     frames_out: u64,
+    frames_dropped: u64,
     bytes_in: u64,
 }
 
-struct Session {
-    ws: Socket,
-    events: mpsc::Sender<BotEvent>,
+/// One session with a generic WebSocket bot, driven by its call.
+struct WebsocketBot {
+    /// `None` once the session is over: the socket was dropped (failure)
+    /// or handed to the task that finishes closing it.
+    ws: Option<Socket>,
     rate: u32,
     /// Bot audio is cut into 20 ms frames so the call's pacer sees ordinary frames.
     frame_samples: usize,
     /// The first byte of a sample split across two binary messages.
     odd_byte: Option<u8>,
-    /// Reused for every binary message's samples.
+    /// The last binary message's samples; `samples[framed..]` are not yet
+    /// handed to the call. The next message is read only once all are, so
+    /// the bot's socket, not memory here, absorbs a bot that runs ahead.
     samples: Vec<i16>,
+    framed: usize,
+    /// Events from the last text message not yet handed to the call.
+    events: VecDeque<BotEvent>,
+    /// Messages for the bot its socket could not take yet.
+    outbox: VecDeque<Message>,
+    /// Written to tungstenite but not yet to the socket.
+    unflushed: bool,
+    /// Armed while the socket takes nothing: [`WRITE_TIMEOUT`].
+    write_deadline: Option<Pin<Box<Sleep>>>,
+    /// How the session ended, until the call is told.
+    ending: Option<Option<String>>,
+    /// `Closed` was returned: nothing more to say.
+    done: bool,
+    /// tungstenite may hold a whole message already read from the socket.
+    /// Cleared when a read finds nothing, so the call's other wake-ups
+    /// skip tungstenite's read (which zero-fills its 8 KiB read buffer on
+    /// every attempt) until the kernel reports new data.
+    read_pending: bool,
     /// Caller audio on its way out: each frame's bytes are split off as the
     /// message's payload, and the space is reclaimed once tungstenite has
     /// copied them, so sending allocates nothing per frame.
@@ -197,34 +216,115 @@ struct Session {
     stats: Stats,
 }
 
-impl Session {
-    async fn run(
-        mut self,
-        audio_in: mpsc::Receiver<PooledFrame>,
-        control: mpsc::Receiver<BotControl>,
-    ) {
-        let ending = match self.pump(audio_in, control).await {
-            Ok(never) => match never {},
-            Err(ending) => ending,
+impl WebsocketBot {
+    fn new(ws: Socket, rate: u32) -> Self {
+        let format = AudioFormat::new(rate);
+        WebsocketBot {
+            ws: Some(ws),
+            rate,
+            frame_samples: format.frame_samples().clamp(1, MAX_FRAME_SAMPLES),
+            odd_byte: None,
+            samples: Vec::with_capacity(MAX_FRAME_SAMPLES),
+            framed: 0,
+            events: VecDeque::new(),
+            outbox: VecDeque::new(),
+            unflushed: false,
+            write_deadline: None,
+            ending: None,
+            done: false,
+            read_pending: true,
+            pcm_out: BytesMut::with_capacity(PCM_OUT_CAPACITY),
+            frames: FramePool::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Whether tungstenite takes another message now.
+    fn writable(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(ws) = self.ws.as_mut() else {
+            return false;
         };
-        let error = match &ending {
-            Ending::Hangup | Ending::CallGone | Ending::Abandoned => {
-                if let Err(reason) = self.send(text(&json!({"event": "stop"}))).await {
-                    tracing::debug!(%reason, "could not send stop");
-                } else {
-                    send_close(&mut self.ws, "the bot").await;
-                }
-                None
+        match ws.poll_ready_unpin(cx) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(e)) => {
+                self.fail(e.to_string());
+                false
             }
-            // tungstenite has queued the reply to the bot's close frame.
-            Ending::BotClosed => None,
-            Ending::Failed(reason) => Some(reason.clone()),
+            Poll::Pending => false,
+        }
+    }
+
+    /// Hands `message` to tungstenite, after [`Self::writable`] said yes.
+    fn start(&mut self, message: Message) {
+        let Some(ws) = self.ws.as_mut() else {
+            return;
         };
+        match ws.start_send_unpin(message) {
+            Ok(()) => self.unflushed = true,
+            Err(e) => self.fail(e.to_string()),
+        }
+    }
+
+    /// Moves queued messages and tungstenite's buffer to the socket; arms
+    /// the write timeout while the socket takes nothing.
+    fn flush(&mut self, cx: &mut Context<'_>) {
+        while !self.outbox.is_empty() && self.writable(cx) {
+            if let Some(message) = self.outbox.pop_front() {
+                self.start(message);
+            }
+        }
+        let Some(ws) = self.ws.as_mut() else {
+            return;
+        };
+        if self.unflushed {
+            match ws.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return self.fail(e.to_string()),
+                Poll::Pending => {}
+            }
+        }
+        if !self.unflushed && self.outbox.is_empty() {
+            self.write_deadline = None;
+        } else if self.write_deadline.is_none() {
+            self.write_deadline = Some(Box::pin(tokio::time::sleep(WRITE_TIMEOUT)));
+        }
+    }
+
+    /// A message for the bot, written now or queued behind earlier ones.
+    fn send_message(&mut self, message: Message) {
+        if self.ws.is_none() {
+            return;
+        }
+        if self.outbox.len() >= OUTBOX_CAPACITY {
+            tracing::debug!("the bot's socket is backed up: a message for it was dropped");
+            return;
+        }
+        self.outbox.push_back(message);
+        // Written from whatever task calls: a wake-up for the socket comes
+        // from `poll_event`, which the call polls before it sleeps.
+        self.flush(&mut Context::from_waker(Waker::noop()));
+    }
+
+    fn send_json(&mut self, value: &Value) {
+        self.send_message(text(value));
+    }
+
+    fn send_action_result(&mut self, name: &str, ok: bool, message: &str) {
+        let msg = json!({"event": "action_result", "name": name, "ok": ok, "message": message});
+        self.send_json(&msg);
+    }
+
+    /// The session is over; `error` says why when it was not a clean end.
+    fn end(&mut self, error: Option<String>) {
+        if self.ending.is_some() || self.done {
+            return;
+        }
         let Stats {
             malformed,
             unknown,
             bad_actions,
             frames_out,
+            frames_dropped,
             bytes_in,
         } = self.stats;
         tracing::debug!(
@@ -232,116 +332,86 @@ impl Session {
             unknown,
             bad_actions,
             frames_out,
+            frames_dropped,
             bytes_in,
             ?error,
             "websocket bot session ended"
         );
-        let failed = error.is_some();
-        // The call learns first; the close handshake is only socket hygiene.
-        let _ = self.events.send(BotEvent::Closed { error }).await;
-        if !failed {
-            finish_close(&mut self.ws, "the bot").await;
-        }
+        self.samples.clear();
+        self.framed = 0;
+        self.events.clear();
+        self.outbox.clear();
+        self.write_deadline = None;
+        self.ending = Some(error);
     }
 
-    /// Moves messages until something ends the session; never returns `Ok`.
-    async fn pump(
-        &mut self,
-        mut audio_in: mpsc::Receiver<PooledFrame>,
-        mut control: mpsc::Receiver<BotControl>,
-    ) -> Result<std::convert::Infallible, Ending> {
-        let mut control_open = true;
-        loop {
-            tokio::select! {
-                // Control first so a Hangup is not starved by audio.
-                biased;
-                message = control.recv(), if control_open => match message {
-                    Some(BotControl::Hangup) => return Err(Ending::Hangup),
-                    Some(BotControl::MarkPlayed(name)) => {
-                        self.send_json(&json!({"event": "mark", "name": name})).await?;
-                    }
-                    Some(BotControl::Dtmf(digit)) => {
-                        self.send_json(&json!({"event": "dtmf", "digit": digit.to_string()})).await?;
-                    }
-                    Some(BotControl::ActionResult { action, ok, message }) => {
-                        self.send_action_result(&action, ok, &message).await?;
-                    }
-                    // audio_in still tells us when the call is gone.
-                    None => control_open = false,
-                },
-                // Caller audio before the bot's messages, as in twilio_stream.
-                frame = audio_in.recv() => match frame {
-                    Some(frame) => {
-                        self.pcm_out.reserve(2 * frame.len());
-                        for &sample in frame.samples() {
-                            self.pcm_out.put_i16_le(sample);
-                        }
-                        let pcm = self.pcm_out.split().freeze();
-                        self.stats.frames_out += 1;
-                        self.send(Message::binary(pcm)).await.map_err(Ending::Failed)?;
-                    }
-                    None => return Err(Ending::CallGone),
-                },
-                incoming = self.ws.next() => match incoming {
-                    Some(Ok(message)) => self.on_message(message).await?,
-                    Some(Err(e)) => return Err(Ending::Failed(e.to_string())),
-                    None => return Err(Ending::Failed("connection closed".to_owned())),
-                },
-                () = self.events.closed() => return Err(Ending::Abandoned),
+    /// The socket failed or the bot broke the protocol: dropped at once.
+    fn fail(&mut self, reason: String) {
+        self.ws = None;
+        self.end(Some(reason));
+    }
+
+    /// Hands the socket to a task that finishes closing it, so the call
+    /// need not wait: after `stop` and our close frame when `say_stop`,
+    /// else only the handshake the bot started.
+    fn close_in_background(&mut self, say_stop: bool) {
+        let Some(mut ws) = self.ws.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            if say_stop {
+                let stop = text(&json!({"event": "stop"}));
+                match timeout(WRITE_TIMEOUT, ws.send(stop)).await {
+                    Ok(Ok(())) => send_close(&mut ws, "the bot").await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "could not send stop"),
+                    Err(_) => tracing::debug!("the bot took no stop in time"),
+                }
             }
+            finish_close(&mut ws, "the bot").await;
+        });
+    }
+
+    /// The next 20 ms (or shorter, at the end) of the last message's audio.
+    fn next_audio_frame(&mut self) -> Option<BotEvent> {
+        if self.framed >= self.samples.len() {
+            return None;
         }
+        let end = (self.framed + self.frame_samples).min(self.samples.len());
+        let frame = self
+            .frames
+            .with_samples(self.rate, &self.samples[self.framed..end]);
+        self.framed = end;
+        Some(BotEvent::Audio(frame))
     }
 
-    async fn send(&mut self, message: Message) -> Result<(), String> {
-        match timeout(WRITE_TIMEOUT, self.ws.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "the bot took no data for {} s",
-                WRITE_TIMEOUT.as_secs()
-            )),
-        }
-    }
-
-    async fn send_json(&mut self, value: &Value) -> Result<(), Ending> {
-        self.send(text(value)).await.map_err(Ending::Failed)
-    }
-
-    async fn send_action_result(
-        &mut self,
-        name: &str,
-        ok: bool,
-        message: &str,
-    ) -> Result<(), Ending> {
-        let msg = json!({"event": "action_result", "name": name, "ok": ok, "message": message});
-        self.send_json(&msg).await
-    }
-
-    async fn emit(&self, event: BotEvent) -> Result<(), Ending> {
-        // Awaiting here is the back-pressure: we stop reading the socket.
-        self.events.send(event).await.map_err(|_| Ending::Abandoned)
-    }
-
-    async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
+    fn on_message(&mut self, message: Message) {
         match message {
-            Message::Binary(bytes) => self.on_audio(&bytes).await,
-            Message::Text(text) => self.on_text(text.as_str()).await,
-            Message::Close(_) => Err(Ending::BotClosed),
+            Message::Binary(bytes) => self.on_audio(&bytes),
+            Message::Text(text) => self.on_text(text.as_str()),
+            Message::Close(_) => {
+                self.end(None);
+                // tungstenite has queued the reply to the bot's close frame.
+                self.close_in_background(false);
+            }
             // tungstenite answers pings itself.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
 
     /// s16le of any length becomes 20 ms frames (the last may be shorter);
     /// an odd trailing byte waits for the next message.
-    async fn on_audio(&mut self, bytes: &[u8]) -> Result<(), Ending> {
+    fn on_audio(&mut self, bytes: &[u8]) {
         self.stats.bytes_in += bytes.len() as u64;
         self.samples.clear();
+        self.framed = 0;
         let mut data = bytes;
         if let Some(low) = self.odd_byte.take() {
             let Some((&high, rest)) = data.split_first() else {
                 self.odd_byte = Some(low);
-                return Ok(());
+                return;
             };
             self.samples.push(i16::from_le_bytes([low, high]));
             data = rest;
@@ -350,18 +420,9 @@ impl Session {
         self.samples
             .extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
         self.odd_byte = pairs.remainder().first().copied();
-        for chunk in self.samples.chunks(self.frame_samples) {
-            let frame = self.frames.with_samples(self.rate, chunk);
-            // Field-level borrows: `samples` is read while `events` sends.
-            self.events
-                .send(BotEvent::Audio(frame))
-                .await
-                .map_err(|_| Ending::Abandoned)?;
-        }
-        Ok(())
     }
 
-    async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
+    fn on_text(&mut self, text: &str) {
         let value: Value = match serde_json::from_str(text) {
             Ok(value) => value,
             Err(e) => return self.malformed(&format!("a message that is not JSON ({e})")),
@@ -371,24 +432,24 @@ impl Session {
         };
         let field = |name: &str| value.get(name).and_then(Value::as_str);
         match event {
-            "clear" => self.emit(BotEvent::Clear).await,
+            "clear" => self.events.push_back(BotEvent::Clear),
             "mark" => match field("name") {
-                Some(name) => self.emit(BotEvent::Mark(name.to_owned())).await,
+                Some(name) => self.events.push_back(BotEvent::Mark(name.to_owned())),
                 None => self.malformed("a mark without a name"),
             },
             "hangup" => {
                 let reason = field("reason").map(str::to_owned);
-                self.emit(BotEvent::Hangup { reason }).await
+                self.events.push_back(BotEvent::Hangup { reason });
             }
             "transcript" => match field("text") {
                 Some(text) => {
                     let role = field("role").unwrap_or("bot").to_owned();
                     let text = text.to_owned();
-                    self.emit(BotEvent::Transcript { role, text }).await
+                    self.events.push_back(BotEvent::Transcript { role, text });
                 }
                 None => self.malformed("a transcript without text"),
             },
-            "action" => self.on_action(&value).await,
+            "action" => self.on_action(&value),
             other => {
                 self.stats.unknown += 1;
                 if worth_logging(self.stats.unknown) {
@@ -398,42 +459,150 @@ impl Session {
                         "ignoring an unknown event from the bot"
                     );
                 }
-                Ok(())
             }
         }
     }
 
     /// The actions a bot asks for go to the call; one it got wrong is
     /// answered at once so the bot can carry on.
-    async fn on_action(&mut self, value: &Value) -> Result<(), Ending> {
+    fn on_action(&mut self, value: &Value) {
         match crate::actions::parse_action_message(value) {
-            Ok(actions) => {
-                for action in actions {
-                    self.emit(BotEvent::Action(action)).await?;
-                }
-                Ok(())
-            }
+            Ok(actions) => self
+                .events
+                .extend(actions.into_iter().map(BotEvent::Action)),
             Err(reason) => {
                 self.stats.bad_actions += 1;
                 let name = crate::actions::action_name(value);
                 tracing::warn!(action = name, %reason, "refusing an action from the bot");
-                self.send_action_result(name, false, &reason).await
+                self.send_action_result(name, false, &reason);
             }
         }
     }
 
-    fn malformed(&mut self, what: &str) -> Result<(), Ending> {
+    fn malformed(&mut self, what: &str) {
         self.stats.malformed += 1;
         let count = self.stats.malformed;
         if count > MAX_MALFORMED {
-            return Err(Ending::Failed(format!(
+            return self.fail(format!(
                 "the bot sent more than {MAX_MALFORMED} malformed messages"
-            )));
+            ));
         }
         if worth_logging(count) {
             tracing::warn!(count, "ignoring {what} from the bot");
         }
-        Ok(())
+    }
+}
+
+impl PolledBot for WebsocketBot {
+    fn audio_format(&self) -> AudioFormat {
+        AudioFormat::new(self.rate)
+    }
+
+    fn send_audio(&mut self, frame: &AudioFrame) -> bool {
+        if self.ws.is_none() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        if self.unflushed || !self.outbox.is_empty() {
+            self.flush(&mut cx);
+        }
+        // A bot whose socket is backed up loses caller audio, not our
+        // memory: nothing is queued behind a write the socket has not taken.
+        if self.unflushed || !self.outbox.is_empty() || !self.writable(&mut cx) {
+            self.stats.frames_dropped += 1;
+            return false;
+        }
+        self.pcm_out.reserve(2 * frame.len());
+        for &sample in frame.samples() {
+            self.pcm_out.put_i16_le(sample);
+        }
+        let pcm = self.pcm_out.split().freeze();
+        self.start(Message::binary(pcm));
+        self.stats.frames_out += 1;
+        self.flush(&mut cx);
+        self.ws.is_some()
+    }
+
+    fn control(&mut self, control: BotControl) {
+        match control {
+            BotControl::Hangup => {
+                self.end(None);
+                self.close_in_background(true);
+            }
+            BotControl::MarkPlayed(name) => self.send_json(&json!({"event": "mark", "name": name})),
+            BotControl::Dtmf(digit) => {
+                self.send_json(&json!({"event": "dtmf", "digit": digit.to_string()}));
+            }
+            BotControl::ActionResult {
+                action,
+                ok,
+                message,
+            } => self.send_action_result(&action, ok, &message),
+        }
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<BotEvent> {
+        loop {
+            if self.done {
+                return Poll::Pending;
+            }
+            if let Some(frame) = self.next_audio_frame() {
+                return Poll::Ready(frame);
+            }
+            if let Some(event) = self.events.pop_front() {
+                return Poll::Ready(event);
+            }
+            if let Some(error) = self.ending.take() {
+                self.done = true;
+                return Poll::Ready(BotEvent::Closed { error });
+            }
+            self.flush(cx);
+            if let Some(deadline) = self.write_deadline.as_mut() {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    let seconds = WRITE_TIMEOUT.as_secs();
+                    self.fail(format!("the bot took no data for {seconds} s"));
+                    continue;
+                }
+            }
+            let Some(ws) = self.ws.as_mut() else {
+                // Unreachable in practice: a session loses its socket as it ends.
+                self.end(Some("the bot's socket is gone".to_owned()));
+                continue;
+            };
+            if !self.read_pending && !socket_readable(ws, cx) {
+                return Poll::Pending;
+            }
+            match ws.poll_next_unpin(cx) {
+                Poll::Pending => {
+                    self.read_pending = false;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Some(Ok(message))) => {
+                    self.read_pending = true;
+                    self.on_message(message);
+                }
+                Poll::Ready(Some(Err(e))) => self.fail(e.to_string()),
+                Poll::Ready(None) => self.fail("connection closed".to_owned()),
+            }
+        }
+    }
+}
+
+/// Whether the kernel reported data since tungstenite last found the
+/// socket empty (registering the waker if not). TLS keeps its own buffer,
+/// so a `wss://` socket is always worth a read.
+fn socket_readable(ws: &Socket, cx: &mut Context<'_>) -> bool {
+    match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.poll_read_ready(cx).is_ready(),
+        _ => true,
+    }
+}
+
+impl Drop for WebsocketBot {
+    /// A session dropped without a Hangup still says goodbye to the bot.
+    fn drop(&mut self) {
+        self.end(None);
+        self.close_in_background(true);
     }
 }
 

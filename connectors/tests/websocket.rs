@@ -3,13 +3,14 @@
 //! over real sockets on 127.0.0.1.
 
 use std::collections::BTreeMap;
+use std::future::poll_fn;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchboard_connectors::websocket::{WebsocketConnector, MAX_MALFORMED};
 use switchboard_connectors::{
-    BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError,
+    BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError, PolledBot,
 };
 use switchboard_flows::{Action, DialTarget, WebsocketBotConfig};
 use switchboard_media::AudioFrame;
@@ -433,4 +434,118 @@ async fn refused_connection_is_a_connect_error() {
         Err(other) => panic!("expected a connect error, got {other}"),
         Ok(_) => panic!("expected a connect error, got a session"),
     }
+}
+
+/// Opens a session the way the gateway does: polled by the caller's task.
+async fn open_polled_session() -> (Box<dyn PolledBot>, BotSocket) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/bot", listener.local_addr().unwrap());
+    let bot = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tokio_tungstenite::accept_async(tcp).await.unwrap()
+    });
+    let session = connector(url, 2_000)
+        .open_polled(&call())
+        .await
+        .expect("the websocket connector is polled")
+        .unwrap();
+    let mut ws = bot.await.unwrap();
+    assert_eq!(next_json(&mut ws).await["event"], "start");
+    (session, ws)
+}
+
+async fn next_polled_event(session: &mut Box<dyn PolledBot>) -> BotEvent {
+    timeout(WAIT, poll_fn(|cx| session.poll_event(cx)))
+        .await
+        .expect("no bot event in time")
+}
+
+#[tokio::test]
+async fn a_polled_session_runs_in_its_callers_task() {
+    let (mut session, mut ws) = open_polled_session().await;
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    assert_eq!(
+        tasks, 0,
+        "no task of its own (the bot's side has ended too)"
+    );
+
+    let samples = sine(320, 0);
+    assert!(session.send_audio(&AudioFrame::from_samples(RATE, &samples)));
+    match next_message(&mut ws).await {
+        Message::Binary(bytes) => assert_eq!(bytes.as_ref(), le_bytes(&samples).as_slice()),
+        other => panic!("expected binary audio, got {other:?}"),
+    }
+    let bot_samples = sine(700, 3);
+    ws.send(Message::binary(le_bytes(&bot_samples)))
+        .await
+        .unwrap();
+    send_json(&mut ws, json!({"event": "mark", "name": "m1"})).await;
+    let mut got = Vec::new();
+    while got.len() < bot_samples.len() {
+        match next_polled_event(&mut session).await {
+            BotEvent::Audio(frame) => got.extend_from_slice(frame.samples()),
+            other => panic!("expected audio, got {other:?}"),
+        }
+    }
+    assert_eq!(got, bot_samples, "cut into frames of at most 20 ms");
+    assert!(matches!(next_polled_event(&mut session).await, BotEvent::Mark(name) if name == "m1"));
+    session.control(BotControl::MarkPlayed("m1".into()));
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"event": "mark", "name": "m1"})
+    );
+
+    session.control(BotControl::Hangup);
+    match next_polled_event(&mut session).await {
+        BotEvent::Closed { error } => assert!(error.is_none(), "{error:?}"),
+        other => panic!("expected Closed, got {other:?}"),
+    }
+    // The closing handshake finishes without the call.
+    drop(session);
+    expect_stop_and_close(ws).await;
+}
+
+#[tokio::test]
+async fn a_bot_that_stops_reading_costs_caller_audio_not_memory() {
+    let (mut session, _ws) = open_polled_session().await;
+    // The bot reads nothing more. Caller audio keeps coming, as fast as the
+    // socket takes it: once the kernel's buffers stop growing, frames are
+    // refused at once instead of queued, and after the write timeout
+    // without progress the session ends.
+    let frame = AudioFrame::from_samples(RATE, &sine(320, 0));
+    let (mut accepted, mut refused) = (0u64, 0u64);
+    let closed = timeout(Duration::from_secs(30), async {
+        loop {
+            if session.send_audio(&frame) {
+                accepted += 1;
+                continue;
+            }
+            refused += 1;
+            let wait = timeout(
+                Duration::from_millis(20),
+                poll_fn(|cx| session.poll_event(cx)),
+            );
+            if let Ok(event) = wait.await {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("the write timeout ends the session");
+    match closed {
+        BotEvent::Closed { error: Some(error) } => {
+            assert!(error.contains("took no data"), "{error}")
+        }
+        other => panic!("expected Closed with an error, got {other:?}"),
+    }
+    assert!(
+        accepted > 0 && refused > 100,
+        "{accepted} accepted, {refused} refused"
+    );
+    assert!(
+        !session.send_audio(&frame),
+        "an ended session takes nothing"
+    );
 }

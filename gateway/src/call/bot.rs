@@ -58,11 +58,11 @@ impl Call {
         self.spawn_job(Box::pin(async move {
             let result = match connector.open_inline(&info) {
                 Some(bot) => Ok(BotLink::Inline(bot)),
-                None => connector
-                    .open(&info)
-                    .await
-                    .map(BotLink::Remote)
-                    .map_err(|e| e.to_string()),
+                None => match connector.open_polled(&info).await {
+                    Some(polled) => polled.map(BotLink::Polled),
+                    None => connector.open(&info).await.map(BotLink::Remote),
+                }
+                .map_err(|e| e.to_string()),
             };
             JobOutput::BotOpened { purpose, result }
         }));

@@ -20,6 +20,7 @@ use tokio::time::{Instant, Sleep};
 use tracing::Instrument;
 
 use super::bot::BotState;
+use super::bot_link::BotLink;
 use super::caller::CallerMedia;
 use super::dial::CallShared;
 use super::leg::{Leg, LegConfig, LegEvent, LegOutput};
@@ -126,12 +127,17 @@ pub(super) enum JobOutput {
 }
 
 /// Receive buffers, one per socket a wake-up may read from at once.
+/// RTP buffers are boxed slices so a packet can be taken out of the call
+/// (`mem::take` leaves an empty slice, no allocation) and handled in place
+/// while the call is borrowed mutably, rather than copied per packet.
 struct Buffers {
-    caller_rtp: [u8; 2048],
+    caller_rtp: Box<[u8]>,
     caller_rtcp: [u8; 1500],
-    agent_rtp: [u8; 2048],
+    agent_rtp: Box<[u8]>,
     agent_rtcp: [u8; 1500],
 }
+
+const RTP_BUFFER: usize = 2048;
 
 /// What woke the call. Carried by value once per wake-up; boxing the big
 /// variants would cost an allocation per SIP message instead.
@@ -262,9 +268,9 @@ impl Call {
             far_future,
             send_held: None,
             bufs: Box::new(Buffers {
-                caller_rtp: [0; 2048],
+                caller_rtp: vec![0; RTP_BUFFER].into_boxed_slice(),
                 caller_rtcp: [0; 1500],
-                agent_rtp: [0; 2048],
+                agent_rtp: vec![0; RTP_BUFFER].into_boxed_slice(),
                 agent_rtcp: [0; 1500],
             }),
             ending: None,
@@ -357,11 +363,12 @@ impl Call {
                 Wake::Timer => self.on_timer(now),
                 Wake::Job(output) => self.on_job(output),
                 Wake::CallerRtp(len, from) => {
-                    let mut buf = [0u8; 2048];
-                    buf[..len].copy_from_slice(&self.bufs.caller_rtp[..len]);
-                    if let Some(len) = receive(self.caller_media.srtp.as_mut(), &mut buf[..len]) {
-                        self.on_caller_rtp(&mut buf[..len], from, now);
+                    let mut packet = std::mem::take(&mut self.bufs.caller_rtp);
+                    let srtp = self.caller_media.srtp.as_mut();
+                    if let Some(len) = receive(srtp, &mut packet[..len]) {
+                        self.on_caller_rtp(&mut packet[..len], from, now);
                     }
+                    self.bufs.caller_rtp = packet;
                 }
                 Wake::CallerRtcp(len, from) => {
                     let datagram = &mut self.bufs.caller_rtcp[..len];
@@ -371,12 +378,12 @@ impl Call {
                     }
                 }
                 Wake::AgentRtp(len, from) => {
-                    let mut buf = [0u8; 2048];
-                    buf[..len].copy_from_slice(&self.bufs.agent_rtp[..len]);
+                    let mut packet = std::mem::take(&mut self.bufs.agent_rtp);
                     let srtp = self.transfer.as_mut().and_then(|t| t.srtp_mut());
-                    if let Some(len) = receive(srtp, &mut buf[..len]) {
-                        self.on_agent_rtp(&mut buf[..len], from, now);
+                    if let Some(len) = receive(srtp, &mut packet[..len]) {
+                        self.on_agent_rtp(&mut packet[..len], from, now);
                     }
+                    self.bufs.agent_rtp = packet;
                 }
                 Wake::AgentRtcp(len, from) => {
                     if let Some(transfer) = &mut self.transfer {
@@ -425,10 +432,7 @@ impl Call {
             .as_ref()
             .and_then(|t| t.media())
             .map(|m| (&m.rtp, &m.rtcp));
-        let bot_events = bot
-            .as_mut()
-            .filter(|b| b.listening())
-            .and_then(|b| b.link.events());
+        let bot_link = bot.as_mut().filter(|b| b.listening()).map(|b| &mut b.link);
         let Buffers {
             caller_rtp,
             caller_rtcp,
@@ -443,7 +447,7 @@ impl Call {
             Ok((len, from)) = recv(caller_sockets.map(|s| s.1), caller_rtcp) => Wake::CallerRtcp(len, from),
             Ok((len, from)) = recv(agent_sockets.map(|s| s.0), agent_rtp) => Wake::AgentRtp(len, from),
             Ok((len, from)) = recv(agent_sockets.map(|s| s.1), agent_rtcp) => Wake::AgentRtcp(len, from),
-            event = next_bot_event(bot_events) => Wake::Bot(event),
+            event = next_bot_event(bot_link) => Wake::Bot(event),
         }
     }
 
@@ -631,9 +635,9 @@ async fn recv(
     }
 }
 
-async fn next_bot_event(events: Option<&mut mpsc::Receiver<BotEvent>>) -> Option<BotEvent> {
-    match events {
-        Some(events) => events.recv().await,
+async fn next_bot_event(link: Option<&mut BotLink>) -> Option<BotEvent> {
+    match link {
+        Some(link) => link.next_event().await,
         None => std::future::pending().await,
     }
 }

@@ -1,0 +1,93 @@
+//! Bots behind a socket that their call's task drives itself.
+//!
+//! A connector with a task of its own costs every 20 ms frame two hops
+//! through channels and two task wake-ups on top of the socket's: the call
+//! hands the caller's frame to the connector's task, which wakes to write it;
+//! the bot's frame wakes that task, which hands it to the call, which wakes
+//! again. A [`PolledBot`] owns its socket and is polled by the call: caller
+//! audio is written from the call's own wake-up, and the bot's messages wake
+//! the call directly. Measured in BENCHMARKS.md, "A WebSocket bot polled by
+//! its call".
+//!
+//! [`spawn_session`] runs one in a task behind the channels of a
+//! [`BotSession`], for callers of [`crate::BotConnector::open`].
+
+use std::future::poll_fn;
+use std::task::{Context, Poll};
+
+use switchboard_media::{AudioFormat, AudioFrame, FramePool, PooledFrame};
+use tokio::sync::mpsc;
+
+use crate::{
+    BotControl, BotEvent, BotSession, AUDIO_IN_CAPACITY, CONTROL_CAPACITY, EVENTS_CAPACITY,
+};
+
+/// A bot session driven from its call's task. Nothing here waits: writes the
+/// socket cannot take at once are queued (bounded) and moved on by
+/// [`PolledBot::poll_event`], which the call polls whenever it waits.
+pub trait PolledBot: Send {
+    /// Rate the bot wants caller audio in and sends its own audio at.
+    fn audio_format(&self) -> AudioFormat;
+    /// One 20 ms frame of caller audio at `audio_format`; false when the
+    /// socket is backed up and the frame was dropped rather than queued.
+    fn send_audio(&mut self, frame: &AudioFrame) -> bool;
+    /// What the call tells the bot besides audio. After
+    /// [`BotControl::Hangup`] the session says goodbye and closes its socket
+    /// in the background, and its next event is `Closed { error: None }`.
+    fn control(&mut self, control: BotControl);
+    /// The bot's next event. Also flushes queued writes, so the call must
+    /// keep polling it while it waits. Once `Closed` has been returned the
+    /// session is over and this stays pending.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<BotEvent>;
+}
+
+/// Runs a polled bot in a task of its own, behind the channels of a
+/// [`BotSession`]: what [`crate::BotConnector::open`] returns for a
+/// connector whose calls normally poll it. The task ends after passing on
+/// `Closed`, or when the session's caller audio or events are dropped (the
+/// bot then closes its socket itself).
+pub fn spawn_session(mut bot: Box<dyn PolledBot>) -> BotSession {
+    let (audio_tx, mut audio_rx) = mpsc::channel::<PooledFrame>(AUDIO_IN_CAPACITY);
+    let (control_tx, mut control_rx) = mpsc::channel(CONTROL_CAPACITY);
+    let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
+    let audio_format = bot.audio_format();
+    tokio::spawn(async move {
+        let (mut control_open, mut audio_open) = (true, true);
+        loop {
+            tokio::select! {
+                // Control first so a Hangup is not starved by audio.
+                biased;
+                control = control_rx.recv(), if control_open => match control {
+                    Some(control) => bot.control(control),
+                    // Caller audio still tells us when the call is gone.
+                    None => control_open = false,
+                },
+                frame = audio_rx.recv(), if audio_open => match frame {
+                    Some(frame) => {
+                        bot.send_audio(&frame);
+                    }
+                    // The call is gone.
+                    None => {
+                        audio_open = false;
+                        bot.control(BotControl::Hangup);
+                    }
+                },
+                event = poll_fn(|cx| bot.poll_event(cx)) => {
+                    let closed = matches!(event, BotEvent::Closed { .. });
+                    // Waiting here is the back-pressure: the bot's socket is not read.
+                    if events_tx.send(event).await.is_err() || closed {
+                        return;
+                    }
+                }
+                () = events_tx.closed() => return,
+            }
+        }
+    });
+    BotSession {
+        audio_format,
+        audio_in: audio_tx,
+        frames: FramePool::new(),
+        control: control_tx,
+        events: events_rx,
+    }
+}
