@@ -12,10 +12,11 @@
 //! [`spawn_session`] runs one in a task behind the channels of a
 //! [`BotSession`], for callers of [`crate::BotConnector::open`].
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::task::{Context, Poll};
 
-use switchboard_media::{AudioFormat, AudioFrame, FramePool, PooledFrame};
+use switchboard_media::{AudioFormat, AudioFrame, FramePool, PooledFrame, MAX_FRAME_SAMPLES};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -89,5 +90,99 @@ pub fn spawn_session(mut bot: Box<dyn PolledBot>) -> BotSession {
         frames: FramePool::new(),
         control: control_tx,
         events: events_rx,
+    }
+}
+
+/// What a polled session has for its call, in the order the call must hear
+/// it: the audio of the bot's last message, cut into 20 ms frames as the
+/// call takes them, then the other events of that message, then how the
+/// session ended. The next message is read only once all of it is taken,
+/// so a bot that runs ahead is held back by its socket, not by memory here.
+pub(crate) struct BotOutput {
+    rate: u32,
+    frame_samples: usize,
+    audio: Vec<i16>,
+    /// `audio[..framed]` is with the call already.
+    framed: usize,
+    events: VecDeque<BotEvent>,
+    /// How the session ended, until the call is told.
+    ending: Option<Option<String>>,
+    ended: bool,
+    /// `Closed` was returned: nothing more to say.
+    done: bool,
+    /// Boxes for the bot's frames, back here once the call plays them.
+    frames: FramePool,
+}
+
+impl BotOutput {
+    pub(crate) fn new(rate: u32) -> Self {
+        BotOutput {
+            rate,
+            frame_samples: AudioFormat::new(rate)
+                .frame_samples()
+                .clamp(1, MAX_FRAME_SAMPLES),
+            audio: Vec::with_capacity(MAX_FRAME_SAMPLES),
+            framed: 0,
+            events: VecDeque::new(),
+            ending: None,
+            ended: false,
+            done: false,
+            frames: FramePool::new(),
+        }
+    }
+
+    /// Where the next message's samples go (empty: the last one's were all
+    /// taken).
+    pub(crate) fn audio(&mut self) -> &mut Vec<i16> {
+        self.audio.clear();
+        self.framed = 0;
+        &mut self.audio
+    }
+
+    pub(crate) fn push(&mut self, event: BotEvent) {
+        if !self.ended {
+            self.events.push_back(event);
+        }
+    }
+
+    /// The session is over: whatever was not taken is dropped, and the call
+    /// hears `Closed` next. False when it had ended already.
+    pub(crate) fn end(&mut self, error: Option<String>) -> bool {
+        if self.ended {
+            return false;
+        }
+        self.ended = true;
+        self.audio.clear();
+        self.framed = 0;
+        self.events.clear();
+        self.ending = Some(error);
+        true
+    }
+
+    pub(crate) fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// `Closed` has been handed to the call.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// The next thing for the call, if the last message has any left.
+    pub(crate) fn next(&mut self) -> Option<BotEvent> {
+        if self.framed < self.audio.len() {
+            let end = (self.framed + self.frame_samples).min(self.audio.len());
+            let frame = self
+                .frames
+                .with_samples(self.rate, &self.audio[self.framed..end]);
+            self.framed = end;
+            return Some(BotEvent::Audio(frame));
+        }
+        if let Some(event) = self.events.pop_front() {
+            return Some(event);
+        }
+        let error = self.ending.take()?;
+        self.done = true;
+        Some(BotEvent::Closed { error })
     }
 }

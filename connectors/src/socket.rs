@@ -1,11 +1,16 @@
 //! What every WebSocket bot session shares: the socket type, why a session
 //! loop stops, and the bounded closing handshake.
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, Sleep};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -80,4 +85,219 @@ pub(crate) fn bot_socket_limits() -> tokio_tungstenite::tungstenite::protocol::W
 /// Log the first few occurrences and then one in a hundred.
 pub(crate) fn worth_logging(count: u64) -> bool {
     count <= 3 || count.is_multiple_of(100)
+}
+
+/// Messages for the bot (marks, digits, action results) held while its
+/// socket is backed up; beyond this they are dropped, like caller audio.
+const OUTBOX_CAPACITY: usize = crate::CONTROL_CAPACITY;
+/// A bot that takes no data for this long is considered dead.
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A bot's socket driven from its call's task (see [`crate::polled`]):
+/// nothing here waits. Caller audio goes out only when it can at once,
+/// other messages queue (bounded) until [`PolledSocket::poll_message`],
+/// which the call polls whenever it waits, moves them.
+pub(crate) struct PolledSocket {
+    /// `None` once the socket failed or was handed to the closing task.
+    ws: Option<Socket>,
+    /// Messages the socket could not take yet.
+    outbox: VecDeque<Message>,
+    /// Written to tungstenite but not yet to the socket.
+    unflushed: bool,
+    /// Armed while the socket takes nothing: [`WRITE_TIMEOUT`].
+    write_deadline: Option<Pin<Box<Sleep>>>,
+    /// tungstenite may hold a whole message already read from the socket.
+    /// Cleared when a read finds nothing, so the call's other wake-ups
+    /// skip tungstenite's read (which zero-fills its read buffer on every
+    /// attempt) until the kernel reports new data.
+    read_pending: bool,
+    /// Why the socket failed, until [`PolledSocket::poll_message`] says so.
+    failure: Option<String>,
+}
+
+impl PolledSocket {
+    pub(crate) fn new(ws: Socket) -> Self {
+        PolledSocket {
+            ws: Some(ws),
+            outbox: VecDeque::new(),
+            unflushed: false,
+            write_deadline: None,
+            read_pending: true,
+            failure: None,
+        }
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        self.ws.is_some()
+    }
+
+    /// Whether caller audio written now goes straight out. A bot whose
+    /// socket is backed up loses caller audio, not our memory: nothing is
+    /// queued behind a write the socket has not taken.
+    pub(crate) fn ready_for_audio(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        if self.unflushed || !self.outbox.is_empty() {
+            self.flush(&mut cx);
+        }
+        !self.unflushed && self.outbox.is_empty() && self.writable(&mut cx)
+    }
+
+    /// Writes caller audio after [`PolledSocket::ready_for_audio`] said yes.
+    pub(crate) fn send_audio(&mut self, message: Message) {
+        self.start(message);
+        // Written from the call's wake-up; if the socket takes only part of
+        // it, `poll_message` (polled before the call sleeps) moves the rest.
+        self.flush(&mut Context::from_waker(Waker::noop()));
+    }
+
+    /// A message for the bot, written now or queued behind earlier ones.
+    pub(crate) fn send(&mut self, message: Message) {
+        if self.ws.is_none() {
+            return;
+        }
+        if self.outbox.len() >= OUTBOX_CAPACITY {
+            tracing::debug!("the bot's socket is backed up: a message for it was dropped");
+            return;
+        }
+        self.outbox.push_back(message);
+        self.flush(&mut Context::from_waker(Waker::noop()));
+    }
+
+    /// The bot's next message, moving queued writes meanwhile; `Err` once
+    /// the socket failed (then pending for ever).
+    pub(crate) fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<Result<Message, String>> {
+        self.flush(cx);
+        if let Some(deadline) = self.write_deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
+                let seconds = WRITE_TIMEOUT.as_secs();
+                self.fail(format!("the bot took no data for {seconds} s"));
+            }
+        }
+        if let Some(reason) = self.failure.take() {
+            return Poll::Ready(Err(reason));
+        }
+        let Some(ws) = self.ws.as_mut() else {
+            return Poll::Pending;
+        };
+        if !self.read_pending && !socket_readable(ws, cx) {
+            return Poll::Pending;
+        }
+        match ws.poll_next_unpin(cx) {
+            Poll::Pending => {
+                self.read_pending = false;
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(message))) => {
+                self.read_pending = true;
+                Poll::Ready(Ok(message))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.ws = None;
+                Poll::Ready(Err(e.to_string()))
+            }
+            Poll::Ready(None) => {
+                self.ws = None;
+                Poll::Ready(Err("connection closed".to_owned()))
+            }
+        }
+    }
+
+    /// Hands the socket to a task that finishes closing it, so the call
+    /// need not wait: `goodbye` (the protocol's stop) and our close frame
+    /// first when given, else only the handshake the bot started (tungstenite
+    /// has queued the reply to its close frame).
+    pub(crate) fn close_in_background(&mut self, goodbye: Option<Message>) {
+        self.outbox.clear();
+        self.write_deadline = None;
+        let Some(mut ws) = self.ws.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            if let Some(goodbye) = goodbye {
+                match timeout(WRITE_TIMEOUT, ws.send(goodbye)).await {
+                    Ok(Ok(())) => send_close(&mut ws, "the bot").await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "could not send stop"),
+                    Err(_) => tracing::debug!("the bot took no stop in time"),
+                }
+            }
+            finish_close(&mut ws, "the bot").await;
+        });
+    }
+
+    /// A bot that broke the protocol gets no goodbye: the socket is dropped.
+    pub(crate) fn abandon(&mut self) {
+        self.ws = None;
+        self.outbox.clear();
+        self.write_deadline = None;
+    }
+
+    /// Whether tungstenite takes another message now.
+    fn writable(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(ws) = self.ws.as_mut() else {
+            return false;
+        };
+        match ws.poll_ready_unpin(cx) {
+            Poll::Ready(Ok(())) => true,
+            Poll::Ready(Err(e)) => {
+                self.fail(e.to_string());
+                false
+            }
+            Poll::Pending => false,
+        }
+    }
+
+    /// Hands `message` to tungstenite, after [`Self::writable`] said yes.
+    fn start(&mut self, message: Message) {
+        let Some(ws) = self.ws.as_mut() else {
+            return;
+        };
+        match ws.start_send_unpin(message) {
+            Ok(()) => self.unflushed = true,
+            Err(e) => self.fail(e.to_string()),
+        }
+    }
+
+    /// Moves queued messages and tungstenite's buffer to the socket; arms
+    /// the write timeout while the socket takes nothing.
+    fn flush(&mut self, cx: &mut Context<'_>) {
+        while !self.outbox.is_empty() && self.writable(cx) {
+            if let Some(message) = self.outbox.pop_front() {
+                self.start(message);
+            }
+        }
+        let Some(ws) = self.ws.as_mut() else {
+            return;
+        };
+        if self.unflushed {
+            match ws.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return self.fail(e.to_string()),
+                Poll::Pending => {}
+            }
+        }
+        if !self.unflushed && self.outbox.is_empty() {
+            self.write_deadline = None;
+        } else if self.write_deadline.is_none() {
+            self.write_deadline = Some(Box::pin(tokio::time::sleep(WRITE_TIMEOUT)));
+        }
+    }
+
+    /// The socket failed: dropped at once, the reason kept for the call.
+    fn fail(&mut self, reason: String) {
+        self.abandon();
+        self.failure.get_or_insert(reason);
+    }
+}
+
+/// Whether the kernel reported data since tungstenite last found the
+/// socket empty (registering the waker if not). TLS keeps its own buffer,
+/// so a `wss://` socket is always worth a read.
+fn socket_readable(ws: &Socket, cx: &mut Context<'_>) -> bool {
+    match ws.get_ref() {
+        MaybeTlsStream::Plain(tcp) => tcp.poll_read_ready(cx).is_ready(),
+        _ => true,
+    }
 }

@@ -8,43 +8,38 @@
 //! `{"event":"action_result","sequenceNumber":…,"streamSid":…,"name":…,"ok":…,"message":…}`,
 //! also sent at once with `ok: false` when the action cannot be understood.
 //!
-//! One task per session owns the WebSocket and multiplexes caller audio,
-//! control messages and the bot's messages with `select!`; it ends with the
-//! session (Hangup, caller audio closed, events receiver dropped) or with the
-//! bot (close frame, socket error), always after sending `Closed` if anyone
-//! still listens.
+//! The session is a [`PolledBot`], driven by the call's own task
+//! ([`crate::polled`] says why). It ends with the call (Hangup or dropped:
+//! `stop` and a close frame are sent, and the closing handshake finishes in
+//! a small task of its own) or with the bot (close frame, socket error),
+//! reported as `Closed`.
 //!
 //! TLS: `wss://` goes through rustls with the ring provider that
 //! [`crate::install_crypto_provider`] installs when the connector is made.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, Engine, GeneralPurpose, GeneralPurposeConfig};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use rand::Rng;
 use serde::{Deserialize, Serialize, Serializer};
 use switchboard_flows::TwilioStreamConfig;
-use switchboard_media::{AudioFormat, AudioFrame, FramePool, PooledFrame, G711, MAX_FRAME_SAMPLES};
-use tokio::sync::mpsc;
+use switchboard_media::{AudioFormat, AudioFrame, G711, MAX_FRAME_SAMPLES};
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::socket::{finish_close, send_close, worth_logging, Ending, Socket};
-use crate::{
-    BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError, AUDIO_IN_CAPACITY,
-    CONTROL_CAPACITY, EVENTS_CAPACITY,
-};
+use crate::polled::{spawn_session, BotOutput, PolledBot};
+use crate::socket::{worth_logging, PolledSocket, Socket};
+use crate::{BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError};
 
 /// The protocol is fixed to 8 kHz μ-law.
 pub const SAMPLE_RATE: u32 = 8_000;
 /// Bot audio is cut into 20 ms frames so the call's pacer sees ordinary frames.
 const BOT_FRAME_SAMPLES: usize = 160;
-/// A bot that cannot take one message within this time is considered dead;
-/// without it a stalled peer would pin the session task forever.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// We have no Twilio account: bots only echo it back in logs, so a fixed,
 /// obviously fake SID is more honest than a random one.
 pub const ACCOUNT_SID: &str = "AC00000000000000000000000000000000";
@@ -69,9 +64,8 @@ impl TwilioStreamConnector {
     }
 }
 
-#[async_trait::async_trait]
-impl BotConnector for TwilioStreamConnector {
-    async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError> {
+impl TwilioStreamConnector {
+    async fn connect(&self, call: &CallInfo) -> Result<TwilioBot, ConnectorError> {
         let url = &self.config.url;
         let limit = Duration::from_millis(self.config.connect_timeout_ms);
         let mut out = Outgoing::new(call);
@@ -92,26 +86,29 @@ impl BotConnector for TwilioStreamConnector {
             Ok(Ok(ws)) => ws,
         };
         tracing::debug!(call_id = %call.call_id, stream_sid = %out.stream_sid, %url, "media stream started");
-
-        let (audio_tx, audio_rx) = mpsc::channel(AUDIO_IN_CAPACITY);
-        let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
-        let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
-        let session = Session {
-            ws,
+        Ok(TwilioBot {
+            socket: PolledSocket::new(ws),
+            output: BotOutput::new(SAMPLE_RATE),
             out,
-            events: events_tx,
             payload: Vec::with_capacity(4 * BOT_FRAME_SAMPLES),
-            frames: FramePool::new(),
             stats: Stats::default(),
-        };
-        tokio::spawn(session.run(audio_rx, control_rx));
-        Ok(BotSession {
-            audio_format: AudioFormat::new(SAMPLE_RATE),
-            audio_in: audio_tx,
-            frames: FramePool::new(),
-            control: control_tx,
-            events: events_rx,
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl BotConnector for TwilioStreamConnector {
+    async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError> {
+        let bot = self.connect(call).await?;
+        Ok(spawn_session(Box::new(bot)))
+    }
+
+    async fn open_polled(
+        &self,
+        call: &CallInfo,
+    ) -> Option<Result<Box<dyn PolledBot>, ConnectorError>> {
+        let bot = self.connect(call).await;
+        Some(bot.map(|bot| Box::new(bot) as Box<dyn PolledBot>))
     }
 }
 
@@ -412,42 +409,19 @@ struct Stats {
     bad_actions: u64,
 }
 
-struct Session {
-    ws: Socket,
+/// One Media Streams session, driven by its call.
+struct TwilioBot {
+    socket: PolledSocket,
+    output: BotOutput,
     out: Outgoing,
-    events: mpsc::Sender<BotEvent>,
     /// Reused for every decoded media payload.
     payload: Vec<u8>,
-    /// Boxes for the bot's frames, back here once the call plays them.
-    frames: FramePool,
     stats: Stats,
 }
 
-impl Session {
-    async fn run(
-        mut self,
-        audio_in: mpsc::Receiver<PooledFrame>,
-        control: mpsc::Receiver<BotControl>,
-    ) {
-        let ending = match self.pump(audio_in, control).await {
-            Ok(never) => match never {},
-            Err(ending) => ending,
-        };
-        let error = match &ending {
-            Ending::Hangup | Ending::CallGone | Ending::Abandoned => {
-                // Tell the bot the stream is over, as Twilio does, then close.
-                let stop = self.out.stop();
-                if let Err(reason) = self.send(stop).await {
-                    tracing::debug!(%reason, "could not send stop");
-                } else {
-                    send_close(&mut self.ws, "the bot").await;
-                }
-                None
-            }
-            // tungstenite has queued the reply to the bot's close frame.
-            Ending::BotClosed => None,
-            Ending::Failed(reason) => Some(reason.clone()),
-        };
+impl TwilioBot {
+    /// The session is over; `error` says why when it was not a clean end.
+    fn end(&mut self, error: Option<String>) {
         let Stats {
             malformed,
             bad_base64,
@@ -455,95 +429,39 @@ impl Session {
             unknown,
             bad_actions,
         } = self.stats;
-        tracing::debug!(
-            stream_sid = %self.out.stream_sid,
-            chunks = self.out.chunk,
-            malformed,
-            bad_base64,
-            binary,
-            unknown,
-            bad_actions,
-            ?error,
-            "media stream ended"
-        );
-        let failed = error.is_some();
-        // The session is over for the call now; the close handshake below is
-        // only socket hygiene and must not delay it. Fails only when nobody
-        // listens any more, which is fine.
-        let _ = self.events.send(BotEvent::Closed { error }).await;
-        if !failed {
-            finish_close(&mut self.ws, "the bot").await;
+        if !self.output.is_ended() {
+            tracing::debug!(
+                stream_sid = %self.out.stream_sid,
+                chunks = self.out.chunk,
+                malformed,
+                bad_base64,
+                binary,
+                unknown,
+                bad_actions,
+                ?error,
+                "media stream ended"
+            );
+        }
+        self.output.end(error);
+    }
+
+    /// The call is done with the bot: `stop`, as Twilio sends, a close
+    /// frame, and the closing handshake in the background.
+    fn hang_up(&mut self) {
+        self.end(None);
+        if self.socket.is_open() {
+            let stop = self.out.stop();
+            self.socket.close_in_background(Some(stop));
         }
     }
 
-    /// Moves messages until something ends the session; never returns `Ok`.
-    async fn pump(
-        &mut self,
-        mut audio_in: mpsc::Receiver<PooledFrame>,
-        mut control: mpsc::Receiver<BotControl>,
-    ) -> Result<std::convert::Infallible, Ending> {
-        let mut control_open = true;
-        loop {
-            tokio::select! {
-                // Control first so a Hangup is not starved by audio.
-                biased;
-                message = control.recv(), if control_open => match message {
-                    Some(BotControl::Hangup) => return Err(Ending::Hangup),
-                    Some(BotControl::MarkPlayed(name)) => {
-                        let msg = self.out.mark(&name);
-                        self.send(msg).await.map_err(Ending::Failed)?;
-                    }
-                    Some(BotControl::Dtmf(digit)) => {
-                        let msg = self.out.dtmf(digit);
-                        self.send(msg).await.map_err(Ending::Failed)?;
-                    }
-                    Some(BotControl::ActionResult { action, ok, message }) => {
-                        let msg = self.out.action_result(&action, ok, &message);
-                        self.send(msg).await.map_err(Ending::Failed)?;
-                    }
-                    // audio_in still tells us when the call is gone.
-                    None => control_open = false,
-                },
-                // Caller audio before the bot's messages: it comes at most every
-                // 20 ms, so it cannot starve them, while a burst of bot audio
-                // (TTS arrives faster than real time) must not delay it.
-                frame = audio_in.recv() => match frame {
-                    Some(frame) => {
-                        let msg = self.out.media(&frame);
-                        self.send(msg).await.map_err(Ending::Failed)?;
-                    }
-                    None => return Err(Ending::CallGone),
-                },
-                incoming = self.ws.next() => match incoming {
-                    Some(Ok(message)) => self.on_message(message).await?,
-                    Some(Err(e)) => return Err(Ending::Failed(e.to_string())),
-                    None => return Err(Ending::Failed("connection closed".to_owned())),
-                },
-                () = self.events.closed() => return Err(Ending::Abandoned),
-            }
-        }
-    }
-
-    async fn send(&mut self, message: Message) -> Result<(), String> {
-        match timeout(WRITE_TIMEOUT, self.ws.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "the bot took no data for {} s",
-                WRITE_TIMEOUT.as_secs()
-            )),
-        }
-    }
-
-    async fn emit(&self, event: BotEvent) -> Result<(), Ending> {
-        // Awaiting here is the back-pressure: we stop reading the socket.
-        self.events.send(event).await.map_err(|_| Ending::Abandoned)
-    }
-
-    async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
+    fn on_message(&mut self, message: Message) {
         match message {
-            Message::Text(text) => self.on_text(text.as_str()).await,
-            Message::Close(_) => Err(Ending::BotClosed),
+            Message::Text(text) => self.on_text(text.as_str()),
+            Message::Close(_) => {
+                self.end(None);
+                self.socket.close_in_background(None);
+            }
             Message::Binary(_) => {
                 self.stats.binary += 1;
                 if worth_logging(self.stats.binary) {
@@ -552,14 +470,13 @@ impl Session {
                         "ignoring a binary message from the bot"
                     );
                 }
-                Ok(())
             }
             // tungstenite answers pings itself.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
 
-    async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
+    fn on_text(&mut self, text: &str) {
         let inbound: Inbound<'_> = match serde_json::from_str(text) {
             Ok(inbound) => inbound,
             Err(e) => {
@@ -567,7 +484,7 @@ impl Session {
                 if worth_logging(self.stats.malformed) {
                     tracing::warn!(count = self.stats.malformed, error = %e, "ignoring a malformed message from the bot");
                 }
-                return Ok(());
+                return;
             }
         };
         match &*inbound.event {
@@ -575,16 +492,16 @@ impl Session {
                 let Some(payload) = inbound.media.and_then(|m| m.payload) else {
                     return self.malformed("media without a payload");
                 };
-                self.on_media(&payload).await
+                self.on_media(&payload);
             }
             "mark" => {
                 let Some(name) = inbound.mark.and_then(|m| m.name) else {
                     return self.malformed("mark without a name");
                 };
-                self.emit(BotEvent::Mark(name.into_owned())).await
+                self.output.push(BotEvent::Mark(name.into_owned()));
             }
-            "clear" => self.emit(BotEvent::Clear).await,
-            "action" => self.on_action(text).await,
+            "clear" => self.output.push(BotEvent::Clear),
+            "action" => self.on_action(text),
             other => {
                 self.stats.unknown += 1;
                 if worth_logging(self.stats.unknown) {
@@ -594,61 +511,103 @@ impl Session {
                         "ignoring an unknown event from the bot"
                     );
                 }
-                Ok(())
             }
         }
     }
 
     /// The actions a bot asks for go to the call; one it got wrong is
     /// answered at once so the bot can carry on.
-    async fn on_action(&mut self, text: &str) -> Result<(), Ending> {
+    fn on_action(&mut self, text: &str) {
         // Already parsed once as `Inbound`, so this is valid JSON.
         let value: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
         match crate::actions::parse_action_message(&value) {
             Ok(actions) => {
                 for action in actions {
-                    self.emit(BotEvent::Action(action)).await?;
+                    self.output.push(BotEvent::Action(action));
                 }
-                Ok(())
             }
             Err(reason) => {
                 self.stats.bad_actions += 1;
                 let name = crate::actions::action_name(&value);
                 tracing::warn!(action = name, %reason, "refusing an action from the bot");
                 let msg = self.out.action_result(name, false, &reason);
-                self.send(msg).await.map_err(Ending::Failed)
+                self.socket.send(msg);
             }
         }
     }
 
-    fn malformed(&mut self, what: &str) -> Result<(), Ending> {
+    fn malformed(&mut self, what: &str) {
         self.stats.malformed += 1;
         if worth_logging(self.stats.malformed) {
             tracing::warn!(count = self.stats.malformed, "ignoring {what} from the bot");
         }
-        Ok(())
     }
 
     /// Bot audio of any length becomes 20 ms frames (the last may be shorter).
-    async fn on_media(&mut self, payload: &str) -> Result<(), Ending> {
+    fn on_media(&mut self, payload: &str) {
         self.payload.clear();
         if let Err(e) = BASE64.decode_vec(payload, &mut self.payload) {
             self.stats.bad_base64 += 1;
             if worth_logging(self.stats.bad_base64) {
                 tracing::warn!(count = self.stats.bad_base64, error = %e, "ignoring media with bad base64 from the bot");
             }
-            return Ok(());
+            return;
         }
-        for chunk in self.payload.chunks(BOT_FRAME_SAMPLES) {
-            let mut frame = self.frames.frame(SAMPLE_RATE);
-            G711::Pcmu.decode(chunk, frame.fill(chunk.len()));
-            // Field-level borrows: `payload` is read while `events` sends.
-            self.events
-                .send(BotEvent::Audio(frame))
-                .await
-                .map_err(|_| Ending::Abandoned)?;
+        let samples = self.output.audio();
+        samples.resize(self.payload.len(), 0);
+        G711::Pcmu.decode(&self.payload, samples);
+    }
+}
+
+impl PolledBot for TwilioBot {
+    fn audio_format(&self) -> AudioFormat {
+        AudioFormat::new(SAMPLE_RATE)
+    }
+
+    fn send_audio(&mut self, frame: &AudioFrame) -> bool {
+        if self.output.is_ended() || !self.socket.ready_for_audio() {
+            return false;
         }
-        Ok(())
+        let msg = self.out.media(frame);
+        self.socket.send_audio(msg);
+        true
+    }
+
+    fn control(&mut self, control: BotControl) {
+        let msg = match control {
+            BotControl::Hangup => return self.hang_up(),
+            BotControl::MarkPlayed(name) => self.out.mark(&name),
+            BotControl::Dtmf(digit) => self.out.dtmf(digit),
+            BotControl::ActionResult {
+                action,
+                ok,
+                message,
+            } => self.out.action_result(&action, ok, &message),
+        };
+        self.socket.send(msg);
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<BotEvent> {
+        loop {
+            if let Some(event) = self.output.next() {
+                return Poll::Ready(event);
+            }
+            if self.output.is_done() {
+                return Poll::Pending;
+            }
+            match self.socket.poll_message(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(message)) => self.on_message(message),
+                Poll::Ready(Err(reason)) => self.end(Some(reason)),
+            }
+        }
+    }
+}
+
+impl Drop for TwilioBot {
+    /// A session dropped without a Hangup still says goodbye to the bot.
+    fn drop(&mut self) {
+        self.hang_up();
     }
 }
 

@@ -40,34 +40,26 @@
 //! finishes in a small task of its own) or with the bot (close frame, socket
 //! error), reported as `Closed`.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::collections::BTreeMap;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use switchboard_flows::WebsocketBotConfig;
-use switchboard_media::{AudioFormat, AudioFrame, FramePool, MAX_FRAME_SAMPLES};
-use tokio::time::{timeout, Sleep};
+use switchboard_media::{AudioFormat, AudioFrame, MAX_FRAME_SAMPLES};
+use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::MaybeTlsStream;
 
-use crate::polled::{spawn_session, PolledBot};
-use crate::socket::{finish_close, send_close, worth_logging, Socket};
+use crate::polled::{spawn_session, BotOutput, PolledBot};
+use crate::socket::{worth_logging, PolledSocket, Socket};
 use crate::{BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError};
 
 /// Room for the largest frame's s16le bytes, kept per session and reused.
 const PCM_OUT_CAPACITY: usize = 2 * MAX_FRAME_SAMPLES;
 /// Malformed messages tolerated before the bot is considered broken.
 pub const MAX_MALFORMED: u64 = 20;
-/// A bot that cannot take one message within this time is considered dead.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Messages for the bot (marks, digits, action results) held while its
-/// socket is backed up; beyond this they are dropped, like caller audio.
-const OUTBOX_CAPACITY: usize = crate::CONTROL_CAPACITY;
 
 /// Opens generic WebSocket bot sessions to one URL.
 pub struct WebsocketConnector {
@@ -177,136 +169,32 @@ struct Stats {
 
 /// One session with a generic WebSocket bot, driven by its call.
 struct WebsocketBot {
-    /// `None` once the session is over: the socket was dropped (failure)
-    /// or handed to the task that finishes closing it.
-    ws: Option<Socket>,
+    socket: PolledSocket,
+    output: BotOutput,
     rate: u32,
-    /// Bot audio is cut into 20 ms frames so the call's pacer sees ordinary frames.
-    frame_samples: usize,
     /// The first byte of a sample split across two binary messages.
     odd_byte: Option<u8>,
-    /// The last binary message's samples; `samples[framed..]` are not yet
-    /// handed to the call. The next message is read only once all are, so
-    /// the bot's socket, not memory here, absorbs a bot that runs ahead.
-    samples: Vec<i16>,
-    framed: usize,
-    /// Events from the last text message not yet handed to the call.
-    events: VecDeque<BotEvent>,
-    /// Messages for the bot its socket could not take yet.
-    outbox: VecDeque<Message>,
-    /// Written to tungstenite but not yet to the socket.
-    unflushed: bool,
-    /// Armed while the socket takes nothing: [`WRITE_TIMEOUT`].
-    write_deadline: Option<Pin<Box<Sleep>>>,
-    /// How the session ended, until the call is told.
-    ending: Option<Option<String>>,
-    /// `Closed` was returned: nothing more to say.
-    done: bool,
-    /// tungstenite may hold a whole message already read from the socket.
-    /// Cleared when a read finds nothing, so the call's other wake-ups
-    /// skip tungstenite's read (which zero-fills its 8 KiB read buffer on
-    /// every attempt) until the kernel reports new data.
-    read_pending: bool,
     /// Caller audio on its way out: each frame's bytes are split off as the
     /// message's payload, and the space is reclaimed once tungstenite has
     /// copied them, so sending allocates nothing per frame.
     pcm_out: BytesMut,
-    /// Boxes for the bot's frames, back here once the call plays them.
-    frames: FramePool,
     stats: Stats,
 }
 
 impl WebsocketBot {
     fn new(ws: Socket, rate: u32) -> Self {
-        let format = AudioFormat::new(rate);
         WebsocketBot {
-            ws: Some(ws),
+            socket: PolledSocket::new(ws),
+            output: BotOutput::new(rate),
             rate,
-            frame_samples: format.frame_samples().clamp(1, MAX_FRAME_SAMPLES),
             odd_byte: None,
-            samples: Vec::with_capacity(MAX_FRAME_SAMPLES),
-            framed: 0,
-            events: VecDeque::new(),
-            outbox: VecDeque::new(),
-            unflushed: false,
-            write_deadline: None,
-            ending: None,
-            done: false,
-            read_pending: true,
             pcm_out: BytesMut::with_capacity(PCM_OUT_CAPACITY),
-            frames: FramePool::new(),
             stats: Stats::default(),
         }
     }
 
-    /// Whether tungstenite takes another message now.
-    fn writable(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(ws) = self.ws.as_mut() else {
-            return false;
-        };
-        match ws.poll_ready_unpin(cx) {
-            Poll::Ready(Ok(())) => true,
-            Poll::Ready(Err(e)) => {
-                self.fail(e.to_string());
-                false
-            }
-            Poll::Pending => false,
-        }
-    }
-
-    /// Hands `message` to tungstenite, after [`Self::writable`] said yes.
-    fn start(&mut self, message: Message) {
-        let Some(ws) = self.ws.as_mut() else {
-            return;
-        };
-        match ws.start_send_unpin(message) {
-            Ok(()) => self.unflushed = true,
-            Err(e) => self.fail(e.to_string()),
-        }
-    }
-
-    /// Moves queued messages and tungstenite's buffer to the socket; arms
-    /// the write timeout while the socket takes nothing.
-    fn flush(&mut self, cx: &mut Context<'_>) {
-        while !self.outbox.is_empty() && self.writable(cx) {
-            if let Some(message) = self.outbox.pop_front() {
-                self.start(message);
-            }
-        }
-        let Some(ws) = self.ws.as_mut() else {
-            return;
-        };
-        if self.unflushed {
-            match ws.poll_flush_unpin(cx) {
-                Poll::Ready(Ok(())) => self.unflushed = false,
-                Poll::Ready(Err(e)) => return self.fail(e.to_string()),
-                Poll::Pending => {}
-            }
-        }
-        if !self.unflushed && self.outbox.is_empty() {
-            self.write_deadline = None;
-        } else if self.write_deadline.is_none() {
-            self.write_deadline = Some(Box::pin(tokio::time::sleep(WRITE_TIMEOUT)));
-        }
-    }
-
-    /// A message for the bot, written now or queued behind earlier ones.
-    fn send_message(&mut self, message: Message) {
-        if self.ws.is_none() {
-            return;
-        }
-        if self.outbox.len() >= OUTBOX_CAPACITY {
-            tracing::debug!("the bot's socket is backed up: a message for it was dropped");
-            return;
-        }
-        self.outbox.push_back(message);
-        // Written from whatever task calls: a wake-up for the socket comes
-        // from `poll_event`, which the call polls before it sleeps.
-        self.flush(&mut Context::from_waker(Waker::noop()));
-    }
-
     fn send_json(&mut self, value: &Value) {
-        self.send_message(text(value));
+        self.socket.send(text(value));
     }
 
     fn send_action_result(&mut self, name: &str, ok: bool, message: &str) {
@@ -316,9 +204,6 @@ impl WebsocketBot {
 
     /// The session is over; `error` says why when it was not a clean end.
     fn end(&mut self, error: Option<String>) {
-        if self.ending.is_some() || self.done {
-            return;
-        }
         let Stats {
             malformed,
             unknown,
@@ -327,64 +212,27 @@ impl WebsocketBot {
             frames_dropped,
             bytes_in,
         } = self.stats;
-        tracing::debug!(
-            malformed,
-            unknown,
-            bad_actions,
-            frames_out,
-            frames_dropped,
-            bytes_in,
-            ?error,
-            "websocket bot session ended"
-        );
-        self.samples.clear();
-        self.framed = 0;
-        self.events.clear();
-        self.outbox.clear();
-        self.write_deadline = None;
-        self.ending = Some(error);
-    }
-
-    /// The socket failed or the bot broke the protocol: dropped at once.
-    fn fail(&mut self, reason: String) {
-        self.ws = None;
-        self.end(Some(reason));
-    }
-
-    /// Hands the socket to a task that finishes closing it, so the call
-    /// need not wait: after `stop` and our close frame when `say_stop`,
-    /// else only the handshake the bot started.
-    fn close_in_background(&mut self, say_stop: bool) {
-        let Some(mut ws) = self.ws.take() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        runtime.spawn(async move {
-            if say_stop {
-                let stop = text(&json!({"event": "stop"}));
-                match timeout(WRITE_TIMEOUT, ws.send(stop)).await {
-                    Ok(Ok(())) => send_close(&mut ws, "the bot").await,
-                    Ok(Err(e)) => tracing::debug!(error = %e, "could not send stop"),
-                    Err(_) => tracing::debug!("the bot took no stop in time"),
-                }
-            }
-            finish_close(&mut ws, "the bot").await;
-        });
-    }
-
-    /// The next 20 ms (or shorter, at the end) of the last message's audio.
-    fn next_audio_frame(&mut self) -> Option<BotEvent> {
-        if self.framed >= self.samples.len() {
-            return None;
+        if !self.output.is_ended() {
+            tracing::debug!(
+                malformed,
+                unknown,
+                bad_actions,
+                frames_out,
+                frames_dropped,
+                bytes_in,
+                ?error,
+                "websocket bot session ended"
+            );
         }
-        let end = (self.framed + self.frame_samples).min(self.samples.len());
-        let frame = self
-            .frames
-            .with_samples(self.rate, &self.samples[self.framed..end]);
-        self.framed = end;
-        Some(BotEvent::Audio(frame))
+        self.output.end(error);
+    }
+
+    /// The call is done with the bot: `stop`, a close frame, and the
+    /// closing handshake in the background.
+    fn hang_up(&mut self) {
+        self.end(None);
+        self.socket
+            .close_in_background(Some(text(&json!({"event": "stop"}))));
     }
 
     fn on_message(&mut self, message: Message) {
@@ -393,8 +241,7 @@ impl WebsocketBot {
             Message::Text(text) => self.on_text(text.as_str()),
             Message::Close(_) => {
                 self.end(None);
-                // tungstenite has queued the reply to the bot's close frame.
-                self.close_in_background(false);
+                self.socket.close_in_background(None);
             }
             // tungstenite answers pings itself.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
@@ -405,20 +252,18 @@ impl WebsocketBot {
     /// an odd trailing byte waits for the next message.
     fn on_audio(&mut self, bytes: &[u8]) {
         self.stats.bytes_in += bytes.len() as u64;
-        self.samples.clear();
-        self.framed = 0;
+        let samples = self.output.audio();
         let mut data = bytes;
         if let Some(low) = self.odd_byte.take() {
             let Some((&high, rest)) = data.split_first() else {
                 self.odd_byte = Some(low);
                 return;
             };
-            self.samples.push(i16::from_le_bytes([low, high]));
+            samples.push(i16::from_le_bytes([low, high]));
             data = rest;
         }
         let mut pairs = data.chunks_exact(2);
-        self.samples
-            .extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
+        samples.extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
         self.odd_byte = pairs.remainder().first().copied();
     }
 
@@ -432,20 +277,20 @@ impl WebsocketBot {
         };
         let field = |name: &str| value.get(name).and_then(Value::as_str);
         match event {
-            "clear" => self.events.push_back(BotEvent::Clear),
+            "clear" => self.output.push(BotEvent::Clear),
             "mark" => match field("name") {
-                Some(name) => self.events.push_back(BotEvent::Mark(name.to_owned())),
+                Some(name) => self.output.push(BotEvent::Mark(name.to_owned())),
                 None => self.malformed("a mark without a name"),
             },
             "hangup" => {
                 let reason = field("reason").map(str::to_owned);
-                self.events.push_back(BotEvent::Hangup { reason });
+                self.output.push(BotEvent::Hangup { reason });
             }
             "transcript" => match field("text") {
                 Some(text) => {
                     let role = field("role").unwrap_or("bot").to_owned();
                     let text = text.to_owned();
-                    self.events.push_back(BotEvent::Transcript { role, text });
+                    self.output.push(BotEvent::Transcript { role, text });
                 }
                 None => self.malformed("a transcript without text"),
             },
@@ -467,9 +312,11 @@ impl WebsocketBot {
     /// answered at once so the bot can carry on.
     fn on_action(&mut self, value: &Value) {
         match crate::actions::parse_action_message(value) {
-            Ok(actions) => self
-                .events
-                .extend(actions.into_iter().map(BotEvent::Action)),
+            Ok(actions) => {
+                for action in actions {
+                    self.output.push(BotEvent::Action(action));
+                }
+            }
             Err(reason) => {
                 self.stats.bad_actions += 1;
                 let name = crate::actions::action_name(value);
@@ -483,9 +330,12 @@ impl WebsocketBot {
         self.stats.malformed += 1;
         let count = self.stats.malformed;
         if count > MAX_MALFORMED {
-            return self.fail(format!(
+            // Broken: dropped at once, no goodbye.
+            self.end(Some(format!(
                 "the bot sent more than {MAX_MALFORMED} malformed messages"
-            ));
+            )));
+            self.socket.abandon();
+            return;
         }
         if worth_logging(count) {
             tracing::warn!(count, "ignoring {what} from the bot");
@@ -499,16 +349,10 @@ impl PolledBot for WebsocketBot {
     }
 
     fn send_audio(&mut self, frame: &AudioFrame) -> bool {
-        if self.ws.is_none() {
+        if !self.socket.is_open() || self.output.is_ended() {
             return false;
         }
-        let mut cx = Context::from_waker(Waker::noop());
-        if self.unflushed || !self.outbox.is_empty() {
-            self.flush(&mut cx);
-        }
-        // A bot whose socket is backed up loses caller audio, not our
-        // memory: nothing is queued behind a write the socket has not taken.
-        if self.unflushed || !self.outbox.is_empty() || !self.writable(&mut cx) {
+        if !self.socket.ready_for_audio() {
             self.stats.frames_dropped += 1;
             return false;
         }
@@ -517,18 +361,14 @@ impl PolledBot for WebsocketBot {
             self.pcm_out.put_i16_le(sample);
         }
         let pcm = self.pcm_out.split().freeze();
-        self.start(Message::binary(pcm));
+        self.socket.send_audio(Message::binary(pcm));
         self.stats.frames_out += 1;
-        self.flush(&mut cx);
-        self.ws.is_some()
+        true
     }
 
     fn control(&mut self, control: BotControl) {
         match control {
-            BotControl::Hangup => {
-                self.end(None);
-                self.close_in_background(true);
-            }
+            BotControl::Hangup => self.hang_up(),
             BotControl::MarkPlayed(name) => self.send_json(&json!({"event": "mark", "name": name})),
             BotControl::Dtmf(digit) => {
                 self.send_json(&json!({"event": "dtmf", "digit": digit.to_string()}));
@@ -543,66 +383,25 @@ impl PolledBot for WebsocketBot {
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<BotEvent> {
         loop {
-            if self.done {
-                return Poll::Pending;
-            }
-            if let Some(frame) = self.next_audio_frame() {
-                return Poll::Ready(frame);
-            }
-            if let Some(event) = self.events.pop_front() {
+            if let Some(event) = self.output.next() {
                 return Poll::Ready(event);
             }
-            if let Some(error) = self.ending.take() {
-                self.done = true;
-                return Poll::Ready(BotEvent::Closed { error });
-            }
-            self.flush(cx);
-            if let Some(deadline) = self.write_deadline.as_mut() {
-                if deadline.as_mut().poll(cx).is_ready() {
-                    let seconds = WRITE_TIMEOUT.as_secs();
-                    self.fail(format!("the bot took no data for {seconds} s"));
-                    continue;
-                }
-            }
-            let Some(ws) = self.ws.as_mut() else {
-                // Unreachable in practice: a session loses its socket as it ends.
-                self.end(Some("the bot's socket is gone".to_owned()));
-                continue;
-            };
-            if !self.read_pending && !socket_readable(ws, cx) {
+            if self.output.is_done() {
                 return Poll::Pending;
             }
-            match ws.poll_next_unpin(cx) {
-                Poll::Pending => {
-                    self.read_pending = false;
-                    return Poll::Pending;
-                }
-                Poll::Ready(Some(Ok(message))) => {
-                    self.read_pending = true;
-                    self.on_message(message);
-                }
-                Poll::Ready(Some(Err(e))) => self.fail(e.to_string()),
-                Poll::Ready(None) => self.fail("connection closed".to_owned()),
+            match self.socket.poll_message(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(message)) => self.on_message(message),
+                Poll::Ready(Err(reason)) => self.end(Some(reason)),
             }
         }
-    }
-}
-
-/// Whether the kernel reported data since tungstenite last found the
-/// socket empty (registering the waker if not). TLS keeps its own buffer,
-/// so a `wss://` socket is always worth a read.
-fn socket_readable(ws: &Socket, cx: &mut Context<'_>) -> bool {
-    match ws.get_ref() {
-        MaybeTlsStream::Plain(tcp) => tcp.poll_read_ready(cx).is_ready(),
-        _ => true,
     }
 }
 
 impl Drop for WebsocketBot {
     /// A session dropped without a Hangup still says goodbye to the bot.
     fn drop(&mut self) {
-        self.end(None);
-        self.close_in_background(true);
+        self.hang_up();
     }
 }
 

@@ -2,6 +2,7 @@
 //! speaking the documented protocol over real sockets on 127.0.0.1.
 
 use std::collections::BTreeMap;
+use std::future::poll_fn;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -533,6 +534,80 @@ async fn action_results_are_forwarded_to_the_bot() {
     let result = next_json(&mut ws).await;
     assert_eq!(result["sequenceNumber"], "3");
     assert_eq!(result["ok"], true);
+    drop(session);
+    expect_stop_and_close(ws, &start).await;
+}
+
+/// The way the gateway runs a session: polled by the call's own task.
+#[tokio::test]
+async fn a_polled_session_runs_in_its_callers_task() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/media", listener.local_addr().unwrap());
+    let bot = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        tokio_tungstenite::accept_async(tcp).await.unwrap()
+    });
+    let mut session = connector(url, 2_000)
+        .open_polled(&call())
+        .await
+        .expect("the Media Streams connector is polled")
+        .unwrap();
+    let mut ws = bot.await.unwrap();
+    let start = read_greeting(&mut ws).await;
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    assert_eq!(tasks, 0, "no task of its own");
+
+    let samples = sine(160, 0);
+    assert!(session.send_audio(&AudioFrame::from_samples(8_000, &samples)));
+    let media = next_json(&mut ws).await;
+    assert_eq!(media["event"], "media");
+    assert_eq!(media["sequenceNumber"], "2");
+    let payload = B64
+        .decode(media["media"]["payload"].as_str().unwrap())
+        .unwrap();
+    let expected: Vec<u8> = samples.iter().map(|&s| ulaw_encode(s)).collect();
+    assert_eq!(payload, expected);
+
+    // 400 samples of bot audio: frames of 160, 160 and 80, then the mark.
+    let bot_audio: Vec<u8> = sine(400, 9).iter().map(|&s| ulaw_encode(s)).collect();
+    let media = json!({"event": "media", "streamSid": start["streamSid"],
+                       "media": {"payload": B64.encode(&bot_audio)}});
+    ws.send(Message::text(media.to_string())).await.unwrap();
+    let mark = json!({"event": "mark", "streamSid": start["streamSid"], "mark": {"name": "m"}});
+    ws.send(Message::text(mark.to_string())).await.unwrap();
+    let mut got = Vec::new();
+    for expected_len in [160, 160, 80] {
+        match timeout(WAIT, poll_fn(|cx| session.poll_event(cx)))
+            .await
+            .unwrap()
+        {
+            BotEvent::Audio(frame) => {
+                assert_eq!(frame.len(), expected_len);
+                got.extend_from_slice(frame.samples());
+            }
+            other => panic!("expected audio, got {other:?}"),
+        }
+    }
+    let decoded: Vec<i16> = bot_audio.iter().map(|&b| ulaw_decode(b)).collect();
+    assert_eq!(got, decoded);
+    let mark = timeout(WAIT, poll_fn(|cx| session.poll_event(cx)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&mark, BotEvent::Mark(name) if name == "m"),
+        "{mark:?}"
+    );
+
+    session.control(BotControl::Hangup);
+    let closed = timeout(WAIT, poll_fn(|cx| session.poll_event(cx)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(closed, BotEvent::Closed { error: None }),
+        "{closed:?}"
+    );
     drop(session);
     expect_stop_and_close(ws, &start).await;
 }
