@@ -17,37 +17,42 @@
 //! [`switchboard_flows::Action`] and is answered with a
 //! `function_call_output` item and `response.create` once the call reports
 //! the outcome.
+//!
+//! The session is a [`PolledBot`], driven by the call's own task rather than
+//! a task of its own ([`crate::polled`] says why). It ends with the call
+//! (Hangup or dropped: the protocol has no goodbye, so a close frame is sent
+//! at once, which ends the session and its billing, and the closing
+//! handshake finishes in a small task of its own) or with the server (close
+//! frame, socket error, too many malformed events), reported as `Closed`.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use switchboard_flows::{OpenAiRealtimeConfig, RealtimeAudio, ToolKind};
 use switchboard_media::g711::{ulaw_decode, ulaw_encode};
-use switchboard_media::{AudioFormat, AudioFrame, FramePool, PooledFrame};
-use tokio::sync::mpsc;
+use switchboard_media::{AudioFormat, AudioFrame};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::playout_position::PlayoutPosition;
-use crate::socket::{finish_close, send_close, Ending, Socket};
+use crate::polled::{spawn_session, BotOutput, PolledBot};
+use crate::socket::{Closing, PolledSocket, Socket};
 use crate::text::{push_capped, snippet};
 use crate::tools::{self, tool_action};
 use crate::{
     BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError, PlayoutClock,
-    AUDIO_IN_CAPACITY, CONTROL_CAPACITY, EVENTS_CAPACITY,
 };
 
-/// A peer that cannot take one message within this time is considered dead.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Past this many malformed messages the peer is clearly not speaking the protocol.
 const MAX_MALFORMED: u64 = 20;
 /// Function calls awaiting the call's answer; the oldest is forgotten beyond this.
@@ -82,7 +87,44 @@ impl OpenAiRealtimeConnector {
         format!("{base}{separator}model={}", self.config.model)
     }
 
-    async fn connect(&self, url: &str) -> Result<Socket, String> {
+    async fn connect(&self, call: &CallInfo) -> Result<OpenAiBot, ConnectorError> {
+        let url = self.url();
+        let limit = Duration::from_millis(self.config.connect_timeout_ms);
+        // The session set-up is part of "ready for audio", so it shares the budget.
+        let ws = match timeout(limit, self.connect_and_set_up(&url)).await {
+            Err(_) => {
+                return Err(ConnectorError::ConnectTimeout {
+                    url,
+                    timeout_ms: self.config.connect_timeout_ms,
+                })
+            }
+            Ok(Err(reason)) => return Err(ConnectorError::Connect { url, reason }),
+            Ok(Ok(ws)) => ws,
+        };
+        tracing::debug!(call_id = %call.call_id, %url, "OpenAI Realtime session started");
+
+        let format = AudioFormat::new(match self.config.audio {
+            RealtimeAudio::Pcmu => 8000,
+            RealtimeAudio::Pcm24k => 24_000,
+        });
+        Ok(OpenAiBot {
+            socket: PolledSocket::new(ws),
+            output: BotOutput::new(format.sample_rate),
+            tools: Arc::clone(&self.tools),
+            audio: self.config.audio,
+            format,
+            clock: call.playout.clone(),
+            position: PlayoutPosition::new(format.sample_rate),
+            response_active: false,
+            odd_byte: None,
+            decoded: Vec::new(),
+            outgoing: String::new(),
+            pending: VecDeque::new(),
+            stats: Stats::default(),
+        })
+    }
+
+    async fn connect_and_set_up(&self, url: &str) -> Result<Socket, String> {
         let mut request = url.into_client_request().map_err(|e| e.to_string())?;
         let bearer = HeaderValue::from_str(&format!("Bearer {}", self.config.api_key))
             .map_err(|_| "the API key is not a valid header value".to_owned())?;
@@ -125,52 +167,16 @@ fn handshake_error(error: &tokio_tungstenite::tungstenite::Error) -> String {
 #[async_trait::async_trait]
 impl BotConnector for OpenAiRealtimeConnector {
     async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError> {
-        let url = self.url();
-        let limit = Duration::from_millis(self.config.connect_timeout_ms);
-        // The session set-up is part of "ready for audio", so it shares the budget.
-        let ws = match timeout(limit, self.connect(&url)).await {
-            Err(_) => {
-                return Err(ConnectorError::ConnectTimeout {
-                    url,
-                    timeout_ms: self.config.connect_timeout_ms,
-                })
-            }
-            Ok(Err(reason)) => return Err(ConnectorError::Connect { url, reason }),
-            Ok(Ok(ws)) => ws,
-        };
-        tracing::debug!(call_id = %call.call_id, %url, "OpenAI Realtime session started");
+        let bot = self.connect(call).await?;
+        Ok(spawn_session(Box::new(bot)))
+    }
 
-        let format = AudioFormat::new(match self.config.audio {
-            RealtimeAudio::Pcmu => 8000,
-            RealtimeAudio::Pcm24k => 24_000,
-        });
-        let (audio_tx, audio_rx) = mpsc::channel(AUDIO_IN_CAPACITY);
-        let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
-        let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
-        let session = Session {
-            ws,
-            events: events_tx,
-            tools: Arc::clone(&self.tools),
-            audio: self.config.audio,
-            format,
-            clock: call.playout.clone(),
-            position: PlayoutPosition::new(format.sample_rate),
-            response_active: false,
-            odd_byte: None,
-            decoded: Vec::new(),
-            outgoing: String::new(),
-            pending: VecDeque::new(),
-            frames: FramePool::new(),
-            stats: Stats::default(),
-        };
-        tokio::spawn(session.run(audio_rx, control_rx));
-        Ok(BotSession {
-            audio_format: format,
-            audio_in: audio_tx,
-            frames: FramePool::new(),
-            control: control_tx,
-            events: events_rx,
-        })
+    async fn open_polled(
+        &self,
+        call: &CallInfo,
+    ) -> Option<Result<Box<dyn PolledBot>, ConnectorError>> {
+        let bot = self.connect(call).await;
+        Some(bot.map(|bot| Box::new(bot) as Box<dyn PolledBot>))
     }
 }
 
@@ -285,9 +291,10 @@ fn note(count: &mut u64) -> bool {
     *count <= 3 || count.is_multiple_of(100)
 }
 
-struct Session {
-    ws: Socket,
-    events: mpsc::Sender<BotEvent>,
+/// One Realtime session, driven by its call.
+struct OpenAiBot {
+    socket: PolledSocket,
+    output: BotOutput,
     tools: Arc<BTreeMap<String, ToolKind>>,
     audio: RealtimeAudio,
     format: AudioFormat,
@@ -303,170 +310,66 @@ struct Session {
     decoded: Vec<u8>,
     outgoing: String,
     pending: VecDeque<Pending>,
-    /// Boxes for the bot's frames, back here once the call plays them.
-    frames: FramePool,
     stats: Stats,
 }
 
-impl Session {
-    async fn run(
-        mut self,
-        audio_in: mpsc::Receiver<PooledFrame>,
-        control: mpsc::Receiver<BotControl>,
-    ) {
-        let ending = match self.pump(audio_in, control).await {
-            Ok(never) => match never {},
-            Err(ending) => ending,
-        };
-        let error = match ending {
-            // The protocol has no goodbye: closing the socket ends the session
-            // (and its billing) at once.
-            Ending::Hangup | Ending::CallGone | Ending::Abandoned => {
-                send_close(&mut self.ws, "OpenAI").await;
-                None
-            }
-            Ending::BotClosed => None,
-            Ending::Failed(reason) => Some(reason),
-        };
-        tracing::debug!(stats = ?self.stats, ?error, "OpenAI Realtime session ended");
-        let failed = error.is_some();
-        let _ = self.events.send(BotEvent::Closed { error }).await;
-        if !failed {
-            finish_close(&mut self.ws, "OpenAI").await;
-        }
+impl OpenAiBot {
+    fn send_json(&mut self, value: &Value) {
+        self.socket.send(Message::text(value.to_string()));
     }
 
-    /// Moves messages until something ends the session; never returns `Ok`.
-    async fn pump(
-        &mut self,
-        mut audio_in: mpsc::Receiver<PooledFrame>,
-        mut control: mpsc::Receiver<BotControl>,
-    ) -> Result<std::convert::Infallible, Ending> {
-        let mut control_open = true;
-        loop {
-            tokio::select! {
-                // Control first so a Hangup is not starved by audio.
-                biased;
-                message = control.recv(), if control_open => match message {
-                    Some(BotControl::Hangup) => return Err(Ending::Hangup),
-                    Some(BotControl::ActionResult { action, ok, message }) => {
-                        self.on_action_result(&action, ok, &message).await?;
-                    }
-                    Some(BotControl::Dtmf(digit)) => self.on_dtmf(digit).await?,
-                    // We never send marks, so there are none to acknowledge.
-                    Some(BotControl::MarkPlayed(_)) => {}
-                    None => control_open = false,
-                },
-                frame = audio_in.recv() => match frame {
-                    Some(frame) => self.on_caller_audio(&frame).await?,
-                    None => return Err(Ending::CallGone),
-                },
-                incoming = self.ws.next() => match incoming {
-                    Some(Ok(message)) => self.on_message(message).await?,
-                    Some(Err(e)) => return Err(Ending::Failed(e.to_string())),
-                    None => return Err(Ending::Failed("connection closed".to_owned())),
-                },
-                () = self.events.closed() => return Err(Ending::Abandoned),
-            }
+    /// The session is over; `error` says why when it was not a clean end.
+    fn end(&mut self, error: Option<String>) {
+        if !self.output.is_ended() {
+            tracing::debug!(stats = ?self.stats, ?error, "OpenAI Realtime session ended");
         }
+        self.output.end(error);
     }
 
-    async fn send(&mut self, message: Message) -> Result<(), Ending> {
-        match timeout(WRITE_TIMEOUT, self.ws.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Ending::Failed(e.to_string())),
-            Err(_) => Err(Ending::Failed(format!(
-                "OpenAI took no data for {} s",
-                WRITE_TIMEOUT.as_secs()
-            ))),
-        }
+    /// The call is done with the model. The protocol has no goodbye: closing
+    /// the socket ends the session (and its billing) at once.
+    fn hang_up(&mut self) {
+        self.end(None);
+        self.socket.close_in_background(Closing::Ours(None));
     }
 
-    async fn send_json(&mut self, value: &Value) -> Result<(), Ending> {
-        self.send(Message::text(value.to_string())).await
-    }
-
-    async fn emit(&self, event: BotEvent) -> Result<(), Ending> {
-        // Awaiting here is the back-pressure: we stop reading the socket.
-        self.events.send(event).await.map_err(|_| Ending::Abandoned)
-    }
-
-    /// One `input_audio_buffer.append` per 20 ms frame, built in reused buffers.
-    async fn on_caller_audio(&mut self, frame: &AudioFrame) -> Result<(), Ending> {
-        if frame.sample_rate() != self.format.sample_rate {
-            if note(&mut self.stats.wrong_rate) {
-                tracing::warn!(
-                    got = frame.sample_rate(),
-                    expected = self.format.sample_rate,
-                    "dropping caller audio at the wrong rate"
-                );
-            }
-            return Ok(());
-        }
-        if frame.is_empty() {
-            return Ok(());
-        }
-        self.decoded.clear();
-        match self.audio {
-            RealtimeAudio::Pcmu => self
-                .decoded
-                .extend(frame.samples().iter().map(|s| ulaw_encode(*s))),
-            RealtimeAudio::Pcm24k => {
-                for sample in frame.samples() {
-                    self.decoded.extend_from_slice(&sample.to_le_bytes());
-                }
-            }
-        }
-        self.outgoing.clear();
-        self.outgoing
-            .push_str(r#"{"type":"input_audio_buffer.append","audio":""#);
-        BASE64.encode_string(&self.decoded, &mut self.outgoing);
-        self.outgoing.push_str("\"}");
-        // tungstenite needs an owned payload per message.
-        let message = Message::text(self.outgoing.as_str());
-        self.send(message).await
-    }
-
-    async fn on_dtmf(&mut self, digit: char) -> Result<(), Ending> {
+    fn on_dtmf(&mut self, digit: char) {
         // The protocol has no DTMF event: tell the model in words, without
         // asking for a response, so a menu-driven conversation can use it.
         let item = json!({"type": "conversation.item.create", "item": {
             "type": "message", "role": "user",
             "content": [{"type": "input_text", "text": format!("[The caller pressed the key {digit}]")}],
         }});
-        self.send_json(&item).await
+        self.send_json(&item);
     }
 
-    async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
+    fn on_message(&mut self, message: Message) {
         match message {
-            Message::Text(text) => self.on_text(text.as_str()).await,
-            Message::Close(_) => Err(Ending::BotClosed),
+            Message::Text(text) => self.on_text(text.as_str()),
+            Message::Close(_) => {
+                self.end(None);
+                self.socket.close_in_background(Closing::Theirs);
+            }
             Message::Binary(_) => self.malformed("a binary message"),
             // tungstenite answers pings itself.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
 
-    async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
+    fn on_text(&mut self, text: &str) {
         let inbound: Inbound<'_> = match serde_json::from_str(text) {
             Ok(inbound) => inbound,
             Err(e) => return self.malformed(&format!("a malformed event ({e})")),
         };
         match &*inbound.kind {
-            "response.output_audio.delta" => self.on_audio_delta(inbound).await,
-            "input_audio_buffer.speech_started" => self.on_barge_in().await,
-            "response.created" => {
-                self.response_active = true;
-                Ok(())
-            }
-            "response.done" => {
-                self.response_active = false;
-                Ok(())
-            }
-            "response.output_item.done" => self.on_item_done(inbound).await,
-            "response.output_audio_transcript.done" => self.on_transcript("bot", inbound).await,
+            "response.output_audio.delta" => self.on_audio_delta(inbound),
+            "input_audio_buffer.speech_started" => self.on_barge_in(),
+            "response.created" => self.response_active = true,
+            "response.done" => self.response_active = false,
+            "response.output_item.done" => self.on_item_done(inbound),
+            "response.output_audio_transcript.done" => self.on_transcript("bot", inbound),
             "conversation.item.input_audio_transcription.completed" => {
-                self.on_transcript("caller", inbound).await
+                self.on_transcript("caller", inbound);
             }
             "error" => {
                 let error = inbound.error.unwrap_or(ServerError {
@@ -478,34 +381,33 @@ impl Session {
                 if !benign && note(&mut self.stats.server_errors) {
                     tracing::warn!(code = ?error.code, message = ?error.message, "OpenAI reported an error");
                 }
-                Ok(())
             }
             other => {
                 if note(&mut self.stats.unknown) {
                     tracing::trace!(kind = other, "ignoring an OpenAI event");
                 }
-                Ok(())
             }
         }
     }
 
-    fn malformed(&mut self, what: &str) -> Result<(), Ending> {
+    fn malformed(&mut self, what: &str) {
         if note(&mut self.stats.malformed) {
             tracing::warn!(count = self.stats.malformed, "ignoring {what} from OpenAI");
         }
         if self.stats.malformed > MAX_MALFORMED {
-            return Err(Ending::Failed("bot sent malformed messages".to_owned()));
+            // Broken: dropped at once, no goodbye.
+            self.end(Some("bot sent malformed messages".to_owned()));
+            self.socket.abandon();
         }
-        Ok(())
     }
 
-    async fn on_audio_delta(&mut self, m: Inbound<'_>) -> Result<(), Ending> {
+    fn on_audio_delta(&mut self, m: Inbound<'_>) {
         let (Some(delta), Some(item_id)) = (m.delta, m.item_id) else {
             return self.malformed("an audio delta without delta or item_id");
         };
         if self.position.is_truncated(&item_id) {
             // Audio of an answer the caller interrupted, already in flight.
-            return Ok(());
+            return;
         }
         self.decoded.clear();
         if BASE64
@@ -524,66 +426,49 @@ impl Session {
         let content_index = m.content_index.unwrap_or(0);
         self.position
             .queued(&item_id, content_index, samples as u64, played_ms);
-        self.emit_decoded().await
+        self.decode_audio();
     }
 
-    /// The bytes in `decoded` as 20 ms frames of PCM.
-    async fn emit_decoded(&mut self) -> Result<(), Ending> {
-        let rate = self.format.sample_rate;
-        let frame_samples = self.format.frame_samples().max(1);
-        let mut bytes = std::mem::take(&mut self.decoded);
-        let result = async {
-            match self.audio {
-                RealtimeAudio::Pcmu => {
-                    for chunk in bytes.chunks(frame_samples) {
-                        let mut frame = self.frames.frame(rate);
-                        for (out, byte) in frame.fill(chunk.len()).iter_mut().zip(chunk) {
-                            *out = ulaw_decode(*byte);
-                        }
-                        self.emit(BotEvent::Audio(frame)).await?;
-                    }
+    /// The bytes in `decoded` as PCM for the call, which takes them in
+    /// 20 ms frames; a 24 kHz sample split across deltas waits for the next.
+    fn decode_audio(&mut self) {
+        let samples = self.output.audio();
+        match self.audio {
+            RealtimeAudio::Pcmu => samples.extend(self.decoded.iter().map(|&b| ulaw_decode(b))),
+            RealtimeAudio::Pcm24k => {
+                let mut bytes = self.decoded.as_slice();
+                if let Some(low) = self.odd_byte.take() {
+                    let Some((&high, rest)) = bytes.split_first() else {
+                        self.odd_byte = Some(low);
+                        return;
+                    };
+                    samples.push(i16::from_le_bytes([low, high]));
+                    bytes = rest;
                 }
-                RealtimeAudio::Pcm24k => {
-                    if let Some(low) = self.odd_byte.take() {
-                        bytes.insert(0, low);
-                    }
-                    if bytes.len() % 2 == 1 {
-                        self.odd_byte = bytes.pop();
-                    }
-                    for chunk in bytes.chunks(frame_samples * 2) {
-                        let mut frame = self.frames.frame(rate);
-                        let pairs = chunk.chunks_exact(2);
-                        for (out, pair) in frame.fill(chunk.len() / 2).iter_mut().zip(pairs) {
-                            *out = i16::from_le_bytes([pair[0], pair[1]]);
-                        }
-                        self.emit(BotEvent::Audio(frame)).await?;
-                    }
-                }
+                let mut pairs = bytes.chunks_exact(2);
+                samples.extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
+                self.odd_byte = pairs.remainder().first().copied();
             }
-            Ok(())
         }
-        .await;
-        self.decoded = bytes;
-        result
     }
 
     /// The caller started speaking: stop the answer where the caller stopped
     /// hearing it.
-    async fn on_barge_in(&mut self) -> Result<(), Ending> {
-        self.emit(BotEvent::Clear).await?;
+    fn on_barge_in(&mut self) {
+        self.output.push(BotEvent::Clear);
         self.odd_byte = None;
         if self.response_active {
             self.response_active = false;
-            self.send_json(&json!({"type": "response.cancel"})).await?;
+            self.send_json(&json!({"type": "response.cancel"}));
         }
         let played_ms = self.clock.played_ms();
         let Some(cut) = self.position.interrupt(played_ms) else {
-            return Ok(());
+            return;
         };
         // The server rejects 0; an item not heard at all needs no truncation.
         if cut.heard_ms == 0 {
             tracing::debug!(item = %cut.item_id, "barge-in before the answer was heard");
-            return Ok(());
+            return;
         }
         self.stats.truncations += 1;
         tracing::debug!(item = %cut.item_id, heard_ms = cut.heard_ms, "truncating the interrupted answer");
@@ -592,26 +477,25 @@ impl Session {
             "item_id": cut.item_id,
             "content_index": cut.content_index,
             "audio_end_ms": cut.heard_ms,
-        }))
-        .await
+        }));
     }
 
-    async fn on_transcript(&mut self, role: &str, m: Inbound<'_>) -> Result<(), Ending> {
+    fn on_transcript(&mut self, role: &str, m: Inbound<'_>) {
         let Some(transcript) = m.transcript.filter(|t| !t.trim().is_empty()) else {
-            return Ok(());
+            return;
         };
         let mut text = String::new();
         push_capped(&mut text, &transcript, MAX_TRANSCRIPT_BYTES);
         let role = role.to_owned();
-        self.emit(BotEvent::Transcript { role, text }).await
+        self.output.push(BotEvent::Transcript { role, text });
     }
 
-    async fn on_item_done(&mut self, m: Inbound<'_>) -> Result<(), Ending> {
+    fn on_item_done(&mut self, m: Inbound<'_>) {
         let Some(item) = m.item else {
             return self.malformed("an output item without item");
         };
         if item.kind.as_deref() != Some("function_call") {
-            return Ok(());
+            return;
         }
         let (Some(name), Some(call_id)) = (item.name, item.call_id) else {
             return self.malformed("a function call without name or call_id");
@@ -621,7 +505,7 @@ impl Session {
                 tracing::warn!(function = %name, "OpenAI called a function this flow does not offer");
             }
             let message = format!("there is no function named {name}");
-            return self.answer_call(&call_id, false, &message, true).await;
+            return self.answer_call(&call_id, false, &message, true);
         };
         let arguments = item.arguments.as_deref().unwrap_or("{}");
         let arguments: Option<Value> = serde_json::from_str(arguments).ok();
@@ -638,47 +522,122 @@ impl Session {
                     hang_up: kind == ToolKind::Hangup,
                 });
                 tracing::debug!(function = %name, action = action.kind(), "OpenAI asked for an action");
-                self.emit(BotEvent::Action(action)).await
+                self.output.push(BotEvent::Action(action));
             }
             Err(reason) => {
                 if note(&mut self.stats.bad_arguments) {
                     tracing::warn!(function = %name, %reason, "refusing a function call");
                 }
                 // The arguments are at fault: the model may correct them.
-                self.answer_call(&call_id, false, &reason, true).await
+                self.answer_call(&call_id, false, &reason, true);
             }
         }
     }
 
-    async fn on_action_result(&mut self, action: &str, ok: bool, text: &str) -> Result<(), Ending> {
+    fn on_action_result(&mut self, action: &str, ok: bool, text: &str) {
         let Some(index) = self.pending.iter().position(|p| p.action == action) else {
             tracing::debug!(%action, ok, "an action result with no function call waiting for it");
-            return Ok(());
+            return;
         };
         let Some(pending) = self.pending.remove(index) else {
-            return Ok(());
+            return;
         };
         // After a hang-up there is nobody left to speak to.
         let respond = !(ok && pending.hang_up);
-        self.answer_call(&pending.call_id, ok, text, respond).await
+        self.answer_call(&pending.call_id, ok, text, respond);
     }
 
-    async fn answer_call(
-        &mut self,
-        call_id: &str,
-        ok: bool,
-        message: &str,
-        respond: bool,
-    ) -> Result<(), Ending> {
+    fn answer_call(&mut self, call_id: &str, ok: bool, message: &str, respond: bool) {
         let output = json!({"ok": ok, "message": message}).to_string();
         self.send_json(&json!({"type": "conversation.item.create", "item": {
             "type": "function_call_output", "call_id": call_id, "output": output,
-        }}))
-        .await?;
+        }}));
         if respond {
-            self.send_json(&json!({"type": "response.create"})).await?;
+            self.send_json(&json!({"type": "response.create"}));
         }
-        Ok(())
+    }
+}
+
+impl PolledBot for OpenAiBot {
+    fn audio_format(&self) -> AudioFormat {
+        self.format
+    }
+
+    /// One `input_audio_buffer.append` per 20 ms frame, built in reused buffers.
+    fn send_audio(&mut self, frame: &AudioFrame) -> bool {
+        if frame.sample_rate() != self.format.sample_rate {
+            if note(&mut self.stats.wrong_rate) {
+                tracing::warn!(
+                    got = frame.sample_rate(),
+                    expected = self.format.sample_rate,
+                    "dropping caller audio at the wrong rate"
+                );
+            }
+            return false;
+        }
+        if frame.is_empty() {
+            return true;
+        }
+        if self.output.is_ended() || !self.socket.ready_for_audio() {
+            return false;
+        }
+        self.decoded.clear();
+        match self.audio {
+            RealtimeAudio::Pcmu => self
+                .decoded
+                .extend(frame.samples().iter().map(|s| ulaw_encode(*s))),
+            RealtimeAudio::Pcm24k => {
+                for sample in frame.samples() {
+                    self.decoded.extend_from_slice(&sample.to_le_bytes());
+                }
+            }
+        }
+        self.outgoing.clear();
+        self.outgoing
+            .push_str(r#"{"type":"input_audio_buffer.append","audio":""#);
+        BASE64.encode_string(&self.decoded, &mut self.outgoing);
+        self.outgoing.push_str("\"}");
+        // tungstenite needs an owned payload per message.
+        self.socket
+            .send_audio(Message::text(self.outgoing.as_str()));
+        true
+    }
+
+    fn control(&mut self, control: BotControl) {
+        match control {
+            BotControl::Hangup => self.hang_up(),
+            BotControl::ActionResult {
+                action,
+                ok,
+                message,
+            } => self.on_action_result(&action, ok, &message),
+            BotControl::Dtmf(digit) => self.on_dtmf(digit),
+            // We never send marks, so there are none to acknowledge.
+            BotControl::MarkPlayed(_) => {}
+        }
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<BotEvent> {
+        loop {
+            if let Some(event) = self.output.next() {
+                return Poll::Ready(event);
+            }
+            if self.output.is_done() {
+                return Poll::Pending;
+            }
+            match self.socket.poll_message(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(message)) => self.on_message(message),
+                Poll::Ready(Err(reason)) => self.end(Some(reason)),
+            }
+        }
+    }
+}
+
+impl Drop for OpenAiBot {
+    /// A session dropped without a Hangup still closes the model's session.
+    fn drop(&mut self) {
+        self.hang_up();
     }
 }
 

@@ -1,5 +1,6 @@
-//! What every WebSocket bot session shares: the socket type, why a session
-//! loop stops, and the bounded closing handshake.
+//! What every WebSocket bot session shares: the socket type, the
+//! non-blocking shell its call drives it through, and the bounded closing
+//! handshake.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -18,21 +19,6 @@ pub(crate) type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// How long the bot may take to answer our close frame (or to finish
 /// closing after its own) before the socket is dropped.
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Why a session loop stopped.
-pub(crate) enum Ending {
-    /// The call asked us to hang up.
-    Hangup,
-    /// Caller audio closed: the call is gone.
-    CallGone,
-    /// Nobody reads events any more: the session was dropped.
-    Abandoned,
-    /// The bot sent a close frame.
-    BotClosed,
-    /// The socket failed or the bot broke the protocol; the reason goes
-    /// into `BotEvent::Closed`.
-    Failed(String),
-}
 
 /// Sends our close frame, bounded by [`CLOSE_TIMEOUT`]; `peer` names the
 /// bot in the debug lines.
@@ -92,6 +78,15 @@ pub(crate) fn worth_logging(count: u64) -> bool {
 const OUTBOX_CAPACITY: usize = crate::CONTROL_CAPACITY;
 /// A bot that takes no data for this long is considered dead.
 pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Who ends a session, which decides what is left to send.
+pub(crate) enum Closing {
+    /// We do: the protocol's goodbye if it has one (a `stop`, Ultravox's
+    /// `hang_up`), then our close frame.
+    Ours(Option<Message>),
+    /// The bot sent its close frame; tungstenite has queued the reply.
+    Theirs,
+}
 
 /// A bot's socket driven from its call's task (see [`crate::polled`]):
 /// nothing here waits. Caller audio goes out only when it can at once,
@@ -203,10 +198,8 @@ impl PolledSocket {
     }
 
     /// Hands the socket to a task that finishes closing it, so the call
-    /// need not wait: `goodbye` (the protocol's stop) and our close frame
-    /// first when given, else only the handshake the bot started (tungstenite
-    /// has queued the reply to its close frame).
-    pub(crate) fn close_in_background(&mut self, goodbye: Option<Message>) {
+    /// need not wait.
+    pub(crate) fn close_in_background(&mut self, closing: Closing) {
         self.outbox.clear();
         self.write_deadline = None;
         let Some(mut ws) = self.ws.take() else {
@@ -216,11 +209,23 @@ impl PolledSocket {
             return;
         };
         runtime.spawn(async move {
-            if let Some(goodbye) = goodbye {
-                match timeout(WRITE_TIMEOUT, ws.send(goodbye)).await {
-                    Ok(Ok(())) => send_close(&mut ws, "the bot").await,
-                    Ok(Err(e)) => tracing::debug!(error = %e, "could not send stop"),
-                    Err(_) => tracing::debug!("the bot took no stop in time"),
+            if let Closing::Ours(goodbye) = closing {
+                let said = match goodbye {
+                    Some(goodbye) => match timeout(WRITE_TIMEOUT, ws.send(goodbye)).await {
+                        Ok(Ok(())) => true,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "could not say goodbye to the bot");
+                            false
+                        }
+                        Err(_) => {
+                            tracing::debug!("the bot took no goodbye in time");
+                            false
+                        }
+                    },
+                    None => true,
+                };
+                if said {
+                    send_close(&mut ws, "the bot").await;
                 }
             }
             finish_close(&mut ws, "the bot").await;

@@ -33,7 +33,7 @@ use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::polled::{spawn_session, BotOutput, PolledBot};
-use crate::socket::{worth_logging, PolledSocket, Socket};
+use crate::socket::{worth_logging, Closing, PolledSocket, Socket};
 use crate::{BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError};
 
 /// The protocol is fixed to 8 kHz μ-law.
@@ -451,7 +451,7 @@ impl TwilioBot {
         self.end(None);
         if self.socket.is_open() {
             let stop = self.out.stop();
-            self.socket.close_in_background(Some(stop));
+            self.socket.close_in_background(Closing::Ours(Some(stop)));
         }
     }
 
@@ -460,7 +460,7 @@ impl TwilioBot {
             Message::Text(text) => self.on_text(text.as_str()),
             Message::Close(_) => {
                 self.end(None);
-                self.socket.close_in_background(None);
+                self.socket.close_in_background(Closing::Theirs);
             }
             Message::Binary(_) => {
                 self.stats.binary += 1;

@@ -2,39 +2,35 @@
 //! creates the call and returns a `joinUrl`; joined, it carries raw s16le PCM
 //! (binary frames) and JSON data messages (text frames).
 //!
-//! Like the Twilio connector, one task per session owns the WebSocket and
-//! multiplexes caller audio, control and Ultravox's messages with `select!`;
-//! every way it ends sends `Closed` (if anyone listens) and ends the task.
+//! Like the Twilio connector, the session is a [`PolledBot`] driven by the
+//! call's own task ([`crate::polled`] says why); every way it ends is
+//! reported as `Closed`, and the closing handshake finishes in the
+//! background.
 //! Bot tools are Ultravox client tools: each invocation becomes an [`Action`]
 //! and is answered with `client_tool_result` once the call reports back.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use bytes::{BufMut, BytesMut};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use switchboard_flows::{ToolKind, UltravoxConfig};
-use switchboard_media::{AudioFormat, AudioFrame, FramePool, PooledFrame};
-use tokio::sync::mpsc;
+use switchboard_media::{AudioFormat, AudioFrame};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::socket::{finish_close, send_close, Ending, Socket};
+use crate::polled::{spawn_session, BotOutput, PolledBot};
+use crate::socket::{Closing, PolledSocket, Socket};
 use crate::text::{error_chain, push_capped, snippet};
 use crate::tools::{self, tool_action};
-use crate::{
-    BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError, AUDIO_IN_CAPACITY,
-    CONTROL_CAPACITY, EVENTS_CAPACITY,
-};
+use crate::{BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError};
 
 /// Audio Ultravox buffers on its side; small keeps barge-in quick.
 const CLIENT_BUFFER_MS: u32 = 60;
-/// A peer that cannot take one message within this time is considered dead;
-/// without it a stalled socket would pin the session task forever.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A call-creation reply is small; reading a huge one whole could exhaust memory.
 const MAX_REPLY_BYTES: usize = 64 * 1024;
 /// Past this many malformed data messages the peer is clearly not speaking
@@ -155,9 +151,9 @@ impl UltravoxConnector {
     }
 }
 
-#[async_trait::async_trait]
-impl BotConnector for UltravoxConnector {
-    async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError> {
+impl UltravoxConnector {
+    /// Creates the Ultravox call and joins it, within one connect budget.
+    async fn connect(&self, call: &CallInfo) -> Result<UltravoxBot, ConnectorError> {
         let url = self.calls_url().map_err(|reason| ConnectorError::Connect {
             url: self.config.base_url.clone(),
             reason,
@@ -185,29 +181,34 @@ impl BotConnector for UltravoxConnector {
         tracing::debug!(call_id = %call.call_id, %ultravox_call, join_url = %stage, "joined the Ultravox call");
 
         let rate = self.config.sample_rate;
-        let (audio_tx, audio_rx) = mpsc::channel(AUDIO_IN_CAPACITY);
-        let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
-        let (events_tx, events_rx) = mpsc::channel(EVENTS_CAPACITY);
-        let session = Session {
-            ws,
-            events: events_tx,
+        Ok(UltravoxBot {
+            socket: PolledSocket::new(ws),
+            output: BotOutput::new(rate),
             tools: Arc::clone(&self.tools),
             format: AudioFormat::new(rate),
             odd_byte: None,
             transcripts: VecDeque::new(),
             pending: VecDeque::new(),
-            frames: FramePool::new(),
+            pcm_out: BytesMut::new(),
             stats: Stats::default(),
             ultravox_call,
-        };
-        tokio::spawn(session.run(audio_rx, control_rx));
-        Ok(BotSession {
-            audio_format: AudioFormat::new(rate),
-            audio_in: audio_tx,
-            frames: FramePool::new(),
-            control: control_tx,
-            events: events_rx,
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl BotConnector for UltravoxConnector {
+    async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError> {
+        let bot = self.connect(call).await?;
+        Ok(spawn_session(Box::new(bot)))
+    }
+
+    async fn open_polled(
+        &self,
+        call: &CallInfo,
+    ) -> Option<Result<Box<dyn PolledBot>, ConnectorError>> {
+        let bot = self.connect(call).await;
+        Some(bot.map(|bot| Box::new(bot) as Box<dyn PolledBot>))
     }
 }
 
@@ -368,198 +369,75 @@ fn note(count: &mut u64) -> bool {
     *count <= 3 || count.is_multiple_of(100)
 }
 
-struct Session {
-    ws: Socket,
-    events: mpsc::Sender<BotEvent>,
+/// One joined Ultravox call, driven by its gateway call.
+struct UltravoxBot {
+    socket: PolledSocket,
+    output: BotOutput,
     tools: Arc<BTreeMap<String, ToolKind>>,
     format: AudioFormat,
     /// First byte of a sample split across binary frames.
     odd_byte: Option<u8>,
     transcripts: VecDeque<Utterance>,
     pending: VecDeque<Pending>,
-    /// Boxes for the bot's frames, back here once the call plays them.
-    frames: FramePool,
+    /// Caller audio on its way out: each frame's bytes are split off as the
+    /// message's payload and the space reclaimed once tungstenite has copied
+    /// them, so sending allocates nothing per frame.
+    pcm_out: BytesMut,
     stats: Stats,
     /// Ultravox's id of the call, for logs.
     ultravox_call: String,
 }
 
-impl Session {
-    async fn run(
-        mut self,
-        audio_in: mpsc::Receiver<PooledFrame>,
-        control: mpsc::Receiver<BotControl>,
-    ) {
-        let ending = match self.pump(audio_in, control).await {
-            Ok(never) => match never {},
-            Err(ending) => ending,
-        };
-        let error = match &ending {
-            Ending::Hangup | Ending::CallGone | Ending::Abandoned => {
-                // Ending the Ultravox call explicitly stops billing at once
-                // instead of when it notices the socket is gone.
-                let why = match ending {
-                    Ending::Hangup => "caller hung up",
-                    _ => "call ended",
-                };
-                let hang_up = json!({"type": "hang_up", "message": why}).to_string();
-                if let Err(reason) = self.send(Message::text(hang_up)).await {
-                    tracing::debug!(%reason, "could not send hang_up");
-                } else {
-                    send_close(&mut self.ws, "Ultravox").await;
-                }
-                None
-            }
-            // tungstenite has queued the reply to the close frame.
-            Ending::BotClosed => None,
-            Ending::Failed(reason) => Some(reason.clone()),
-        };
-        tracing::debug!(ultravox_call = %self.ultravox_call, stats = ?self.stats, ?error, "Ultravox session ended");
-        let failed = error.is_some();
-        // The call must learn at once; the close handshake below is only
-        // socket hygiene. Fails only when nobody listens, which is fine.
-        let _ = self.events.send(BotEvent::Closed { error }).await;
-        if !failed {
-            finish_close(&mut self.ws, "Ultravox").await;
+impl UltravoxBot {
+    /// The session is over; `error` says why when it was not a clean end.
+    fn end(&mut self, error: Option<String>) {
+        if !self.output.is_ended() {
+            tracing::debug!(ultravox_call = %self.ultravox_call, stats = ?self.stats, ?error, "Ultravox session ended");
         }
+        self.output.end(error);
     }
 
-    /// Moves messages until something ends the session; never returns `Ok`.
-    async fn pump(
-        &mut self,
-        mut audio_in: mpsc::Receiver<PooledFrame>,
-        mut control: mpsc::Receiver<BotControl>,
-    ) -> Result<std::convert::Infallible, Ending> {
-        let mut control_open = true;
-        loop {
-            tokio::select! {
-                // Control first so a Hangup is not starved by audio.
-                biased;
-                message = control.recv(), if control_open => match message {
-                    Some(BotControl::Hangup) => return Err(Ending::Hangup),
-                    Some(BotControl::ActionResult { action, ok, message }) => {
-                        self.on_action_result(&action, ok, &message).await?;
-                    }
-                    Some(BotControl::Dtmf(digit)) => {
-                        // The serverWebSocket medium has no DTMF message.
-                        tracing::debug!(%digit, "DTMF not forwarded to Ultravox");
-                    }
-                    // We never send marks, so there are none to acknowledge.
-                    Some(BotControl::MarkPlayed(_)) => {}
-                    // audio_in still tells us when the call is gone.
-                    None => control_open = false,
-                },
-                // Caller audio before Ultravox's messages: it comes at most
-                // every 20 ms, while a burst of bot audio must not delay it.
-                frame = audio_in.recv() => match frame {
-                    Some(frame) => self.on_caller_audio(&frame).await?,
-                    None => return Err(Ending::CallGone),
-                },
-                incoming = self.ws.next() => match incoming {
-                    Some(Ok(message)) => self.on_message(message).await?,
-                    Some(Err(e)) => return Err(Ending::Failed(e.to_string())),
-                    None => return Err(Ending::Failed("connection closed".to_owned())),
-                },
-                () = self.events.closed() => return Err(Ending::Abandoned),
-            }
-        }
+    /// Ending the Ultravox call explicitly stops billing at once instead of
+    /// when it notices the socket is gone.
+    fn hang_up(&mut self, why: &str) {
+        self.end(None);
+        let hang_up = json!({"type": "hang_up", "message": why}).to_string();
+        self.socket
+            .close_in_background(Closing::Ours(Some(Message::text(hang_up))));
     }
 
-    async fn send(&mut self, message: Message) -> Result<(), String> {
-        match timeout(WRITE_TIMEOUT, self.ws.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "Ultravox took no data for {} s",
-                WRITE_TIMEOUT.as_secs()
-            )),
-        }
-    }
-
-    async fn emit(&self, event: BotEvent) -> Result<(), Ending> {
-        // Awaiting here is the back-pressure: we stop reading the socket.
-        self.events.send(event).await.map_err(|_| Ending::Abandoned)
-    }
-
-    async fn on_caller_audio(&mut self, frame: &AudioFrame) -> Result<(), Ending> {
-        if frame.sample_rate() != self.format.sample_rate {
-            // Sending it anyway would play at the wrong speed.
-            if note(&mut self.stats.wrong_rate) {
-                tracing::warn!(
-                    got = frame.sample_rate(),
-                    declared = self.format.sample_rate,
-                    count = self.stats.wrong_rate,
-                    "dropping caller audio at the wrong rate"
-                );
-            }
-            return Ok(());
-        }
-        if frame.is_empty() {
-            return Ok(());
-        }
-        // tungstenite needs an owned payload per message; building it
-        // directly costs that one allocation and no extra copy.
-        let mut pcm = Vec::with_capacity(frame.len() * 2);
-        for sample in frame.samples() {
-            pcm.extend_from_slice(&sample.to_le_bytes());
-        }
-        self.send(Message::binary(pcm))
-            .await
-            .map_err(Ending::Failed)
-    }
-
-    async fn on_message(&mut self, message: Message) -> Result<(), Ending> {
+    fn on_message(&mut self, message: Message) {
         match message {
-            Message::Binary(data) => self.on_bot_audio(&data).await,
-            Message::Text(text) => self.on_text(text.as_str()).await,
-            Message::Close(_) => Err(Ending::BotClosed),
+            Message::Binary(data) => self.on_bot_audio(&data),
+            Message::Text(text) => self.on_text(text.as_str()),
+            Message::Close(_) => {
+                self.end(None);
+                self.socket.close_in_background(Closing::Theirs);
+            }
             // tungstenite answers pings itself.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
 
     /// s16le of any length (even odd, splitting a sample across frames)
     /// becomes 20 ms frames; the last one of a message may be shorter.
-    async fn on_bot_audio(&mut self, data: &[u8]) -> Result<(), Ending> {
+    fn on_bot_audio(&mut self, data: &[u8]) {
+        let samples = self.output.audio();
         let mut bytes = data;
-        let mut first = None;
         if let Some(low) = self.odd_byte.take() {
             let Some((&high, rest)) = bytes.split_first() else {
                 self.odd_byte = Some(low);
-                return Ok(());
+                return;
             };
-            first = Some(i16::from_le_bytes([low, high]));
+            samples.push(i16::from_le_bytes([low, high]));
             bytes = rest;
         }
-        if bytes.len() % 2 == 1 {
-            self.odd_byte = Some(bytes[bytes.len() - 1]);
-            bytes = &bytes[..bytes.len() - 1];
-        }
-        let mut remaining = usize::from(first.is_some()) + bytes.len() / 2;
         let mut pairs = bytes.chunks_exact(2);
-        let rate = self.format.sample_rate;
-        let frame_samples = self.format.frame_samples().max(1);
-        while remaining > 0 {
-            let n = remaining.min(frame_samples);
-            let mut frame = self.frames.frame(rate);
-            let dst = frame.fill(n);
-            let start = match first.take() {
-                Some(sample) => {
-                    dst[0] = sample;
-                    1
-                }
-                None => 0,
-            };
-            for (out, pair) in dst[start..].iter_mut().zip(&mut pairs) {
-                *out = i16::from_le_bytes([pair[0], pair[1]]);
-            }
-            remaining -= n;
-            self.emit(BotEvent::Audio(frame)).await?;
-        }
-        Ok(())
+        samples.extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
+        self.odd_byte = pairs.remainder().first().copied();
     }
 
-    async fn on_text(&mut self, text: &str) -> Result<(), Ending> {
+    fn on_text(&mut self, text: &str) {
         let inbound: Inbound<'_> = match serde_json::from_str(text) {
             Ok(inbound) => inbound,
             Err(e) => return self.malformed(&format!("a malformed data message ({e})")),
@@ -568,13 +446,12 @@ impl Session {
             "playback_clear_buffer" => {
                 // A half sample from before the clear belongs to dropped audio.
                 self.odd_byte = None;
-                self.emit(BotEvent::Clear).await
+                self.output.push(BotEvent::Clear);
             }
-            "transcript" => self.on_transcript(inbound).await,
-            "client_tool_invocation" => self.on_tool(inbound).await,
+            "transcript" => self.on_transcript(inbound),
+            "client_tool_invocation" => self.on_tool(inbound),
             "state" | "call_started" | "pong" | "debug" => {
                 tracing::debug!(kind = %inbound.kind, state = ?inbound.state, "Ultravox data message");
-                Ok(())
             }
             other => {
                 if note(&mut self.stats.unknown) {
@@ -584,12 +461,11 @@ impl Session {
                         "ignoring an unknown Ultravox message"
                     );
                 }
-                Ok(())
             }
         }
     }
 
-    fn malformed(&mut self, what: &str) -> Result<(), Ending> {
+    fn malformed(&mut self, what: &str) {
         if note(&mut self.stats.malformed) {
             tracing::warn!(
                 count = self.stats.malformed,
@@ -597,14 +473,15 @@ impl Session {
             );
         }
         if self.stats.malformed > MAX_MALFORMED {
-            return Err(Ending::Failed("bot sent malformed messages".to_owned()));
+            // Not speaking the protocol: dropped, no goodbye.
+            self.end(Some("bot sent malformed messages".to_owned()));
+            self.socket.abandon();
         }
-        Ok(())
     }
 
     /// Only final transcripts are reported; until then `text` (the whole
     /// utterance so far) or `delta`s (increments) are accumulated per ordinal.
-    async fn on_transcript(&mut self, m: Inbound<'_>) -> Result<(), Ending> {
+    fn on_transcript(&mut self, m: Inbound<'_>) {
         let open = &mut self.transcripts;
         let index = open.iter().position(|u| u.ordinal == m.ordinal);
         let index = index.unwrap_or_else(|| {
@@ -632,23 +509,23 @@ impl Session {
             (None, None) => {}
         }
         if m.is_final != Some(true) {
-            return Ok(());
+            return;
         }
         let Some(Utterance { role, text, .. }) = open.remove(index) else {
-            return Ok(());
+            return;
         };
         if text.trim().is_empty() {
-            return Ok(());
+            return;
         }
         let role = if role.is_empty() {
             "unknown".to_owned()
         } else {
             role
         };
-        self.emit(BotEvent::Transcript { role, text }).await
+        self.output.push(BotEvent::Transcript { role, text });
     }
 
-    async fn on_tool(&mut self, inbound: Inbound<'_>) -> Result<(), Ending> {
+    fn on_tool(&mut self, inbound: Inbound<'_>) {
         let (Some(name), Some(invocation_id)) = (inbound.tool_name, inbound.invocation_id) else {
             return self.malformed("a tool invocation without toolName or invocationId");
         };
@@ -657,9 +534,7 @@ impl Session {
                 tracing::warn!(tool = %name, count = self.stats.unknown_tools, "Ultravox invoked a tool this flow does not offer");
             }
             let message = format!("there is no tool named {name}");
-            return self
-                .send_tool_result(&invocation_id, &message, None, Some("undefined"))
-                .await;
+            return self.send_tool_result(&invocation_id, &message, None, Some("undefined"));
         };
         match tool_action(kind, inbound.parameters.as_ref()) {
             Ok(action) => {
@@ -674,43 +549,41 @@ impl Session {
                     hang_up: kind == ToolKind::Hangup,
                 });
                 tracing::debug!(tool = %name, action = action.kind(), "Ultravox asked for an action");
-                self.emit(BotEvent::Action(action)).await
+                self.output.push(BotEvent::Action(action));
             }
             Err(reason) => {
                 if note(&mut self.stats.bad_tool_args) {
                     tracing::warn!(tool = %name, %reason, count = self.stats.bad_tool_args, "refusing a tool invocation");
                 }
                 // The arguments, not the tool, are at fault: the model may retry.
-                self.send_tool_result(&invocation_id, &reason, None, Some("implementation-error"))
-                    .await
+                self.send_tool_result(&invocation_id, &reason, None, Some("implementation-error"));
             }
         }
     }
 
-    async fn on_action_result(&mut self, action: &str, ok: bool, text: &str) -> Result<(), Ending> {
+    fn on_action_result(&mut self, action: &str, ok: bool, text: &str) {
         let Some(index) = self.pending.iter().position(|p| p.action == action) else {
             tracing::debug!(%action, ok, "an action result with no tool invocation waiting for it");
-            return Ok(());
+            return;
         };
         let Some(pending) = self.pending.remove(index) else {
-            return Ok(());
+            return;
         };
         let (response_type, error_type) = match (ok, pending.hang_up) {
             (true, true) => (Some("hang-up"), None),
             (true, false) => (None, None),
             (false, _) => (None, Some("implementation-error")),
         };
-        self.send_tool_result(&pending.invocation_id, text, response_type, error_type)
-            .await
+        self.send_tool_result(&pending.invocation_id, text, response_type, error_type);
     }
 
-    async fn send_tool_result(
+    fn send_tool_result(
         &mut self,
         invocation_id: &str,
         message: &str,
         response_type: Option<&str>,
         error_type: Option<&str>,
-    ) -> Result<(), Ending> {
+    ) {
         let mut result =
             json!({"type": "client_tool_result", "invocationId": invocation_id, "result": message});
         if let Some(kind) = response_type {
@@ -720,8 +593,82 @@ impl Session {
             result["errorType"] = json!(kind);
             result["errorMessage"] = json!(message);
         }
-        self.send(Message::text(result.to_string()))
-            .await
-            .map_err(Ending::Failed)
+        self.socket.send(Message::text(result.to_string()));
+    }
+}
+
+impl PolledBot for UltravoxBot {
+    fn audio_format(&self) -> AudioFormat {
+        self.format
+    }
+
+    fn send_audio(&mut self, frame: &AudioFrame) -> bool {
+        if frame.sample_rate() != self.format.sample_rate {
+            // Sending it anyway would play at the wrong speed.
+            if note(&mut self.stats.wrong_rate) {
+                tracing::warn!(
+                    got = frame.sample_rate(),
+                    declared = self.format.sample_rate,
+                    count = self.stats.wrong_rate,
+                    "dropping caller audio at the wrong rate"
+                );
+            }
+            return false;
+        }
+        if frame.is_empty() {
+            return true;
+        }
+        if self.output.is_ended() || !self.socket.ready_for_audio() {
+            return false;
+        }
+        self.pcm_out.reserve(2 * frame.len());
+        for &sample in frame.samples() {
+            self.pcm_out.put_i16_le(sample);
+        }
+        let pcm = self.pcm_out.split().freeze();
+        self.socket.send_audio(Message::binary(pcm));
+        true
+    }
+
+    fn control(&mut self, control: BotControl) {
+        match control {
+            BotControl::Hangup => self.hang_up("caller hung up"),
+            BotControl::ActionResult {
+                action,
+                ok,
+                message,
+            } => self.on_action_result(&action, ok, &message),
+            BotControl::Dtmf(digit) => {
+                // The serverWebSocket medium has no DTMF message.
+                tracing::debug!(%digit, "DTMF not forwarded to Ultravox");
+            }
+            // We never send marks, so there are none to acknowledge.
+            BotControl::MarkPlayed(_) => {}
+        }
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<BotEvent> {
+        loop {
+            if let Some(event) = self.output.next() {
+                return Poll::Ready(event);
+            }
+            if self.output.is_done() {
+                return Poll::Pending;
+            }
+            match self.socket.poll_message(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(message)) => self.on_message(message),
+                Poll::Ready(Err(reason)) => self.end(Some(reason)),
+            }
+        }
+    }
+}
+
+impl Drop for UltravoxBot {
+    /// A session dropped without a Hangup still ends the Ultravox call.
+    fn drop(&mut self) {
+        if self.socket.is_open() {
+            self.hang_up("call ended");
+        }
     }
 }

@@ -53,7 +53,7 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::polled::{spawn_session, BotOutput, PolledBot};
-use crate::socket::{worth_logging, PolledSocket, Socket};
+use crate::socket::{worth_logging, Closing, PolledSocket, Socket};
 use crate::{BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError};
 
 /// Room for the largest frame's s16le bytes, kept per session and reused.
@@ -232,7 +232,7 @@ impl WebsocketBot {
     fn hang_up(&mut self) {
         self.end(None);
         self.socket
-            .close_in_background(Some(text(&json!({"event": "stop"}))));
+            .close_in_background(Closing::Ours(Some(text(&json!({"event": "stop"})))));
     }
 
     fn on_message(&mut self, message: Message) {
@@ -241,7 +241,7 @@ impl WebsocketBot {
             Message::Text(text) => self.on_text(text.as_str()),
             Message::Close(_) => {
                 self.end(None);
-                self.socket.close_in_background(None);
+                self.socket.close_in_background(Closing::Theirs);
             }
             // tungstenite answers pings itself.
             Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}

@@ -1,9 +1,10 @@
 //! The OpenAI Realtime connector against a server written here speaking the
 //! GA protocol over real sockets on 127.0.0.1: the 24 kHz PCM mode, function
-//! calls refused or answered, and the truncation arithmetic against a
-//! playout clock the test moves by hand.
+//! calls refused or answered, the truncation arithmetic against a playout
+//! clock the test moves by hand, and a session polled by its caller's task.
 
 use std::collections::BTreeMap;
+use std::future::poll_fn;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -13,8 +14,10 @@ use serde_json::{json, Value};
 use switchboard_connectors::openai_realtime::OpenAiRealtimeConnector;
 use switchboard_connectors::{BotConnector, BotControl, BotEvent, BotSession, CallInfo};
 use switchboard_flows::{Action, OpenAiRealtimeConfig, RealtimeAudio, ToolKind};
+use switchboard_media::g711::{ulaw_decode, ulaw_encode};
 use switchboard_media::AudioFrame;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -40,17 +43,28 @@ fn config(url: String, audio: RealtimeAudio) -> OpenAiRealtimeConfig {
     }
 }
 
-async fn open(audio: RealtimeAudio) -> (BotSession, ServerSocket, CallInfo) {
+/// A fake server on a fresh port: its URL and the task that accepts one
+/// connection.
+async fn listen() -> (String, JoinHandle<ServerSocket>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("ws://{}/v1/realtime", listener.local_addr().unwrap());
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         tokio_tungstenite::accept_async(tcp).await.unwrap()
     });
-    let call = CallInfo {
+    (url, server)
+}
+
+fn call() -> CallInfo {
+    CallInfo {
         call_id: "oa-test".into(),
         ..CallInfo::default()
-    };
+    }
+}
+
+async fn open(audio: RealtimeAudio) -> (BotSession, ServerSocket, CallInfo) {
+    let (url, server) = listen().await;
+    let call = call();
     let connector = OpenAiRealtimeConnector::new(config(url, audio));
     let session = connector.open(&call).await.unwrap();
     let mut ws = server.await.unwrap();
@@ -281,4 +295,74 @@ async fn function_calls_become_actions_or_are_refused() {
         next_event(&mut session).await,
         BotEvent::Closed { error: None }
     ));
+}
+
+/// The way the gateway runs a session: polled by the call's own task.
+#[tokio::test]
+async fn a_polled_session_runs_in_its_callers_task() {
+    let (url, server) = listen().await;
+    let connector = OpenAiRealtimeConnector::new(config(url, RealtimeAudio::Pcmu));
+    let mut session = connector
+        .open_polled(&call())
+        .await
+        .expect("the OpenAI Realtime connector is polled")
+        .unwrap();
+    let mut ws = server.await.unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "session.update");
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    assert_eq!(tasks, 0, "no task of its own");
+
+    let samples = tone(8000, 440.0, 160);
+    assert!(session.send_audio(&AudioFrame::from_samples(8000, &samples)));
+    let append = next_json(&mut ws).await;
+    assert_eq!(append["type"], "input_audio_buffer.append");
+    let ulaw = B64.decode(append["audio"].as_str().unwrap()).unwrap();
+    let expected: Vec<u8> = samples.iter().map(|&s| ulaw_encode(s)).collect();
+    assert_eq!(ulaw, expected);
+
+    // 400 samples of μ-law: frames of 160, 160 and 80.
+    let answer: Vec<u8> = tone(8000, 500.0, 400)
+        .iter()
+        .map(|&s| ulaw_encode(s))
+        .collect();
+    let delta = json!({"type": "response.output_audio.delta", "response_id": "r",
+        "item_id": "i1", "output_index": 0, "content_index": 0, "delta": B64.encode(&answer)});
+    send(&mut ws, delta).await;
+    let mut played = Vec::new();
+    for expected_len in [160, 160, 80] {
+        match timeout(WAIT, poll_fn(|cx| session.poll_event(cx)))
+            .await
+            .unwrap()
+        {
+            BotEvent::Audio(frame) => {
+                assert_eq!(frame.sample_rate(), 8000);
+                assert_eq!(frame.len(), expected_len);
+                played.extend_from_slice(frame.samples());
+            }
+            other => panic!("expected audio, got {other:?}"),
+        }
+    }
+    let decoded: Vec<i16> = answer.iter().map(|&b| ulaw_decode(b)).collect();
+    assert_eq!(played, decoded);
+
+    session.control(BotControl::Hangup);
+    let closed = timeout(WAIT, poll_fn(|cx| session.poll_event(cx)))
+        .await
+        .unwrap();
+    assert!(
+        matches!(closed, BotEvent::Closed { error: None }),
+        "{closed:?}"
+    );
+    drop(session);
+    // The protocol has no goodbye: a close frame straight away.
+    let close = timeout(WAIT, ws.next()).await.expect("no close frame");
+    assert!(
+        matches!(close, Some(Ok(Message::Close(_)))),
+        "got {close:?}"
+    );
+    // Reading on sends tungstenite's reply; the handshake is then complete.
+    let end = timeout(WAIT, ws.next()).await.expect("no end of stream");
+    assert!(end.is_none(), "got {end:?}");
 }

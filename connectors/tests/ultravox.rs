@@ -3,13 +3,14 @@
 //! `serverWebSocket` medium, over real sockets on 127.0.0.1.
 
 use std::collections::BTreeMap;
+use std::future::poll_fn;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchboard_connectors::ultravox::UltravoxConnector;
 use switchboard_connectors::{
-    BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError,
+    BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError, PolledBot,
 };
 use switchboard_flows::{Action, DialTarget, ToolKind, UltravoxConfig};
 use switchboard_media::AudioFrame;
@@ -799,4 +800,52 @@ async fn unreachable_rest_is_a_connect_error() {
         ConnectorError::Connect { reason, .. } => assert!(!reason.is_empty()),
         other => panic!("expected Connect, got {other:?}"),
     }
+}
+
+async fn next_polled(session: &mut Box<dyn PolledBot>) -> BotEvent {
+    timeout(WAIT, poll_fn(|cx| session.poll_event(cx)))
+        .await
+        .expect("no bot event in time")
+}
+
+/// The way the gateway runs a session: polled by the call's own task.
+#[tokio::test]
+async fn a_polled_session_runs_in_its_callers_task() {
+    let mut fake = FakeUltravox::start(Rest::Created).await;
+    let connector = UltravoxConnector::new(config(&fake.base_url, 16_000));
+    let mut session = connector
+        .open_polled(&call())
+        .await
+        .expect("the Ultravox connector is polled")
+        .unwrap();
+    fake.request().await;
+    let mut ws = timeout(WAIT, fake.ws).await.unwrap().unwrap();
+
+    let caller = sine(16_000, 440.0, 320);
+    assert!(session.send_audio(&AudioFrame::from_samples(16_000, &caller)));
+    match next_message(&mut ws).await {
+        Message::Binary(bytes) => assert_eq!(bytes.as_ref(), s16le(&caller).as_slice()),
+        other => panic!("expected binary audio, got {other:?}"),
+    }
+    // 500 samples: frames of 320 and 180, then the clear that followed them.
+    let bot = sine(16_000, 300.0, 500);
+    ws.send(Message::binary(s16le(&bot))).await.unwrap();
+    send_json(&mut ws, json!({"type": "playback_clear_buffer"})).await;
+    let mut got = Vec::new();
+    for len in [320, 180] {
+        match next_polled(&mut session).await {
+            BotEvent::Audio(frame) if frame.len() == len => got.extend_from_slice(frame.samples()),
+            other => panic!("expected {len} samples of audio, got {other:?}"),
+        }
+    }
+    assert_eq!(got, bot);
+    assert!(matches!(next_polled(&mut session).await, BotEvent::Clear));
+
+    // Dropped by its call without a Hangup: the Ultravox call still ends.
+    drop(session);
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "hang_up", "message": "call ended"})
+    );
+    assert!(matches!(next_message(&mut ws).await, Message::Close(_)));
 }
