@@ -16,6 +16,7 @@ use common::ws_bot::{from_s16le, s16le, Received, WsBot};
 use switchboard_media::g711::{ulaw_decode, ulaw_encode};
 
 const ECHO_DELAY: Duration = Duration::from_millis(40);
+const FRAME: Duration = Duration::from_millis(20);
 
 /// Energy (dBFS) of what the bot heard from the caller over the last 3 s
 /// of 6 s of its own speech echoed back.
@@ -44,22 +45,28 @@ audio = {{ echo_cancellation = {echo_cancellation} }}
         .wait_first_packet(Duration::from_secs(10))
         .expect("answered");
 
-    // The speakerphone: every packet the caller gets comes back 40 ms later,
-    // halved, as the caller's own stream.
+    // The speakerphone: what the caller gets comes back 40 ms later, halved,
+    // as the caller's own stream. Like a phone, it plays and records on one
+    // steady clock: packet k goes out 40 ms + k × 20 ms after the first one
+    // arrived, whenever packet k itself arrived, so the echo's delay does
+    // not wander with this thread's or the gateway's scheduling (a wandering
+    // delay makes any canceller re-converge, and the test flaky).
     let stop = Arc::new(AtomicBool::new(false));
     let echo = {
         let (peer, stop) = (peer.clone(), stop.clone());
         std::thread::spawn(move || {
             let mut next = 0usize;
             let mut sequence = 0u16;
+            let mut clock: Option<Instant> = None;
             while !stop.load(Ordering::Relaxed) {
                 let received = peer.received();
                 while let Some(packet) = received.get(next) {
+                    next += 1;
                     if packet.payload_type != 0 {
-                        next += 1;
                         continue;
                     }
-                    let due = packet.at + ECHO_DELAY;
+                    let start = *clock.get_or_insert(packet.at);
+                    let due = start + ECHO_DELAY + FRAME * u32::from(sequence);
                     if let Some(wait) = due.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
@@ -75,9 +82,8 @@ audio = {{ echo_cancellation = {echo_cancellation} }}
                     );
                     peer.send_raw(&datagram, gateway_rtp);
                     sequence = sequence.wrapping_add(1);
-                    next += 1;
                 }
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_millis(1));
             }
         })
     };
