@@ -55,9 +55,23 @@ const STOP_EDGE_UP: f64 = 1.0 - PASS_EDGE;
 /// both 60 dB targets; 5.0 already drops aliasing to 63 dB.
 const BLACKMAN_WIDTH: f64 = 5.5;
 
+/// The filter's length is rounded up to a multiple of this many taps.
+const TAP_STEP: usize = 8;
+
 /// Dot products run over this many lanes at once, which lets the compiler
-/// vectorise them; filters are padded to a multiple of it.
-const LANES: usize = 8;
+/// vectorise them; branches are padded to a multiple of it with zero taps
+/// (at the old end: the filter and its delay do not change).
+const LANES: usize = 16;
+
+/// Coefficients are fixed point with this many fraction bits (Q15). Integer
+/// dot products of `i16` pairs (`pmaddwd`: 16 products a step with AVX2,
+/// twice the `f32` rate, and no conversion of the input) are exact, so the
+/// sum's order cannot change a sample. Every tap but the copied one (see
+/// `copy`) is below 1 in magnitude; a branch's sum of |taps| stays under
+/// 1.5, so the `i32` sum cannot overflow. Against `f32` coefficients, Q15
+/// measures within 1 dB of in-band SNR and 1-7 dB less alias attenuation
+/// (69-75 dB against the specified 60); Q14 lost up to 12 dB.
+const FRACTION_BITS: u32 = 15;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ResampleError {
@@ -82,13 +96,14 @@ struct Inner {
     down: usize,
     /// Input samples converted per pass: one frame of output at most.
     block: usize,
-    /// Filter length in input samples (a multiple of [`LANES`]).
+    /// Branch length in input samples: the filter's, padded to a multiple
+    /// of [`LANES`].
     taps: usize,
-    /// `up` branches of `taps` coefficients, each stored oldest sample
-    /// first, so a branch lines up with a contiguous run of input.
-    branches: Vec<f32>,
+    /// `up` branches of `taps` coefficients in Q15, each stored oldest
+    /// sample first, so a branch lines up with a contiguous run of input.
+    branches: Vec<i16>,
     /// The last `taps - 1` input samples, then the block being converted.
-    work: Vec<f32>,
+    work: Vec<i16>,
     /// Branch of the next output, counted in steps of 1 / `up` input samples
     /// past the newest input sample: outputs are due while it is below `up`.
     phase: usize,
@@ -229,14 +244,19 @@ impl Inner {
         } else {
             STOP_EDGE_DOWN
         };
-        let taps = BLACKMAN_WIDTH * f64::from(from) / ((stop - PASS_EDGE) * lower);
-        let taps = (taps.ceil() as usize).next_multiple_of(LANES);
+        let filter_taps = BLACKMAN_WIDTH * f64::from(from) / ((stop - PASS_EDGE) * lower);
+        let filter_taps = (filter_taps.ceil() as usize).next_multiple_of(TAP_STEP);
+        let taps = filter_taps.next_multiple_of(LANES);
         // The prototype runs at `up` times the input rate; its cut-off sits
         // in the middle of the transition band. Upsampling, that middle is
         // the input's Nyquist rate, so the sinc is zero every `up` samples
         // from its centre: centred on a sample (an odd length, the last tap
         // left zero), one branch is a plain copy of the input.
-        let length = if to > from { taps * up - 1 } else { taps * up };
+        let length = if to > from {
+            filter_taps * up - 1
+        } else {
+            filter_taps * up
+        };
         let cutoff = (PASS_EDGE + stop) / 2.0 * lower / (f64::from(from) * up as f64);
         let centre = (length - 1) as f64 / 2.0;
         let prototype: Vec<f64> = (0..length)
@@ -253,24 +273,41 @@ impl Inner {
                 sinc * (0.42 - 0.5 * w.cos() + 0.08 * (2.0 * w).cos())
             })
             .collect();
-        let mut branches = vec![0.0f32; up * taps];
-        for (phase, branch) in branches.chunks_exact_mut(taps).enumerate() {
+        let mut exact = vec![0.0f64; up * taps];
+        for (phase, branch) in exact.chunks_exact_mut(taps).enumerate() {
             // Tap k weighs the input k samples before the newest; stored
-            // oldest first. Each branch is scaled to unit gain at DC.
+            // oldest first, after the padding. Each branch is scaled to
+            // unit gain at DC.
             let tap = |k: usize| prototype.get(phase + k * up).copied().unwrap_or(0.0);
-            let gain: f64 = (0..taps).map(tap).sum();
-            for (t, coefficient) in branch.iter_mut().enumerate() {
-                *coefficient = (tap(taps - 1 - t) / gain) as f32;
+            let gain: f64 = (0..filter_taps).map(tap).sum();
+            let padding = taps - filter_taps;
+            for (t, coefficient) in branch[padding..].iter_mut().enumerate() {
+                *coefficient = tap(filter_taps - 1 - t) / gain;
             }
         }
-        let copy = branches
+        let copy = exact
             .chunks_exact(taps)
             .enumerate()
             .find_map(|(phase, branch)| Some((phase, single_unit_tap(branch)?)));
+        // Every other tap is below 1 in magnitude, so fits Q15; the copied
+        // branch, whose one tap is exactly 1, is never multiplied and
+        // stays zero.
+        let scale = f64::from(1u32 << FRACTION_BITS);
+        let branches = exact
+            .chunks_exact(taps)
+            .enumerate()
+            .flat_map(|(phase, branch)| {
+                let copied = copy.is_some_and(|(p, _)| p == phase);
+                branch.iter().map(move |&c| {
+                    let q = if copied { 0.0 } else { (c * scale).round() };
+                    q.clamp(f64::from(i16::MIN), f64::from(i16::MAX)) as i16
+                })
+            })
+            .collect();
         // At most one frame of output per block, so `out` stays one frame.
         let block = MAX_FRAME_SAMPLES.min(MAX_FRAME_SAMPLES * down / up).max(1);
         let mut work = Vec::with_capacity(taps - 1 + block);
-        work.resize(taps - 1, 0.0);
+        work.resize(taps - 1, 0);
         Inner {
             up,
             down,
@@ -287,14 +324,13 @@ impl Inner {
 
     fn reset(&mut self) {
         self.work.clear();
-        self.work.resize(self.taps - 1, 0.0);
+        self.work.resize(self.taps - 1, 0);
         self.phase = 0;
     }
 
-    /// Runs the AVX2 build of the loop where the CPU has it: the dot
-    /// products take one 8-lane register instead of two 4-lane ones. The
-    /// lanes and the order of the sums are the same, so the output is
-    /// bit-identical either way (a test compares them).
+    /// Runs the AVX2 loop where the CPU has it: `pmaddwd` takes 16 taps a
+    /// step. Integer sums are exact in any order, so the output is
+    /// bit-identical to the portable loop's (a test compares them).
     fn run(&mut self, input: &[i16], emit: &mut dyn FnMut(&[i16])) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
@@ -308,25 +344,33 @@ impl Inner {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn run_avx2(&mut self, input: &[i16], emit: &mut dyn FnMut(&[i16])) {
-        self.run_portable(input, emit);
+        // The closure shares this function's features: `dot_avx2` inlines.
+        self.run_with(input, emit, |a, b| dot_avx2(a, b));
+    }
+
+    fn run_portable(&mut self, input: &[i16], emit: &mut dyn FnMut(&[i16])) {
+        self.run_with(input, emit, dot);
     }
 
     #[inline(always)]
-    fn run_portable(&mut self, input: &[i16], emit: &mut dyn FnMut(&[i16])) {
+    fn run_with(
+        &mut self,
+        input: &[i16],
+        emit: &mut dyn FnMut(&[i16]),
+        dot: impl Fn(&[i16], &[i16]) -> i32,
+    ) {
         let taps = self.taps;
         for block in input.chunks(self.block) {
             self.work.truncate(taps - 1);
-            self.work.extend(block.iter().map(|&s| f32::from(s)));
+            self.work.extend_from_slice(block);
             let mut n = 0;
             for newest in 0..block.len() {
                 let window = &self.work[newest..newest + taps];
                 while self.phase < self.up {
-                    let y = match self.copy {
+                    self.out[n] = match self.copy {
                         Some((phase, tap)) if phase == self.phase => window[tap],
-                        _ => dot(window, &self.branches[self.phase * taps..][..taps]),
+                        _ => to_sample(dot(window, &self.branches[self.phase * taps..][..taps])),
                     };
-                    // Round half away from zero; `as` saturates at the i16 range.
-                    self.out[n] = (y + 0.5f32.copysign(y)) as i16;
                     n += 1;
                     self.phase += self.down;
                 }
@@ -339,27 +383,67 @@ impl Inner {
     }
 }
 
-/// `a · b` for slices whose length is a multiple of [`LANES`], in a shape the
-/// compiler turns into SIMD (inlined, so it gets the caller's features).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; LANES];
+/// `a · b` in Q15 for slices whose length is a multiple of [`LANES`]. The
+/// compiler vectorises this into widening multiplies, not `pmaddwd` (even
+/// written as pairs), so the AVX2 loop uses [`dot_avx2`] instead.
+fn dot(a: &[i16], b: &[i16]) -> i32 {
+    let mut acc = [0i32; LANES];
     for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
         for lane in 0..LANES {
-            acc[lane] += x[lane] * y[lane];
+            acc[lane] += i32::from(x[lane]) * i32::from(y[lane]);
         }
     }
     acc.iter().sum()
 }
 
+/// [`dot`] with `pmaddwd`: 16 products and 8 pairwise sums a step. A pair
+/// cannot overflow: no two neighbouring taps of a windowed sinc are both
+/// near 1, so a pair's sum stays below 2^31.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dot_avx2(a: &[i16], b: &[i16]) -> i32 {
+    use std::arch::x86_64::*;
+    let mut acc = _mm256_setzero_si256();
+    for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        // SAFETY: each chunk is exactly 16 i16 (32 bytes); loadu takes any alignment.
+        let (x, y) = unsafe {
+            (
+                _mm256_loadu_si256(x.as_ptr().cast()),
+                _mm256_loadu_si256(y.as_ptr().cast()),
+            )
+        };
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x, y));
+    }
+    let sum = _mm_add_epi32(
+        _mm256_castsi256_si128(acc),
+        _mm256_extracti128_si256::<1>(acc),
+    );
+    let sum = _mm_add_epi32(sum, _mm_shuffle_epi32::<0b01_00_11_10>(sum));
+    let sum = _mm_add_epi32(sum, _mm_shuffle_epi32::<0b10_11_00_01>(sum));
+    _mm_cvtsi128_si32(sum)
+}
+
+/// A Q15 sum as a sample: rounded half away from zero, saturated.
+#[inline(always)]
+fn to_sample(sum: i32) -> i16 {
+    let half = 1 << (FRACTION_BITS - 1);
+    let magnitude = (sum.unsigned_abs() + half) >> FRACTION_BITS;
+    let rounded = if sum < 0 {
+        -(magnitude as i64)
+    } else {
+        magnitude as i64
+    };
+    rounded.clamp(i64::from(i16::MIN), i64::from(i16::MAX)) as i16
+}
+
 /// The index of the one tap weighing 1 in a branch whose others are zero
 /// (to rounding: the sinc's zeros come out near 1e-17).
-fn single_unit_tap(branch: &[f32]) -> Option<usize> {
-    let unit = branch.iter().position(|&c| (c - 1.0).abs() < 1e-6)?;
+fn single_unit_tap(branch: &[f64]) -> Option<usize> {
+    let unit = branch.iter().position(|&c| (c - 1.0).abs() < 1e-9)?;
     let others_zero = branch
         .iter()
         .enumerate()
-        .all(|(t, &c)| t == unit || c.abs() < 1e-6);
+        .all(|(t, &c)| t == unit || c.abs() < 1e-9);
     others_zero.then_some(unit)
 }
 
