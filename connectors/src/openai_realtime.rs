@@ -45,7 +45,7 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::playout_position::PlayoutPosition;
-use crate::polled::{spawn_session, BotOutput, PolledBot};
+use crate::polled::{poll_socket_session, spawn_session, BotOutput, PolledBot, SocketSession};
 use crate::socket::{Closing, PolledSocket, Socket};
 use crate::text::{push_capped, snippet};
 use crate::tools::{self, tool_action};
@@ -318,14 +318,6 @@ impl OpenAiBot {
         self.socket.send(Message::text(value.to_string()));
     }
 
-    /// The session is over; `error` says why when it was not a clean end.
-    fn end(&mut self, error: Option<String>) {
-        if !self.output.is_ended() {
-            tracing::debug!(stats = ?self.stats, ?error, "OpenAI Realtime session ended");
-        }
-        self.output.end(error);
-    }
-
     /// The call is done with the model. The protocol has no goodbye: closing
     /// the socket ends the session (and its billing) at once.
     fn hang_up(&mut self) {
@@ -341,19 +333,6 @@ impl OpenAiBot {
             "content": [{"type": "input_text", "text": format!("[The caller pressed the key {digit}]")}],
         }});
         self.send_json(&item);
-    }
-
-    fn on_message(&mut self, message: Message) {
-        match message {
-            Message::Text(text) => self.on_text(text.as_str()),
-            Message::Close(_) => {
-                self.end(None);
-                self.socket.close_in_background(Closing::Theirs);
-            }
-            Message::Binary(_) => self.malformed("a binary message"),
-            // tungstenite answers pings itself.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-        }
     }
 
     fn on_text(&mut self, text: &str) {
@@ -558,6 +537,37 @@ impl OpenAiBot {
     }
 }
 
+impl SocketSession for OpenAiBot {
+    fn output(&mut self) -> &mut BotOutput {
+        &mut self.output
+    }
+
+    fn socket(&mut self) -> &mut PolledSocket {
+        &mut self.socket
+    }
+
+    fn on_message(&mut self, message: Message) {
+        match message {
+            Message::Text(text) => self.on_text(text.as_str()),
+            Message::Close(_) => {
+                self.end(None);
+                self.socket.close_in_background(Closing::Theirs);
+            }
+            Message::Binary(_) => self.malformed("a binary message"),
+            // tungstenite answers pings itself.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+
+    /// The session is over; `error` says why when it was not a clean end.
+    fn end(&mut self, error: Option<String>) {
+        if !self.output.is_ended() {
+            tracing::debug!(stats = ?self.stats, ?error, "OpenAI Realtime session ended");
+        }
+        self.output.end(error);
+    }
+}
+
 impl PolledBot for OpenAiBot {
     fn audio_format(&self) -> AudioFormat {
         self.format
@@ -618,19 +628,7 @@ impl PolledBot for OpenAiBot {
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<BotEvent> {
-        loop {
-            if let Some(event) = self.output.next() {
-                return Poll::Ready(event);
-            }
-            if self.output.is_done() {
-                return Poll::Pending;
-            }
-            match self.socket.poll_message(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(message)) => self.on_message(message),
-                Poll::Ready(Err(reason)) => self.end(Some(reason)),
-            }
-        }
+        poll_socket_session(self, cx)
     }
 }
 

@@ -18,6 +18,9 @@ use std::task::{Context, Poll};
 
 use switchboard_media::{AudioFormat, AudioFrame, FramePool, PooledFrame, MAX_FRAME_SAMPLES};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::socket::PolledSocket;
 
 use crate::{
     BotControl, BotEvent, BotSession, AUDIO_IN_CAPACITY, CONTROL_CAPACITY, EVENTS_CAPACITY,
@@ -184,5 +187,37 @@ impl BotOutput {
         let error = self.ending.take()?;
         self.done = true;
         Some(BotEvent::Closed { error })
+    }
+}
+
+/// A protocol's session over a [`PolledSocket`]: what
+/// [`poll_socket_session`] needs of it.
+pub(crate) trait SocketSession {
+    fn output(&mut self) -> &mut BotOutput;
+    fn socket(&mut self) -> &mut PolledSocket;
+    /// One message from the bot: events go to the output.
+    fn on_message(&mut self, message: Message);
+    /// The socket failed: the session ends with `error`.
+    fn end(&mut self, error: Option<String>);
+}
+
+/// [`PolledBot::poll_event`] for a socket session: what the bot's last
+/// message left for the call first, and only then the next message.
+pub(crate) fn poll_socket_session(
+    session: &mut impl SocketSession,
+    cx: &mut Context<'_>,
+) -> Poll<BotEvent> {
+    loop {
+        if let Some(event) = session.output().next() {
+            return Poll::Ready(event);
+        }
+        if session.output().is_done() {
+            return Poll::Pending;
+        }
+        match session.socket().poll_message(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(message)) => session.on_message(message),
+            Poll::Ready(Err(reason)) => session.end(Some(reason)),
+        }
     }
 }

@@ -32,7 +32,7 @@ use switchboard_media::{AudioFormat, AudioFrame, G711, MAX_FRAME_SAMPLES};
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::polled::{spawn_session, BotOutput, PolledBot};
+use crate::polled::{poll_socket_session, spawn_session, BotOutput, PolledBot, SocketSession};
 use crate::socket::{worth_logging, Closing, PolledSocket, Socket};
 use crate::{BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError};
 
@@ -420,31 +420,6 @@ struct TwilioBot {
 }
 
 impl TwilioBot {
-    /// The session is over; `error` says why when it was not a clean end.
-    fn end(&mut self, error: Option<String>) {
-        let Stats {
-            malformed,
-            bad_base64,
-            binary,
-            unknown,
-            bad_actions,
-        } = self.stats;
-        if !self.output.is_ended() {
-            tracing::debug!(
-                stream_sid = %self.out.stream_sid,
-                chunks = self.out.chunk,
-                malformed,
-                bad_base64,
-                binary,
-                unknown,
-                bad_actions,
-                ?error,
-                "media stream ended"
-            );
-        }
-        self.output.end(error);
-    }
-
     /// The call is done with the bot: `stop`, as Twilio sends, a close
     /// frame, and the closing handshake in the background.
     fn hang_up(&mut self) {
@@ -452,27 +427,6 @@ impl TwilioBot {
         if self.socket.is_open() {
             let stop = self.out.stop();
             self.socket.close_in_background(Closing::Ours(Some(stop)));
-        }
-    }
-
-    fn on_message(&mut self, message: Message) {
-        match message {
-            Message::Text(text) => self.on_text(text.as_str()),
-            Message::Close(_) => {
-                self.end(None);
-                self.socket.close_in_background(Closing::Theirs);
-            }
-            Message::Binary(_) => {
-                self.stats.binary += 1;
-                if worth_logging(self.stats.binary) {
-                    tracing::warn!(
-                        count = self.stats.binary,
-                        "ignoring a binary message from the bot"
-                    );
-                }
-            }
-            // tungstenite answers pings itself.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
         }
     }
 
@@ -559,6 +513,62 @@ impl TwilioBot {
     }
 }
 
+impl SocketSession for TwilioBot {
+    fn output(&mut self) -> &mut BotOutput {
+        &mut self.output
+    }
+
+    fn socket(&mut self) -> &mut PolledSocket {
+        &mut self.socket
+    }
+
+    fn on_message(&mut self, message: Message) {
+        match message {
+            Message::Text(text) => self.on_text(text.as_str()),
+            Message::Close(_) => {
+                self.end(None);
+                self.socket.close_in_background(Closing::Theirs);
+            }
+            Message::Binary(_) => {
+                self.stats.binary += 1;
+                if worth_logging(self.stats.binary) {
+                    tracing::warn!(
+                        count = self.stats.binary,
+                        "ignoring a binary message from the bot"
+                    );
+                }
+            }
+            // tungstenite answers pings itself.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+
+    /// The session is over; `error` says why when it was not a clean end.
+    fn end(&mut self, error: Option<String>) {
+        let Stats {
+            malformed,
+            bad_base64,
+            binary,
+            unknown,
+            bad_actions,
+        } = self.stats;
+        if !self.output.is_ended() {
+            tracing::debug!(
+                stream_sid = %self.out.stream_sid,
+                chunks = self.out.chunk,
+                malformed,
+                bad_base64,
+                binary,
+                unknown,
+                bad_actions,
+                ?error,
+                "media stream ended"
+            );
+        }
+        self.output.end(error);
+    }
+}
+
 impl PolledBot for TwilioBot {
     fn audio_format(&self) -> AudioFormat {
         AudioFormat::new(SAMPLE_RATE)
@@ -588,19 +598,7 @@ impl PolledBot for TwilioBot {
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<BotEvent> {
-        loop {
-            if let Some(event) = self.output.next() {
-                return Poll::Ready(event);
-            }
-            if self.output.is_done() {
-                return Poll::Pending;
-            }
-            match self.socket.poll_message(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(message)) => self.on_message(message),
-                Poll::Ready(Err(reason)) => self.end(Some(reason)),
-            }
-        }
+        poll_socket_session(self, cx)
     }
 }
 

@@ -23,7 +23,7 @@ use switchboard_media::{AudioFormat, AudioFrame};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::polled::{spawn_session, BotOutput, PolledBot};
+use crate::polled::{poll_socket_session, spawn_session, BotOutput, PolledBot, SocketSession};
 use crate::socket::{Closing, PolledSocket, Socket};
 use crate::text::{error_chain, push_capped, snippet};
 use crate::tools::{self, tool_action};
@@ -389,14 +389,6 @@ struct UltravoxBot {
 }
 
 impl UltravoxBot {
-    /// The session is over; `error` says why when it was not a clean end.
-    fn end(&mut self, error: Option<String>) {
-        if !self.output.is_ended() {
-            tracing::debug!(ultravox_call = %self.ultravox_call, stats = ?self.stats, ?error, "Ultravox session ended");
-        }
-        self.output.end(error);
-    }
-
     /// Ending the Ultravox call explicitly stops billing at once instead of
     /// when it notices the socket is gone.
     fn hang_up(&mut self, why: &str) {
@@ -404,19 +396,6 @@ impl UltravoxBot {
         let hang_up = json!({"type": "hang_up", "message": why}).to_string();
         self.socket
             .close_in_background(Closing::Ours(Some(Message::text(hang_up))));
-    }
-
-    fn on_message(&mut self, message: Message) {
-        match message {
-            Message::Binary(data) => self.on_bot_audio(&data),
-            Message::Text(text) => self.on_text(text.as_str()),
-            Message::Close(_) => {
-                self.end(None);
-                self.socket.close_in_background(Closing::Theirs);
-            }
-            // tungstenite answers pings itself.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-        }
     }
 
     /// s16le of any length (even odd, splitting a sample across frames)
@@ -597,6 +576,37 @@ impl UltravoxBot {
     }
 }
 
+impl SocketSession for UltravoxBot {
+    fn output(&mut self) -> &mut BotOutput {
+        &mut self.output
+    }
+
+    fn socket(&mut self) -> &mut PolledSocket {
+        &mut self.socket
+    }
+
+    fn on_message(&mut self, message: Message) {
+        match message {
+            Message::Binary(data) => self.on_bot_audio(&data),
+            Message::Text(text) => self.on_text(text.as_str()),
+            Message::Close(_) => {
+                self.end(None);
+                self.socket.close_in_background(Closing::Theirs);
+            }
+            // tungstenite answers pings itself.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+
+    /// The session is over; `error` says why when it was not a clean end.
+    fn end(&mut self, error: Option<String>) {
+        if !self.output.is_ended() {
+            tracing::debug!(ultravox_call = %self.ultravox_call, stats = ?self.stats, ?error, "Ultravox session ended");
+        }
+        self.output.end(error);
+    }
+}
+
 impl PolledBot for UltravoxBot {
     fn audio_format(&self) -> AudioFormat {
         self.format
@@ -648,19 +658,7 @@ impl PolledBot for UltravoxBot {
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<BotEvent> {
-        loop {
-            if let Some(event) = self.output.next() {
-                return Poll::Ready(event);
-            }
-            if self.output.is_done() {
-                return Poll::Pending;
-            }
-            match self.socket.poll_message(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(message)) => self.on_message(message),
-                Poll::Ready(Err(reason)) => self.end(Some(reason)),
-            }
-        }
+        poll_socket_session(self, cx)
     }
 }
 

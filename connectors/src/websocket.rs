@@ -52,7 +52,7 @@ use switchboard_media::{AudioFormat, AudioFrame, MAX_FRAME_SAMPLES};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::polled::{spawn_session, BotOutput, PolledBot};
+use crate::polled::{poll_socket_session, spawn_session, BotOutput, PolledBot, SocketSession};
 use crate::socket::{worth_logging, Closing, PolledSocket, Socket};
 use crate::{BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError};
 
@@ -202,50 +202,12 @@ impl WebsocketBot {
         self.send_json(&msg);
     }
 
-    /// The session is over; `error` says why when it was not a clean end.
-    fn end(&mut self, error: Option<String>) {
-        let Stats {
-            malformed,
-            unknown,
-            bad_actions,
-            frames_out,
-            frames_dropped,
-            bytes_in,
-        } = self.stats;
-        if !self.output.is_ended() {
-            tracing::debug!(
-                malformed,
-                unknown,
-                bad_actions,
-                frames_out,
-                frames_dropped,
-                bytes_in,
-                ?error,
-                "websocket bot session ended"
-            );
-        }
-        self.output.end(error);
-    }
-
     /// The call is done with the bot: `stop`, a close frame, and the
     /// closing handshake in the background.
     fn hang_up(&mut self) {
         self.end(None);
         self.socket
             .close_in_background(Closing::Ours(Some(text(&json!({"event": "stop"})))));
-    }
-
-    fn on_message(&mut self, message: Message) {
-        match message {
-            Message::Binary(bytes) => self.on_audio(&bytes),
-            Message::Text(text) => self.on_text(text.as_str()),
-            Message::Close(_) => {
-                self.end(None);
-                self.socket.close_in_background(Closing::Theirs);
-            }
-            // tungstenite answers pings itself.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
-        }
     }
 
     /// s16le of any length becomes 20 ms frames (the last may be shorter);
@@ -343,6 +305,54 @@ impl WebsocketBot {
     }
 }
 
+impl SocketSession for WebsocketBot {
+    fn output(&mut self) -> &mut BotOutput {
+        &mut self.output
+    }
+
+    fn socket(&mut self) -> &mut PolledSocket {
+        &mut self.socket
+    }
+
+    fn on_message(&mut self, message: Message) {
+        match message {
+            Message::Binary(bytes) => self.on_audio(&bytes),
+            Message::Text(text) => self.on_text(text.as_str()),
+            Message::Close(_) => {
+                self.end(None);
+                self.socket.close_in_background(Closing::Theirs);
+            }
+            // tungstenite answers pings itself.
+            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+
+    /// The session is over; `error` says why when it was not a clean end.
+    fn end(&mut self, error: Option<String>) {
+        let Stats {
+            malformed,
+            unknown,
+            bad_actions,
+            frames_out,
+            frames_dropped,
+            bytes_in,
+        } = self.stats;
+        if !self.output.is_ended() {
+            tracing::debug!(
+                malformed,
+                unknown,
+                bad_actions,
+                frames_out,
+                frames_dropped,
+                bytes_in,
+                ?error,
+                "websocket bot session ended"
+            );
+        }
+        self.output.end(error);
+    }
+}
+
 impl PolledBot for WebsocketBot {
     fn audio_format(&self) -> AudioFormat {
         AudioFormat::new(self.rate)
@@ -382,19 +392,7 @@ impl PolledBot for WebsocketBot {
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<BotEvent> {
-        loop {
-            if let Some(event) = self.output.next() {
-                return Poll::Ready(event);
-            }
-            if self.output.is_done() {
-                return Poll::Pending;
-            }
-            match self.socket.poll_message(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(message)) => self.on_message(message),
-                Poll::Ready(Err(reason)) => self.end(Some(reason)),
-            }
-        }
+        poll_socket_session(self, cx)
     }
 }
 
