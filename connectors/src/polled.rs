@@ -6,8 +6,8 @@
 //! the bot's frame wakes that task, which hands it to the call, which wakes
 //! again. A [`PolledBot`] owns its socket and is polled by the call: caller
 //! audio is written from the call's own wake-up, and the bot's messages wake
-//! the call directly. Measured in BENCHMARKS.md, "A WebSocket bot polled by
-//! its call".
+//! the call directly. Measured in BENCHMARKS.md, "Bots behind a socket
+//! polled by their call".
 //!
 //! [`spawn_session`] runs one in a task behind the channels of a
 //! [`BotSession`], for callers of [`crate::BotConnector::open`].
@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::socket::PolledSocket;
-
 use crate::{
     BotControl, BotEvent, BotSession, AUDIO_IN_CAPACITY, CONTROL_CAPACITY, EVENTS_CAPACITY,
 };
