@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod agent;
+mod stamped;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -339,6 +340,7 @@ pub async fn one_call(
     let mut stats = CallStats::default();
     let sip = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    stamped::enable(&rtp);
     let sip_port = sip.local_addr().unwrap().port();
     let rtp_port = rtp.local_addr().unwrap().port();
     let call_id = format!("load-{index}-{}", std::process::id());
@@ -420,8 +422,11 @@ pub async fn one_call(
     let mut ticker = tokio::time::interval(Duration::from_millis(20));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut sequence: u16 = 0;
-    let mut last_burst: Option<Instant> = None;
-    let mut last_arrival: Option<Instant> = None;
+    // Arrivals are the kernel's receive timestamps: on loopback the packet
+    // reaches our socket inside the gateway's send, so gaps and latency
+    // measure the gateway, however late this tool gets to read them.
+    let mut last_burst: Option<Duration> = None;
+    let mut last_arrival: Option<Duration> = None;
     let mut in_burst = false;
     loop {
         tokio::select! {
@@ -444,13 +449,12 @@ pub async fn one_call(
                         let _ = rtp.send_to(&packet, remote_rtp).await;
                     }
                 }
-                if burst { last_burst = Some(Instant::now()); }
+                if burst { last_burst = Some(stamped::wall_clock()); }
                 sequence = sequence.wrapping_add(1);
                 stats.sent += 1;
             }
-            received = rtp.recv_from(&mut buf) => {
-                let Ok((len, _)) = received else { continue };
-                let now = Instant::now();
+            received = stamped::recv(&rtp, &mut buf) => {
+                let Ok((len, now)) = received else { continue };
                 let len = match context.as_mut() {
                     Some(srtp) => match srtp.unprotect(&mut buf[..len]) {
                         Some(len) => len,
@@ -461,7 +465,7 @@ pub async fn one_call(
                 if len < 12 { continue; }
                 stats.received += 1;
                 if let Some(previous) = last_arrival {
-                    if now.duration_since(previous) > Duration::from_millis(40) && stats.received > 10 {
+                    if now.saturating_sub(previous) > Duration::from_millis(40) && stats.received > 10 {
                         stats.late_gaps += 1;
                     }
                 }
@@ -470,7 +474,7 @@ pub async fn one_call(
                 let loud = energy > 2000.0;
                 if loud && !in_burst {
                     if let Some(sent_at) = last_burst {
-                        let latency = now.duration_since(sent_at).as_secs_f64() * 1000.0 - echo_delay_ms as f64;
+                        let latency = now.saturating_sub(sent_at).as_secs_f64() * 1000.0 - echo_delay_ms as f64;
                         if latency > -20.0 && latency < 900.0 { stats.latencies_ms.push(latency); }
                     }
                 }
