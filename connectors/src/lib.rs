@@ -15,6 +15,7 @@ pub mod actions;
 pub mod echo;
 mod inline;
 pub mod openai_realtime;
+mod pcm;
 mod playout_position;
 mod polled;
 mod socket;

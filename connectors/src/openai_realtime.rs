@@ -44,6 +44,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::pcm::S16leDecoder;
 use crate::playout_position::PlayoutPosition;
 use crate::polled::{poll_socket_session, spawn_session, BotOutput, PolledBot, SocketSession};
 use crate::socket::{Closing, PolledSocket, Socket};
@@ -116,7 +117,7 @@ impl OpenAiRealtimeConnector {
             clock: call.playout.clone(),
             position: PlayoutPosition::new(format.sample_rate),
             response_active: false,
-            odd_byte: None,
+            pcm_in: S16leDecoder::default(),
             decoded: Vec::new(),
             outgoing: String::new(),
             pending: VecDeque::new(),
@@ -304,8 +305,8 @@ struct OpenAiBot {
     position: PlayoutPosition,
     /// Between `response.created` and `response.done`: a cancel is meaningful.
     response_active: bool,
-    /// First byte of a PCM sample split across deltas.
-    odd_byte: Option<u8>,
+    /// 24 kHz PCM: a sample may be split across deltas.
+    pcm_in: S16leDecoder,
     /// Reused for every delta's decoded bytes and every outgoing append.
     decoded: Vec<u8>,
     outgoing: String,
@@ -333,40 +334,6 @@ impl OpenAiBot {
             "content": [{"type": "input_text", "text": format!("[The caller pressed the key {digit}]")}],
         }});
         self.send_json(&item);
-    }
-
-    fn on_text(&mut self, text: &str) {
-        let inbound: Inbound<'_> = match serde_json::from_str(text) {
-            Ok(inbound) => inbound,
-            Err(e) => return self.malformed(&format!("a malformed event ({e})")),
-        };
-        match &*inbound.kind {
-            "response.output_audio.delta" => self.on_audio_delta(inbound),
-            "input_audio_buffer.speech_started" => self.on_barge_in(),
-            "response.created" => self.response_active = true,
-            "response.done" => self.response_active = false,
-            "response.output_item.done" => self.on_item_done(inbound),
-            "response.output_audio_transcript.done" => self.on_transcript("bot", inbound),
-            "conversation.item.input_audio_transcription.completed" => {
-                self.on_transcript("caller", inbound);
-            }
-            "error" => {
-                let error = inbound.error.unwrap_or(ServerError {
-                    code: None,
-                    message: None,
-                });
-                // Cancelling a response the server already ended is a benign race.
-                let benign = error.code.as_deref() == Some("response_cancel_not_active");
-                if !benign && note(&mut self.stats.server_errors) {
-                    tracing::warn!(code = ?error.code, message = ?error.message, "OpenAI reported an error");
-                }
-            }
-            other => {
-                if note(&mut self.stats.unknown) {
-                    tracing::trace!(kind = other, "ignoring an OpenAI event");
-                }
-            }
-        }
     }
 
     fn malformed(&mut self, what: &str) {
@@ -397,9 +364,7 @@ impl OpenAiBot {
         }
         let samples = match self.audio {
             RealtimeAudio::Pcmu => self.decoded.len(),
-            RealtimeAudio::Pcm24k => {
-                (usize::from(self.odd_byte.is_some()) + self.decoded.len()) / 2
-            }
+            RealtimeAudio::Pcm24k => self.pcm_in.samples_in(self.decoded.len()),
         };
         let played_ms = self.clock.played_ms();
         let content_index = m.content_index.unwrap_or(0);
@@ -414,20 +379,7 @@ impl OpenAiBot {
         let samples = self.output.audio();
         match self.audio {
             RealtimeAudio::Pcmu => samples.extend(self.decoded.iter().map(|&b| ulaw_decode(b))),
-            RealtimeAudio::Pcm24k => {
-                let mut bytes = self.decoded.as_slice();
-                if let Some(low) = self.odd_byte.take() {
-                    let Some((&high, rest)) = bytes.split_first() else {
-                        self.odd_byte = Some(low);
-                        return;
-                    };
-                    samples.push(i16::from_le_bytes([low, high]));
-                    bytes = rest;
-                }
-                let mut pairs = bytes.chunks_exact(2);
-                samples.extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
-                self.odd_byte = pairs.remainder().first().copied();
-            }
+            RealtimeAudio::Pcm24k => self.pcm_in.decode(&self.decoded, samples),
         }
     }
 
@@ -435,7 +387,7 @@ impl OpenAiBot {
     /// hearing it.
     fn on_barge_in(&mut self) {
         self.output.push(BotEvent::Clear);
-        self.odd_byte = None;
+        self.pcm_in.clear();
         if self.response_active {
             self.response_active = false;
             self.send_json(&json!({"type": "response.cancel"}));
@@ -546,17 +498,42 @@ impl SocketSession for OpenAiBot {
         &mut self.socket
     }
 
-    fn on_message(&mut self, message: Message) {
-        match message {
-            Message::Text(text) => self.on_text(text.as_str()),
-            Message::Close(_) => {
-                self.end(None);
-                self.socket.close_in_background(Closing::Theirs);
+    fn on_text(&mut self, text: &str) {
+        let inbound: Inbound<'_> = match serde_json::from_str(text) {
+            Ok(inbound) => inbound,
+            Err(e) => return self.malformed(&format!("a malformed event ({e})")),
+        };
+        match &*inbound.kind {
+            "response.output_audio.delta" => self.on_audio_delta(inbound),
+            "input_audio_buffer.speech_started" => self.on_barge_in(),
+            "response.created" => self.response_active = true,
+            "response.done" => self.response_active = false,
+            "response.output_item.done" => self.on_item_done(inbound),
+            "response.output_audio_transcript.done" => self.on_transcript("bot", inbound),
+            "conversation.item.input_audio_transcription.completed" => {
+                self.on_transcript("caller", inbound);
             }
-            Message::Binary(_) => self.malformed("a binary message"),
-            // tungstenite answers pings itself.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            "error" => {
+                let error = inbound.error.unwrap_or(ServerError {
+                    code: None,
+                    message: None,
+                });
+                // Cancelling a response the server already ended is a benign race.
+                let benign = error.code.as_deref() == Some("response_cancel_not_active");
+                if !benign && note(&mut self.stats.server_errors) {
+                    tracing::warn!(code = ?error.code, message = ?error.message, "OpenAI reported an error");
+                }
+            }
+            other => {
+                if note(&mut self.stats.unknown) {
+                    tracing::trace!(kind = other, "ignoring an OpenAI event");
+                }
+            }
         }
+    }
+
+    fn on_binary(&mut self, _data: &[u8]) {
+        self.malformed("a binary message");
     }
 
     /// The session is over; `error` says why when it was not a clean end.

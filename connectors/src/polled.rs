@@ -20,7 +20,7 @@ use switchboard_media::{AudioFormat, AudioFrame, FramePool, PooledFrame, MAX_FRA
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::socket::PolledSocket;
+use crate::socket::{Closing, PolledSocket};
 use crate::{
     BotControl, BotEvent, BotSession, AUDIO_IN_CAPACITY, CONTROL_CAPACITY, EVENTS_CAPACITY,
 };
@@ -194,8 +194,10 @@ impl BotOutput {
 pub(crate) trait SocketSession {
     fn output(&mut self) -> &mut BotOutput;
     fn socket(&mut self) -> &mut PolledSocket;
-    /// One message from the bot: events go to the output.
-    fn on_message(&mut self, message: Message);
+    /// A text message from the bot: its events go to the output.
+    fn on_text(&mut self, text: &str);
+    /// A binary message from the bot.
+    fn on_binary(&mut self, data: &[u8]);
     /// The socket failed: the session ends with `error`.
     fn end(&mut self, error: Option<String>);
 }
@@ -215,7 +217,15 @@ pub(crate) fn poll_socket_session(
         }
         match session.socket().poll_message(cx) {
             Poll::Pending => return Poll::Pending,
-            Poll::Ready(Ok(message)) => session.on_message(message),
+            Poll::Ready(Ok(Message::Text(text))) => session.on_text(text.as_str()),
+            Poll::Ready(Ok(Message::Binary(data))) => session.on_binary(&data),
+            Poll::Ready(Ok(Message::Close(_))) => {
+                session.end(None);
+                // tungstenite has queued the reply to the bot's close frame.
+                session.socket().close_in_background(Closing::Theirs);
+            }
+            // tungstenite answers pings itself.
+            Poll::Ready(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
             Poll::Ready(Err(reason)) => session.end(Some(reason)),
         }
     }

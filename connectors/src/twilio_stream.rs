@@ -430,45 +430,6 @@ impl TwilioBot {
         }
     }
 
-    fn on_text(&mut self, text: &str) {
-        let inbound: Inbound<'_> = match serde_json::from_str(text) {
-            Ok(inbound) => inbound,
-            Err(e) => {
-                self.stats.malformed += 1;
-                if worth_logging(self.stats.malformed) {
-                    tracing::warn!(count = self.stats.malformed, error = %e, "ignoring a malformed message from the bot");
-                }
-                return;
-            }
-        };
-        match &*inbound.event {
-            "media" => {
-                let Some(payload) = inbound.media.and_then(|m| m.payload) else {
-                    return self.malformed("media without a payload");
-                };
-                self.on_media(&payload);
-            }
-            "mark" => {
-                let Some(name) = inbound.mark.and_then(|m| m.name) else {
-                    return self.malformed("mark without a name");
-                };
-                self.output.push(BotEvent::Mark(name.into_owned()));
-            }
-            "clear" => self.output.push(BotEvent::Clear),
-            "action" => self.on_action(text),
-            other => {
-                self.stats.unknown += 1;
-                if worth_logging(self.stats.unknown) {
-                    tracing::debug!(
-                        event = other,
-                        count = self.stats.unknown,
-                        "ignoring an unknown event from the bot"
-                    );
-                }
-            }
-        }
-    }
-
     /// The actions a bot asks for go to the call; one it got wrong is
     /// answered at once so the bot can carry on.
     fn on_action(&mut self, text: &str) {
@@ -522,24 +483,52 @@ impl SocketSession for TwilioBot {
         &mut self.socket
     }
 
-    fn on_message(&mut self, message: Message) {
-        match message {
-            Message::Text(text) => self.on_text(text.as_str()),
-            Message::Close(_) => {
-                self.end(None);
-                self.socket.close_in_background(Closing::Theirs);
+    fn on_text(&mut self, text: &str) {
+        let inbound: Inbound<'_> = match serde_json::from_str(text) {
+            Ok(inbound) => inbound,
+            Err(e) => {
+                self.stats.malformed += 1;
+                if worth_logging(self.stats.malformed) {
+                    tracing::warn!(count = self.stats.malformed, error = %e, "ignoring a malformed message from the bot");
+                }
+                return;
             }
-            Message::Binary(_) => {
-                self.stats.binary += 1;
-                if worth_logging(self.stats.binary) {
-                    tracing::warn!(
-                        count = self.stats.binary,
-                        "ignoring a binary message from the bot"
+        };
+        match &*inbound.event {
+            "media" => {
+                let Some(payload) = inbound.media.and_then(|m| m.payload) else {
+                    return self.malformed("media without a payload");
+                };
+                self.on_media(&payload);
+            }
+            "mark" => {
+                let Some(name) = inbound.mark.and_then(|m| m.name) else {
+                    return self.malformed("mark without a name");
+                };
+                self.output.push(BotEvent::Mark(name.into_owned()));
+            }
+            "clear" => self.output.push(BotEvent::Clear),
+            "action" => self.on_action(text),
+            other => {
+                self.stats.unknown += 1;
+                if worth_logging(self.stats.unknown) {
+                    tracing::debug!(
+                        event = other,
+                        count = self.stats.unknown,
+                        "ignoring an unknown event from the bot"
                     );
                 }
             }
-            // tungstenite answers pings itself.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        }
+    }
+
+    fn on_binary(&mut self, _data: &[u8]) {
+        self.stats.binary += 1;
+        if worth_logging(self.stats.binary) {
+            tracing::warn!(
+                count = self.stats.binary,
+                "ignoring a binary message from the bot"
+            );
         }
     }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use switchboard_flows::{ToolKind, UltravoxConfig};
@@ -23,6 +23,7 @@ use switchboard_media::{AudioFormat, AudioFrame};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::pcm::{s16le_message, S16leDecoder};
 use crate::polled::{poll_socket_session, spawn_session, BotOutput, PolledBot, SocketSession};
 use crate::socket::{Closing, PolledSocket, Socket};
 use crate::text::{error_chain, push_capped, snippet};
@@ -186,7 +187,7 @@ impl UltravoxConnector {
             output: BotOutput::new(rate),
             tools: Arc::clone(&self.tools),
             format: AudioFormat::new(rate),
-            odd_byte: None,
+            pcm_in: S16leDecoder::default(),
             transcripts: VecDeque::new(),
             pending: VecDeque::new(),
             pcm_out: BytesMut::new(),
@@ -375,8 +376,7 @@ struct UltravoxBot {
     output: BotOutput,
     tools: Arc<BTreeMap<String, ToolKind>>,
     format: AudioFormat,
-    /// First byte of a sample split across binary frames.
-    odd_byte: Option<u8>,
+    pcm_in: S16leDecoder,
     transcripts: VecDeque<Utterance>,
     pending: VecDeque<Pending>,
     /// Caller audio on its way out: each frame's bytes are split off as the
@@ -401,47 +401,7 @@ impl UltravoxBot {
     /// s16le of any length (even odd, splitting a sample across frames)
     /// becomes 20 ms frames; the last one of a message may be shorter.
     fn on_bot_audio(&mut self, data: &[u8]) {
-        let samples = self.output.audio();
-        let mut bytes = data;
-        if let Some(low) = self.odd_byte.take() {
-            let Some((&high, rest)) = bytes.split_first() else {
-                self.odd_byte = Some(low);
-                return;
-            };
-            samples.push(i16::from_le_bytes([low, high]));
-            bytes = rest;
-        }
-        let mut pairs = bytes.chunks_exact(2);
-        samples.extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
-        self.odd_byte = pairs.remainder().first().copied();
-    }
-
-    fn on_text(&mut self, text: &str) {
-        let inbound: Inbound<'_> = match serde_json::from_str(text) {
-            Ok(inbound) => inbound,
-            Err(e) => return self.malformed(&format!("a malformed data message ({e})")),
-        };
-        match &*inbound.kind {
-            "playback_clear_buffer" => {
-                // A half sample from before the clear belongs to dropped audio.
-                self.odd_byte = None;
-                self.output.push(BotEvent::Clear);
-            }
-            "transcript" => self.on_transcript(inbound),
-            "client_tool_invocation" => self.on_tool(inbound),
-            "state" | "call_started" | "pong" | "debug" => {
-                tracing::debug!(kind = %inbound.kind, state = ?inbound.state, "Ultravox data message");
-            }
-            other => {
-                if note(&mut self.stats.unknown) {
-                    tracing::debug!(
-                        kind = other,
-                        count = self.stats.unknown,
-                        "ignoring an unknown Ultravox message"
-                    );
-                }
-            }
-        }
+        self.pcm_in.decode(data, self.output.audio());
     }
 
     fn malformed(&mut self, what: &str) {
@@ -585,17 +545,36 @@ impl SocketSession for UltravoxBot {
         &mut self.socket
     }
 
-    fn on_message(&mut self, message: Message) {
-        match message {
-            Message::Binary(data) => self.on_bot_audio(&data),
-            Message::Text(text) => self.on_text(text.as_str()),
-            Message::Close(_) => {
-                self.end(None);
-                self.socket.close_in_background(Closing::Theirs);
+    fn on_text(&mut self, text: &str) {
+        let inbound: Inbound<'_> = match serde_json::from_str(text) {
+            Ok(inbound) => inbound,
+            Err(e) => return self.malformed(&format!("a malformed data message ({e})")),
+        };
+        match &*inbound.kind {
+            "playback_clear_buffer" => {
+                // A half sample from before the clear belongs to dropped audio.
+                self.pcm_in.clear();
+                self.output.push(BotEvent::Clear);
             }
-            // tungstenite answers pings itself.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            "transcript" => self.on_transcript(inbound),
+            "client_tool_invocation" => self.on_tool(inbound),
+            "state" | "call_started" | "pong" | "debug" => {
+                tracing::debug!(kind = %inbound.kind, state = ?inbound.state, "Ultravox data message");
+            }
+            other => {
+                if note(&mut self.stats.unknown) {
+                    tracing::debug!(
+                        kind = other,
+                        count = self.stats.unknown,
+                        "ignoring an unknown Ultravox message"
+                    );
+                }
+            }
         }
+    }
+
+    fn on_binary(&mut self, data: &[u8]) {
+        self.on_bot_audio(data);
     }
 
     /// The session is over; `error` says why when it was not a clean end.
@@ -631,12 +610,8 @@ impl PolledBot for UltravoxBot {
         if self.output.is_ended() || !self.socket.ready_for_audio() {
             return false;
         }
-        self.pcm_out.reserve(2 * frame.len());
-        for &sample in frame.samples() {
-            self.pcm_out.put_i16_le(sample);
-        }
-        let pcm = self.pcm_out.split().freeze();
-        self.socket.send_audio(Message::binary(pcm));
+        let message = s16le_message(&mut self.pcm_out, frame.samples());
+        self.socket.send_audio(message);
         true
     }
 

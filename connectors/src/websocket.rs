@@ -44,7 +44,7 @@ use std::collections::BTreeMap;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use futures_util::SinkExt;
 use serde_json::{json, Value};
 use switchboard_flows::WebsocketBotConfig;
@@ -52,6 +52,7 @@ use switchboard_media::{AudioFormat, AudioFrame, MAX_FRAME_SAMPLES};
 use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::pcm::{s16le_message, S16leDecoder};
 use crate::polled::{poll_socket_session, spawn_session, BotOutput, PolledBot, SocketSession};
 use crate::socket::{worth_logging, Closing, PolledSocket, Socket};
 use crate::{BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError};
@@ -172,8 +173,7 @@ struct WebsocketBot {
     socket: PolledSocket,
     output: BotOutput,
     rate: u32,
-    /// The first byte of a sample split across two binary messages.
-    odd_byte: Option<u8>,
+    pcm_in: S16leDecoder,
     /// Caller audio on its way out: each frame's bytes are split off as the
     /// message's payload, and the space is reclaimed once tungstenite has
     /// copied them, so sending allocates nothing per frame.
@@ -187,7 +187,7 @@ impl WebsocketBot {
             socket: PolledSocket::new(ws),
             output: BotOutput::new(rate),
             rate,
-            odd_byte: None,
+            pcm_in: S16leDecoder::default(),
             pcm_out: BytesMut::with_capacity(PCM_OUT_CAPACITY),
             stats: Stats::default(),
         }
@@ -210,64 +210,10 @@ impl WebsocketBot {
             .close_in_background(Closing::Ours(Some(text(&json!({"event": "stop"})))));
     }
 
-    /// s16le of any length becomes 20 ms frames (the last may be shorter);
-    /// an odd trailing byte waits for the next message.
+    /// s16le of any length becomes 20 ms frames (the last may be shorter).
     fn on_audio(&mut self, bytes: &[u8]) {
         self.stats.bytes_in += bytes.len() as u64;
-        let samples = self.output.audio();
-        let mut data = bytes;
-        if let Some(low) = self.odd_byte.take() {
-            let Some((&high, rest)) = data.split_first() else {
-                self.odd_byte = Some(low);
-                return;
-            };
-            samples.push(i16::from_le_bytes([low, high]));
-            data = rest;
-        }
-        let mut pairs = data.chunks_exact(2);
-        samples.extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
-        self.odd_byte = pairs.remainder().first().copied();
-    }
-
-    fn on_text(&mut self, text: &str) {
-        let value: Value = match serde_json::from_str(text) {
-            Ok(value) => value,
-            Err(e) => return self.malformed(&format!("a message that is not JSON ({e})")),
-        };
-        let Some(event) = value.get("event").and_then(Value::as_str) else {
-            return self.malformed("a message without an event");
-        };
-        let field = |name: &str| value.get(name).and_then(Value::as_str);
-        match event {
-            "clear" => self.output.push(BotEvent::Clear),
-            "mark" => match field("name") {
-                Some(name) => self.output.push(BotEvent::Mark(name.to_owned())),
-                None => self.malformed("a mark without a name"),
-            },
-            "hangup" => {
-                let reason = field("reason").map(str::to_owned);
-                self.output.push(BotEvent::Hangup { reason });
-            }
-            "transcript" => match field("text") {
-                Some(text) => {
-                    let role = field("role").unwrap_or("bot").to_owned();
-                    let text = text.to_owned();
-                    self.output.push(BotEvent::Transcript { role, text });
-                }
-                None => self.malformed("a transcript without text"),
-            },
-            "action" => self.on_action(&value),
-            other => {
-                self.stats.unknown += 1;
-                if worth_logging(self.stats.unknown) {
-                    tracing::debug!(
-                        event = other,
-                        count = self.stats.unknown,
-                        "ignoring an unknown event from the bot"
-                    );
-                }
-            }
-        }
+        self.pcm_in.decode(bytes, self.output.audio());
     }
 
     /// The actions a bot asks for go to the call; one it got wrong is
@@ -314,17 +260,49 @@ impl SocketSession for WebsocketBot {
         &mut self.socket
     }
 
-    fn on_message(&mut self, message: Message) {
-        match message {
-            Message::Binary(bytes) => self.on_audio(&bytes),
-            Message::Text(text) => self.on_text(text.as_str()),
-            Message::Close(_) => {
-                self.end(None);
-                self.socket.close_in_background(Closing::Theirs);
+    fn on_text(&mut self, text: &str) {
+        let value: Value = match serde_json::from_str(text) {
+            Ok(value) => value,
+            Err(e) => return self.malformed(&format!("a message that is not JSON ({e})")),
+        };
+        let Some(event) = value.get("event").and_then(Value::as_str) else {
+            return self.malformed("a message without an event");
+        };
+        let field = |name: &str| value.get(name).and_then(Value::as_str);
+        match event {
+            "clear" => self.output.push(BotEvent::Clear),
+            "mark" => match field("name") {
+                Some(name) => self.output.push(BotEvent::Mark(name.to_owned())),
+                None => self.malformed("a mark without a name"),
+            },
+            "hangup" => {
+                let reason = field("reason").map(str::to_owned);
+                self.output.push(BotEvent::Hangup { reason });
             }
-            // tungstenite answers pings itself.
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            "transcript" => match field("text") {
+                Some(text) => {
+                    let role = field("role").unwrap_or("bot").to_owned();
+                    let text = text.to_owned();
+                    self.output.push(BotEvent::Transcript { role, text });
+                }
+                None => self.malformed("a transcript without text"),
+            },
+            "action" => self.on_action(&value),
+            other => {
+                self.stats.unknown += 1;
+                if worth_logging(self.stats.unknown) {
+                    tracing::debug!(
+                        event = other,
+                        count = self.stats.unknown,
+                        "ignoring an unknown event from the bot"
+                    );
+                }
+            }
         }
+    }
+
+    fn on_binary(&mut self, data: &[u8]) {
+        self.on_audio(data);
     }
 
     /// The session is over; `error` says why when it was not a clean end.
@@ -366,12 +344,8 @@ impl PolledBot for WebsocketBot {
             self.stats.frames_dropped += 1;
             return false;
         }
-        self.pcm_out.reserve(2 * frame.len());
-        for &sample in frame.samples() {
-            self.pcm_out.put_i16_le(sample);
-        }
-        let pcm = self.pcm_out.split().freeze();
-        self.socket.send_audio(Message::binary(pcm));
+        let message = s16le_message(&mut self.pcm_out, frame.samples());
+        self.socket.send_audio(message);
         self.stats.frames_out += 1;
         true
     }
