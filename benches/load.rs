@@ -15,8 +15,8 @@
 //! `--ws-bot`: instead of the built-in echo bot, an external one over
 //! WebSocket (Switchboard's own protocol: s16le binary frames at
 //! `--bot-rate`), run by the load tool on loopback, the way real bots
-//! connect. It echoes each frame after the same delay; its CPU counts as
-//! the load tool's.
+//! connect. It echoes each frame after the same delay, on a thread of its
+//! own; its CPU counts as the load tool's.
 //!
 //! Each call is a UDP SIP dialog plus an RTP stream of silence with a 20 ms
 //! tone burst once a second; the burst's return time gives the latency.
@@ -93,15 +93,30 @@ bot = {}
 }
 
 /// An external echo bot: every binary frame goes back after the echo delay.
+/// It runs on a thread of its own, as a bot in its own process would: on
+/// the callers' thread, 500 calls' bot traffic and their RTP together kept
+/// that thread busy enough to delay the echo by 20-40 ms, which read as the
+/// gateway's latency.
 async fn ws_echo_bot() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(echo_session(stream));
-        }
-    });
+    listener.set_nonblocking(true).unwrap();
+    std::thread::Builder::new()
+        .name("ws-echo-bot".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                while let Ok((stream, _)) = listener.accept().await {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(echo_session(stream));
+                }
+            });
+        })
+        .unwrap();
     addr
 }
 
