@@ -3,7 +3,7 @@
 //! latency (RTP in → bot → RTP out, minus the echo bot's own delay).
 //!
 //!   cargo bench --bench load -- --calls 100 --seconds 20 [--fixed-jitter] [--jitter-ms 40]
-//!       [--bot-rate 16000] [--srtp] [--ws-bot] [--json]
+//!       [--bot-rate 16000] [--srtp] [--ws-bot] [--runs 1] [--json]
 //!
 //! `--jitter-ms`: the jitter buffer's starting depth (40 by default; the
 //! adaptive buffer's floor is 20). `--bot-rate`: the echo bot's sample rate;
@@ -146,12 +146,131 @@ async fn echo_session(stream: tokio::net::TcpStream) {
     }
 }
 
+/// One run's figures, and what the gateway's logs said of its jitter
+/// buffers (median delay, talkspurts sent on arrival).
+struct Run {
+    figures: harness::Figures,
+    jitter: Option<(u32, u64)>,
+}
+
+impl Run {
+    fn latency_beyond_jitter(&self) -> Option<f64> {
+        self.jitter
+            .map(|(delay, _)| self.figures.percentile(0.5) - delay as f64)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let mut json: serde_json::Value = serde_json::from_str(&self.figures.json()).unwrap();
+        if let Some((delay, early)) = self.jitter {
+            json["jitter_delay_ms_p50"] = delay.into();
+            json["latency_beyond_jitter_ms_p50"] = self.latency_beyond_jitter().into();
+            json["talkspurts_sent_early"] = early.into();
+        }
+        json
+    }
+
+    fn print(&self) {
+        self.figures.print();
+        if let (Some((delay, early)), Some(beyond)) = (self.jitter, self.latency_beyond_jitter()) {
+            println!(
+                "jitter buffer delay    p50 {delay} ms: added latency beyond it p50 {beyond:.1} ms ({early} bot talkspurts sent on arrival)"
+            );
+        }
+    }
+}
+
+/// `--runs N` (default 1): N runs, each with a fresh gateway, then the
+/// median and range of each figure. Single runs on a shared VM vary by
+/// 10-20 %; a median of five is what a comparison should quote.
 async fn run(calls: usize, seconds: u64, fixed_jitter: bool, jitter_ms: u64, bot_rate: u64) {
     let ws_bot = if std::env::args().any(|a| a == "--ws-bot") {
         Some(ws_echo_bot().await)
     } else {
         None
     };
+    let json = std::env::args().any(|a| a == "--json");
+    let count = arg("--runs", 1).max(1);
+    let mut runs = Vec::new();
+    for index in 0..count {
+        let run = run_once(calls, seconds, fixed_jitter, jitter_ms, bot_rate, ws_bot).await;
+        if !json {
+            if count > 1 {
+                println!("-- run {} of {count}", index + 1);
+            }
+            run.print();
+        }
+        runs.push(run);
+    }
+    if json {
+        let mut summary = runs[0].json();
+        if count > 1 {
+            summary = serde_json::json!({
+                "runs": runs.iter().map(Run::json).collect::<Vec<_>>(),
+                "median": median_json(&runs),
+            });
+        }
+        println!("{summary}");
+    } else if count > 1 {
+        print_medians(&runs);
+    }
+}
+
+/// The median and range of a figure over the runs.
+fn spread(runs: &[Run], figure: impl Fn(&Run) -> f64) -> (f64, f64, f64) {
+    let mut values: Vec<f64> = runs.iter().map(figure).filter(|v| !v.is_nan()).collect();
+    values.sort_by(f64::total_cmp);
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let middle = values.len() / 2;
+    let median = if values.len() % 2 == 0 {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    };
+    (median, values[0], values[values.len() - 1])
+}
+
+type Figure = (&'static str, fn(&Run) -> f64);
+
+const FIGURES: [Figure; 5] = [
+    ("cpu_percent_per_call", |r| r.figures.cpu_per_call()),
+    ("late_frames", |r| r.figures.late as f64),
+    ("load_tool_cpu_percent", |r| r.figures.tool_cpu_percent),
+    ("rss_per_call_kib", |r| r.figures.rss_per_call()),
+    ("latency_beyond_jitter_ms_p50", |r| {
+        r.latency_beyond_jitter().unwrap_or(f64::NAN)
+    }),
+];
+
+fn median_json(runs: &[Run]) -> serde_json::Value {
+    let mut json = serde_json::Map::new();
+    for (name, figure) in FIGURES {
+        let (median, low, high) = spread(runs, figure);
+        json.insert(
+            name.into(),
+            serde_json::json!({ "median": median, "min": low, "max": high }),
+        );
+    }
+    json.into()
+}
+
+fn print_medians(runs: &[Run]) {
+    println!("-- median (min-max) over {} runs", runs.len());
+    for (name, figure) in FIGURES {
+        let (median, low, high) = spread(runs, figure);
+        println!("{name:<29} {median:.3} ({low:.3}-{high:.3})");
+    }
+}
+
+async fn run_once(
+    calls: usize,
+    seconds: u64,
+    fixed_jitter: bool,
+    jitter_ms: u64,
+    bot_rate: u64,
+    ws_bot: Option<SocketAddr>,
+) -> Run {
     let gateway = start_gateway(&echo_config(
         calls,
         fixed_jitter,
@@ -172,21 +291,5 @@ async fn run(calls: usize, seconds: u64, fixed_jitter: bool, jitter_ms: u64, bot
     // The calls' media summaries are logged as they end.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let jitter = gateway.jitter_delay_summary();
-    if std::env::args().any(|a| a == "--json") {
-        let mut json: serde_json::Value = serde_json::from_str(&figures.json()).unwrap();
-        if let Some((delay, early)) = jitter {
-            json["jitter_delay_ms_p50"] = delay.into();
-            json["latency_beyond_jitter_ms_p50"] = (figures.percentile(0.5) - delay as f64).into();
-            json["talkspurts_sent_early"] = early.into();
-        }
-        println!("{json}");
-    } else {
-        figures.print();
-        if let Some((delay, early)) = jitter {
-            println!(
-                "jitter buffer delay    p50 {delay} ms: added latency beyond it p50 {:.1} ms ({early} bot talkspurts sent on arrival)",
-                figures.percentile(0.5) - delay as f64
-            );
-        }
-    }
+    Run { figures, jitter }
 }
