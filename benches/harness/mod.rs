@@ -23,6 +23,8 @@ pub struct CallStats {
     pub sent: u64,
     pub received: u64,
     pub late_gaps: u64,
+    /// When each late frame arrived (kernel time since the epoch).
+    pub late_at: Vec<Duration>,
     pub latencies_ms: Vec<f64>,
 }
 
@@ -182,6 +184,10 @@ pub struct Figures {
     pub sent: u64,
     pub received: u64,
     pub late: u64,
+    /// Distinct 100 ms windows the late frames fell in: a few windows
+    /// holding many calls' late frames is a stall of the whole gateway (or
+    /// of the VM), many windows with one each is calls falling behind.
+    pub late_windows: usize,
     /// Gateway CPU over the window, one core = 100.
     pub cpu_percent: f64,
     /// The load tool itself over the same window (it shares the cores).
@@ -216,6 +222,7 @@ impl Figures {
             "rtp_sent": self.sent,
             "rtp_received": self.received,
             "late_frames": self.late,
+            "late_frame_windows_100ms": self.late_windows,
             "gateway_cpu_percent": self.cpu_percent,
             "cpu_percent_per_call": self.cpu_per_call(),
             "load_tool_cpu_percent": self.tool_cpu_percent,
@@ -234,7 +241,10 @@ impl Figures {
         println!("calls requested        {}", self.requested);
         println!("calls answered         {}", self.answered);
         println!("RTP sent / received    {} / {}", self.sent, self.received);
-        println!("late frames (gap>40ms) {}", self.late);
+        println!(
+            "late frames (gap>40ms) {} (in {} windows of 100 ms)",
+            self.late, self.late_windows
+        );
         println!(
             "gateway CPU            {:.1}% of one core ({:.3}% per call)",
             self.cpu_percent,
@@ -317,6 +327,12 @@ pub async fn hold_calls_with(
         sent: all.iter().map(|s| s.sent).sum(),
         received: all.iter().map(|s| s.received).sum(),
         late: all.iter().map(|s| s.late_gaps).sum(),
+        late_windows: all
+            .iter()
+            .flat_map(|s| &s.late_at)
+            .map(|at| at.as_millis() / 100)
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
         cpu_percent: cpu_ticks as f64 / ticks_per_sec / window * 100.0,
         tool_cpu_percent: tool_ticks as f64 / ticks_per_sec / window * 100.0,
         rss_idle_kib,
@@ -467,6 +483,7 @@ pub async fn one_call(
                 if let Some(previous) = last_arrival {
                     if now.saturating_sub(previous) > Duration::from_millis(40) && stats.received > 10 {
                         stats.late_gaps += 1;
+                        stats.late_at.push(now);
                     }
                 }
                 last_arrival = Some(now);
