@@ -249,3 +249,86 @@ fn a_send_may_go_early_only_with_its_frame_ready_or_silence() {
     assert!(!pipeline.push_bot_audio(&half, start + Duration::from_millis(21)));
     assert!(pipeline.can_send_early(), "a whole frame is queued");
 }
+
+/// A real-time bot one frame behind for good (a send once went out before
+/// its frame came) gets its latency back at the next silence, and its
+/// speech is never cut.
+#[test]
+fn a_standing_queue_behind_a_real_time_bot_is_shortened_in_silence() {
+    let mut pipeline = pipeline();
+    let mut out = [0u8; 1500];
+    let silence = AudioFrame::from_samples(8000, &[0i16; 160]);
+    let speech = |n: u32| AudioFrame::from_samples(8000, &[1000 + 100 * n as i16; 160]);
+    let start = Instant::now();
+    // Two frames come at once, then one a tick: one frame always waits.
+    pipeline.push_bot_audio(&silence, start);
+    pipeline.push_bot_audio(&silence, start);
+    pipeline.send(start, &mut out);
+    // Frame n is pushed a millisecond before send n; speech from 10 to 39,
+    // silence from 40 on, speech again at 70.
+    let mut sent_at = Vec::new();
+    for n in 1..=80u32 {
+        let send = start + FRAME * n;
+        let frame = if (10..40).contains(&n) || n == 70 {
+            speech(n)
+        } else {
+            silence.clone()
+        };
+        pipeline.push_bot_audio(&frame, send - Duration::from_millis(1));
+        let (len, _) = pipeline.send(send, &mut out).rtp.expect("a packet a tick");
+        let level = ulaw_decode(out[12]);
+        if level != 0 {
+            assert!(out[12..len].iter().all(|&b| b == out[12]));
+            sent_at.push((n, level));
+        }
+    }
+    // Speech plays whole, one tick late while the queue stands...
+    let expected = |n: u32| ulaw_decode(ulaw_encode(1000 + 100 * n as i16));
+    let speech_sends: Vec<_> = sent_at.iter().filter(|(n, _)| *n <= 41).collect();
+    assert_eq!(speech_sends.len(), 30, "{sent_at:?}");
+    for (at, level) in &speech_sends {
+        assert_eq!(*level, expected(at - 1), "send {at}");
+    }
+    // ...and the first silence after 25 such sends is skipped: the frame
+    // pushed at 70 leaves on its own tick.
+    assert_eq!(sent_at.last(), Some(&(70, expected(70))));
+    assert_eq!(pipeline.counters().standing_silence_skipped, 1);
+}
+
+/// After a stall released several frames at once, the queue they left is
+/// shortened a silent frame per window until the bot is on time again; a
+/// burst that drains (a bot ahead of real time) is left alone.
+#[test]
+fn a_deeper_standing_queue_drains_a_frame_per_window_and_a_burst_is_left_alone() {
+    let mut pipeline = pipeline();
+    let mut out = [0u8; 1500];
+    let silence = AudioFrame::from_samples(8000, &[0i16; 160]);
+    let start = Instant::now();
+    for _ in 0..4 {
+        pipeline.push_bot_audio(&silence, start);
+    }
+    pipeline.send(start, &mut out);
+    let tone = AudioFrame::from_samples(8000, &[3000i16; 160]);
+    let mut tone_sent = None;
+    for n in 1..=120u32 {
+        let send = start + FRAME * n;
+        let frame = if n == 110 { &tone } else { &silence };
+        pipeline.push_bot_audio(frame, send - Duration::from_millis(1));
+        pipeline.send(send, &mut out);
+        if ulaw_decode(out[12]) != 0 {
+            tone_sent = Some(n);
+        }
+    }
+    assert_eq!(tone_sent, Some(110), "three frames skipped by then");
+    assert_eq!(pipeline.counters().standing_silence_skipped, 3);
+
+    // Two seconds of silence at once (a bot's answer with a pause in it)
+    // drains as sent: nothing of it is skipped.
+    for _ in 0..100 {
+        pipeline.push_bot_audio(&silence, start + FRAME * 120);
+    }
+    for n in 121..=220u32 {
+        pipeline.send(start + FRAME * n, &mut out);
+    }
+    assert_eq!(pipeline.counters().standing_silence_skipped, 3);
+}

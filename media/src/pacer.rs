@@ -39,6 +39,8 @@ pub struct Pacer {
     head: u64,
     played: u64,
     dropped: u64,
+    /// Silent samples dropped to shorten a standing queue.
+    skipped: u64,
 }
 
 impl Pacer {
@@ -54,6 +56,7 @@ impl Pacer {
             head: 0,
             played: 0,
             dropped: 0,
+            skipped: 0,
         }
     }
 
@@ -103,6 +106,35 @@ impl Pacer {
             *dst = src;
         }
         out[n..].fill(0);
+        self.advance(n);
+        if n > 0 {
+            FrameKind::Audio
+        } else {
+            FrameKind::Silence
+        }
+    }
+
+    /// Drops the next `frame` samples if every one is within `level` of
+    /// zero and more audio waits behind them: a bot streaming in real time
+    /// behind a standing queue then plays a frame sooner, and nobody hears
+    /// the silence that went. Counted as played, since a bot's playout
+    /// position (marks, truncation) runs through it too.
+    pub fn skip_silent_frame(&mut self, frame: usize, level: i16) -> bool {
+        let level = level.unsigned_abs();
+        if frame == 0
+            || self.queue.len() < 2 * frame
+            || !self.queue.range(..frame).all(|s| s.unsigned_abs() <= level)
+        {
+            return false;
+        }
+        self.queue.drain(..frame);
+        self.advance(frame);
+        self.skipped += frame as u64;
+        true
+    }
+
+    /// `n` samples left the queue: marks they pass fire.
+    fn advance(&mut self, n: usize) {
         self.head += n as u64;
         self.played += n as u64;
         while let Some((position, _)) = self.marks.front() {
@@ -112,11 +144,6 @@ impl Pacer {
             if let Some((_, name)) = self.marks.pop_front() {
                 self.events.push_back(PacerEvent::MarkPlayed(name));
             }
-        }
-        if n > 0 {
-            FrameKind::Audio
-        } else {
-            FrameKind::Silence
         }
     }
 
@@ -150,6 +177,11 @@ impl Pacer {
     pub fn dropped_samples(&self) -> u64 {
         self.dropped
     }
+
+    /// Silent samples skipped by [`Pacer::skip_silent_frame`].
+    pub fn skipped_samples(&self) -> u64 {
+        self.skipped
+    }
 }
 
 #[cfg(test)]
@@ -164,6 +196,37 @@ mod tests {
         std::iter::from_fn(|| p.poll_event())
             .map(|PacerEvent::MarkPlayed(name)| name)
             .collect()
+    }
+
+    #[test]
+    fn only_a_silent_frame_with_audio_behind_it_is_skipped() {
+        let mut p = Pacer::new(8000, 120_000);
+        let quiet = [3i16; 160];
+        p.push_audio(&quiet);
+        assert!(!p.skip_silent_frame(160, 8), "nothing behind it");
+        p.push_audio(&ramp(1000, 160));
+        p.push_mark("after-speech".into());
+        assert!(!p.skip_silent_frame(160, 2), "louder than the level");
+        assert!(p.skip_silent_frame(160, 8));
+        assert!(!p.skip_silent_frame(160, 8), "speech is never skipped");
+        assert_eq!((p.skipped_samples(), p.played_samples()), (160, 160));
+        assert!(events(&mut p).is_empty(), "the mark is after the speech");
+        let mut out = [0i16; 160];
+        assert_eq!(p.next_frame(&mut out), FrameKind::Audio);
+        assert_eq!(out.to_vec(), ramp(1000, 160));
+        assert_eq!(events(&mut p), ["after-speech"]);
+    }
+
+    #[test]
+    fn a_mark_inside_skipped_silence_fires() {
+        let mut p = Pacer::new(8000, 120_000);
+        p.push_audio(&[0i16; 80]);
+        p.push_mark("mid-silence".into());
+        p.push_audio(&[0i16; 80]);
+        p.push_audio(&ramp(1, 160));
+        assert!(p.skip_silent_frame(160, 0));
+        assert_eq!(events(&mut p), ["mid-silence"]);
+        assert_eq!(p.queued_samples(), 160);
     }
 
     #[test]

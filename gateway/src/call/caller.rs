@@ -549,6 +549,7 @@ impl Call {
             jitter_target_ms = jitter.target_ms,
             jitter_delay_ms = jitter.depth_ms,
             talkspurts_sent_early = counters.talkspurts_sent_early,
+            standing_silence_skipped = counters.standing_silence_skipped,
             jitter_skipped = jitter.dropped,
             jitter_inserted = jitter.inserted,
             "media summary"

@@ -56,6 +56,12 @@ const PHASE_WINDOW: u32 = 25;
 /// How long a just-in-time bot frame should wait for its send: room for
 /// the bot's scheduling jitter, and no more.
 pub const SEND_SLACK: Duration = Duration::from_millis(2);
+/// Sends in a row with a frame queued behind them before the queue counts
+/// as standing rather than a bot's burst draining.
+const STANDING_SENDS: u32 = 25;
+/// Loudest sample of a frame that may be skipped: about -54 dBFS, below
+/// what a caller hears over a phone line.
+const SILENT_LEVEL: i16 = 64;
 /// Caller frames the recording may hold while waiting to be paired with
 /// what the caller heard (the directions' schedules differ in phase).
 const RECORDING_BACKLOG: usize = 3;
@@ -74,6 +80,8 @@ pub struct MediaCounters {
     pub fec_recovered: u64,
     /// Bot talkspurts sent on arrival instead of at the next tick.
     pub talkspurts_sent_early: u64,
+    /// Silent bot frames skipped to shorten a standing queue.
+    pub standing_silence_skipped: u64,
 }
 
 /// Caller frames pulled but not yet written to the recording.
@@ -151,6 +159,10 @@ pub struct MediaPipeline {
     /// Shortest wait of such a frame over the sends seen in this window.
     phase_wait_min: Option<Duration>,
     phase_sends: u32,
+    /// Sends in a row that left bot audio queued behind them, and the
+    /// queue's length at the first of them.
+    standing_sends: u32,
+    standing_from: Option<usize>,
     /// Repeat-and-fade for codecs without their own concealment (G.711, G.722).
     concealer: Option<Concealer>,
     /// Echo canceller, noise suppressor and gain control, when the flow asks.
@@ -238,6 +250,8 @@ impl MediaPipeline {
             head_arrival: None,
             phase_wait_min: None,
             phase_sends: 0,
+            standing_sends: 0,
+            standing_from: None,
             concealer,
             aec,
             codec,
@@ -515,6 +529,7 @@ impl MediaPipeline {
     /// stream and NAT bindings alive), and the recording's frame.
     pub fn send(&mut self, now: Instant, rtp_out: &mut [u8]) -> Sent {
         let n = self.frame_samples;
+        self.shorten_standing_queue();
         let advance = self.track_phase(now);
         let (rtp, bot_audio) = if self.send_paused {
             (None, false)
@@ -557,6 +572,40 @@ impl MediaPipeline {
         let min = self.phase_wait_min.take().unwrap_or_default();
         self.phase_sends = 0;
         (min > SEND_SLACK + Duration::from_millis(1)).then(|| min - SEND_SLACK)
+    }
+
+    /// A bot streaming in real time whose frames once arrived late (a send
+    /// went out without its frame, or a stall released several at once)
+    /// keeps them queued for good: every frame after waits that much longer
+    /// than it needs to. Measured at 1,000 calls on 2 vCPUs: most calls had
+    /// a frame waiting behind half their sends, 13-22 ms of added latency
+    /// for the whole call. A queue that neither empties nor drains over
+    /// `STANDING_SENDS` sends is standing (a bot's burst drains a frame a
+    /// send); then the next silent frame at its head is skipped. Speech is
+    /// never cut, and one frame goes per window.
+    fn shorten_standing_queue(&mut self) {
+        let queued = self.pacer.queued_samples();
+        let n = self.frame_samples;
+        let Some(first) = self.standing_from.filter(|_| queued > n) else {
+            self.standing_from = (queued > n).then_some(queued);
+            self.standing_sends = 0;
+            return;
+        };
+        self.standing_sends += 1;
+        let draining = queued + n < first;
+        if draining {
+            self.standing_from = Some(queued);
+            self.standing_sends = 0;
+            return;
+        }
+        if self.standing_sends >= STANDING_SENDS
+            && !self.send_paused
+            && self.pacer.skip_silent_frame(n, SILENT_LEVEL)
+        {
+            self.counters.standing_silence_skipped += 1;
+            self.standing_from = Some(self.pacer.queued_samples());
+            self.standing_sends = 0;
+        }
     }
 
     /// The send schedule restarts from a frame sent the moment it arrived.
