@@ -272,7 +272,7 @@ fn a_standing_queue_behind_a_real_time_bot_is_shortened_in_silence() {
         let frame = if (10..40).contains(&n) || n == 70 {
             speech(n)
         } else {
-            silence.clone()
+            silence
         };
         pipeline.push_bot_audio(&frame, send - Duration::from_millis(1));
         let (len, _) = pipeline.send(send, &mut out).rtp.expect("a packet a tick");
