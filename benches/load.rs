@@ -233,11 +233,14 @@ fn spread(runs: &[Run], figure: impl Fn(&Run) -> f64) -> (f64, f64, f64) {
 
 type Figure = (&'static str, fn(&Run) -> f64);
 
-const FIGURES: [Figure; 6] = [
+const FIGURES: [Figure; 7] = [
     ("cpu_percent_per_call", |r| r.figures.cpu_per_call()),
     ("late_frames", |r| r.figures.late as f64),
     ("late_frame_windows_100ms", |r| {
         r.figures.late_windows as f64
+    }),
+    ("late_frames_in_measured_window", |r| {
+        r.figures.late_measured as f64
     }),
     ("load_tool_cpu_percent", |r| r.figures.tool_cpu_percent),
     ("rss_per_call_kib", |r| r.figures.rss_per_call()),

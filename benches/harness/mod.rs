@@ -188,6 +188,10 @@ pub struct Figures {
     /// holding many calls' late frames is a stall of the whole gateway (or
     /// of the VM), many windows with one each is calls falling behind.
     pub late_windows: usize,
+    /// Late frames inside the window CPU is measured over (calls all up,
+    /// none being placed or hung up): the rest came while calls were
+    /// being placed.
+    pub late_measured: u64,
     /// Gateway CPU over the window, one core = 100.
     pub cpu_percent: f64,
     /// The load tool itself over the same window (it shares the cores).
@@ -223,6 +227,7 @@ impl Figures {
             "rtp_received": self.received,
             "late_frames": self.late,
             "late_frame_windows_100ms": self.late_windows,
+            "late_frames_in_measured_window": self.late_measured,
             "gateway_cpu_percent": self.cpu_percent,
             "cpu_percent_per_call": self.cpu_per_call(),
             "load_tool_cpu_percent": self.tool_cpu_percent,
@@ -242,8 +247,8 @@ impl Figures {
         println!("calls answered         {}", self.answered);
         println!("RTP sent / received    {} / {}", self.sent, self.received);
         println!(
-            "late frames (gap>40ms) {} (in {} windows of 100 ms)",
-            self.late, self.late_windows
+            "late frames (gap>40ms) {} (in {} windows of 100 ms; {} in the measured window)",
+            self.late, self.late_windows, self.late_measured
         );
         println!(
             "gateway CPU            {:.1}% of one core ({:.3}% per call)",
@@ -309,7 +314,9 @@ pub async fn hold_calls_with(
     let cpu_start = proc_cpu_ticks(pid);
     let tool_start = proc_cpu_ticks(std::process::id());
     let window_start = Instant::now();
+    let measured_from = stamped::wall_clock();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let measured_to = stamped::wall_clock();
     let cpu_ticks = proc_cpu_ticks(pid) - cpu_start;
     let tool_ticks = proc_cpu_ticks(std::process::id()) - tool_start;
     let window = window_start.elapsed().as_secs_f64();
@@ -333,6 +340,11 @@ pub async fn hold_calls_with(
             .map(|at| at.as_millis() / 100)
             .collect::<std::collections::HashSet<_>>()
             .len(),
+        late_measured: all
+            .iter()
+            .flat_map(|s| &s.late_at)
+            .filter(|&&at| (measured_from..measured_to).contains(&at))
+            .count() as u64,
         cpu_percent: cpu_ticks as f64 / ticks_per_sec / window * 100.0,
         tool_cpu_percent: tool_ticks as f64 / ticks_per_sec / window * 100.0,
         rss_idle_kib,
