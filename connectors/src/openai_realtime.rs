@@ -46,13 +46,13 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::pcm::S16leDecoder;
 use crate::playout_position::PlayoutPosition;
-use crate::polled::{poll_socket_session, spawn_session, BotOutput, PolledBot, SocketSession};
-use crate::socket::{Closing, PolledSocket, Socket};
+use crate::polled::{
+    is_wrong_rate, poll_socket_session, BotOutput, PolledBot, PolledConnector, SocketSession,
+};
+use crate::socket::{note, Closing, PolledSocket, Socket};
 use crate::text::{push_capped, snippet};
 use crate::tools::{self, tool_action};
-use crate::{
-    BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError, PlayoutClock,
-};
+use crate::{BotControl, BotEvent, CallInfo, ConnectorError, PlayoutClock};
 
 /// Past this many malformed messages the peer is clearly not speaking the protocol.
 const MAX_MALFORMED: u64 = 20;
@@ -166,18 +166,9 @@ fn handshake_error(error: &tokio_tungstenite::tungstenite::Error) -> String {
 }
 
 #[async_trait::async_trait]
-impl BotConnector for OpenAiRealtimeConnector {
-    async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError> {
-        let bot = self.connect(call).await?;
-        Ok(spawn_session(Box::new(bot)))
-    }
-
-    async fn open_polled(
-        &self,
-        call: &CallInfo,
-    ) -> Option<Result<Box<dyn PolledBot>, ConnectorError>> {
-        let bot = self.connect(call).await;
-        Some(bot.map(|bot| Box::new(bot) as Box<dyn PolledBot>))
+impl PolledConnector for OpenAiRealtimeConnector {
+    async fn connect_polled(&self, call: &CallInfo) -> Result<Box<dyn PolledBot>, ConnectorError> {
+        Ok(Box::new(self.connect(call).await?))
     }
 }
 
@@ -283,13 +274,6 @@ struct Stats {
     bad_arguments: u64,
     wrong_rate: u64,
     truncations: u64,
-}
-
-/// Count one more occurrence; true for the few first and then one in a
-/// hundred, the ones worth a log line.
-fn note(count: &mut u64) -> bool {
-    *count += 1;
-    *count <= 3 || count.is_multiple_of(100)
 }
 
 /// One Realtime session, driven by its call.
@@ -552,14 +536,7 @@ impl PolledBot for OpenAiBot {
 
     /// One `input_audio_buffer.append` per 20 ms frame, built in reused buffers.
     fn send_audio(&mut self, frame: &AudioFrame) -> bool {
-        if frame.sample_rate() != self.format.sample_rate {
-            if note(&mut self.stats.wrong_rate) {
-                tracing::warn!(
-                    got = frame.sample_rate(),
-                    expected = self.format.sample_rate,
-                    "dropping caller audio at the wrong rate"
-                );
-            }
+        if is_wrong_rate(frame, self.format.sample_rate, &mut self.stats.wrong_rate) {
             return false;
         }
         if frame.is_empty() {

@@ -22,7 +22,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::socket::{Closing, PolledSocket};
 use crate::{
-    BotControl, BotEvent, BotSession, AUDIO_IN_CAPACITY, CONTROL_CAPACITY, EVENTS_CAPACITY,
+    BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError, AUDIO_IN_CAPACITY,
+    CONTROL_CAPACITY, EVENTS_CAPACITY,
 };
 
 /// A bot session driven from its call's task. Nothing here waits: writes the
@@ -229,4 +230,45 @@ pub(crate) fn poll_socket_session(
             Poll::Ready(Err(reason)) => session.end(Some(reason)),
         }
     }
+}
+
+/// A connector whose sessions are [`PolledBot`]s. It only connects: being
+/// a [`BotConnector`] follows, polled by the call ([`BotConnector::open_polled`])
+/// or driven by a task of its own ([`BotConnector::open`], [`spawn_session`]).
+#[async_trait::async_trait]
+pub(crate) trait PolledConnector: Send + Sync {
+    /// Connects (and sets up, if the protocol needs it) a session.
+    async fn connect_polled(&self, call: &CallInfo) -> Result<Box<dyn PolledBot>, ConnectorError>;
+}
+
+#[async_trait::async_trait]
+impl<T: PolledConnector> BotConnector for T {
+    async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError> {
+        Ok(spawn_session(self.connect_polled(call).await?))
+    }
+
+    async fn open_polled(
+        &self,
+        call: &CallInfo,
+    ) -> Option<Result<Box<dyn PolledBot>, ConnectorError>> {
+        Some(self.connect_polled(call).await)
+    }
+}
+
+/// Caller audio at another rate than the session declared would play at
+/// the wrong speed: true when `frame` is such audio, which the session
+/// drops, warning now and then (`dropped` counts them).
+pub(crate) fn is_wrong_rate(frame: &AudioFrame, declared: u32, dropped: &mut u64) -> bool {
+    if frame.sample_rate() == declared {
+        return false;
+    }
+    if crate::socket::note(dropped) {
+        tracing::warn!(
+            got = frame.sample_rate(),
+            declared,
+            count = *dropped,
+            "dropping caller audio at the wrong rate"
+        );
+    }
+    true
 }

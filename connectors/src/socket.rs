@@ -73,6 +73,12 @@ pub(crate) fn worth_logging(count: u64) -> bool {
     count <= 3 || count.is_multiple_of(100)
 }
 
+/// Counts one more occurrence; true when this one is worth logging.
+pub(crate) fn note(count: &mut u64) -> bool {
+    *count += 1;
+    worth_logging(*count)
+}
+
 /// Messages for the bot (marks, digits, action results) held while its
 /// socket is backed up; beyond this they are dropped, like caller audio.
 const OUTBOX_CAPACITY: usize = crate::CONTROL_CAPACITY;

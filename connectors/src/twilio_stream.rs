@@ -32,9 +32,9 @@ use switchboard_media::{AudioFormat, AudioFrame, G711, MAX_FRAME_SAMPLES};
 use tokio::time::{timeout, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::polled::{poll_socket_session, spawn_session, BotOutput, PolledBot, SocketSession};
+use crate::polled::{poll_socket_session, BotOutput, PolledBot, PolledConnector, SocketSession};
 use crate::socket::{worth_logging, Closing, PolledSocket, Socket};
-use crate::{BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError};
+use crate::{BotControl, BotEvent, CallInfo, ConnectorError};
 
 /// The protocol is fixed to 8 kHz μ-law.
 pub const SAMPLE_RATE: u32 = 8_000;
@@ -97,18 +97,9 @@ impl TwilioStreamConnector {
 }
 
 #[async_trait::async_trait]
-impl BotConnector for TwilioStreamConnector {
-    async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError> {
-        let bot = self.connect(call).await?;
-        Ok(spawn_session(Box::new(bot)))
-    }
-
-    async fn open_polled(
-        &self,
-        call: &CallInfo,
-    ) -> Option<Result<Box<dyn PolledBot>, ConnectorError>> {
-        let bot = self.connect(call).await;
-        Some(bot.map(|bot| Box::new(bot) as Box<dyn PolledBot>))
+impl PolledConnector for TwilioStreamConnector {
+    async fn connect_polled(&self, call: &CallInfo) -> Result<Box<dyn PolledBot>, ConnectorError> {
+        Ok(Box::new(self.connect(call).await?))
     }
 }
 

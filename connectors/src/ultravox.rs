@@ -24,11 +24,13 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::pcm::{s16le_message, S16leDecoder};
-use crate::polled::{poll_socket_session, spawn_session, BotOutput, PolledBot, SocketSession};
-use crate::socket::{Closing, PolledSocket, Socket};
+use crate::polled::{
+    is_wrong_rate, poll_socket_session, BotOutput, PolledBot, PolledConnector, SocketSession,
+};
+use crate::socket::{note, Closing, PolledSocket, Socket};
 use crate::text::{error_chain, push_capped, snippet};
 use crate::tools::{self, tool_action};
-use crate::{BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError};
+use crate::{BotControl, BotEvent, CallInfo, ConnectorError};
 
 /// Audio Ultravox buffers on its side; small keeps barge-in quick.
 const CLIENT_BUFFER_MS: u32 = 60;
@@ -198,18 +200,9 @@ impl UltravoxConnector {
 }
 
 #[async_trait::async_trait]
-impl BotConnector for UltravoxConnector {
-    async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError> {
-        let bot = self.connect(call).await?;
-        Ok(spawn_session(Box::new(bot)))
-    }
-
-    async fn open_polled(
-        &self,
-        call: &CallInfo,
-    ) -> Option<Result<Box<dyn PolledBot>, ConnectorError>> {
-        let bot = self.connect(call).await;
-        Some(bot.map(|bot| Box::new(bot) as Box<dyn PolledBot>))
+impl PolledConnector for UltravoxConnector {
+    async fn connect_polled(&self, call: &CallInfo) -> Result<Box<dyn PolledBot>, ConnectorError> {
+        Ok(Box::new(self.connect(call).await?))
     }
 }
 
@@ -361,13 +354,6 @@ struct Stats {
     unknown_tools: u64,
     bad_tool_args: u64,
     wrong_rate: u64,
-}
-
-/// Count one more occurrence; true for the few first and then one in a
-/// hundred, the ones worth a log line.
-fn note(count: &mut u64) -> bool {
-    *count += 1;
-    *count <= 3 || count.is_multiple_of(100)
 }
 
 /// One joined Ultravox call, driven by its gateway call.
@@ -592,16 +578,7 @@ impl PolledBot for UltravoxBot {
     }
 
     fn send_audio(&mut self, frame: &AudioFrame) -> bool {
-        if frame.sample_rate() != self.format.sample_rate {
-            // Sending it anyway would play at the wrong speed.
-            if note(&mut self.stats.wrong_rate) {
-                tracing::warn!(
-                    got = frame.sample_rate(),
-                    declared = self.format.sample_rate,
-                    count = self.stats.wrong_rate,
-                    "dropping caller audio at the wrong rate"
-                );
-            }
+        if is_wrong_rate(frame, self.format.sample_rate, &mut self.stats.wrong_rate) {
             return false;
         }
         if frame.is_empty() {

@@ -53,9 +53,9 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::pcm::{s16le_message, S16leDecoder};
-use crate::polled::{poll_socket_session, spawn_session, BotOutput, PolledBot, SocketSession};
+use crate::polled::{poll_socket_session, BotOutput, PolledBot, PolledConnector, SocketSession};
 use crate::socket::{worth_logging, Closing, PolledSocket, Socket};
-use crate::{BotConnector, BotControl, BotEvent, BotSession, CallInfo, ConnectorError};
+use crate::{BotControl, BotEvent, CallInfo, ConnectorError};
 
 /// Room for the largest frame's s16le bytes, kept per session and reused.
 const PCM_OUT_CAPACITY: usize = 2 * MAX_FRAME_SAMPLES;
@@ -99,18 +99,9 @@ impl WebsocketConnector {
 }
 
 #[async_trait::async_trait]
-impl BotConnector for WebsocketConnector {
-    async fn open(&self, call: &CallInfo) -> Result<BotSession, ConnectorError> {
-        let bot = self.connect(call).await?;
-        Ok(spawn_session(Box::new(bot)))
-    }
-
-    async fn open_polled(
-        &self,
-        call: &CallInfo,
-    ) -> Option<Result<Box<dyn PolledBot>, ConnectorError>> {
-        let bot = self.connect(call).await;
-        Some(bot.map(|bot| Box::new(bot) as Box<dyn PolledBot>))
+impl PolledConnector for WebsocketConnector {
+    async fn connect_polled(&self, call: &CallInfo) -> Result<Box<dyn PolledBot>, ConnectorError> {
+        Ok(Box::new(self.connect(call).await?))
     }
 }
 
