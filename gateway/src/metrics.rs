@@ -112,6 +112,7 @@ pub fn overloaded(shedding: bool) {
 /// A SIP message turned away under overload: `overload` (new INVITE while
 /// tasks wait too long for a CPU: 503), `queue` (new request, queue full:
 /// 503), `delay` (new INVITE waited too long for the endpoint: 503),
+/// `capacity` (new INVITE while `limits.max_calls` calls are up: 503),
 /// `dropped` (in-dialog datagram, queue full: the sender retransmits).
 pub fn sip_shed(stage: &'static str) {
     counter!(SIP_SHED, "stage" => stage).increment(1);

@@ -244,8 +244,16 @@ impl Endpoint {
                 received,
             } => {
                 let now = std::time::Instant::now();
-                let late = fresh && now.saturating_duration_since(received) > self.overload_delay;
-                if let Some(refusal) = core.shed_if_late(&message, late) {
+                let early = if !fresh {
+                    None
+                } else if now.saturating_duration_since(received) > self.overload_delay {
+                    Some(EarlyRefusal::Late)
+                } else if core.occupancy.calls() >= self.max_calls {
+                    Some(EarlyRefusal::AtCapacity)
+                } else {
+                    None
+                };
+                if let Some(refusal) = core.refuse_before_transaction(&message, early) {
                     self.transports.send(peer, refusal);
                     return;
                 }
@@ -581,6 +589,15 @@ impl Endpoint {
     }
 }
 
+/// Why a new INVITE is refused before it has a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EarlyRefusal {
+    /// It waited longer than `overload_delay_ms` in this shard's queue.
+    Late,
+    /// Every place under `limits.max_calls` is taken.
+    AtCapacity,
+}
+
 impl Core {
     /// Answers a new INVITE 503 + Retry-After before any call state
     /// exists, with one log line per burst rather than one per call: a line
@@ -602,25 +619,36 @@ impl Core {
         }
     }
 
-    /// A new INVITE that waited too long for this shard is refused before
-    /// the transaction layer sees it: no 100 Trying, no transaction, no
-    /// timers — the 503 is all it costs (bytes to send back). If the 503
-    /// is lost, the INVITE's retransmission is refused the same way; its
-    /// ACK stops at the socket. A retransmission of an INVITE we already
-    /// took on goes on to its transaction instead.
-    fn shed_if_late(&mut self, message: &SipMessage, late: bool) -> Option<Vec<u8>> {
+    /// A new INVITE that waited too long for this shard, or that finds
+    /// every call place taken, is refused before the transaction layer sees
+    /// it: no 100 Trying, no transaction, no timers — the 503 is all it
+    /// costs (bytes to send back). At four times the capacity a refusal
+    /// with a transaction cost as much CPU as the calls being completed,
+    /// and the gateway collapsed. If the 503 is lost, the INVITE's
+    /// retransmission is refused the same way; its ACK stops at the
+    /// socket. A retransmission of an INVITE we already took on goes on to
+    /// its transaction instead.
+    fn refuse_before_transaction(
+        &mut self,
+        message: &SipMessage,
+        refusal: Option<EarlyRefusal>,
+    ) -> Option<Vec<u8>> {
         let SipMessage::Request(request) = message else {
             return None;
         };
-        if !late || request.method != Method::Invite || self.layer.is_known_request(request) {
+        let refusal = refusal?;
+        if request.method != Method::Invite || self.layer.is_known_request(request) {
             return None;
         }
-        crate::metrics::sip_shed("delay");
-        let call_id = request.call_id().unwrap_or_default();
-        self.note_refusal(
-            call_id,
-            "overloaded: new calls waited too long for the SIP endpoint",
-        );
+        let (stage, why) = match refusal {
+            EarlyRefusal::Late => (
+                "delay",
+                "overloaded: new calls waited too long for the SIP endpoint",
+            ),
+            EarlyRefusal::AtCapacity => ("capacity", "at capacity (limits.max_calls)"),
+        };
+        crate::metrics::sip_shed(stage);
+        self.note_refusal(request.call_id().unwrap_or_default(), why);
         Some(crate::transport::inbound::shed_response(request))
     }
 
@@ -763,17 +791,19 @@ mod tests {
         assert_eq!(sent(&mut core), vec!["SIP/2.0 500 Server Internal Error"]);
     }
 
-    /// A new INVITE that waited too long is refused before any state: a
-    /// 503 with Retry-After, no 100 Trying, no transaction to time for
-    /// 32 s per refusal. A retransmission of an INVITE already taken on is
-    /// not refused: its transaction answers it.
+    /// A new INVITE that waited too long, or finds no call place, is
+    /// refused before any state: a 503 with Retry-After, no 100 Trying, no
+    /// transaction to time for 32 s per refusal. A retransmission of an
+    /// INVITE already taken on is not refused: its transaction answers it.
     #[test]
     fn a_late_new_invite_is_refused_without_a_transaction() {
         let mut core = core();
         let now = std::time::Instant::now();
         let invite = request("INVITE", "z9hG4bKr1", "");
-        assert!(core.shed_if_late(&invite, false).is_none());
-        let refusal = core.shed_if_late(&invite, true).expect("refused");
+        assert!(core.refuse_before_transaction(&invite, None).is_none());
+        let refusal = core
+            .refuse_before_transaction(&invite, Some(EarlyRefusal::Late))
+            .expect("refused");
         let text = String::from_utf8(refusal).unwrap();
         assert!(
             text.starts_with("SIP/2.0 503 Service Unavailable\r\n"),
@@ -785,12 +815,28 @@ mod tests {
         core.layer.handle_input(invite.clone(), PEER, now);
         assert_eq!(sent(&mut core), vec!["SIP/2.0 100 Trying"]);
         assert!(
-            core.shed_if_late(&invite, true).is_none(),
+            core.refuse_before_transaction(&invite, Some(EarlyRefusal::Late))
+                .is_none(),
             "a retransmission"
         );
+        assert!(
+            core.refuse_before_transaction(&invite, Some(EarlyRefusal::AtCapacity))
+                .is_none(),
+            "a retransmission at capacity"
+        );
         assert!(core
-            .shed_if_late(&request("OPTIONS", "z9hG4bKo", ""), true)
+            .refuse_before_transaction(
+                &request("OPTIONS", "z9hG4bKo", ""),
+                Some(EarlyRefusal::Late)
+            )
             .is_none());
+        let other = request("INVITE", "z9hG4bKr2", "");
+        let refusal = core
+            .refuse_before_transaction(&other, Some(EarlyRefusal::AtCapacity))
+            .expect("refused at capacity");
+        assert!(String::from_utf8(refusal)
+            .unwrap()
+            .starts_with("SIP/2.0 503 Service Unavailable\r\n"));
     }
 
     /// A call whose queue is full gets its in-dialog request answered 503
