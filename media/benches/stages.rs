@@ -197,6 +197,15 @@ fn resample(c: &mut Criterion) {
             b.iter(|| resampler.process(black_box(&input), &mut out))
         });
     }
+    // Every call opens one each way; the filter is designed once per pair.
+    c.bench_function("resampler open 8000->16000 + 16000->8000", |b| {
+        b.iter(|| {
+            (
+                Resampler::new(black_box(8000), 16_000).unwrap(),
+                Resampler::new(black_box(16_000), 8000).unwrap(),
+            )
+        })
+    });
 }
 
 fn pacer(c: &mut Criterion) {

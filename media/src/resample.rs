@@ -33,6 +33,7 @@
 //! with 16 kHz bots.
 
 use std::f64::consts::PI;
+use std::sync::{Arc, OnceLock};
 
 use crate::frame::{AudioFrame, MAX_FRAME_SAMPLES};
 
@@ -90,7 +91,10 @@ pub struct Resampler {
     dropped: u64,
 }
 
-struct Inner {
+/// One rate pair's polyphase filter. Designing it takes a few hundred
+/// sines and cosines; every call needs two, so each pair is designed once
+/// per process and shared (see [`filter_for`]).
+struct Filter {
     /// The ratio `L / M`: `up` output samples for every `down` input samples.
     up: usize,
     down: usize,
@@ -102,18 +106,23 @@ struct Inner {
     /// `up` branches of `taps` coefficients in Q15, each stored oldest
     /// sample first, so a branch lines up with a contiguous run of input.
     branches: Vec<i16>,
+    /// When upsampling, the branch that falls on input instants is the
+    /// input itself, delayed: its phase and the one tap (oldest-first
+    /// index) whose weight is 1. Copying skips that branch's dot product.
+    copy: Option<(usize, usize)>,
+    /// Exact filter delay in output samples.
+    delay: f64,
+}
+
+/// A stream's state around its shared [`Filter`].
+struct Inner {
+    filter: Arc<Filter>,
     /// The last `taps - 1` input samples, then the block being converted.
     work: Vec<i16>,
     /// Branch of the next output, counted in steps of 1 / `up` input samples
     /// past the newest input sample: outputs are due while it is below `up`.
     phase: usize,
-    /// When upsampling, the branch that falls on input instants is the
-    /// input itself, delayed: its phase and the one tap (oldest-first
-    /// index) whose weight is 1. Copying skips that branch's dot product.
-    copy: Option<(usize, usize)>,
     out: Vec<i16>,
-    /// Exact filter delay in output samples.
-    delay: f64,
 }
 
 impl std::fmt::Debug for Resampler {
@@ -162,7 +171,9 @@ impl Resampler {
     /// Latency added by the filter, in output-rate samples, rounded to the
     /// nearest sample (some pairs delay by a fraction more).
     pub fn delay_samples(&self) -> usize {
-        self.inner.as_ref().map_or(0, |i| i.delay.round() as usize)
+        self.inner
+            .as_ref()
+            .map_or(0, |i| i.filter.delay.round() as usize)
     }
 
     /// Output samples dropped by [`Resampler::process`] because the caller
@@ -234,8 +245,38 @@ impl Resampler {
     }
 }
 
+/// The filter for `from` → `to`, designed on first use. Both rates must
+/// be in [`SUPPORTED_RATES`].
+fn filter_for(from: u32, to: u32) -> Arc<Filter> {
+    const PAIRS: usize = SUPPORTED_RATES.len() * SUPPORTED_RATES.len();
+    static FILTERS: [OnceLock<Arc<Filter>>; PAIRS] = [const { OnceLock::new() }; PAIRS];
+    let index = |rate: u32| {
+        SUPPORTED_RATES
+            .iter()
+            .position(|&supported| supported == rate)
+            .expect("checked by Resampler::new")
+    };
+    FILTERS[index(from) * SUPPORTED_RATES.len() + index(to)]
+        .get_or_init(|| Arc::new(Filter::design(from, to)))
+        .clone()
+}
+
 impl Inner {
     fn new(from: u32, to: u32) -> Inner {
+        let filter = filter_for(from, to);
+        let mut work = Vec::with_capacity(filter.taps - 1 + filter.block);
+        work.resize(filter.taps - 1, 0);
+        Inner {
+            filter,
+            work,
+            phase: 0,
+            out: vec![0; MAX_FRAME_SAMPLES],
+        }
+    }
+}
+
+impl Filter {
+    fn design(from: u32, to: u32) -> Filter {
         let gcd = gcd(from, to);
         let (up, down) = ((to / gcd) as usize, (from / gcd) as usize);
         let lower = f64::from(from.min(to));
@@ -304,27 +345,23 @@ impl Inner {
                 })
             })
             .collect();
-        // At most one frame of output per block, so `out` stays one frame.
-        let block = MAX_FRAME_SAMPLES.min(MAX_FRAME_SAMPLES * down / up).max(1);
-        let mut work = Vec::with_capacity(taps - 1 + block);
-        work.resize(taps - 1, 0);
-        Inner {
+        Filter {
             up,
             down,
-            block,
+            // At most one frame of output per block, so `out` stays one frame.
+            block: MAX_FRAME_SAMPLES.min(MAX_FRAME_SAMPLES * down / up).max(1),
             taps,
             branches,
-            work,
-            phase: 0,
             copy,
-            out: vec![0; MAX_FRAME_SAMPLES],
             delay: centre / down as f64,
         }
     }
+}
 
+impl Inner {
     fn reset(&mut self) {
         self.work.clear();
-        self.work.resize(self.taps - 1, 0);
+        self.work.resize(self.filter.taps - 1, 0);
         self.phase = 0;
     }
 
@@ -359,26 +396,32 @@ impl Inner {
         emit: &mut dyn FnMut(&[i16]),
         dot: impl Fn(&[i16], &[i16]) -> i32,
     ) {
-        let taps = self.taps;
-        for block in input.chunks(self.block) {
-            self.work.truncate(taps - 1);
-            self.work.extend_from_slice(block);
+        let Inner {
+            filter,
+            work,
+            phase,
+            out,
+        } = self;
+        let taps = filter.taps;
+        for block in input.chunks(filter.block) {
+            work.truncate(taps - 1);
+            work.extend_from_slice(block);
             let mut n = 0;
             for newest in 0..block.len() {
-                let window = &self.work[newest..newest + taps];
-                while self.phase < self.up {
-                    self.out[n] = match self.copy {
-                        Some((phase, tap)) if phase == self.phase => window[tap],
-                        _ => to_sample(dot(window, &self.branches[self.phase * taps..][..taps])),
+                let window = &work[newest..newest + taps];
+                while *phase < filter.up {
+                    out[n] = match filter.copy {
+                        Some((copied, tap)) if copied == *phase => window[tap],
+                        _ => to_sample(dot(window, &filter.branches[*phase * taps..][..taps])),
                     };
                     n += 1;
-                    self.phase += self.down;
+                    *phase += filter.down;
                 }
-                self.phase -= self.up;
+                *phase -= filter.up;
             }
-            let len = self.work.len();
-            self.work.copy_within(len - (taps - 1).., 0);
-            emit(&self.out[..n]);
+            let len = work.len();
+            work.copy_within(len - (taps - 1).., 0);
+            emit(&out[..n]);
         }
     }
 }

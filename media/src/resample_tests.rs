@@ -207,6 +207,25 @@ fn every_chunk_yields_exactly_20ms() {
     }
 }
 
+/// Every call opens two resamplers: the filter of a rate pair is designed
+/// once and shared, while each stream keeps its own state.
+#[test]
+fn streams_of_one_rate_pair_share_its_filter() {
+    let mut first = Resampler::new(8000, 16_000).unwrap();
+    let second = Resampler::new(8000, 16_000).unwrap();
+    let filter = |rs: &Resampler| rs.inner.as_ref().unwrap().filter.clone();
+    assert!(Arc::ptr_eq(&filter(&first), &filter(&second)));
+    let reverse = Resampler::new(16_000, 8000).unwrap();
+    assert!(!Arc::ptr_eq(&filter(&first), &filter(&reverse)));
+    let mut out = AudioFrame::new(0);
+    first.process(&[1000; 160], &mut out);
+    assert_ne!(
+        first.inner.as_ref().unwrap().work,
+        second.inner.as_ref().unwrap().work,
+        "state is per stream"
+    );
+}
+
 /// Upsampling, every `up`-th output falls on an input instant and is that
 /// input sample itself (the branch is copied, not filtered); the others
 /// are interpolated. Downsampling has no such branch.
@@ -215,7 +234,7 @@ fn upsampling_passes_input_samples_through_exactly() {
     for (from, to) in pairs() {
         let rs = Resampler::new(from, to).unwrap();
         let inner = rs.inner.as_ref().unwrap();
-        assert_eq!(inner.copy.is_some(), to > from, "{from}->{to}");
+        assert_eq!(inner.filter.copy.is_some(), to > from, "{from}->{to}");
     }
     // Pseudo-random samples: a filtered output would not equal them.
     let input: Vec<i16> = (0..8000u32)
@@ -225,7 +244,11 @@ fn upsampling_passes_input_samples_through_exactly() {
         let (out, rs) = run_frames(8000, to, &input);
         let up = (to / 8000) as usize;
         let delay = rs.delay_samples();
-        assert_eq!(rs.inner.as_ref().unwrap().delay, delay as f64, "8000->{to}");
+        assert_eq!(
+            rs.inner.as_ref().unwrap().filter.delay,
+            delay as f64,
+            "8000->{to}"
+        );
         let copied = (0..input.len())
             .filter(|m| up * m + delay < out.len())
             .filter(|&m| out[up * m + delay] == input[m])
