@@ -16,14 +16,14 @@
 
 mod harness;
 
-use std::net::UdpSocket;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use harness::{arg, proc_cpu_ticks, proc_rss_kib, start_gateway};
+use harness::{arg, http_get, metric, proc_cpu_ticks, proc_rss_kib, start_gateway};
 
 const DEFAULT_CONFIG: &str = include_str!("../config/switchboard.toml");
 
@@ -45,6 +45,59 @@ struct Run {
     rss_before_kib: u64,
     rss_peak_kib: u64,
     rss_after_idle_kib: u64,
+    /// How the gateway turned new INVITEs away during the run (none for
+    /// the reference).
+    refusals: Option<Refusals>,
+}
+
+/// New INVITEs refused during one run, by where (the gateway's
+/// `switchboard_sip_shed_total` stages and its 503 count).
+#[derive(Debug, Clone, Copy, Default)]
+struct Refusals {
+    /// At the socket, while tasks waited too long for a CPU.
+    overload: u64,
+    /// At the socket, the endpoint's queue full.
+    queue: u64,
+    /// Before a transaction: waited over `overload_delay_ms`.
+    delay: u64,
+    /// Before a transaction: `max_calls` calls up.
+    capacity: u64,
+    /// Every call the endpoint answered 503 (`delay` and `capacity`
+    /// included; the rest went through a transaction).
+    rejected_503: u64,
+}
+
+impl Refusals {
+    fn read(api: SocketAddr) -> Refusals {
+        let metrics = http_get(api, "/metrics");
+        let shed = |stage: &str| {
+            metric(
+                &metrics,
+                &format!("switchboard_sip_shed_total{{stage=\"{stage}\"}}"),
+            )
+        };
+        Refusals {
+            overload: shed("overload"),
+            queue: shed("queue"),
+            delay: shed("delay"),
+            capacity: shed("capacity"),
+            rejected_503: metric(&metrics, "switchboard_calls_rejected_total{status=\"503\"}"),
+        }
+    }
+
+    fn since(self, before: Refusals) -> Refusals {
+        Refusals {
+            overload: self.overload - before.overload,
+            queue: self.queue - before.queue,
+            delay: self.delay - before.delay,
+            capacity: self.capacity - before.capacity,
+            rejected_503: self.rejected_503 - before.rejected_503,
+        }
+    }
+
+    fn with_transaction(&self) -> u64 {
+        self.rejected_503.saturating_sub(self.delay + self.capacity)
+    }
 }
 
 impl Run {
@@ -71,6 +124,13 @@ impl Run {
                     "rss_before_kib": self.rss_before_kib,
                     "rss_peak_kib": self.rss_peak_kib,
                     "rss_after_idle_kib": self.rss_after_idle_kib,
+                    "refused": self.refusals.map(|r| serde_json::json!({
+                        "socket_overload": r.overload,
+                        "socket_queue_full": r.queue,
+                        "endpoint_late": r.delay,
+                        "endpoint_capacity": r.capacity,
+                        "with_a_transaction": r.with_transaction(),
+                    })),
                 })
             );
         } else {
@@ -89,6 +149,16 @@ impl Run {
                 self.rss_peak_kib,
                 self.rss_after_idle_kib,
             );
+            if let Some(r) = self.refusals {
+                println!(
+                    "  refused: at the socket {} (overload) + {} (queue full); before a transaction {} (late) + {} (capacity); with a transaction {}",
+                    r.overload,
+                    r.queue,
+                    r.delay,
+                    r.capacity,
+                    r.with_transaction()
+                );
+            }
         }
     }
 }
@@ -206,7 +276,16 @@ fn sipp_counters(stat: &Path) -> (u64, u64, u64, u64) {
 
 /// Offers `rate` calls/s for `seconds` from a sipp client to `target`;
 /// `server` is the process under test.
-fn run(dir: &Path, label: &str, target: &str, server: u32, rate: u64, seconds: u64) -> Run {
+fn run(
+    dir: &Path,
+    label: &str,
+    target: &str,
+    server: (u32, Option<SocketAddr>),
+    rate: u64,
+    seconds: u64,
+) -> Run {
+    let (server, api) = server;
+    let refused_before = api.map(Refusals::read);
     let stat = dir.join(format!("{label}-{rate}.csv"));
     let _ = std::fs::remove_file(&stat);
     let rss_before = read_rss(server).unwrap_or(0);
@@ -254,6 +333,9 @@ fn run(dir: &Path, label: &str, target: &str, server: u32, rate: u64, seconds: u
         rss_before_kib: rss_before,
         rss_peak_kib: rss_peak,
         rss_after_idle_kib: rss_after,
+        refusals: api
+            .zip(refused_before)
+            .map(|(api, before)| Refusals::read(api).since(before)),
     }
 }
 
@@ -294,20 +376,26 @@ impl Drop for Reference {
     }
 }
 
-fn gateway_config() -> String {
+/// The embedded default configuration on free ports, with the HTTP API
+/// on (its metrics say how INVITEs were refused); and the API's address.
+fn gateway_config() -> (String, SocketAddr) {
     let port = free_port();
+    let api: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free TCP port");
     let config = DEFAULT_CONFIG.replace(
         r#"listen = ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"]"#,
         &format!(r#"listen = ["udp:127.0.0.1:{port}"]"#),
-    );
-    match text_arg("--sip-workers") {
+    ) + &format!("\n[api]\nlisten = \"{api}\"\n");
+    let config = match text_arg("--sip-workers") {
         Some(workers) => config.replacen(
             "[limits]\n",
             &format!("[limits]\nsip_workers = {workers}\n"),
             1,
         ),
         None => config,
-    }
+    };
+    (config, api)
 }
 
 fn main() {
@@ -334,8 +422,10 @@ fn main() {
     if std::env::var_os("BENCH_SWITCHBOARD_LOG").is_none() {
         std::env::set_var("BENCH_SWITCHBOARD_LOG", "info");
     }
-    let gateway = start_gateway(&gateway_config());
+    let (config, api) = gateway_config();
+    let gateway = start_gateway(&config);
     let pid = gateway.child.id();
+    let server = (pid, Some(api));
     let target = gateway.udp.to_string();
     std::thread::sleep(Duration::from_millis(500));
 
@@ -343,7 +433,7 @@ fn main() {
         let mut rate = arg("--rate", 500);
         let mut best = 0;
         loop {
-            let result = run(&dir, "switchboard", &target, pid, rate, seconds);
+            let result = run(&dir, "switchboard", &target, server, rate, seconds);
             result.print(json);
             if result.failed > 0 || result.completed < result.offered_rate * seconds {
                 break;
@@ -364,7 +454,7 @@ fn main() {
             &dir,
             &format!("switchboard#{n}"),
             &target,
-            pid,
+            server,
             rate,
             seconds,
         );
@@ -389,7 +479,7 @@ fn main() {
             &dir,
             &format!("switchboard x{factor}"),
             &target,
-            pid,
+            server,
             rate * factor,
             seconds,
         );
@@ -421,7 +511,7 @@ fn main() {
         &dir,
         "sipp-uas reference",
         &reference.addr,
-        reference.pid(),
+        (reference.pid(), None),
         rate,
         seconds,
     );

@@ -13,13 +13,12 @@
 
 mod harness;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{arg, proc_cpu_ticks, proc_rss_kib, start_gateway};
+use harness::{arg, http_get, metric, proc_cpu_ticks, proc_rss_kib, start_gateway};
 
 fn free_port() -> u16 {
     loop {
@@ -154,20 +153,6 @@ fn spawn(dir: &Path, config: &Path) -> Child {
         .expect("spawn kamailio")
 }
 
-fn http_get(addr: SocketAddr, path: &str) -> String {
-    let Ok(mut stream) = TcpStream::connect(addr) else {
-        return String::new();
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    );
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    response
-}
-
 /// One sample of the gateway's metrics.
 #[derive(Clone, Copy, Debug, Default)]
 struct Sample {
@@ -177,14 +162,7 @@ struct Sample {
 
 fn sample(api: SocketAddr) -> Sample {
     let metrics = http_get(api, "/metrics");
-    let value = |prefix: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0) as u64
-    };
+    let value = |prefix: &str| metric(&metrics, prefix);
     Sample {
         registers_sent: value("switchboard_registration_requests_total"),
         successful: value("switchboard_registrations{state=\"successful\"}"),
