@@ -376,10 +376,7 @@ impl Endpoint {
             }
             TransactionEvent::Ack { request, .. } => {
                 let call_id = request.call_id().unwrap_or_default();
-                let to_tag = request
-                    .to()
-                    .ok()
-                    .and_then(|to| to.tag().map(str::to_string));
+                let to_tag = request.tag_in_to().map(str::to_string);
                 if let Some((call, leg)) = to_tag.and_then(|tag| core.routes.dialog(call_id, &tag))
                 {
                     self.forward(core, call, leg, LegInput::Ack(request));
@@ -443,10 +440,7 @@ impl Endpoint {
 
     fn on_request(&self, core: &mut Core, tx: ServerTxId, request: Request, peer: Peer) {
         let call_id = request.call_id().unwrap_or_default().to_string();
-        let to_tag = request
-            .to()
-            .ok()
-            .and_then(|to| to.tag().map(str::to_string));
+        let to_tag = request.tag_in_to().map(str::to_string);
         if let Some(tag) = to_tag {
             match core.routes.dialog(&call_id, &tag) {
                 Some((call, leg)) => {
@@ -473,11 +467,7 @@ impl Endpoint {
                 }
             }
             Method::Invite => {
-                let from_tag = request
-                    .from()
-                    .ok()
-                    .and_then(|from| from.tag().map(str::to_string))
-                    .unwrap_or_default();
+                let from_tag = request.tag_in_from().unwrap_or_default().to_string();
                 if core.routes.is_known_invite(&call_id, &from_tag) {
                     // The same INVITE by another path (RFC 3261 §8.2.2.2).
                     tracing::info!(%call_id, peer = %peer.addr, "merged INVITE: 482");

@@ -64,7 +64,7 @@ fn digest_params(value: &str) -> Result<Vec<(String, String)>, SipError> {
         )));
     }
     let mut params = Vec::new();
-    for part in split_unquoted(rest, ',') {
+    for part in split_unquoted(rest, b',') {
         let part = part.trim();
         if part.is_empty() {
             continue;

@@ -104,7 +104,9 @@ fn parse_parts(head: &str, body: &[u8]) -> Result<SipMessage, SipError> {
     let mut iter = lines.iter();
     let start_line = iter.next().copied().unwrap_or("");
     let mut headers = Headers::new();
-    let mut unfolded: Vec<String> = Vec::new();
+    // Lines are borrowed; only a header folded over several lines (rare)
+    // is copied to join it.
+    let mut unfolded: Vec<std::borrow::Cow<str>> = Vec::new();
     for line in iter {
         if line.is_empty() {
             break;
@@ -112,12 +114,13 @@ fn parse_parts(head: &str, body: &[u8]) -> Result<SipMessage, SipError> {
         if line.starts_with([' ', '\t']) {
             let last = unfolded
                 .last_mut()
-                .ok_or_else(|| SipError::new("continuation line before any header"))?;
+                .ok_or_else(|| SipError::new("continuation line before any header"))?
+                .to_mut();
             last.push(' ');
             last.push_str(line.trim());
             continue;
         }
-        unfolded.push(line.to_string());
+        unfolded.push(std::borrow::Cow::Borrowed(line));
         if unfolded.len() > MAX_HEADERS {
             return Err(SipError::new(format!(
                 "more than {MAX_HEADERS} header lines"
@@ -266,7 +269,7 @@ fn salvage(bytes: &[u8]) -> Option<Box<PartialRequest>> {
         if value.is_empty() || value.len() > 1024 || value.contains('\0') {
             continue;
         }
-        match canonical_name(name.trim()).as_str() {
+        match canonical_name(name.trim()).as_ref() {
             "Via" => partial.vias.push(value.to_string()),
             "From" => partial.from = Some(value.to_string()),
             "To" => partial.to = Some(value.to_string()),

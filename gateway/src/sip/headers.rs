@@ -1,60 +1,54 @@
 //! Header names (compact forms expanded, canonical spelling) and the ordered
 //! header list of a message.
 
+use std::borrow::Cow;
+
 use super::uri::split_unquoted;
 
 /// Canonical long form for a header name as received (any case, compact).
-pub fn canonical_name(name: &str) -> String {
-    let known = [
-        ("i", "Call-ID"),
-        ("call-id", "Call-ID"),
-        ("m", "Contact"),
-        ("contact", "Contact"),
-        ("e", "Content-Encoding"),
-        ("content-encoding", "Content-Encoding"),
-        ("l", "Content-Length"),
-        ("content-length", "Content-Length"),
-        ("c", "Content-Type"),
-        ("content-type", "Content-Type"),
-        ("f", "From"),
-        ("from", "From"),
-        ("s", "Subject"),
-        ("subject", "Subject"),
-        ("k", "Supported"),
-        ("supported", "Supported"),
-        ("t", "To"),
-        ("to", "To"),
-        ("v", "Via"),
-        ("via", "Via"),
-        ("o", "Event"),
-        ("event", "Event"),
-        ("r", "Refer-To"),
-        ("refer-to", "Refer-To"),
-        ("u", "Allow-Events"),
-        ("allow-events", "Allow-Events"),
-        ("b", "Referred-By"),
-        ("referred-by", "Referred-By"),
-        ("x", "Session-Expires"),
-        ("session-expires", "Session-Expires"),
-        ("cseq", "CSeq"),
-        ("max-forwards", "Max-Forwards"),
-        ("record-route", "Record-Route"),
-        ("route", "Route"),
-        ("www-authenticate", "WWW-Authenticate"),
-    ];
-    // Compared without lowering a copy: this runs for every header of
-    // every message.
-    known
-        .iter()
-        .find(|(alias, _)| alias.len() == name.len() && alias.eq_ignore_ascii_case(name))
-        .map(|(_, canonical)| canonical.to_string())
-        .unwrap_or_else(|| name.to_string())
+/// Runs for every header of every message: the name is lowered into a stack
+/// buffer once and matched, instead of compared against each known name.
+pub fn canonical_name(name: &str) -> Cow<'static, str> {
+    const LONGEST: usize = 16;
+    let mut lowered = [0u8; LONGEST];
+    let Some(buffer) = lowered.get_mut(..name.len()) else {
+        return Cow::Owned(name.to_string());
+    };
+    for (to, from) in buffer.iter_mut().zip(name.bytes()) {
+        *to = from.to_ascii_lowercase();
+    }
+    let canonical = match &*buffer {
+        b"i" | b"call-id" => "Call-ID",
+        b"m" | b"contact" => "Contact",
+        b"e" | b"content-encoding" => "Content-Encoding",
+        b"l" | b"content-length" => "Content-Length",
+        b"c" | b"content-type" => "Content-Type",
+        b"f" | b"from" => "From",
+        b"s" | b"subject" => "Subject",
+        b"k" | b"supported" => "Supported",
+        b"t" | b"to" => "To",
+        b"v" | b"via" => "Via",
+        b"o" | b"event" => "Event",
+        b"r" | b"refer-to" => "Refer-To",
+        b"u" | b"allow-events" => "Allow-Events",
+        b"b" | b"referred-by" => "Referred-By",
+        b"x" | b"session-expires" => "Session-Expires",
+        b"cseq" => "CSeq",
+        b"max-forwards" => "Max-Forwards",
+        b"record-route" => "Record-Route",
+        b"route" => "Route",
+        b"www-authenticate" => "WWW-Authenticate",
+        _ => return Cow::Owned(name.to_string()),
+    };
+    Cow::Borrowed(canonical)
 }
 
 /// Headers in the order received. Names are stored canonical; lookups ignore
 /// case.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Headers(Vec<(String, String)>);
+/// Known names are stored borrowed: most headers of a message then cost
+/// one allocation (the value), not two.
+pub struct Headers(Vec<(Cow<'static, str>, String)>);
 
 impl Headers {
     pub fn new() -> Self {
@@ -79,7 +73,7 @@ impl Headers {
     /// comma-joined values split apart.
     pub fn get_all_split<'a>(&'a self, name: &'a str) -> Vec<&'a str> {
         self.get_all(name)
-            .flat_map(|value| split_unquoted(value, ','))
+            .flat_map(|value| split_unquoted(value, b','))
             .map(str::trim)
             .filter(|value| !value.is_empty())
             .collect()
@@ -132,7 +126,7 @@ impl Headers {
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.0
             .iter()
-            .map(|(key, value)| (key.as_str(), value.as_str()))
+            .map(|(key, value)| (key.as_ref(), value.as_str()))
     }
 
     pub fn len(&self) -> usize {
@@ -154,6 +148,15 @@ mod tests {
         assert_eq!(canonical_name("I"), "Call-ID");
         assert_eq!(canonical_name("CALL-ID"), "Call-ID");
         assert_eq!(canonical_name("X-Custom"), "X-Custom");
+        assert_eq!(canonical_name("www-AUTHENTICATE"), "WWW-Authenticate");
+        assert_eq!(canonical_name("content-encoding"), "Content-Encoding");
+        assert_eq!(canonical_name("Session-expires"), "Session-Expires");
+        assert_eq!(
+            canonical_name("x-a-much-longer-name"),
+            "x-a-much-longer-name"
+        );
+        assert_eq!(canonical_name("ü"), "ü");
+        assert!(matches!(canonical_name("cseq"), Cow::Borrowed("CSeq")));
     }
 
     #[test]

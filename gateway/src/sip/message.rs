@@ -6,7 +6,8 @@ use std::str::FromStr;
 
 use super::headers::Headers;
 use super::uri::{
-    find_param, parse_params, split_host_port, write_params, Host, NameAddr, Params, SipUri,
+    find_param, parse_params, split_host_port, tag_param, write_params, Host, NameAddr, Params,
+    SipUri,
 };
 use super::SipError;
 
@@ -227,6 +228,16 @@ pub trait HeaderAccess {
         )
     }
 
+    /// To's tag, without parsing the address (see [`tag_param`]).
+    fn tag_in_to(&self) -> Option<&str> {
+        self.headers().get("To").and_then(tag_param)
+    }
+
+    /// From's tag, without parsing the address.
+    fn tag_in_from(&self) -> Option<&str> {
+        self.headers().get("From").and_then(tag_param)
+    }
+
     fn top_via(&self) -> Result<Via, SipError> {
         let vias = self.headers().get_all_split("Via");
         Via::parse(vias.first().ok_or_else(|| SipError::new("missing Via"))?)
@@ -269,6 +280,12 @@ impl Request {
     pub fn to(&self) -> Result<NameAddr, SipError> {
         HeaderAccess::to(self)
     }
+    pub fn tag_in_to(&self) -> Option<&str> {
+        HeaderAccess::tag_in_to(self)
+    }
+    pub fn tag_in_from(&self) -> Option<&str> {
+        HeaderAccess::tag_in_from(self)
+    }
     pub fn top_via(&self) -> Result<Via, SipError> {
         HeaderAccess::top_via(self)
     }
@@ -300,6 +317,12 @@ impl Response {
     }
     pub fn to(&self) -> Result<NameAddr, SipError> {
         HeaderAccess::to(self)
+    }
+    pub fn tag_in_to(&self) -> Option<&str> {
+        HeaderAccess::tag_in_to(self)
+    }
+    pub fn tag_in_from(&self) -> Option<&str> {
+        HeaderAccess::tag_in_from(self)
     }
     pub fn top_via(&self) -> Result<Via, SipError> {
         HeaderAccess::top_via(self)

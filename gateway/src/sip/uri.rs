@@ -95,7 +95,7 @@ pub type Params = Vec<(String, Option<String>)>;
 /// Parses `;a=b;c` into pairs; empty names are rejected.
 pub fn parse_params(text: &str) -> Result<Params, SipError> {
     let mut params = Vec::new();
-    for piece in split_unquoted(text, ';') {
+    for piece in split_unquoted(text, b';') {
         let piece = piece.trim();
         if piece.is_empty() {
             continue;
@@ -131,23 +131,26 @@ pub fn find_param<'a>(params: &'a Params, name: &str) -> Option<Option<&'a str>>
         .map(|(_, value)| value.as_deref())
 }
 
-/// Splits on `sep` outside double quotes and angle brackets.
-pub fn split_unquoted(text: &str, sep: char) -> Vec<&str> {
+/// Splits on `sep` outside double quotes and angle brackets. Scans bytes,
+/// not chars: every delimiter is ASCII, and no byte of a multi-byte UTF-8
+/// character is, so each cut falls on a character boundary.
+pub fn split_unquoted(text: &str, sep: u8) -> Vec<&str> {
+    debug_assert!(sep.is_ascii());
     let mut parts = Vec::new();
     let (mut quoted, mut escaped, mut angle, mut start) = (false, false, 0usize, 0);
-    for (index, ch) in text.char_indices() {
+    for (index, &byte) in text.as_bytes().iter().enumerate() {
         if escaped {
             escaped = false;
             continue;
         }
-        match ch {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => angle += 1,
-            '>' if !quoted => angle = angle.saturating_sub(1),
-            c if c == sep && !quoted && angle == 0 => {
+        match byte {
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b'<' if !quoted => angle += 1,
+            b'>' if !quoted => angle = angle.saturating_sub(1),
+            _ if byte == sep && !quoted && angle == 0 => {
                 parts.push(&text[start..index]);
-                start = index + c.len_utf8();
+                start = index + 1;
             }
             _ => {}
         }
@@ -302,6 +305,63 @@ pub struct NameAddr {
     pub params: Params,
 }
 
+/// The `tag` parameter of a From or To value, found without building the
+/// address: classifying every message asks for it, and a full
+/// [`NameAddr::parse`] allocates the URI and every parameter. For a value
+/// that parses, the answer is the same as `NameAddr::parse(value)?.tag()`;
+/// the URI itself is not checked here (the parser checked From and To of
+/// every message it accepted).
+pub fn tag_param(value: &str) -> Option<&str> {
+    let text = value.trim();
+    let (quoted, after_display) = match text.strip_prefix('"') {
+        Some(rest) => {
+            let mut escaped = false;
+            let end = rest.char_indices().find_map(|(index, ch)| match ch {
+                _ if escaped => {
+                    escaped = false;
+                    None
+                }
+                '\\' => {
+                    escaped = true;
+                    None
+                }
+                '"' => Some(index),
+                _ => None,
+            })?;
+            (true, rest[end + 1..].trim_start())
+        }
+        None => (false, text),
+    };
+    let params = match after_display.find('<') {
+        Some(open) => {
+            let close = after_display[open..].find('>')? + open;
+            &after_display[close + 1..]
+        }
+        None if quoted => return None,
+        None => after_display
+            .split_once(';')
+            .map_or("", |(_, params)| params),
+    };
+    let mut tag = None;
+    for piece in split_unquoted(params, b';') {
+        let piece = piece.trim();
+        if piece.is_empty() {
+            continue;
+        }
+        let (name, value) = match piece.split_once('=') {
+            Some((name, value)) => (name.trim(), Some(value.trim())),
+            None => (piece, None),
+        };
+        if name.is_empty() {
+            return None;
+        }
+        if tag.is_none() && name.eq_ignore_ascii_case("tag") {
+            tag = Some(value);
+        }
+    }
+    tag.flatten()
+}
+
 impl NameAddr {
     pub fn parse(text: &str) -> Result<NameAddr, SipError> {
         let text = text.trim();
@@ -437,7 +497,39 @@ mod tests {
 
     #[test]
     fn split_respects_quotes_and_brackets() {
-        let parts = split_unquoted("\"a,b\" <sip:x@y;p=1,2>, <sip:z@w>", ',');
+        let parts = split_unquoted("\"a,b\" <sip:x@y;p=1,2>, <sip:z@w>", b',');
         assert_eq!(parts.len(), 2);
+    }
+
+    /// The cheap tag lookup answers as the full parse does, quoting and
+    /// angle brackets included, and refuses what the parse refuses.
+    #[test]
+    fn tag_param_agrees_with_the_parsed_address() {
+        let values = [
+            "<sip:100@127.0.0.1>",
+            "<sip:100@127.0.0.1>;tag=abc",
+            " <sip:100@127.0.0.1> ; TAG = abc ;x",
+            "<sip:100@127.0.0.1;tag=uri-param>",
+            "<sip:100@127.0.0.1;tag=uri-param>;tag=real",
+            "\"a;tag=fake <x>\" <sip:100@127.0.0.1>;tag=real",
+            "\"esc \\\" ;tag=fake\" <sip:100@127.0.0.1>",
+            "Bob <sip:bob@example.com>;tag=1;tag=2",
+            "sip:100@127.0.0.1;tag=bare",
+            "sip:100@127.0.0.1",
+            "<sip:100@127.0.0.1>;tag",
+            "<sip:100@127.0.0.1>;tag=\"q;uoted\"",
+            "<sip:100@127.0.0.1>;=x;tag=a",
+            "<sip:100@127.0.0.1;tag=a",
+            "\"unterminated <sip:100@127.0.0.1>;tag=a",
+            "\"name\" sip:100@127.0.0.1;tag=a",
+        ];
+        for value in values {
+            let parsed = NameAddr::parse(value).ok();
+            assert_eq!(
+                tag_param(value),
+                parsed.as_ref().and_then(NameAddr::tag),
+                "{value}"
+            );
+        }
     }
 }

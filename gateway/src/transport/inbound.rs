@@ -129,8 +129,7 @@ pub fn is_fresh(request: &Request) -> bool {
     if matches!(request.method, Method::Ack | Method::Cancel) {
         return false;
     }
-    let has_to_tag = request.to().ok().is_some_and(|to| to.tag().is_some());
-    !has_to_tag
+    request.tag_in_to().is_none()
 }
 
 impl InboundSender {
@@ -296,12 +295,36 @@ pub fn shed_response(request: &Request) -> Vec<u8> {
 fn acknowledges_a_refusal(message: &SipMessage) -> bool {
     match message {
         SipMessage::Request(request) if request.method == Method::Ack => request
-            .to()
-            .ok()
-            .and_then(|to| to.tag().map(|tag| tag.starts_with(SHED_TAG_PREFIX)))
-            .unwrap_or(false),
+            .tag_in_to()
+            .is_some_and(|tag| tag.starts_with(SHED_TAG_PREFIX)),
         _ => false,
     }
+}
+
+/// [`acknowledges_a_refusal`] on a datagram's bytes, before any parsing:
+/// offered four times its capacity, the gateway refuses most INVITEs, and
+/// each refusal's ACK would otherwise be parsed whole only to be dropped.
+/// Reads the start line and the first To header; anything it cannot read
+/// that way (not UTF-8, a folded To) is left to the parser, which decides
+/// the same.
+pub fn is_refusal_ack(datagram: &[u8]) -> bool {
+    if !datagram.starts_with(b"ACK ") {
+        return false;
+    }
+    let to = datagram
+        .split(|&byte| byte == b'\n')
+        .skip(1)
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+        .take_while(|line| !line.is_empty())
+        .find_map(|line| {
+            let colon = line.iter().position(|&byte| byte == b':')?;
+            let name = line[..colon].trim_ascii();
+            (name.eq_ignore_ascii_case(b"to") || name.eq_ignore_ascii_case(b"t"))
+                .then(|| &line[colon + 1..])
+        });
+    to.and_then(|value| std::str::from_utf8(value).ok())
+        .and_then(crate::sip::uri::tag_param)
+        .is_some_and(|tag| tag.starts_with(SHED_TAG_PREFIX))
 }
 
 #[cfg(test)]
@@ -409,5 +432,39 @@ mod tests {
             Ok(Inbound::Closed { .. })
         ));
         assert!(queues[1].urgent.try_recv().is_err() && queues[2].urgent.try_recv().is_err());
+    }
+
+    /// The ACK of a refusal is recognised from its bytes alone; other ACKs,
+    /// a `shed` tag anywhere but To's own tag, and other methods are not.
+    #[test]
+    fn a_refusals_ack_is_known_before_parsing() {
+        let ack = |from_tag: &str, to: &str| {
+            format!(
+                "ACK sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK1\r\nFrom: <sip:a@127.0.0.1>;tag={from_tag}\r\n{to}\r\nCall-ID: c1\r\nCSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let SipMessage::Request(invite) = message("INVITE", "") else {
+            panic!("a request")
+        };
+        let refusal = String::from_utf8(shed_response(&invite)).unwrap();
+        let to = refusal.lines().find(|l| l.starts_with("To:")).unwrap();
+        let cases = [
+            (ack("f1", to), true),
+            (ack("f1", &to.replacen("To:", "t :", 1)), true),
+            (ack("f1", "To: <sip:100@127.0.0.1>;tag=ours"), false),
+            (ack("shedf1", "To: <sip:100@127.0.0.1>;tag=ours"), false),
+            (
+                ack("f1", "To: \"x;tag=shed1\" <sip:100@127.0.0.1>;tag=ours"),
+                false,
+            ),
+            (ack("f1", "To: <sip:100@127.0.0.1;tag=shed1>"), false),
+            (ack("f1", to).replace("ACK", "BYE"), false),
+        ];
+        for (bytes, expected) in cases {
+            assert_eq!(is_refusal_ack(bytes.as_bytes()), expected, "{bytes}");
+            // The parsed path decides the same.
+            let parsed = parse_message(bytes.as_bytes()).unwrap();
+            assert_eq!(acknowledges_a_refusal(&parsed), expected, "{bytes}");
+        }
     }
 }

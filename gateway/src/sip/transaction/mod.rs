@@ -668,7 +668,7 @@ fn stamp_received(request: &mut Request, peer: Peer) {
     let Some(first) = request.headers.first_mut("Via") else {
         return;
     };
-    let parts = super::uri::split_unquoted(first, ',');
+    let parts = super::uri::split_unquoted(first, b',');
     let Some(top) = parts.first() else { return };
     let Ok(mut via) = super::message::Via::parse(top) else {
         return;
