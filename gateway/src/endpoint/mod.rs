@@ -519,11 +519,6 @@ impl Endpoint {
             crate::metrics::call_rejected(503);
             return;
         }
-        // Cheap first look; the place is taken once the call is certain.
-        if core.occupancy.calls() >= self.max_calls {
-            core.refuse_new_call(tx, &request, &call_id, "at capacity (limits.max_calls)");
-            return;
-        }
         let Some(route) = self.authorize(core, tx, &request, peer) else {
             return;
         };
@@ -542,6 +537,9 @@ impl Endpoint {
             crate::metrics::call_rejected(500);
             return;
         };
+        // The first look was before the transaction (`on_inbound`); the
+        // place is taken once the call is certain, since another shard
+        // may have taken the last one since.
         if !core.occupancy.try_take(self.max_calls) {
             core.refuse_new_call(tx, &request, &call_id, "at capacity (limits.max_calls)");
             return;

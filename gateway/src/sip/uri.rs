@@ -94,24 +94,29 @@ pub type Params = Vec<(String, Option<String>)>;
 
 /// Parses `;a=b;c` into pairs; empty names are rejected.
 pub fn parse_params(text: &str) -> Result<Params, SipError> {
-    let mut params = Vec::new();
-    for piece in split_unquoted(text, b';') {
-        let piece = piece.trim();
-        if piece.is_empty() {
-            continue;
-        }
-        let (name, value) = match piece.split_once('=') {
-            Some((name, value)) => (name.trim(), Some(value.trim().to_string())),
-            None => (piece, None),
-        };
-        if name.is_empty() {
-            return Err(SipError::new(format!(
-                "parameter without a name in `{text}`"
-            )));
-        }
-        params.push((name.to_string(), value));
-    }
-    Ok(params)
+    param_pairs(text)
+        .map(|pair| pair.map(|(name, value)| (name.to_string(), value.map(str::to_string))))
+        .collect()
+}
+
+/// `;a=b;c` as borrowed pairs, in order; an empty name is an error.
+fn param_pairs(text: &str) -> impl Iterator<Item = Result<(&str, Option<&str>), SipError>> + '_ {
+    split_unquoted(text, b';')
+        .into_iter()
+        .map(str::trim)
+        .filter(|piece| !piece.is_empty())
+        .map(move |piece| {
+            let (name, value) = match piece.split_once('=') {
+                Some((name, value)) => (name.trim(), Some(value.trim())),
+                None => (piece, None),
+            };
+            if name.is_empty() {
+                return Err(SipError::new(format!(
+                    "parameter without a name in `{text}`"
+                )));
+            }
+            Ok((name, value))
+        })
 }
 
 pub fn write_params(f: &mut fmt::Formatter<'_>, params: &Params) -> fmt::Result {
@@ -305,6 +310,64 @@ pub struct NameAddr {
     pub params: Params,
 }
 
+/// A name-addr's parts, borrowed: the display name (a quoted one without
+/// its quotes), the URI's text and the header parameters' text.
+struct NameAddrParts<'a> {
+    display: Option<&'a str>,
+    uri: &'a str,
+    params: &'a str,
+}
+
+fn split_name_addr(text: &str) -> Result<NameAddrParts<'_>, SipError> {
+    let text = text.trim();
+    let (quoted, after_display) = match text.strip_prefix('"') {
+        Some(rest) => {
+            let mut escaped = false;
+            let end = rest
+                .char_indices()
+                .find_map(|(index, ch)| match ch {
+                    _ if escaped => {
+                        escaped = false;
+                        None
+                    }
+                    '\\' => {
+                        escaped = true;
+                        None
+                    }
+                    '"' => Some(index),
+                    _ => None,
+                })
+                .ok_or_else(|| SipError::new("unterminated quoted display name"))?;
+            (Some(&rest[..end]), rest[end + 1..].trim_start())
+        }
+        None => (None, text),
+    };
+    if let Some(open) = after_display.find('<') {
+        let close = after_display[open..]
+            .find('>')
+            .map(|i| i + open)
+            .ok_or_else(|| SipError::new("`<` without `>` in address"))?;
+        let display = quoted.or_else(|| {
+            let name = after_display[..open].trim();
+            (!name.is_empty()).then_some(name)
+        });
+        return Ok(NameAddrParts {
+            display,
+            uri: &after_display[open + 1..close],
+            params: &after_display[close + 1..],
+        });
+    }
+    if quoted.is_some() {
+        return Err(SipError::new("display name without <uri>"));
+    }
+    let (uri, params) = after_display.split_once(';').unwrap_or((after_display, ""));
+    Ok(NameAddrParts {
+        display: None,
+        uri,
+        params,
+    })
+}
+
 /// The `tag` parameter of a From or To value, found without building the
 /// address: classifying every message asks for it, and a full
 /// [`NameAddr::parse`] allocates the URI and every parameter. For a value
@@ -312,49 +375,10 @@ pub struct NameAddr {
 /// the URI itself is not checked here (the parser checked From and To of
 /// every message it accepted).
 pub fn tag_param(value: &str) -> Option<&str> {
-    let text = value.trim();
-    let (quoted, after_display) = match text.strip_prefix('"') {
-        Some(rest) => {
-            let mut escaped = false;
-            let end = rest.char_indices().find_map(|(index, ch)| match ch {
-                _ if escaped => {
-                    escaped = false;
-                    None
-                }
-                '\\' => {
-                    escaped = true;
-                    None
-                }
-                '"' => Some(index),
-                _ => None,
-            })?;
-            (true, rest[end + 1..].trim_start())
-        }
-        None => (false, text),
-    };
-    let params = match after_display.find('<') {
-        Some(open) => {
-            let close = after_display[open..].find('>')? + open;
-            &after_display[close + 1..]
-        }
-        None if quoted => return None,
-        None => after_display
-            .split_once(';')
-            .map_or("", |(_, params)| params),
-    };
+    let parts = split_name_addr(value).ok()?;
     let mut tag = None;
-    for piece in split_unquoted(params, b';') {
-        let piece = piece.trim();
-        if piece.is_empty() {
-            continue;
-        }
-        let (name, value) = match piece.split_once('=') {
-            Some((name, value)) => (name.trim(), Some(value.trim())),
-            None => (piece, None),
-        };
-        if name.is_empty() {
-            return None;
-        }
+    for pair in param_pairs(parts.params) {
+        let (name, value) = pair.ok()?;
         if tag.is_none() && name.eq_ignore_ascii_case("tag") {
             tag = Some(value);
         }
@@ -364,51 +388,11 @@ pub fn tag_param(value: &str) -> Option<&str> {
 
 impl NameAddr {
     pub fn parse(text: &str) -> Result<NameAddr, SipError> {
-        let text = text.trim();
-        let (display, after_display) = if let Some(rest) = text.strip_prefix('"') {
-            let mut escaped = false;
-            let mut end = None;
-            for (index, ch) in rest.char_indices() {
-                match ch {
-                    _ if escaped => escaped = false,
-                    '\\' => escaped = true,
-                    '"' => {
-                        end = Some(index);
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-            let end = end.ok_or_else(|| SipError::new("unterminated quoted display name"))?;
-            (Some(rest[..end].to_string()), rest[end + 1..].trim_start())
-        } else {
-            (None, text)
-        };
-        if let Some(open) = after_display.find('<') {
-            let close = after_display[open..]
-                .find('>')
-                .map(|i| i + open)
-                .ok_or_else(|| SipError::new("`<` without `>` in address"))?;
-            let display = display.or_else(|| {
-                let name = after_display[..open].trim();
-                (!name.is_empty()).then(|| name.to_string())
-            });
-            let uri = SipUri::parse(&after_display[open + 1..close])?;
-            let params = parse_params(&after_display[close + 1..])?;
-            return Ok(NameAddr {
-                display,
-                uri,
-                params,
-            });
-        }
-        if display.is_some() {
-            return Err(SipError::new("display name without <uri>"));
-        }
-        let (uri, params) = after_display.split_once(';').unwrap_or((after_display, ""));
+        let parts = split_name_addr(text)?;
         Ok(NameAddr {
-            display: None,
-            uri: SipUri::parse(uri)?,
-            params: parse_params(params)?,
+            display: parts.display.map(str::to_string),
+            uri: SipUri::parse(parts.uri)?,
+            params: parse_params(parts.params)?,
         })
     }
 

@@ -56,13 +56,13 @@ pub async fn read_loop(
                 continue;
             }
         };
+        if super::inbound::is_refusal_ack(&buf[..len]) {
+            continue;
+        }
         let peer = Peer {
             transport: Transport::Udp,
             addr: from,
         };
-        if super::inbound::is_refusal_ack(&buf[..len]) {
-            continue;
-        }
         match parse_datagram(&buf[..len]) {
             Datagram::KeepAlive => {}
             Datagram::Message(message) => match inbound.deliver(message, peer) {
