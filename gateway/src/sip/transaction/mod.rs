@@ -521,9 +521,10 @@ impl TransactionLayer {
         if self.deadlines.is_empty() {
             // The last transaction of a burst ended: no later timeout will
             // come to shrink the maps, so do it now.
-            self.last_shrink = None;
+            self.shrink();
+        } else {
+            self.maybe_shrink(now);
         }
-        self.maybe_shrink(now);
     }
 
     fn server_timeout(&mut self, id: ServerTxId, at: Instant, now: Instant) {
@@ -591,6 +592,12 @@ impl TransactionLayer {
             return;
         }
         self.last_shrink = Some(now);
+        self.shrink();
+    }
+
+    /// Gives back what the maps and the heap hold beyond twice their
+    /// contents, once that is most of their capacity.
+    fn shrink(&mut self) {
         fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
             if map.capacity() > 64 && map.len() < map.capacity() / 4 {
                 map.shrink_to(map.len() * 2);
@@ -619,6 +626,9 @@ impl TransactionLayer {
             }
             self.deadlines.pop();
         }
+        // Only stale entries were left: the burst is over and no timeout
+        // will come to shrink the maps, so do it now.
+        self.shrink();
         None
     }
 

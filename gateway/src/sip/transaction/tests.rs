@@ -521,3 +521,49 @@ fn many_transactions_fire_in_order_and_drain() {
     assert!(layer.is_empty());
     assert_eq!(layer.scheduled(), 0);
 }
+
+/// What the maps and the heap hold room for, in entries.
+fn capacity(layer: &TransactionLayer) -> usize {
+    layer.servers.capacity()
+        + layer.server_keys.capacity()
+        + layer.accepted.capacity()
+        + layer.clients.capacity()
+        + layer.client_keys.capacity()
+        + layer.deadlines.capacity()
+}
+
+/// After a burst the maps give their memory back, even when the last
+/// deadlines left in the heap are stale ones (2xx retransmissions an ACK
+/// stopped) that no timeout comes for.
+#[test]
+fn a_burst_gives_its_room_back() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    for n in 0..5_000u32 {
+        let at = t0 + Duration::from_micros(n as u64 * 250);
+        let invite = request("INVITE", &format!("z9hG4bKi{n}"), 2 * n + 1);
+        let tx = new_request_tx(&mut layer, invite.clone(), UDP, at);
+        let ok = crate::sip::response::response_for(&invite, 200, "OK", Some("t"));
+        layer.send_response(tx, ok, at);
+        let ack = request("ACK", &format!("z9hG4bKa{n}"), 2 * n + 1);
+        layer.handle_input(SipMessage::Request(ack), UDP, at);
+        drain(&mut layer);
+        let bye = request("BYE", &format!("z9hG4bKb{n}"), 2 * n + 2);
+        let tx = new_request_tx(&mut layer, bye.clone(), UDP, at);
+        let ok = crate::sip::response::response_for(&bye, 200, "OK", None);
+        layer.send_response(tx, ok, at);
+        drain(&mut layer);
+    }
+    let burst = capacity(&layer);
+    assert!(burst > 10_000, "the burst grew the maps: {burst}");
+    while let Some(next) = layer.poll_timeout() {
+        layer.handle_timeout(next);
+        drain(&mut layer);
+    }
+    assert!(layer.is_empty());
+    let after = capacity(&layer);
+    assert!(
+        after <= 64,
+        "{after} entries of room kept of the {burst} the burst needed"
+    );
+}
