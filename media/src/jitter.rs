@@ -140,6 +140,19 @@ struct Slot {
     timestamp: u32,
 }
 
+/// `len` zero bytes, zeroed by the CPU rather than asked of the allocator
+/// zeroed: a calloc this large (32 KB) is served by jemalloc from pages a
+/// finished call left dirty, which it zeroes by handing them back to the
+/// kernel (madvise, a TLB shootdown on every core) and faulting them in
+/// again: 4 % of the gateway at 14,000 INVITEs/s. A memset of pages that
+/// are already mapped costs a microsecond.
+#[allow(clippy::slow_vector_initialization)] // the point: vec![0; n] is the calloc
+fn filled_with_zeros(len: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(len);
+    data.resize(len, 0);
+    data
+}
+
 #[derive(Debug)]
 pub struct JitterBuffer {
     config: JitterConfig,
@@ -192,7 +205,7 @@ impl JitterBuffer {
             target: Duration::ZERO,
             target_packets: 1,
             slots: vec![Slot::default(); config.capacity],
-            data: vec![0; config.capacity * config.max_payload],
+            data: filled_with_zeros(config.capacity * config.max_payload),
             buffered: 0,
             ssrc: None,
             previous_ssrc: None,
