@@ -11,9 +11,22 @@ thread_local! {
     // Per thread, so tests running in parallel do not count each other;
     // `const` so that touching it from inside the allocator cannot allocate.
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    static LARGE_ZEROED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// From this size a zeroed allocation is served from whole pages, which an
+/// allocator reusing freed memory zeroes by giving them back to the kernel.
+#[allow(dead_code)] // not every test binary asks
+pub const LARGE: usize = 16 * 1024;
+
+/// Zeroed allocations of [`LARGE`] bytes or more made by this thread.
+#[allow(dead_code)]
+pub fn large_zeroed() -> u64 {
+    LARGE_ZEROED.with(Cell::get)
 }
 
 /// Allocations (and reallocations) made by this thread so far.
+#[allow(dead_code)] // not every test binary asks
 pub fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
 }
@@ -29,6 +42,14 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count();
         unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        if layout.size() >= LARGE {
+            let _ = LARGE_ZEROED.try_with(|n| n.set(n.get() + 1));
+        }
+        unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
