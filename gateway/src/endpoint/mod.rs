@@ -767,7 +767,7 @@ mod tests {
         let Some(TransactionEvent::Request { tx, .. }) = core.layer.poll_event() else {
             panic!("no INVITE")
         };
-        assert_eq!(sent(&mut core), vec!["SIP/2.0 100 Trying"]);
+        assert!(sent(&mut core).is_empty(), "a 100 Trying only after 200 ms");
         let (inputs, _rx) = mpsc::channel(1);
         let call = core.routes.admit("c1", "f1", "ours", tx, inputs);
         let task = core.tasks.spawn(async { panic!("a bug in a call") });
@@ -801,7 +801,7 @@ mod tests {
         assert!(core.layer.is_empty() && sent(&mut core).is_empty());
 
         core.layer.handle_input(invite.clone(), PEER, now);
-        assert_eq!(sent(&mut core), vec!["SIP/2.0 100 Trying"]);
+        assert!(core.layer.poll_event().is_some(), "taken on");
         assert!(
             core.refuse_before_transaction(&invite, Some(EarlyRefusal::Late))
                 .is_none(),

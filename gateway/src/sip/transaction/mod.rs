@@ -282,13 +282,16 @@ impl TransactionLayer {
             return;
         }
         if let Some(id) = self.server_keys.get(&key).copied() {
-            // Retransmission: resend whatever we last said.
-            if let Some(bytes) = self
-                .servers
-                .get(&id)
-                .and_then(|tx| tx.last_response.clone())
-            {
-                self.transmits.push_back(Transmit { peer, bytes });
+            // Retransmission: resend whatever we last said, or the 100
+            // Trying that was not due yet.
+            if let Some(tx) = self.servers.get_mut(&id) {
+                let bytes = match tx.last_response.clone() {
+                    Some(bytes) => Some(bytes),
+                    None => tx.send_trying(),
+                };
+                if let Some(bytes) = bytes {
+                    self.transmits.push_back(Transmit { peer, bytes });
+                }
             }
             return;
         }
@@ -300,12 +303,8 @@ impl TransactionLayer {
         let is_invite = request.method == Method::Invite;
         let mut tx = ServerTx::new(key.clone(), peer, &request, now, &self.timers);
         if is_invite {
-            // Answer at once so the caller stops retransmitting (§17.2.1).
-            let trying = response_for(&request, 100, "Trying", None);
-            let bytes = trying.to_bytes();
-            tx.last_response = Some(bytes.clone());
-            tx.trying = Some(trying);
-            self.transmits.push_back(Transmit { peer, bytes });
+            // Sent only if the TU has not answered within TRYING_DELAY.
+            tx.trying = Some(response_for(&request, 100, "Trying", None));
         }
         self.servers.insert(id, tx);
         self.server_keys.insert(key, id);

@@ -11,6 +11,13 @@ use crate::sip::response::new_tag;
 /// only an owner that vanished hits it.
 pub(super) const INVITE_ANSWER_LIMIT: Duration = Duration::from_secs(660);
 
+/// How long an INVITE may wait for its first response before the
+/// transaction sends 100 Trying itself: §17.2.1 asks for one only "if the
+/// TU will not respond within 200 ms". A call answered sooner (an in-process
+/// bot) then costs one message less on both sides, and the caller's first
+/// retransmission (T1, 500 ms) is still stopped in time.
+pub(super) const TRYING_DELAY: Duration = Duration::from_millis(200);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
     /// No final response yet.
@@ -32,9 +39,12 @@ pub(super) struct ServerTx {
     pub(super) is_invite: bool,
     state: State,
     pub(super) last_response: Option<Vec<u8>>,
-    /// The 100 Trying of an INVITE: the template of a final response the
-    /// transaction sends itself when nobody else does.
+    /// The 100 Trying of an INVITE: sent when the TU is slow to answer, and
+    /// the template of a final response the transaction sends itself when
+    /// nobody else does.
     pub(super) trying: Option<Response>,
+    /// When the 100 Trying is due, until the first response goes out.
+    trying_at: Option<Instant>,
     retransmit_at: Option<Instant>,
     interval: Duration,
     expire_at: Option<Instant>,
@@ -66,6 +76,7 @@ impl ServerTx {
             state: State::Proceeding,
             last_response: None,
             trying: None,
+            trying_at: is_invite.then(|| now + TRYING_DELAY),
             retransmit_at: None,
             interval: Duration::ZERO,
             // Every transaction ends, answered or not. A non-INVITE's client
@@ -104,10 +115,23 @@ impl ServerTx {
     }
 
     pub(super) fn deadline(&self) -> Option<Instant> {
-        match (self.retransmit_at, self.expire_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [self.trying_at, self.retransmit_at, self.expire_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The 100 Trying, now: the TU has not answered in time, or the caller
+    /// retransmitted before anything was sent. `None` once any response
+    /// went out.
+    pub(super) fn send_trying(&mut self) -> Option<Vec<u8>> {
+        self.trying_at.take()?;
+        if self.last_response.is_some() {
+            return None;
         }
+        let bytes = self.trying.as_ref()?.to_bytes();
+        self.last_response = Some(bytes.clone());
+        Some(bytes)
     }
 
     /// Records a response the TU sent; returns true when the transaction is
@@ -119,6 +143,7 @@ impl ServerTx {
         now: Instant,
         timers: &Timers,
     ) -> bool {
+        self.trying_at = None;
         if self.state != State::Proceeding {
             // A 2xx retransmission by the TU or a late response: just resend.
             self.last_response = Some(bytes);
@@ -186,6 +211,9 @@ impl ServerTx {
             outcome.terminated = true;
             outcome.ack_timeout = self.state == State::Accepted;
             return outcome;
+        }
+        if self.trying_at.is_some_and(|at| at <= now) {
+            outcome.resend = self.send_trying();
         }
         if self.retransmit_at.is_some_and(|at| at <= now) {
             outcome.resend = self.last_response.clone();

@@ -82,8 +82,10 @@ fn run_until(
     (sends, events)
 }
 
+/// §17.2.1: a 100 Trying only when the TU does not answer within 200 ms;
+/// retransmissions get the last response.
 #[test]
-fn server_invite_sends_trying_and_absorbs_retransmissions() {
+fn server_invite_sends_trying_when_the_tu_is_slow_and_absorbs_retransmissions() {
     let mut layer = TransactionLayer::new(Timers::default());
     let t0 = Instant::now();
     layer.handle_input(
@@ -92,12 +94,16 @@ fn server_invite_sends_trying_and_absorbs_retransmissions() {
         t0,
     );
     let (sent, events) = drain(&mut layer);
-    assert_eq!(sent, vec!["SIP/2.0 100 Trying"]);
+    assert!(sent.is_empty(), "nothing before 200 ms: {sent:?}");
     assert_eq!(events.len(), 1);
+    assert_eq!(layer.poll_timeout(), Some(t0 + server::TRYING_DELAY));
+    layer.handle_timeout(t0 + server::TRYING_DELAY);
+    let (sent, _) = drain(&mut layer);
+    assert_eq!(sent, vec!["SIP/2.0 100 Trying"]);
     layer.handle_input(
         SipMessage::Request(request("INVITE", "z9hG4bK1", 1)),
         UDP,
-        t0,
+        t0 + Duration::from_millis(500),
     );
     let (sent, events) = drain(&mut layer);
     assert_eq!(
@@ -106,6 +112,48 @@ fn server_invite_sends_trying_and_absorbs_retransmissions() {
         "retransmission gets the last response"
     );
     assert!(events.is_empty());
+}
+
+/// An INVITE answered within 200 ms never gets a 100 Trying.
+#[test]
+fn server_invite_answered_at_once_sends_no_trying() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    let invite = request("INVITE", "z9hG4bKquick", 1);
+    let tx = new_request_tx(&mut layer, invite.clone(), UDP, t0);
+    let ok = crate::sip::response::response_for(&invite, 200, "OK", Some("t"));
+    layer.send_response(tx, ok, t0 + Duration::from_millis(5));
+    let (sent, _) = drain(&mut layer);
+    assert_eq!(sent, vec!["SIP/2.0 200 OK"]);
+    layer.handle_input(
+        SipMessage::Request(request("ACK", "z9hG4bKquickack", 1)),
+        UDP,
+        t0 + Duration::from_millis(10),
+    );
+    drain(&mut layer);
+    let (sends, _) = run_until(&mut layer, t0, Duration::from_secs(40));
+    assert!(sends.is_empty(), "sent at {sends:?} ms");
+    assert!(layer.is_empty());
+}
+
+/// A retransmitted INVITE before the 100 was due gets it at once, and the
+/// timer then sends no second one.
+#[test]
+fn server_invite_retransmitted_early_gets_trying_once() {
+    let mut layer = TransactionLayer::new(Timers::default());
+    let t0 = Instant::now();
+    let invite = request("INVITE", "z9hG4bKearly", 1);
+    new_request_tx(&mut layer, invite.clone(), UDP, t0);
+    layer.handle_input(
+        SipMessage::Request(invite),
+        UDP,
+        t0 + Duration::from_millis(50),
+    );
+    let (sent, events) = drain(&mut layer);
+    assert_eq!(sent, vec!["SIP/2.0 100 Trying"]);
+    assert!(events.is_empty());
+    let (sends, _) = run_until(&mut layer, t0, Duration::from_secs(1));
+    assert!(sends.is_empty(), "sent again at {sends:?} ms");
 }
 
 #[test]
@@ -432,7 +480,7 @@ fn unanswered_server_transactions_end() {
     drain(&mut layer);
     layer.handle_timeout(t0 + Duration::from_secs(33));
     let (sent, _) = drain(&mut layer);
-    assert!(sent.is_empty());
+    assert_eq!(sent, vec!["SIP/2.0 100 Trying"], "the INVITE's, at 200 ms");
     assert_eq!(layer.len(), 1, "the INFO ended after 64*T1");
     layer.handle_timeout(t0 + server::INVITE_ANSWER_LIMIT);
     let (sent, _) = drain(&mut layer);
