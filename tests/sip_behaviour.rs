@@ -89,6 +89,10 @@ fn calls_beyond_capacity_get_503_with_retry_after() {
         .expect("second call answered");
     assert_eq!(status(&busy), Some(503), "{busy}");
     assert!(header(&busy, "Retry-After").is_some());
+    // Not ACKed on purpose: a 503 sent through a transaction would come
+    // again on Timer G (500 ms, then 1 s); one sent without state, once.
+    let again = second.wait_for(|m| status(m).is_some(), Duration::from_millis(1600));
+    assert!(again.is_none(), "the 503 was retransmitted: {again:?}");
     gateway.wait_for_log(&["at capacity"], Duration::from_secs(2));
 }
 
