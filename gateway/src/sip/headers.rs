@@ -44,10 +44,9 @@ pub fn canonical_name(name: &str) -> Cow<'static, str> {
 }
 
 /// Headers in the order received. Names are stored canonical; lookups ignore
-/// case.
+/// case. Known names are stored borrowed: most headers of a message then
+/// cost one allocation (the value), not two.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-/// Known names are stored borrowed: most headers of a message then cost
-/// one allocation (the value), not two.
 pub struct Headers(Vec<(Cow<'static, str>, String)>);
 
 impl Headers {

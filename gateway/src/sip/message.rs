@@ -318,12 +318,6 @@ impl Response {
     pub fn to(&self) -> Result<NameAddr, SipError> {
         HeaderAccess::to(self)
     }
-    pub fn tag_in_to(&self) -> Option<&str> {
-        HeaderAccess::tag_in_to(self)
-    }
-    pub fn tag_in_from(&self) -> Option<&str> {
-        HeaderAccess::tag_in_from(self)
-    }
     pub fn top_via(&self) -> Result<Via, SipError> {
         HeaderAccess::top_via(self)
     }
