@@ -13,6 +13,10 @@
 //! until a run has a failed call and reports the last clean rate. Every
 //! run prints one line (one JSON object with `--json`). `--sip-workers N`
 //! sets `[limits] sip_workers` (default: one endpoint worker per CPU).
+//! `--pin` runs the server under test on CPU 0 and the sipp client on CPU
+//! 1 (`taskset`): unpinned, the load generator takes from the same two
+//! cores what the gateway would need, so past the peak a run measures the
+//! two processes' contest for CPU rather than how the gateway sheds.
 
 mod harness;
 
@@ -151,7 +155,7 @@ impl Run {
             );
             if let Some(r) = self.refusals {
                 println!(
-                    "  refused: at the socket {} (overload) + {} (queue full); before a transaction {} (late) + {} (capacity); with a transaction {}",
+                    "  refused: at the socket {} (overload) + {} (queue full); before a transaction {} (late) + {} (capacity: at the socket or the endpoint); with a transaction {}",
                     r.overload,
                     r.queue,
                     r.delay,
@@ -291,7 +295,7 @@ fn run(
     let rss_before = read_rss(server).unwrap_or(0);
     let server_sampler = Sampler::start(server);
     let started = Instant::now();
-    let mut client = Command::new("sipp")
+    let mut client = sipp_command(CLIENT_CPU)
         .current_dir(dir)
         .args(["-sn", "uac", target, "-s", "100"])
         .args(["-i", "127.0.0.1", "-p", &free_port().to_string()])
@@ -339,6 +343,22 @@ fn run(
     }
 }
 
+/// With `--pin`: where the server under test (the gateway, or the
+/// reference `sipp -sn uas`) runs, and where the sipp client runs.
+const SERVER_CPU: &str = "0";
+const CLIENT_CPU: &str = "1";
+
+/// sipp, under `taskset -c CPU` with `--pin`.
+fn sipp_command(cpu: &str) -> Command {
+    if flag("--pin") {
+        let mut command = Command::new("taskset");
+        command.args(["-c", cpu, "sipp"]);
+        command
+    } else {
+        Command::new("sipp")
+    }
+}
+
 /// `sipp -sn uas`: the reference server, answering every call at once.
 struct Reference {
     child: Child,
@@ -348,7 +368,7 @@ struct Reference {
 impl Reference {
     fn start(dir: &Path) -> Reference {
         let port = free_port();
-        let child = Command::new("sipp")
+        let child = sipp_command(SERVER_CPU)
             .current_dir(dir)
             .args(["-sn", "uas", "-i", "127.0.0.1", "-p", &port.to_string()])
             .args(["-buff_size", "4194304"])
@@ -412,8 +432,13 @@ fn main() {
         .to_string();
     if !json {
         println!(
-            "CPU: {cpu}, {} cores; sipp -sn uac, {seconds} s per run",
-            std::thread::available_parallelism().map_or(0, |n| n.get())
+            "CPU: {cpu}, {} cores; sipp -sn uac, {seconds} s per run{}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            if flag("--pin") {
+                format!("; server under test on CPU {SERVER_CPU}, sipp client on CPU {CLIENT_CPU}")
+            } else {
+                String::new()
+            }
         );
     }
 
@@ -423,6 +448,15 @@ fn main() {
         std::env::set_var("BENCH_SWITCHBOARD_LOG", "info");
     }
     let (config, api) = gateway_config();
+    if flag("--pin") {
+        // The harness runs the gateway through this wrapper; an A/B wrapper
+        // already set stays, under taskset.
+        let wrapper = std::env::var("BENCH_GATEWAY_WRAPPER").unwrap_or_default();
+        std::env::set_var(
+            "BENCH_GATEWAY_WRAPPER",
+            format!("taskset -c {SERVER_CPU} {wrapper}"),
+        );
+    }
     let gateway = start_gateway(&config);
     let pid = gateway.child.id();
     let server = (pid, Some(api));
