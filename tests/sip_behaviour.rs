@@ -96,6 +96,69 @@ fn calls_beyond_capacity_get_503_with_retry_after() {
     gateway.wait_for_log(&["at capacity"], Duration::from_secs(2));
 }
 
+/// At capacity new INVITEs are refused at the socket, before parsing; an
+/// INVITE the gateway has taken on and not answered yet holds the only
+/// place, and its retransmission must still reach its transaction (100
+/// Trying again), not be taken for a new call and refused.
+#[test]
+fn at_capacity_a_retransmitted_invite_still_reaches_its_transaction() {
+    // A bot that accepts TCP but never completes the WebSocket handshake
+    // keeps the first call unanswered.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/media", listener.local_addr().unwrap());
+    let config = config_with(&format!(
+        r#"
+[limits]
+max_calls = 1
+
+[[trunks]]
+name = "loopback"
+allow = ["127.0.0.1"]
+routes = [{{ pattern = ".*", flow = "slow" }}]
+
+[[flows]]
+name = "slow"
+bot = {{ kind = "twilio_stream", url = "{url}", connect_timeout_ms = 10000 }}
+"#
+    ));
+    let gateway = GatewayProcess::start("capacity-retransmission", &config);
+    let first = RawSip::new(gateway.udp);
+    let invite = first.request(
+        "INVITE",
+        "100",
+        "held-1",
+        1,
+        "Content-Type: application/sdp\r\n",
+        &sdp(4000),
+    );
+    first.send(&invite);
+    let trying = first
+        .wait_for(|m| status(m).is_some(), Duration::from_secs(3))
+        .expect("100 Trying");
+    assert_eq!(status(&trying), Some(100), "{trying}");
+
+    let second = RawSip::new(gateway.udp);
+    second.send(&second.request(
+        "INVITE",
+        "100",
+        "held-2",
+        1,
+        "Content-Type: application/sdp\r\n",
+        &sdp(4002),
+    ));
+    let busy = second
+        .wait_for(|m| status(m).is_some(), Duration::from_secs(3))
+        .expect("second call answered");
+    assert_eq!(status(&busy), Some(503), "{busy}");
+
+    first.send(&invite);
+    let again = first
+        .wait_for(|m| status(m).is_some(), Duration::from_secs(3))
+        .expect("the retransmission answered");
+    assert_eq!(status(&again), Some(100), "{again}");
+    drop(listener);
+}
+
 #[test]
 fn cancel_before_answer_gets_487() {
     // A bot that accepts TCP but never completes the WebSocket handshake keeps

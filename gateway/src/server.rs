@@ -75,8 +75,16 @@ impl Gateway {
             workers = shards,
             "SIP endpoint: one worker per shard of Call-IDs"
         );
+        let (active_tx, active_calls) = watch::channel(0usize);
+        let occupancy = Arc::new(Occupancy::new(active_tx));
+        let pending_invites = Arc::new(crate::sip::pending_invites::PendingInvites::default());
         let (inbound_tx, inbound) =
             crate::transport::inbound::queues(shards, overload, limiter.clone());
+        let inbound_tx = inbound_tx.with_admission(crate::transport::inbound::SocketAdmission {
+            occupancy: occupancy.clone(),
+            max_calls: config.limits.max_calls,
+            pending: pending_invites.clone(),
+        });
         let server_names = Arc::new(crate::sip::resolve::ServerNames::default());
         let tls = crate::transport::tls::TlsContext::new(valid.tls.clone(), server_names.clone());
         let transports = Transports::bind(
@@ -152,7 +160,6 @@ impl Gateway {
         let (dial_tx, dial_rx) = watch::channel(Arc::new(valid.dial));
         let call_resources = Arc::new(crate::call::registry::CallRegistry::default());
         let (state, state_watch) = watch::channel(EndpointState::Running);
-        let (active_tx, active_calls) = watch::channel(0usize);
         let calls = Arc::new(CallShared {
             media: MediaSettings {
                 public_ip: config.sip.public_address,
@@ -189,7 +196,6 @@ impl Gateway {
         });
         let router = Arc::new(valid.router);
         let flows = Arc::new(flows);
-        let occupancy = Arc::new(Occupancy::new(active_tx));
         let user_calls = user_calls();
         let shard_ends = inbound
             .into_iter()
@@ -211,6 +217,7 @@ impl Gateway {
                 overload_delay: Duration::from_millis(config.limits.overload_delay_ms),
                 shutdown: state_watch.clone(),
                 occupancy: occupancy.clone(),
+                pending_invites: pending_invites.clone(),
                 auth: auth.clone(),
                 directory: directory.clone(),
                 registrar: registrar.clone(),

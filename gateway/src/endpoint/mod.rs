@@ -84,6 +84,9 @@ pub struct Endpoint {
     pub shutdown: watch::Receiver<EndpointState>,
     /// Calls in progress in every shard, against `max_calls`.
     pub occupancy: Arc<Occupancy>,
+    /// INVITEs not yet answered finally, in every shard: the socket tasks
+    /// read it before refusing an INVITE unparsed.
+    pub pending_invites: Arc<crate::sip::pending_invites::PendingInvites>,
     /// Digest authentication, shared with the registrar.
     pub auth: Arc<std::sync::Mutex<crate::sip::authenticator::Authenticator>>,
     /// Users and trunk logins.
@@ -154,7 +157,8 @@ impl Endpoint {
         let (_, unused) = mpsc::channel(1);
         let mut commands = std::mem::replace(&mut self.commands_rx, unused);
         let mut core = Core {
-            layer: TransactionLayer::new(Timers::default()),
+            layer: TransactionLayer::new(Timers::default())
+                .with_pending_invites(self.pending_invites.clone()),
             routes: Routes::for_shard(self.shard),
             tasks: JoinSet::new(),
             commands: commands_tx,

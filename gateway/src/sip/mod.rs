@@ -12,6 +12,7 @@ pub mod digest;
 pub mod framing;
 pub mod headers;
 pub mod message;
+pub mod pending_invites;
 pub mod resolve;
 pub mod response;
 pub mod transaction;

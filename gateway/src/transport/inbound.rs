@@ -19,9 +19,10 @@ use tokio::sync::mpsc;
 use super::source_limit::SourceLimiter;
 use super::Inbound;
 use crate::burst_log::BurstLog;
-use crate::endpoint::shards::shard_of;
+use crate::endpoint::shards::{shard_of, Occupancy};
 use crate::overload::Overload;
 use crate::sip::message::{Method, Request, SipMessage};
+use crate::sip::pending_invites::PendingInvites;
 use crate::sip::response::{new_tag, response_for};
 use crate::sip::transaction::Peer;
 
@@ -61,6 +62,31 @@ pub struct InboundSender {
     overload: Arc<Overload>,
     /// Shared by every socket task; held for a hash lookup per new request.
     limiter: Arc<std::sync::Mutex<SourceLimiter>>,
+    /// Set once the endpoint's capacity is known: new INVITEs it cannot
+    /// take are then refused before parsing.
+    admission: Option<SocketAdmission>,
+}
+
+/// What a socket task knows of the endpoint's capacity.
+#[derive(Clone)]
+pub struct SocketAdmission {
+    pub occupancy: Arc<Occupancy>,
+    pub max_calls: usize,
+    pub pending: Arc<PendingInvites>,
+}
+
+/// A datagram screened before parsing ([`InboundSender::screen`]).
+pub enum Screened {
+    /// Not a new INVITE read from its bytes: parse and deliver it.
+    Unread,
+    /// A new INVITE that passed overload control (or may be the
+    /// retransmission of one taken on): parse and deliver it without
+    /// asking again.
+    Admitted,
+    /// Refused: send these bytes back (a 503).
+    Refused(Vec<u8>),
+    /// Its source sends more new requests than it may: dropped.
+    Limited,
 }
 
 /// What became of a message handed to the endpoint.
@@ -118,6 +144,7 @@ pub fn queues_with(
             limited_log: Arc::default(),
             overload,
             limiter,
+            admission: None,
         },
         receivers,
     )
@@ -133,6 +160,67 @@ pub fn is_fresh(request: &Request) -> bool {
 }
 
 impl InboundSender {
+    pub fn with_admission(mut self, admission: SocketAdmission) -> Self {
+        self.admission = Some(admission);
+        self
+    }
+
+    /// Looks at a UDP datagram before it is parsed: a new INVITE that finds
+    /// every place taken, or that overload control turns away, is refused
+    /// from its bytes here, with no parse and no trip to the endpoint. One
+    /// whose Call-ID an unanswered INVITE transaction may hold goes on, so
+    /// that a retransmission reaches its transaction.
+    pub fn screen(&self, datagram: &[u8], peer: Peer) -> Screened {
+        let Some(admission) = &self.admission else {
+            return Screened::Unread;
+        };
+        // Below capacity and not shedding, every new INVITE is taken: no
+        // need to read it twice.
+        let at_capacity = admission.occupancy.calls() >= admission.max_calls;
+        if !at_capacity && !self.overload.is_shedding() {
+            return Screened::Unread;
+        }
+        let Some(invite) = super::new_invite::read(datagram) else {
+            return Screened::Unread;
+        };
+        if admission.pending.may_hold(invite.call_id()) {
+            return Screened::Admitted;
+        }
+        let (stage, why) = if at_capacity {
+            ("capacity", "at capacity (limits.max_calls)")
+        } else if !self.overload.admit() {
+            ("overload", "overloaded")
+        } else {
+            return Screened::Admitted;
+        };
+        if !self.allowed(&Method::Invite, peer, Instant::now()) {
+            return Screened::Limited;
+        }
+        crate::metrics::sip_shed(stage);
+        if let Some(count) = self.shed_log.note() {
+            tracing::warn!(peer = %peer.addr, count, "{why}: new calls answered 503 before any work (logged once per 10 s; see switchboard_sip_shed_total)");
+        }
+        let tag = format!("{SHED_TAG_PREFIX}{}", new_tag());
+        Screened::Refused(invite.refusal(&tag, SHED_RETRY_AFTER))
+    }
+
+    /// Whether `peer` may send another new request now (the per-source
+    /// rate); logs the drops.
+    fn allowed(&self, method: &dyn std::fmt::Display, peer: Peer, now: Instant) -> bool {
+        let allowed = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .allow(peer.addr.ip(), now);
+        if !allowed {
+            crate::metrics::sip_shed("rate");
+            if let Some(count) = self.limited_log.note() {
+                tracing::warn!(%method, peer = %peer.addr, count, "a source sends more new requests than limits.new_requests_per_ip: dropping them (logged once per 10 s; see switchboard_sip_shed_total)");
+            }
+        }
+        allowed
+    }
+
     /// The queues of the shard that owns this message's Call-ID (a message
     /// without one goes to the first shard, which answers it 400).
     fn shard_for(&self, message: &SipMessage) -> &ShardQueues {
@@ -146,11 +234,17 @@ impl InboundSender {
 
     /// Queues without waiting (UDP).
     pub fn deliver(&self, message: SipMessage, peer: Peer) -> Delivery {
+        self.deliver_screened(message, peer, false)
+    }
+
+    /// As [`deliver`](Self::deliver), for a message [`screen`](Self::screen)
+    /// `admitted` already (overload control is not asked twice).
+    pub fn deliver_screened(&self, message: SipMessage, peer: Peer, admitted: bool) -> Delivery {
         if acknowledges_a_refusal(&message) {
             return Delivery::Absorbed;
         }
         let shard = self.shard_for(&message);
-        match self.deliver_fresh(shard, message, peer) {
+        match self.deliver_fresh(shard, message, peer, admitted) {
             Ok(delivery) => delivery,
             Err(inbound) => match shard.urgent.try_send(inbound) {
                 Ok(()) => Delivery::Queued,
@@ -169,7 +263,7 @@ impl InboundSender {
             return Delivery::Absorbed;
         }
         let shard = self.shard_for(&message);
-        match self.deliver_fresh(shard, message, peer) {
+        match self.deliver_fresh(shard, message, peer, false) {
             Ok(delivery) => delivery,
             Err(inbound) => match shard.urgent.send(inbound).await {
                 Ok(()) => Delivery::Queued,
@@ -188,6 +282,7 @@ impl InboundSender {
         shard: &ShardQueues,
         message: SipMessage,
         peer: Peer,
+        admitted: bool,
     ) -> Result<Delivery, Inbound> {
         let received = Instant::now();
         let request = match message {
@@ -200,19 +295,10 @@ impl InboundSender {
                 })
             }
         };
-        let allowed = self
-            .limiter
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .allow(peer.addr.ip(), received);
-        if !allowed {
-            crate::metrics::sip_shed("rate");
-            if let Some(count) = self.limited_log.note() {
-                tracing::warn!(method = %request.method, peer = %peer.addr, count, "a source sends more new requests than limits.new_requests_per_ip: dropping them (logged once per 10 s; see switchboard_sip_shed_total)");
-            }
+        if !self.allowed(&request.method, peer, received) {
             return Ok(Delivery::Limited);
         }
-        if request.method == Method::Invite && !self.overload.admit() {
+        if request.method == Method::Invite && !admitted && !self.overload.admit() {
             return Ok(self.shed(&request, peer, "overload"));
         }
         let inbound = Inbound::Message {

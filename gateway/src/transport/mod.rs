@@ -3,6 +3,7 @@
 //! garbage costs the reader task and never the endpoint.
 
 pub mod inbound;
+pub mod new_invite;
 pub mod source_limit;
 pub mod tcp;
 pub mod tls;

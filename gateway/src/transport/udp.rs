@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
+use super::inbound::Screened;
 use super::{Delivery, InboundSender};
 use crate::sip::framing::{bad_request, parse_datagram, Datagram};
 use crate::sip::transaction::{Peer, Transport};
@@ -63,9 +64,18 @@ pub async fn read_loop(
             transport: Transport::Udp,
             addr: from,
         };
+        let admitted = match inbound.screen(&buf[..len], peer) {
+            Screened::Unread => false,
+            Screened::Admitted => true,
+            Screened::Refused(response) => {
+                let _ = socket.try_send_to(&response, from);
+                continue;
+            }
+            Screened::Limited => continue,
+        };
         match parse_datagram(&buf[..len]) {
             Datagram::KeepAlive => {}
-            Datagram::Message(message) => match inbound.deliver(message, peer) {
+            Datagram::Message(message) => match inbound.deliver_screened(message, peer, admitted) {
                 Delivery::Queued | Delivery::Closed | Delivery::Limited | Delivery::Absorbed => {}
                 Delivery::Shed(response) => {
                     let _ = socket.try_send_to(&response, from);

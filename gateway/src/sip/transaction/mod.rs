@@ -16,9 +16,11 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::message::{Method, Request, Response, SipMessage, MAGIC_COOKIE};
+use super::pending_invites::PendingInvites;
 use super::response::response_for;
 use client::ClientTx;
 use server::ServerTx;
@@ -155,6 +157,14 @@ struct ServerKey {
     method: Method,
 }
 
+/// Lets go of a transaction's Call-ID in `pending`, once.
+fn unpend(pending: &Option<Arc<PendingInvites>>, tx: &mut ServerTx) {
+    if let (Some(pending), true) = (pending, tx.pending) {
+        pending.release(&tx.call_id);
+        tx.pending = false;
+    }
+}
+
 fn server_key(request: &Request) -> Option<ServerKey> {
     let via = request.top_via().ok()?;
     let method = match request.method {
@@ -203,6 +213,8 @@ pub struct TransactionLayer {
     last_shrink: Option<Instant>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<TransactionEvent>,
+    /// INVITEs not yet answered finally, for the socket tasks to see.
+    pending: Option<Arc<PendingInvites>>,
 }
 
 /// How often the maps may shrink after a burst.
@@ -222,7 +234,15 @@ impl TransactionLayer {
             last_shrink: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            pending: None,
         }
+    }
+
+    /// Publishes the Call-IDs of INVITEs still waiting for a final answer
+    /// in `pending` (shared with the socket tasks and the other shards).
+    pub fn with_pending_invites(mut self, pending: Arc<PendingInvites>) -> Self {
+        self.pending = Some(pending);
+        self
     }
 
     /// Heap entries, stale ones included: bounded by a few per transaction.
@@ -305,6 +325,10 @@ impl TransactionLayer {
         if is_invite {
             // Sent only if the TU has not answered within TRYING_DELAY.
             tx.trying = Some(response_for(&request, 100, "Trying", None));
+            if let Some(pending) = &self.pending {
+                pending.hold(&tx.call_id);
+                tx.pending = true;
+            }
         }
         self.servers.insert(id, tx);
         self.server_keys.insert(key, id);
@@ -395,6 +419,9 @@ impl TransactionLayer {
         };
         let bytes = response.to_bytes();
         let peer = tx.peer;
+        if response.status >= 200 {
+            unpend(&self.pending, tx);
+        }
         let terminated = tx.on_response_sent(response.status, bytes.clone(), now, &self.timers);
         let awaits_ack = tx.awaits_ack();
         self.transmits.push_back(Transmit { peer, bytes });
@@ -646,7 +673,8 @@ impl TransactionLayer {
     }
 
     fn remove_server(&mut self, id: ServerTxId) {
-        if let Some(tx) = self.servers.remove(&id) {
+        if let Some(mut tx) = self.servers.remove(&id) {
+            unpend(&self.pending, &mut tx);
             self.server_keys.remove(&tx.key);
             if tx.is_invite {
                 let key = (tx.call_id, tx.cseq);

@@ -37,6 +37,11 @@ pub(super) struct ServerTx {
     pub(super) call_id: String,
     pub(super) cseq: u32,
     pub(super) is_invite: bool,
+    /// Holds its Call-ID in the layer's [`PendingInvites`] until its final
+    /// response goes out.
+    ///
+    /// [`PendingInvites`]: crate::sip::pending_invites::PendingInvites
+    pub(super) pending: bool,
     state: State,
     pub(super) last_response: Option<Vec<u8>>,
     /// The 100 Trying of an INVITE: sent when the TU is slow to answer, and
@@ -73,6 +78,7 @@ impl ServerTx {
             call_id: request.call_id().unwrap_or_default().to_string(),
             cseq: request.cseq().map(|(n, _)| n).unwrap_or(0),
             is_invite,
+            pending: false,
             state: State::Proceeding,
             last_response: None,
             trying: None,

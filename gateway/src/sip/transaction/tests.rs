@@ -615,3 +615,40 @@ fn a_burst_gives_its_room_back() {
         "{after} entries of room kept of the {burst} the burst needed"
     );
 }
+
+/// The socket tasks may refuse a new INVITE from its bytes only while no
+/// INVITE with its Call-ID waits for a final answer: held from the INVITE
+/// until the final response (provisional ones do not count), and released
+/// by a transaction that ends unanswered too.
+#[test]
+fn an_invite_holds_its_call_id_until_answered_finally() {
+    let pending = Arc::new(PendingInvites::default());
+    let mut layer = TransactionLayer::new(Timers::default()).with_pending_invites(pending.clone());
+    let t0 = Instant::now();
+    let invite = request("INVITE", "z9hG4bKheld", 1);
+    let tx = new_request_tx(&mut layer, invite.clone(), UDP, t0);
+    assert!(pending.may_hold("call-1"));
+    let ringing = crate::sip::response::response_for(&invite, 180, "Ringing", Some("t"));
+    layer.send_response(tx, ringing, t0);
+    assert!(
+        pending.may_hold("call-1"),
+        "a provisional answer is not final"
+    );
+    let ok = crate::sip::response::response_for(&invite, 200, "OK", Some("t"));
+    layer.send_response(tx, ok, t0);
+    assert!(!pending.may_hold("call-1"));
+    // A second INVITE of the call, never answered: the first one's end
+    // (Timer L, 32 s, no ACK came) must not let go of it.
+    let again = request("INVITE", "z9hG4bKother", 2);
+    new_request_tx(&mut layer, again, UDP, t0);
+    run_until(&mut layer, t0, Duration::from_secs(40));
+    assert!(pending.may_hold("call-1"), "released twice");
+    // Nobody answers it: the transaction gives up (500) and lets go.
+    run_until(&mut layer, t0, Duration::from_secs(700));
+    assert!(layer.is_empty());
+    assert!(!pending.may_hold("call-1"));
+
+    // A non-INVITE holds nothing.
+    new_request_tx(&mut layer, request("OPTIONS", "z9hG4bKopt", 3), UDP, t0);
+    assert!(!pending.may_hold("call-1"));
+}
