@@ -11,12 +11,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use switchboard_gateway::endpoint::shards::Occupancy;
 use switchboard_gateway::overload::Overload;
 use switchboard_gateway::sip::framing::parse_message;
 use switchboard_gateway::sip::message::SipMessage;
 use switchboard_gateway::sip::transaction::{Peer, Transport};
 use switchboard_gateway::transport::inbound::{
-    self, is_fresh, is_refusal_ack, shed_response, Delivery,
+    self, is_fresh, is_refusal_ack, shed_response, Delivery, Screened, SocketAdmission,
 };
 use switchboard_gateway::transport::source_limit::SourceLimiter;
 
@@ -82,6 +83,24 @@ fn sip_path(c: &mut Criterion) {
             shed_response(black_box(&invite))
         })
     });
+    // No place free: every new INVITE is refused at the socket, unparsed.
+    let full = sender.clone().with_admission(SocketAdmission {
+        occupancy: Arc::new(Occupancy::new(tokio::sync::watch::channel(0).0)),
+        max_calls: 0,
+        pending: Arc::default(),
+    });
+    c.bench_function(
+        "sip new INVITE refused at the socket, from its bytes",
+        |b| {
+            b.iter(|| {
+                let Screened::Refused(bytes) = full.screen(black_box(INVITE.as_bytes()), peer)
+                else {
+                    panic!("refused")
+                };
+                bytes
+            })
+        },
+    );
     c.bench_function("sip ACK of a refusal: recognised from its bytes", |b| {
         b.iter(|| assert!(is_refusal_ack(black_box(ack.as_bytes()))))
     });
