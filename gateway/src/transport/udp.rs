@@ -20,6 +20,10 @@ const MAX_DATAGRAM: usize = 65_535;
 /// overflows within milliseconds at thousands of calls per second, whenever
 /// the reader task waits for a worker; every datagram lost there is a
 /// retransmission 500 ms later and a call that lives that much longer.
+/// Datagrams read in a row, while refusing, before the reader lets the
+/// other tasks run.
+const DRAIN_BATCH: usize = 1024;
+
 const SOCKET_BUFFER: usize = 4 << 20;
 
 pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
@@ -43,10 +47,35 @@ pub async fn read_loop(
 ) {
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let drop_log = crate::burst_log::BurstLog::default();
+    let mut drained = 0usize;
     loop {
-        let received = tokio::select! {
-            received = socket.recv_from(&mut buf) => received,
-            _ = shutdown.changed() => return,
+        // While new calls are being refused, what waits in the socket is
+        // mostly INVITEs refused here in a microsecond and their ACKs; the
+        // BYEs and ACKs of calls in progress queue behind them in arrival
+        // order. Read on without giving the worker back after every 128
+        // datagrams (tokio's budget), so those reach the endpoint's urgent
+        // queue in time; below capacity, read as any task would.
+        let ready = if inbound.refusing_new_calls() {
+            socket.try_recv_from(&mut buf).ok()
+        } else {
+            None
+        };
+        let received = match ready {
+            Some(received) => {
+                drained += 1;
+                if drained == DRAIN_BATCH {
+                    drained = 0;
+                    tokio::task::yield_now().await;
+                }
+                Ok(received)
+            }
+            None => {
+                drained = 0;
+                tokio::select! {
+                    received = socket.recv_from(&mut buf) => received,
+                    _ = shutdown.changed() => return,
+                }
+            }
         };
         let (len, from) = match received {
             Ok(received) => received,
