@@ -83,9 +83,12 @@ fn sip_path(c: &mut Criterion) {
             shed_response(black_box(&invite))
         })
     });
-    // No place free: every new INVITE is refused at the socket, unparsed.
+    // No place free, and the endpoint refused a call lately (noted in each
+    // iteration: it holds 100 ms): every new INVITE is refused at the
+    // socket, unparsed.
+    let occupancy = Arc::new(Occupancy::new(tokio::sync::watch::channel(0).0));
     let full = sender.clone().with_admission(SocketAdmission {
-        occupancy: Arc::new(Occupancy::new(tokio::sync::watch::channel(0).0)),
+        occupancy: occupancy.clone(),
         max_calls: 0,
         pending: Arc::default(),
     });
@@ -93,6 +96,7 @@ fn sip_path(c: &mut Criterion) {
         "sip new INVITE refused at the socket, from its bytes",
         |b| {
             b.iter(|| {
+                occupancy.note_refusal(std::time::Instant::now());
                 let Screened::Refused(bytes) = full.screen(black_box(INVITE.as_bytes()), peer)
                 else {
                     panic!("refused")

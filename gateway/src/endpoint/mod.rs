@@ -601,6 +601,7 @@ impl Core {
     }
 
     fn note_refusal(&mut self, call_id: &str, why: &str) {
+        self.occupancy.note_refusal(std::time::Instant::now());
         crate::metrics::call_rejected(503);
         if let Some(refused) = self.shed_log.note() {
             tracing::warn!(

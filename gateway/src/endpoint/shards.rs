@@ -8,8 +8,9 @@
 //! Call-ID hashes to.
 
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
@@ -90,14 +91,45 @@ impl EndpointSender {
 pub struct Occupancy {
     calls: AtomicUsize,
     watch: watch::Sender<usize>,
+    /// When a shard last turned a new call away for want of a place, in ms
+    /// since `epoch` (0: never).
+    refused_ms: AtomicU64,
+    epoch: Instant,
 }
+
+/// How long after a shard refused a call for want of a place the socket
+/// tasks may refuse too, unparsed, while every place is still taken.
+const REFUSING_FOR: Duration = Duration::from_millis(100);
 
 impl Occupancy {
     pub fn new(watch: watch::Sender<usize>) -> Self {
         Self {
             calls: AtomicUsize::new(0),
             watch,
+            refused_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
+    }
+
+    /// A shard refused a new call: every place was taken when it looked.
+    pub fn note_refusal(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        self.refused_ms.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether the socket tasks should refuse new calls themselves: every
+    /// place is taken now and a shard refused one lately. Only the shards
+    /// see a full gateway first: they serve the BYEs already read before
+    /// new INVITEs, so a short stall that fills every place for a few
+    /// milliseconds does not turn into refusals at the socket.
+    pub fn refusing(&self, max: usize) -> bool {
+        self.calls() >= max && self.refused_lately(Instant::now())
+    }
+
+    fn refused_lately(&self, now: Instant) -> bool {
+        let refused = self.refused_ms.load(Ordering::Relaxed);
+        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
+        refused != 0 && ms.saturating_sub(refused) < REFUSING_FOR.as_millis() as u64
     }
 
     /// Takes a place for a new call unless `max` are in progress.
@@ -183,5 +215,19 @@ mod tests {
         assert_eq!(occupancy.calls(), 149);
         assert!(occupancy.try_take(150));
         assert!(!occupancy.try_take(150));
+    }
+
+    /// Only a shard's refusal lets the sockets refuse, and only for a while.
+    #[test]
+    fn the_sockets_refuse_only_after_a_shard_did_lately() {
+        let occupancy = Occupancy::new(watch::channel(0).0);
+        assert!(occupancy.try_take(1));
+        assert!(!occupancy.refusing(1), "full, but no shard refused yet");
+        let now = Instant::now();
+        occupancy.note_refusal(now);
+        assert!(occupancy.refusing(1));
+        assert!(!occupancy.refusing(2), "a place is free");
+        assert!(occupancy.refused_lately(now + REFUSING_FOR / 2));
+        assert!(!occupancy.refused_lately(now + REFUSING_FOR * 2));
     }
 }

@@ -169,7 +169,7 @@ impl InboundSender {
     /// overload control shedding).
     pub fn refusing_new_calls(&self) -> bool {
         self.admission.as_ref().is_some_and(|admission| {
-            admission.occupancy.calls() >= admission.max_calls || self.overload.is_shedding()
+            admission.occupancy.refusing(admission.max_calls) || self.overload.is_shedding()
         })
     }
 
@@ -184,7 +184,7 @@ impl InboundSender {
         };
         // Below capacity and not shedding, every new INVITE is taken: no
         // need to read it twice.
-        let at_capacity = admission.occupancy.calls() >= admission.max_calls;
+        let at_capacity = admission.occupancy.refusing(admission.max_calls);
         if !at_capacity && !self.overload.is_shedding() {
             return Screened::Unread;
         }
