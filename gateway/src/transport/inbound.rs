@@ -182,8 +182,9 @@ impl InboundSender {
         let Some(admission) = &self.admission else {
             return Screened::Unread;
         };
-        // Below capacity and not shedding, every new INVITE is taken: no
-        // need to read it twice.
+        // Unless the shards are turning calls away for want of a place or
+        // overload control sheds, the INVITE goes the ordinary way: no need
+        // to read it twice.
         let at_capacity = admission.occupancy.refusing(admission.max_calls);
         if !at_capacity && !self.overload.is_shedding() {
             return Screened::Unread;

@@ -20,11 +20,11 @@ const MAX_DATAGRAM: usize = 65_535;
 /// overflows within milliseconds at thousands of calls per second, whenever
 /// the reader task waits for a worker; every datagram lost there is a
 /// retransmission 500 ms later and a call that lives that much longer.
+const SOCKET_BUFFER: usize = 4 << 20;
+
 /// Datagrams read in a row, while refusing, before the reader lets the
 /// other tasks run.
 const DRAIN_BATCH: usize = 1024;
-
-const SOCKET_BUFFER: usize = 4 << 20;
 
 pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -66,6 +66,9 @@ pub async fn read_loop(
                 if drained == DRAIN_BATCH {
                     drained = 0;
                     tokio::task::yield_now().await;
+                    if shutdown.has_changed().unwrap_or(true) {
+                        return;
+                    }
                 }
                 Ok(received)
             }
