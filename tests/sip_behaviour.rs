@@ -24,6 +24,28 @@ fn ack_for(sip: &RawSip, response: &str, user: &str, call_id: &str, cseq: u32) -
     )
 }
 
+/// A configuration whose every call goes to a bot that accepts TCP but
+/// never completes the WebSocket handshake, so calls stay unanswered for
+/// 10 s; and that bot's listener, to keep while the test runs.
+fn unanswering_bot(limits: &str) -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/media", listener.local_addr().unwrap());
+    let config = config_with(&format!(
+        r#"
+{limits}
+[[trunks]]
+name = "loopback"
+allow = ["127.0.0.1"]
+routes = [{{ pattern = ".*", flow = "slow" }}]
+
+[[flows]]
+name = "slow"
+bot = {{ kind = "twilio_stream", url = "{url}", connect_timeout_ms = 10000 }}
+"#
+    ));
+    (listener, config)
+}
+
 #[test]
 fn options_is_answered_and_unknown_dialogs_get_481() {
     let gateway = GatewayProcess::start("options", &echo_config(""));
@@ -102,25 +124,7 @@ fn calls_beyond_capacity_get_503_with_retry_after() {
 /// Trying again), not be taken for a new call and refused.
 #[test]
 fn at_capacity_a_retransmitted_invite_still_reaches_its_transaction() {
-    // A bot that accepts TCP but never completes the WebSocket handshake
-    // keeps the first call unanswered.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("ws://{}/media", listener.local_addr().unwrap());
-    let config = config_with(&format!(
-        r#"
-[limits]
-max_calls = 1
-
-[[trunks]]
-name = "loopback"
-allow = ["127.0.0.1"]
-routes = [{{ pattern = ".*", flow = "slow" }}]
-
-[[flows]]
-name = "slow"
-bot = {{ kind = "twilio_stream", url = "{url}", connect_timeout_ms = 10000 }}
-"#
-    ));
+    let (listener, config) = unanswering_bot("[limits]\nmax_calls = 1\n");
     let gateway = GatewayProcess::start("capacity-retransmission", &config);
     let first = RawSip::new(gateway.udp);
     let invite = first.request(
@@ -161,22 +165,7 @@ bot = {{ kind = "twilio_stream", url = "{url}", connect_timeout_ms = 10000 }}
 
 #[test]
 fn cancel_before_answer_gets_487() {
-    // A bot that accepts TCP but never completes the WebSocket handshake keeps
-    // the call unanswered long enough to cancel it.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("ws://{}/media", listener.local_addr().unwrap());
-    let config = config_with(&format!(
-        r#"
-[[trunks]]
-name = "loopback"
-allow = ["127.0.0.1"]
-routes = [{{ pattern = ".*", flow = "slow" }}]
-
-[[flows]]
-name = "slow"
-bot = {{ kind = "twilio_stream", url = "{url}", connect_timeout_ms = 10000 }}
-"#
-    ));
+    let (_listener, config) = unanswering_bot("");
     let gateway = GatewayProcess::start("cancel", &config);
     let sip = RawSip::new(gateway.udp);
     let invite = sip.request(
