@@ -12,6 +12,8 @@ use switchboard_gateway::sip::framing::{
 use switchboard_gateway::sip::message::SipMessage;
 use switchboard_gateway::sip::transaction::{Peer, Timers, TransactionLayer, Transport};
 use switchboard_gateway::sip::uri::SipUri;
+use switchboard_gateway::transport::inbound::is_refusal_ack;
+use switchboard_gateway::transport::new_invite;
 use switchboard_media::codec::Codec;
 use switchboard_media::rtcp::RtcpSession;
 use switchboard_media::rtp::RtpPacket;
@@ -291,6 +293,16 @@ fn transact(message: SipMessage, transport: Transport) {
 }
 
 fn sip_datagram(bytes: &[u8]) {
+    // What the UDP reader looks at before parsing, under overload.
+    let _ = is_refusal_ack(bytes);
+    if let Some(invite) = new_invite::read(bytes) {
+        let _ = invite.call_id();
+        if let Ok(SipMessage::Response(refusal)) =
+            switchboard_gateway::sip::framing::parse_message(&invite.refusal("shedfuzz", "5"))
+        {
+            let _ = (refusal.to(), refusal.top_via(), refusal.cseq());
+        }
+    }
     match parse_datagram(bytes) {
         Datagram::Message(message) => {
             inspect(&message);
