@@ -111,7 +111,10 @@ fn sip_path(c: &mut Criterion) {
     c.bench_function("sip ACK of a refusal: parse + absorb", |b| {
         b.iter(|| {
             let message = parse_message(black_box(ack.as_bytes())).unwrap();
-            assert!(matches!(sender.deliver(message, peer), Delivery::Absorbed));
+            assert!(matches!(
+                sender.deliver(message, peer, false),
+                Delivery::Absorbed
+            ));
         })
     });
 }

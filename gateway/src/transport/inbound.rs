@@ -205,12 +205,8 @@ impl InboundSender {
         if !self.allowed(&Method::Invite, peer, Instant::now()) {
             return Screened::Limited;
         }
-        crate::metrics::sip_shed(stage);
-        if let Some(count) = self.shed_log.note() {
-            tracing::warn!(peer = %peer.addr, count, "{why}: new calls answered 503 before any work (logged once per 10 s; see switchboard_sip_shed_total)");
-        }
-        let tag = format!("{SHED_TAG_PREFIX}{}", new_tag());
-        Screened::Refused(invite.refusal(&tag, SHED_RETRY_AFTER))
+        self.note_shed(stage, why, &Method::Invite, peer);
+        Screened::Refused(invite.refusal(&shed_tag(), SHED_RETRY_AFTER))
     }
 
     /// Whether `peer` may send another new request now (the per-source
@@ -241,14 +237,10 @@ impl InboundSender {
         &self.shards[shard]
     }
 
-    /// Queues without waiting (UDP).
-    pub fn deliver(&self, message: SipMessage, peer: Peer) -> Delivery {
-        self.deliver_screened(message, peer, false)
-    }
-
-    /// As [`deliver`](Self::deliver), for a message [`screen`](Self::screen)
-    /// `admitted` already (overload control is not asked twice).
-    pub fn deliver_screened(&self, message: SipMessage, peer: Peer, admitted: bool) -> Delivery {
+    /// Queues without waiting (UDP). `admitted`: [`screen`](Self::screen)
+    /// let this new INVITE past overload control already (it is not asked
+    /// twice).
+    pub fn deliver(&self, message: SipMessage, peer: Peer, admitted: bool) -> Delivery {
         if acknowledges_a_refusal(&message) {
             return Delivery::Absorbed;
         }
@@ -327,11 +319,22 @@ impl InboundSender {
     }
 
     fn shed(&self, request: &Request, peer: Peer, stage: &'static str) -> Delivery {
+        self.note_shed(stage, "overloaded", &request.method, peer);
+        Delivery::Shed(shed_response(request))
+    }
+
+    /// Counts a refusal at the socket by stage, with one log line per burst.
+    fn note_shed(
+        &self,
+        stage: &'static str,
+        why: &str,
+        method: &dyn std::fmt::Display,
+        peer: Peer,
+    ) {
         crate::metrics::sip_shed(stage);
         if let Some(count) = self.shed_log.note() {
-            tracing::warn!(method = %request.method, peer = %peer.addr, count, "overloaded: new requests answered 503 before any work (logged once per 10 s; see switchboard_sip_shed_total)");
+            tracing::warn!(%method, peer = %peer.addr, count, "{why}: new requests answered 503 before any work (logged once per 10 s; see switchboard_sip_shed_total)");
         }
-        Delivery::Shed(shed_response(request))
     }
 
     /// Events other than messages (TCP connections opening and closing):
@@ -379,10 +382,15 @@ impl InboundSender {
 /// take on now. Sent without a transaction (before any 100 Trying): if it
 /// is lost, the INVITE's retransmission is refused the same way.
 pub fn shed_response(request: &Request) -> Vec<u8> {
-    let tag = format!("{SHED_TAG_PREFIX}{}", new_tag());
-    let mut response = response_for(request, 503, "Service Unavailable", Some(&tag));
+    let mut response = response_for(request, 503, "Service Unavailable", Some(&shed_tag()));
     response.headers.push("Retry-After", SHED_RETRY_AFTER);
     response.to_bytes()
+}
+
+/// The To tag of a refusal sent without a transaction: its ACK is
+/// recognised by the prefix.
+fn shed_tag() -> String {
+    format!("{SHED_TAG_PREFIX}{}", new_tag())
 }
 
 /// An ACK for one of [`shed_response`]'s 503s (RFC 3261 §17.1.1.3: same
@@ -452,10 +460,10 @@ mod tests {
         let (sender, mut queues) = queues_with(1, 8, 1, overload, limiter);
         let queues = &mut queues[0];
         assert!(matches!(
-            sender.deliver(message("INVITE", ""), PEER),
+            sender.deliver(message("INVITE", ""), PEER, false),
             Delivery::Queued
         ));
-        let Delivery::Shed(bytes) = sender.deliver(message("INVITE", ""), PEER) else {
+        let Delivery::Shed(bytes) = sender.deliver(message("INVITE", ""), PEER, false) else {
             panic!("a second new INVITE must be shed")
         };
         let text = String::from_utf8(bytes).unwrap();
@@ -464,7 +472,7 @@ mod tests {
         assert!(text.contains("\r\nCall-ID: c1\r\n"));
         for (method, tag) in [("BYE", ";tag=x"), ("ACK", ""), ("CANCEL", "")] {
             assert!(matches!(
-                sender.deliver(message(method, tag), PEER),
+                sender.deliver(message(method, tag), PEER, false),
                 Delivery::Queued
             ));
         }
@@ -472,7 +480,7 @@ mod tests {
         assert_eq!(queues.fresh.len(), 1);
         assert!(queues.fresh.try_recv().is_ok());
         assert!(matches!(
-            sender.deliver(message("REGISTER", ""), PEER),
+            sender.deliver(message("REGISTER", ""), PEER, false),
             Delivery::Queued
         ));
         // The caller's ACK for the refusal stops at the socket.
@@ -480,7 +488,10 @@ mod tests {
         let tag = to.split("tag=").nth(1).unwrap();
         assert!(tag.starts_with(SHED_TAG_PREFIX), "{text}");
         let ack = message("ACK", &format!(";tag={tag}"));
-        assert!(matches!(sender.deliver(ack, PEER), Delivery::Absorbed));
+        assert!(matches!(
+            sender.deliver(ack, PEER, false),
+            Delivery::Absorbed
+        ));
         assert_eq!(queues.urgent.len(), 3, "nothing more queued");
     }
 
@@ -504,7 +515,10 @@ mod tests {
             );
             for bytes in [text("INVITE", ""), text("BYE", ";tag=t"), response] {
                 let message = parse_message(bytes.as_bytes()).unwrap();
-                assert!(matches!(sender.deliver(message, PEER), Delivery::Queued));
+                assert!(matches!(
+                    sender.deliver(message, PEER, false),
+                    Delivery::Queued
+                ));
             }
             let owner = shard_of(&call_id, 3);
             for (index, queue) in queues.iter_mut().enumerate() {

@@ -107,7 +107,7 @@ pub async fn read_loop(
         };
         match parse_datagram(&buf[..len]) {
             Datagram::KeepAlive => {}
-            Datagram::Message(message) => match inbound.deliver_screened(message, peer, admitted) {
+            Datagram::Message(message) => match inbound.deliver(message, peer, admitted) {
                 Delivery::Queued | Delivery::Closed | Delivery::Limited | Delivery::Absorbed => {}
                 Delivery::Shed(response) => {
                     let _ = socket.try_send_to(&response, from);
