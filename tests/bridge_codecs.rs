@@ -103,9 +103,23 @@ bot = {{ kind = "twilio_stream", url = "ws://{}/media" }}
     let agent_heard = agent.recording("dec").mono();
     let rate = codec.rate;
     // From 1.5 s: past the frame the agent leg's adaptive jitter buffer
-    // drops about a second in, on its way from 40 ms to 20.
-    let (to_agent, _) =
-        peak_correlation(&backwards(rate), &agent_heard, rate, rate as usize * 3 / 2);
+    // drops about a second in, on its way from 40 ms to 20. The best of
+    // three one-second windows (from 1.5, 2 and 2.5 s): a frame dropped or
+    // inserted later, when CI runs both calls of this file beside two
+    // baresips on two cores, shifts the rest of the recording and spoils
+    // the one window it falls in (0.63 once, against 0.91 otherwise).
+    let to_agent = [3, 4, 5]
+        .into_iter()
+        .map(|halves| {
+            peak_correlation(
+                &backwards(rate),
+                &agent_heard,
+                rate,
+                rate as usize * halves / 2,
+            )
+            .0
+        })
+        .fold(0.0, f64::max);
     assert!(
         to_caller > REQUIRED_CORRELATION,
         "the caller hears the agent through {} -> PCMU ({to_caller:.3})",
