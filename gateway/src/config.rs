@@ -228,6 +228,11 @@ pub struct LimitsConfig {
     /// are answered 503 + Retry-After by the socket tasks (stateless).
     #[serde(default = "default_overload_task_delay_ms")]
     pub overload_task_delay_ms: u64,
+    /// Once new calls find every place taken, while tasks wait longer than
+    /// this on average for a CPU, the places shrink to what runs on time
+    /// (an adaptive limit below `max_calls`; `call_limit.rs`). 0 = off.
+    #[serde(default = "default_overload_call_delay_ms")]
+    pub overload_call_delay_ms: u64,
     /// New requests (INVITE, REGISTER, OPTIONS… without a To tag) one
     /// source IP may send per second on average; beyond it they are
     /// dropped at the socket. Trunks' `allow` networks are exempt. 0 = off.
@@ -252,6 +257,7 @@ impl Default for LimitsConfig {
             tcp_idle_timeout_secs: default_tcp_idle_timeout_secs(),
             overload_delay_ms: default_overload_delay_ms(),
             overload_task_delay_ms: default_overload_task_delay_ms(),
+            overload_call_delay_ms: default_overload_call_delay_ms(),
             new_requests_per_ip: default_new_requests_per_ip(),
             new_requests_burst_per_ip: default_new_requests_burst_per_ip(),
             sip_workers: 0,
@@ -332,6 +338,13 @@ fn default_overload_delay_ms() -> u64 {
 /// average, a saturated one does not.
 fn default_overload_task_delay_ms() -> u64 {
     50
+}
+
+/// 10 ms: offered 2x and 4x its peak, 5 ms and 10 ms completed as many
+/// calls, but 5 ms also refused calls at the peak after a stall
+/// (BENCHMARKS.md, "The adaptive call limit").
+fn default_overload_call_delay_ms() -> u64 {
+    10
 }
 
 /// Far above a phone's or an office NAT's needs (a REGISTER per phone per

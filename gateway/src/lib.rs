@@ -3,6 +3,7 @@
 pub mod api;
 pub mod burst_log;
 pub mod call;
+pub mod call_limit;
 pub mod config;
 pub mod endpoint;
 pub mod metrics;

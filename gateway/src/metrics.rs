@@ -24,6 +24,7 @@ pub const AUTH_FAILURES: &str = "switchboard_auth_failures_total";
 pub const TCP_REFUSED: &str = "switchboard_tcp_refused_total";
 pub const SIP_SHED: &str = "switchboard_sip_shed_total";
 pub const OVERLOADED: &str = "switchboard_overloaded";
+pub const CALL_LIMIT: &str = "switchboard_adaptive_call_limit";
 pub const CALL_DURATION: &str = "switchboard_call_duration_seconds";
 pub const CALL_LOSS: &str = "switchboard_call_packet_loss_ratio";
 pub const CALL_JITTER: &str = "switchboard_call_jitter_ms";
@@ -67,7 +68,11 @@ pub fn describe() {
     );
     describe_counter!(
         SIP_SHED,
-        "SIP messages turned away under overload, by stage (overload, queue, delay, dropped)"
+        "SIP messages turned away under overload, by stage (overload, call_limit, capacity, queue, delay, dropped)"
+    );
+    describe_gauge!(
+        CALL_LIMIT,
+        "Calls in progress the CPU carries now, while overload control holds new calls below limits.max_calls; 0 while it does not"
     );
     describe_gauge!(
         OVERLOADED,
@@ -109,10 +114,17 @@ pub fn overloaded(shedding: bool) {
     gauge!(OVERLOADED).set(if shedding { 1.0 } else { 0.0 });
 }
 
+/// The adaptive limit on calls in progress (`None`: only `max_calls`).
+pub fn adaptive_call_limit(limit: Option<usize>) {
+    gauge!(CALL_LIMIT).set(limit.unwrap_or(0) as f64);
+}
+
 /// A SIP message turned away under overload: `overload` (new INVITE while
 /// tasks wait too long for a CPU: 503), `queue` (new request, queue full:
 /// 503), `delay` (new INVITE waited too long for the endpoint: 503),
 /// `capacity` (new INVITE while `limits.max_calls` calls are up: 503),
+/// `call_limit` (new INVITE while the calls in progress run late and
+/// overload control holds them below `max_calls`: 503),
 /// `dropped` (in-dialog datagram, queue full: the sender retransmits).
 pub fn sip_shed(stage: &'static str) {
     counter!(SIP_SHED, "stage" => stage).increment(1);

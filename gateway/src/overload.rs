@@ -7,6 +7,7 @@
 //! how long any runnable task waits for a worker. While it stays high, new
 //! INVITEs are answered 503 + Retry-After by the socket tasks themselves,
 //! before anything is created, and the calls already admitted finish.
+//! The same lateness drives the adaptive call limit (`call_limit.rs`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -97,8 +98,16 @@ impl Overload {
     }
 
     /// Runs the probe until `shutdown` changes or closes.
-    pub async fn monitor(self: Arc<Self>, limit: Duration, mut shutdown: watch::Receiver<bool>) {
+    pub async fn monitor(
+        self: Arc<Self>,
+        limit: Duration,
+        call_target: Option<Duration>,
+        occupancy: Arc<crate::endpoint::Occupancy>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut detector = LagDetector::new(limit);
+        let mut calls = call_target.map(crate::call_limit::AdaptiveCallLimit::new);
+        let mut call_limit = None;
         loop {
             let asleep = std::time::Instant::now();
             tokio::select! {
@@ -111,6 +120,14 @@ impl Overload {
                 .saturating_sub(PROBE_EVERY + Duration::from_millis(1));
             let was = self.is_shedding();
             let admit = detector.sample(late);
+            if let Some(calls) = &mut calls {
+                let limit = calls.sample(
+                    detector.average(),
+                    occupancy.calls(),
+                    occupancy.refused_lately(std::time::Instant::now()),
+                );
+                publish_call_limit(&occupancy, &mut call_limit, limit, detector.average());
+            }
             self.admit_ppm
                 .store((admit * PPM as f64) as u64, Ordering::Relaxed);
             let shedding = self.is_shedding();
@@ -127,6 +144,33 @@ impl Overload {
             }
         }
     }
+}
+
+/// Applies the adaptive call limit to the places; logs when it starts and
+/// when it is lifted.
+fn publish_call_limit(
+    occupancy: &crate::endpoint::Occupancy,
+    current: &mut Option<usize>,
+    limit: Option<usize>,
+    delay: Duration,
+) {
+    if limit == *current {
+        return;
+    }
+    occupancy.set_adaptive_limit(limit.unwrap_or(usize::MAX));
+    crate::metrics::adaptive_call_limit(limit);
+    match (*current, limit) {
+        (None, Some(limit)) => tracing::warn!(
+            limit,
+            delay_ms = delay.as_millis() as u64,
+            "overloaded: calls in progress run late; new calls get 503 above an adaptive limit until they run on time"
+        ),
+        (Some(_), None) => {
+            tracing::info!("calls run on time again: the adaptive call limit is lifted")
+        }
+        _ => {}
+    }
+    *current = limit;
 }
 
 #[cfg(test)]

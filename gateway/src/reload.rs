@@ -175,6 +175,7 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
         (
             c.limits.overload_delay_ms,
             c.limits.overload_task_delay_ms,
+            c.limits.overload_call_delay_ms,
             c.limits.new_requests_per_ip,
             c.limits.new_requests_burst_per_ip,
         )

@@ -58,11 +58,19 @@ pub struct Gateway {
 impl Gateway {
     pub async fn start(config: Config, valid: ValidConfig) -> Result<Gateway, GatewayError> {
         let (sockets_shutdown, sockets_watch) = watch::channel(false);
+        let (active_tx, active_calls) = watch::channel(0usize);
+        let occupancy = Arc::new(Occupancy::new(active_tx));
         let overload = Arc::new(crate::overload::Overload::default());
-        tokio::spawn(overload.clone().monitor(
-            std::time::Duration::from_millis(config.limits.overload_task_delay_ms),
-            sockets_watch.clone(),
-        ));
+        tokio::spawn(
+            overload.clone().monitor(
+                std::time::Duration::from_millis(config.limits.overload_task_delay_ms),
+                (config.limits.overload_call_delay_ms > 0).then(|| {
+                    std::time::Duration::from_millis(config.limits.overload_call_delay_ms)
+                }),
+                occupancy.clone(),
+                sockets_watch.clone(),
+            ),
+        );
         let limiter = Arc::new(std::sync::Mutex::new(
             crate::transport::source_limit::SourceLimiter::new(
                 config.limits.new_requests_per_ip,
@@ -75,8 +83,6 @@ impl Gateway {
             workers = shards,
             "SIP endpoint: one worker per shard of Call-IDs"
         );
-        let (active_tx, active_calls) = watch::channel(0usize);
-        let occupancy = Arc::new(Occupancy::new(active_tx));
         let pending_invites = Arc::new(crate::sip::pending_invites::PendingInvites::default());
         let (inbound_tx, inbound) =
             crate::transport::inbound::queues(shards, overload, limiter.clone());

@@ -252,8 +252,10 @@ impl Endpoint {
                     None
                 } else if now.saturating_duration_since(received) > self.overload_delay {
                     Some(EarlyRefusal::Late)
-                } else if core.occupancy.calls() >= self.max_calls {
-                    Some(EarlyRefusal::AtCapacity)
+                } else if !core.occupancy.has_place(self.max_calls) {
+                    Some(EarlyRefusal::NoPlace(
+                        core.occupancy.no_place_reason(self.max_calls),
+                    ))
                 } else {
                     None
                 };
@@ -545,7 +547,8 @@ impl Endpoint {
         // place is taken once the call is certain, since another shard
         // may have taken the last one since.
         if !core.occupancy.try_take(self.max_calls) {
-            core.refuse_new_call(tx, &request, &call_id, "at capacity (limits.max_calls)");
+            let (_, why) = core.occupancy.no_place_reason(self.max_calls);
+            core.refuse_new_call(tx, &request, &call_id, why);
             return;
         }
         let (inputs_tx, inputs) = mpsc::channel(CALL_INPUT_CAPACITY);
@@ -586,8 +589,10 @@ impl Endpoint {
 enum EarlyRefusal {
     /// It waited longer than `overload_delay_ms` in this shard's queue.
     Late,
-    /// Every place under `limits.max_calls` is taken.
-    AtCapacity,
+    /// Every place is taken (`limits.max_calls`, or fewer while calls in
+    /// progress run late): the stage and the reason, as
+    /// `Occupancy::no_place_reason` gives them.
+    NoPlace((&'static str, &'static str)),
 }
 
 impl Core {
@@ -638,7 +643,7 @@ impl Core {
                 "delay",
                 "overloaded: new calls waited too long for the SIP endpoint",
             ),
-            EarlyRefusal::AtCapacity => ("capacity", "at capacity (limits.max_calls)"),
+            EarlyRefusal::NoPlace(reason) => reason,
         };
         crate::metrics::sip_shed(stage);
         self.note_refusal(request.call_id().unwrap_or_default(), why);
@@ -813,8 +818,11 @@ mod tests {
             "a retransmission"
         );
         assert!(
-            core.refuse_before_transaction(&invite, Some(EarlyRefusal::AtCapacity))
-                .is_none(),
+            core.refuse_before_transaction(
+                &invite,
+                Some(EarlyRefusal::NoPlace(("capacity", "at capacity")))
+            )
+            .is_none(),
             "a retransmission at capacity"
         );
         assert!(core
@@ -825,7 +833,10 @@ mod tests {
             .is_none());
         let other = request("INVITE", "z9hG4bKr2", "");
         let refusal = core
-            .refuse_before_transaction(&other, Some(EarlyRefusal::AtCapacity))
+            .refuse_before_transaction(
+                &other,
+                Some(EarlyRefusal::NoPlace(("capacity", "at capacity"))),
+            )
             .expect("refused at capacity");
         assert!(String::from_utf8(refusal)
             .unwrap()

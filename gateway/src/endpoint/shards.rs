@@ -95,6 +95,8 @@ pub struct Occupancy {
     /// since `epoch` (0: never).
     refused_ms: AtomicU64,
     epoch: Instant,
+    /// What the CPU carries now (`call_limit`); `max_calls` still holds.
+    adaptive_limit: AtomicUsize,
 }
 
 /// How long after a shard refused a call for want of a place the socket
@@ -108,6 +110,7 @@ impl Occupancy {
             watch,
             refused_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            adaptive_limit: AtomicUsize::new(usize::MAX),
         }
     }
 
@@ -123,17 +126,53 @@ impl Occupancy {
     /// new INVITEs, so a short stall that fills every place for a few
     /// milliseconds does not turn into refusals at the socket.
     pub fn refusing(&self, max: usize) -> bool {
-        self.calls() >= max && self.refused_lately(Instant::now())
+        !self.has_place(max) && self.refused_lately(Instant::now())
     }
 
-    fn refused_lately(&self, now: Instant) -> bool {
+    /// Sets the limit overload control computes (`usize::MAX`: none).
+    pub fn set_adaptive_limit(&self, limit: usize) {
+        self.adaptive_limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// How many calls may be in progress: `max`, or fewer while the CPU
+    /// cannot carry that many.
+    pub fn limit(&self, max: usize) -> usize {
+        max.min(self.adaptive_limit.load(Ordering::Relaxed))
+    }
+
+    /// Whether the adaptive limit, not `max`, is what binds now.
+    pub fn limited_below(&self, max: usize) -> bool {
+        self.limit(max) < max
+    }
+
+    /// Why a new call finds no place: its stage in
+    /// `switchboard_sip_shed_total`, and the reason logged.
+    pub fn no_place_reason(&self, max: usize) -> (&'static str, &'static str) {
+        if self.limited_below(max) {
+            (
+                "call_limit",
+                "overloaded: calls in progress run late, so fewer places for now (adaptive call limit)",
+            )
+        } else {
+            ("capacity", "at capacity (limits.max_calls)")
+        }
+    }
+
+    pub fn has_place(&self, max: usize) -> bool {
+        self.calls() < self.limit(max)
+    }
+
+    /// Whether a shard refused a new call for want of a place lately.
+    pub fn refused_lately(&self, now: Instant) -> bool {
         let refused = self.refused_ms.load(Ordering::Relaxed);
         let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         refused != 0 && ms.saturating_sub(refused) < REFUSING_FOR.as_millis() as u64
     }
 
-    /// Takes a place for a new call unless `max` are in progress.
+    /// Takes a place for a new call unless `max` (or the adaptive limit)
+    /// are in progress.
     pub fn try_take(&self, max: usize) -> bool {
+        let max = self.limit(max);
         let taken = self
             .calls
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |calls| {
@@ -215,6 +254,26 @@ mod tests {
         assert_eq!(occupancy.calls(), 149);
         assert!(occupancy.try_take(150));
         assert!(!occupancy.try_take(150));
+    }
+
+    #[test]
+    fn the_adaptive_limit_holds_below_max_calls_and_says_so() {
+        let occupancy = Occupancy::new(watch::channel(0).0);
+        assert!(occupancy.try_take(10) && occupancy.try_take(10));
+        assert_eq!(occupancy.no_place_reason(10).0, "capacity");
+        occupancy.set_adaptive_limit(2);
+        assert!(!occupancy.has_place(10) && !occupancy.try_take(10));
+        assert_eq!(occupancy.no_place_reason(10).0, "call_limit");
+        occupancy.note_refusal(Instant::now());
+        assert!(
+            occupancy.refusing(10),
+            "the sockets refuse at the limit too"
+        );
+        // max_calls still holds when it is the lower.
+        assert_eq!(occupancy.limit(1), 1);
+        assert_eq!(occupancy.no_place_reason(1).0, "capacity");
+        occupancy.set_adaptive_limit(usize::MAX);
+        assert!(occupancy.try_take(10));
     }
 
     /// Only a shard's refusal lets the sockets refuse, and only for a while.

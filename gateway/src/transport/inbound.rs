@@ -196,7 +196,7 @@ impl InboundSender {
             return Screened::Admitted;
         }
         let (stage, why) = if at_capacity {
-            ("capacity", "at capacity (limits.max_calls)")
+            admission.occupancy.no_place_reason(admission.max_calls)
         } else if !self.overload.admit() {
             ("overload", "overloaded")
         } else {
