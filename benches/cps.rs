@@ -66,6 +66,9 @@ struct Refusals {
     delay: u64,
     /// Before a transaction: `max_calls` calls up.
     capacity: u64,
+    /// Before a transaction: the adaptive call limit (below `max_calls`)
+    /// reached, at the socket or the endpoint.
+    call_limit: u64,
     /// Every call the endpoint answered 503 (`delay` and `capacity`
     /// included; the rest went through a transaction).
     rejected_503: u64,
@@ -85,6 +88,7 @@ impl Refusals {
             queue: shed("queue"),
             delay: shed("delay"),
             capacity: shed("capacity"),
+            call_limit: shed("call_limit"),
             rejected_503: metric(&metrics, "switchboard_calls_rejected_total{status=\"503\"}"),
         }
     }
@@ -95,12 +99,14 @@ impl Refusals {
             queue: self.queue - before.queue,
             delay: self.delay - before.delay,
             capacity: self.capacity - before.capacity,
+            call_limit: self.call_limit - before.call_limit,
             rejected_503: self.rejected_503 - before.rejected_503,
         }
     }
 
     fn with_transaction(&self) -> u64 {
-        self.rejected_503.saturating_sub(self.delay + self.capacity)
+        self.rejected_503
+            .saturating_sub(self.delay + self.capacity + self.call_limit)
     }
 }
 
@@ -133,6 +139,7 @@ impl Run {
                         "socket_queue_full": r.queue,
                         "endpoint_late": r.delay,
                         "endpoint_capacity": r.capacity,
+                        "endpoint_call_limit": r.call_limit,
                         "with_a_transaction": r.with_transaction(),
                     })),
                 })
@@ -155,11 +162,12 @@ impl Run {
             );
             if let Some(r) = self.refusals {
                 println!(
-                    "  refused: at the socket {} (overload) + {} (queue full); before a transaction {} (late) + {} (capacity: at the socket or the endpoint); with a transaction {}",
+                    "  refused: at the socket {} (overload) + {} (queue full); before a transaction {} (late) + {} (capacity: at the socket or the endpoint) + {} (adaptive call limit); with a transaction {}",
                     r.overload,
                     r.queue,
                     r.delay,
                     r.capacity,
+                    r.call_limit,
                     r.with_transaction()
                 );
             }
