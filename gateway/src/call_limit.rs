@@ -16,10 +16,10 @@
 //! lateness), the limit drops to 90 % of the calls in progress; while they
 //! wait less than half of it and the limit is nearly used, it grows by a
 //! sixteenth; a second on time with the calls under half the limit lifts
-//! it. Lateness alone, with places free, does not engage it: near the peak
-//! a stall of the machine makes calls late for a moment, and refusing calls
-//! for that turned a clean run into thousands of 503s. Sans-IO: fed
-//! samples, no clock.
+//! it. Lateness alone, with places free, does not engage it: near the
+//! peak a stall of the machine makes calls late for a moment, and limiting
+//! calls for that turned runs the gateway completed cleanly into thousands
+//! of 503s. Sans-IO: fed samples, no clock.
 
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub struct AdaptiveCallLimit {
     limit: Option<usize>,
     samples: u32,
     idle_steps: u32,
+    /// The refusal count at the last step.
+    refusals: u64,
 }
 
 impl AdaptiveCallLimit {
@@ -49,18 +51,22 @@ impl AdaptiveCallLimit {
             limit: None,
             samples: 0,
             idle_steps: 0,
+            refusals: 0,
         }
     }
 
-    /// One smoothed lateness sample, the calls in progress now and whether
-    /// new calls were refused lately for want of a place; returns the limit
-    /// on calls in progress (`None`: no limit but `max_calls`).
-    pub fn sample(&mut self, lateness: Duration, calls: usize, refusing: bool) -> Option<usize> {
+    /// One smoothed lateness sample, the calls in progress now and how many
+    /// new calls were refused for want of a place so far (a counter);
+    /// returns the limit on calls in progress (`None`: no limit but
+    /// `max_calls`).
+    pub fn sample(&mut self, lateness: Duration, calls: usize, refusals: u64) -> Option<usize> {
         self.samples += 1;
         if self.samples < SAMPLES_PER_STEP {
             return self.limit;
         }
         self.samples = 0;
+        let refusing = refusals != self.refusals;
+        self.refusals = refusals;
         if lateness > self.target && (refusing || self.limit.is_some()) {
             let carried = self.limit.map_or(calls, |limit| limit.min(calls));
             self.limit = Some((carried * 9 / 10).max(FLOOR));
@@ -90,13 +96,13 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    /// `n` steps' worth of samples; the limit after them (`usize::MAX`:
-    /// none).
-    /// While new calls find every place taken.
+    /// `n` steps' worth of samples while new calls find every place taken;
+    /// the limit after them (`usize::MAX`: none).
     fn steps(limit: &mut AdaptiveCallLimit, lateness: Duration, calls: usize, n: u32) -> usize {
         steps_refusing(limit, lateness, calls, true, n)
     }
 
+    /// The same, new calls refused for want of a place or not.
     fn steps_refusing(
         limit: &mut AdaptiveCallLimit,
         lateness: Duration,
@@ -106,7 +112,8 @@ mod tests {
     ) -> usize {
         let mut now = None;
         for _ in 0..n * SAMPLES_PER_STEP {
-            now = limit.sample(lateness, calls, refusing);
+            let refusals = limit.refusals + u64::from(refusing);
+            now = limit.sample(lateness, calls, refusals);
         }
         now.unwrap_or(usize::MAX)
     }
@@ -128,6 +135,8 @@ mod tests {
             steps_refusing(&mut limit, 50 * MS, 150, false, 100),
             usize::MAX
         );
+        // Every place taken, but calls on time: max_calls is what binds.
+        assert_eq!(steps(&mut limit, 4 * MS, 1000, 40), usize::MAX);
         assert_eq!(steps_refusing(&mut limit, 8 * MS, 1000, true, 1), 900);
         // Engaged, it follows lateness alone.
         assert_eq!(steps_refusing(&mut limit, 8 * MS, 900, false, 1), 810);

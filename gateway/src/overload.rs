@@ -121,11 +121,8 @@ impl Overload {
             let was = self.is_shedding();
             let admit = detector.sample(late);
             if let Some(calls) = &mut calls {
-                let limit = calls.sample(
-                    detector.average(),
-                    occupancy.calls(),
-                    occupancy.refused_lately(std::time::Instant::now()),
-                );
+                let limit =
+                    calls.sample(detector.average(), occupancy.calls(), occupancy.refusals());
                 publish_call_limit(&occupancy, &mut call_limit, limit, detector.average());
             }
             self.admit_ppm

@@ -97,6 +97,9 @@ pub struct Occupancy {
     epoch: Instant,
     /// What the CPU carries now (`call_limit`); `max_calls` still holds.
     adaptive_limit: AtomicUsize,
+    /// New calls refused for want of a place so far, by the shards and
+    /// the sockets: whether demand exceeds the places, for `call_limit`.
+    refusals: AtomicU64,
 }
 
 /// How long after a shard refused a call for want of a place the socket
@@ -111,6 +114,7 @@ impl Occupancy {
             refused_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             adaptive_limit: AtomicUsize::new(usize::MAX),
+            refusals: AtomicU64::new(0),
         }
     }
 
@@ -118,6 +122,18 @@ impl Occupancy {
     pub fn note_refusal(&self, now: Instant) {
         let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         self.refused_ms.store(ms.max(1), Ordering::Relaxed);
+        self.count_refusal();
+    }
+
+    /// Counts a new call refused for want of a place (the sockets call it
+    /// alone: only the shards open the sockets' window).
+    pub fn count_refusal(&self) {
+        self.refusals.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// New calls refused for want of a place so far.
+    pub fn refusals(&self) -> u64 {
+        self.refusals.load(Ordering::Relaxed)
     }
 
     /// Whether the socket tasks should refuse new calls themselves: every
@@ -162,8 +178,7 @@ impl Occupancy {
         self.calls() < self.limit(max)
     }
 
-    /// Whether a shard refused a new call for want of a place lately.
-    pub fn refused_lately(&self, now: Instant) -> bool {
+    fn refused_lately(&self, now: Instant) -> bool {
         let refused = self.refused_ms.load(Ordering::Relaxed);
         let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
         refused != 0 && ms.saturating_sub(refused) < REFUSING_FOR.as_millis() as u64

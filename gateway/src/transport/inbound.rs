@@ -196,6 +196,7 @@ impl InboundSender {
             return Screened::Admitted;
         }
         let (stage, why) = if at_capacity {
+            admission.occupancy.count_refusal();
             admission.occupancy.no_place_reason(admission.max_calls)
         } else if !self.overload.admit() {
             ("overload", "overloaded")
