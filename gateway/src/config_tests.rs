@@ -23,6 +23,13 @@ fn minimal_config_gets_defaults() {
     assert_eq!(valid.listen.len(), 2);
     assert_eq!(valid.rtp_ports, 20000..=30000);
     assert_eq!(config.limits.max_calls, 1000);
+    assert_eq!(config.limits.overload_call_delay_ms, 10);
+    // 0 turns the adaptive call limit off; it is not refused.
+    let off = parse(&format!(
+        "{MINIMAL}\n[limits]\noverload_call_delay_ms = 0\n"
+    ));
+    assert_eq!(off.limits.overload_call_delay_ms, 0);
+    off.validate().unwrap();
 }
 
 #[test]

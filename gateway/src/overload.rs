@@ -204,6 +204,20 @@ mod tests {
         }
     }
 
+    /// What the controller decides reaches the places the shards and the
+    /// sockets read, and is taken away again when lifted.
+    #[test]
+    fn the_call_limit_reaches_the_places() {
+        let occupancy = crate::endpoint::Occupancy::new(watch::channel(0).0);
+        let mut current = None;
+        publish_call_limit(&occupancy, &mut current, Some(12), MS);
+        assert_eq!((current, occupancy.limit(1000)), (Some(12), 12));
+        publish_call_limit(&occupancy, &mut current, Some(20), MS);
+        assert_eq!(occupancy.limit(1000), 20);
+        publish_call_limit(&occupancy, &mut current, None, MS);
+        assert_eq!((current, occupancy.limit(1000)), (None, 1000));
+    }
+
     #[test]
     fn the_admitted_share_is_exact() {
         let overload = Overload::default();
