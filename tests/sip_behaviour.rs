@@ -11,8 +11,18 @@ use common::raw_sip::{header, status, RawSip};
 use common::rtp_peer::RtpPeer;
 use common::sipp::{self, SipTransport, G711_OFFER};
 
-fn sdp(port: u16) -> String {
-    sipp::sdp_offer(port, G711_OFFER)
+/// A new INVITE (or re-INVITE, by `cseq`) to 100 offering G.711 at
+/// `rtp_port`.
+fn sdp_invite(sip: &RawSip, call_id: &str, cseq: u32, rtp_port: u16) -> String {
+    let sdp = sipp::sdp_offer(rtp_port, G711_OFFER);
+    sip.request(
+        "INVITE",
+        "100",
+        call_id,
+        cseq,
+        "Content-Type: application/sdp\r\n",
+        &sdp,
+    )
 }
 
 fn ack_for(sip: &RawSip, response: &str, user: &str, call_id: &str, cseq: u32) -> String {
@@ -82,28 +92,14 @@ fn calls_beyond_capacity_get_503_with_retry_after() {
     let gateway = GatewayProcess::start("capacity", &config);
     let first = RawSip::new(gateway.udp);
     let peer = RtpPeer::bind();
-    first.send(&first.request(
-        "INVITE",
-        "100",
-        "cap-1",
-        1,
-        "Content-Type: application/sdp\r\n",
-        &sdp(peer.port()),
-    ));
+    first.send(&sdp_invite(&first, "cap-1", 1, peer.port()));
     let ok = first
         .wait_for(|m| status(m) == Some(200), Duration::from_secs(5))
         .expect("first call answered");
     first.send(&ack_for(&first, &ok, "100", "cap-1", 1));
 
     let second = RawSip::new(gateway.udp);
-    second.send(&second.request(
-        "INVITE",
-        "100",
-        "cap-2",
-        1,
-        "Content-Type: application/sdp\r\n",
-        &sdp(4000),
-    ));
+    second.send(&sdp_invite(&second, "cap-2", 1, 4000));
     // Refused before any transaction: the 503 is the first and only
     // answer (no 100 Trying), and its ACK needs nothing from the endpoint.
     let busy = second
@@ -127,14 +123,7 @@ fn at_capacity_a_retransmitted_invite_still_reaches_its_transaction() {
     let (listener, config) = unanswering_bot("[limits]\nmax_calls = 1\n");
     let gateway = GatewayProcess::start("capacity-retransmission", &config);
     let first = RawSip::new(gateway.udp);
-    let invite = first.request(
-        "INVITE",
-        "100",
-        "held-1",
-        1,
-        "Content-Type: application/sdp\r\n",
-        &sdp(4000),
-    );
+    let invite = sdp_invite(&first, "held-1", 1, 4000);
     first.send(&invite);
     let trying = first
         .wait_for(|m| status(m).is_some(), Duration::from_secs(3))
@@ -142,14 +131,7 @@ fn at_capacity_a_retransmitted_invite_still_reaches_its_transaction() {
     assert_eq!(status(&trying), Some(100), "{trying}");
 
     let second = RawSip::new(gateway.udp);
-    second.send(&second.request(
-        "INVITE",
-        "100",
-        "held-2",
-        1,
-        "Content-Type: application/sdp\r\n",
-        &sdp(4002),
-    ));
+    second.send(&sdp_invite(&second, "held-2", 1, 4002));
     let busy = second
         .wait_for(|m| status(m).is_some(), Duration::from_secs(3))
         .expect("second call answered");
@@ -168,14 +150,7 @@ fn cancel_before_answer_gets_487() {
     let (_listener, config) = unanswering_bot("");
     let gateway = GatewayProcess::start("cancel", &config);
     let sip = RawSip::new(gateway.udp);
-    let invite = sip.request(
-        "INVITE",
-        "100",
-        "cancel-1",
-        1,
-        "Content-Type: application/sdp\r\n",
-        &sdp(4000),
-    );
+    let invite = sdp_invite(&sip, "cancel-1", 1, 4000);
     sip.send(&invite);
     let trying = sip
         .wait_for(|m| status(m) == Some(100), Duration::from_secs(3))
@@ -218,14 +193,7 @@ fn reinvite_is_answered_without_breaking_media() {
     let gateway = GatewayProcess::start("reinvite", &echo_config(""));
     let sip = RawSip::new(gateway.udp);
     let peer = RtpPeer::bind();
-    sip.send(&sip.request(
-        "INVITE",
-        "100",
-        "reinv-1",
-        1,
-        "Content-Type: application/sdp\r\n",
-        &sdp(peer.port()),
-    ));
+    sip.send(&sdp_invite(&sip, "reinv-1", 1, peer.port()));
     let ok = sip
         .wait_for(|m| status(m) == Some(200), Duration::from_secs(5))
         .expect("answered");
@@ -233,19 +201,10 @@ fn reinvite_is_answered_without_breaking_media() {
     let to = header(&ok, "To").unwrap().to_string();
     let gateway_rtp = peer.wait_first_packet(Duration::from_secs(5)).unwrap();
 
-    let reinvite = sip
-        .request(
-            "INVITE",
-            "100",
-            "reinv-1",
-            2,
-            "Content-Type: application/sdp\r\n",
-            &sdp(peer.port()),
-        )
-        .replace(
-            &format!("To: <sip:100@{}>", gateway.udp),
-            &format!("To: {to}"),
-        );
+    let reinvite = sdp_invite(&sip, "reinv-1", 2, peer.port()).replace(
+        &format!("To: <sip:100@{}>", gateway.udp),
+        &format!("To: {to}"),
+    );
     sip.send(&reinvite);
     let ok2 = sip
         .wait_for(
@@ -311,7 +270,7 @@ fn ipv6_call_over_udp() {
 fn shutdown_drains_then_hangs_up_remaining_calls() {
     let gateway = GatewayProcess::start("drain", &echo_config(""));
     let peer = RtpPeer::bind();
-    let scenario = sipp::gateway_hangs_up("100", &sdp(peer.port()));
+    let scenario = sipp::gateway_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER));
     let dir = gateway.dir.clone();
     let target = gateway.udp;
     let caller = std::thread::spawn(move || {
@@ -329,14 +288,7 @@ fn shutdown_drains_then_hangs_up_remaining_calls() {
     gateway.wait_for_log(&["draining calls"], Duration::from_secs(5));
     // While draining, new calls are refused.
     let late = RawSip::new(gateway.udp);
-    late.send(&late.request(
-        "INVITE",
-        "100",
-        "late-1",
-        1,
-        "Content-Type: application/sdp\r\n",
-        &sdp(4000),
-    ));
+    late.send(&sdp_invite(&late, "late-1", 1, 4000));
     let refused = late
         .wait_for(
             |m| status(m).is_some_and(|s| s >= 200),
@@ -363,14 +315,7 @@ fn calls_leave_no_sockets_behind() {
     let sip = RawSip::new(gateway.udp);
     let warm_up = |index: usize| {
         let call_id = format!("leak-{index}");
-        sip.send(&sip.request(
-            "INVITE",
-            "100",
-            &call_id,
-            1,
-            "Content-Type: application/sdp\r\n",
-            &sdp(4000),
-        ));
+        sip.send(&sdp_invite(&sip, &call_id, 1, 4000));
         let ok = sip
             .wait_for(
                 |m| status(m) == Some(200) && m.contains(&call_id),
