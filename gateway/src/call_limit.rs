@@ -25,7 +25,7 @@ use std::time::Duration;
 
 /// The limit never drops below this: some calls keep completing, and their
 /// timing tells when load eases.
-pub const FLOOR: usize = 8;
+const FLOOR: usize = 8;
 /// Samples between two changes of the limit: a change needs time to show
 /// in the lateness before the next one.
 const SAMPLES_PER_STEP: u32 = 5;
@@ -36,7 +36,8 @@ const STEPS_TO_LIFT: u32 = 40;
 #[derive(Debug, Clone)]
 pub struct AdaptiveCallLimit {
     target: Duration,
-    /// `None` while nothing was ever too late: no limit below `max_calls`.
+    /// `None` while none is engaged (never yet, or lifted): only
+    /// `max_calls` holds.
     limit: Option<usize>,
     samples: u32,
     idle_steps: u32,

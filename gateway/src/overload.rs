@@ -106,7 +106,7 @@ impl Overload {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut detector = LagDetector::new(limit);
-        let mut calls = call_target.map(crate::call_limit::AdaptiveCallLimit::new);
+        let mut limiter = call_target.map(crate::call_limit::AdaptiveCallLimit::new);
         let mut call_limit = None;
         loop {
             let asleep = std::time::Instant::now();
@@ -120,9 +120,9 @@ impl Overload {
                 .saturating_sub(PROBE_EVERY + Duration::from_millis(1));
             let was = self.is_shedding();
             let admit = detector.sample(late);
-            if let Some(calls) = &mut calls {
+            if let Some(limiter) = &mut limiter {
                 let limit =
-                    calls.sample(detector.average(), occupancy.calls(), occupancy.refusals());
+                    limiter.sample(detector.average(), occupancy.calls(), occupancy.refusals());
                 publish_call_limit(&occupancy, &mut call_limit, limit, detector.average());
             }
             self.admit_ppm

@@ -156,15 +156,10 @@ impl Occupancy {
         max.min(self.adaptive_limit.load(Ordering::Relaxed))
     }
 
-    /// Whether the adaptive limit, not `max`, is what binds now.
-    pub fn limited_below(&self, max: usize) -> bool {
-        self.limit(max) < max
-    }
-
     /// Why a new call finds no place: its stage in
     /// `switchboard_sip_shed_total`, and the reason logged.
     pub fn no_place_reason(&self, max: usize) -> (&'static str, &'static str) {
-        if self.limited_below(max) {
+        if self.limit(max) < max {
             (
                 "call_limit",
                 "overloaded: calls in progress run late, so fewer places for now (adaptive call limit)",

@@ -196,7 +196,6 @@ impl InboundSender {
             return Screened::Admitted;
         }
         let (stage, why) = if at_capacity {
-            admission.occupancy.count_refusal();
             admission.occupancy.no_place_reason(admission.max_calls)
         } else if !self.overload.admit() {
             ("overload", "overloaded")
@@ -205,6 +204,9 @@ impl InboundSender {
         };
         if !self.allowed(&Method::Invite, peer, Instant::now()) {
             return Screened::Limited;
+        }
+        if at_capacity {
+            admission.occupancy.count_refusal();
         }
         self.note_shed(stage, why, &Method::Invite, peer);
         Screened::Refused(invite.refusal(&shed_tag(), SHED_RETRY_AFTER))
