@@ -308,7 +308,8 @@ fn shutdown_drains_then_hangs_up_remaining_calls() {
 
 /// Every resource a call opens is released when it ends: after twenty calls
 /// (ended by the caller, by CANCEL-free BYE and by RTP timeout alike) the
-/// gateway holds as many file descriptors as before.
+/// gateway holds no more file descriptors than before, once the calls' RTP
+/// ports have rested (at most 3 s, `call::ports::IDLE` and its sweep).
 #[test]
 fn calls_leave_no_sockets_behind() {
     let gateway = GatewayProcess::start("leaks", &echo_config(""));
@@ -341,14 +342,16 @@ fn calls_leave_no_sockets_behind() {
     for index in 1..=20 {
         warm_up(index);
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while gateway.open_fds() > baseline && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(
-        gateway.open_fds(),
-        baseline,
-        "file descriptors leaked by 20 calls"
+    // Fewer is fine: the first call's ports, resting when the baseline was
+    // taken, may have been closed since.
+    let now_open = gateway.open_fds();
+    assert!(
+        now_open <= baseline,
+        "file descriptors leaked by 20 calls: {now_open} open, {baseline} before"
     );
     gateway.wait_for_log(&["call ended", "leak-20"], Duration::from_secs(2));
 }

@@ -71,6 +71,8 @@ impl Gateway {
                 sockets_watch.clone(),
             ),
         );
+        let rtp_ports = Arc::new(RtpPorts::new(valid.rtp_ports.clone()));
+        tokio::spawn(rtp_ports.clone().close_idle_pairs(sockets_watch.clone()));
         let limiter = Arc::new(std::sync::Mutex::new(
             crate::transport::source_limit::SourceLimiter::new(
                 config.limits.new_requests_per_ip,
@@ -188,7 +190,7 @@ impl Gateway {
                         .collect::<Vec<_>>(),
                 ),
             },
-            rtp_ports: Arc::new(RtpPorts::new(valid.rtp_ports)),
+            rtp_ports: rtp_ports.clone(),
             dial: dial_rx,
             http: http_client(),
             resolver: resolver(),

@@ -46,7 +46,7 @@ impl Call {
         let (send, star) = media.relay_from_caller(packet, now);
         if send {
             if let Some(to) = media.remote {
-                send_rtp(&media.rtp, media.srtp.as_mut(), packet, to);
+                send_rtp(media.sockets.rtp(), media.srtp.as_mut(), packet, to);
             }
         }
         if star && hangup_on_star {
@@ -63,7 +63,7 @@ impl Call {
         };
         let caller = &mut self.caller_media;
         let to = caller.pipeline.as_ref().and_then(|p| p.remote());
-        if let (Some(to), Some((socket, _))) = (to, caller.sockets.as_ref()) {
+        if let (Some(to), Some(socket)) = (to, caller.sockets.as_ref().map(|s| s.rtp())) {
             send_rtp(socket, caller.srtp.as_mut(), relayed, to);
         }
     }
@@ -299,7 +299,7 @@ impl Call {
         if let (true, Some(recorder)) = (sent.recorded, caller_media.recorder.as_mut()) {
             recorder.push(pipeline.recorded_frame());
         }
-        let (rtp, rtcp) = caller_media.sockets.as_ref().map(|(a, b)| (a, b))?;
+        let (rtp, rtcp) = caller_media.sockets.as_ref().map(|s| (s.rtp(), s.rtcp()))?;
         if let Some((len, to)) = sent.rtp {
             send_rtp(
                 rtp,
@@ -378,8 +378,8 @@ impl Call {
             return;
         };
         let remote = media.remote;
-        let rtp_socket = &media.rtp;
-        let rtcp_socket = &media.rtcp;
+        let rtp_socket = media.sockets.rtp();
+        let rtcp_socket = media.sockets.rtcp();
         let out = &mut media.rtp_out;
         let rtcp_out = &mut media.rtcp_out;
         let srtp = &mut media.srtp;

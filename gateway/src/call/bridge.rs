@@ -17,9 +17,9 @@ use switchboard_media::sdp::{
 };
 use switchboard_media::srtp::{CryptoAttribute, SrtpContext};
 
+use super::ports::RtpSockets;
 use super::secure_io::{answered_keys, offer_keys};
 use switchboard_media::{Codec, RtpRewriter};
-use tokio::net::UdpSocket;
 
 use super::media::MediaPipeline;
 
@@ -40,8 +40,7 @@ pub(super) struct Relay {
 
 /// The party's RTP sockets, what it agreed to, and the path audio takes.
 pub(super) struct AgentMedia {
-    pub(super) rtp: UdpSocket,
-    pub(super) rtcp: UdpSocket,
+    pub(super) sockets: RtpSockets,
     ip: IpAddr,
     port: u16,
     session_id: u64,
@@ -63,21 +62,20 @@ pub(super) struct AgentMedia {
 
 impl AgentMedia {
     pub(super) fn new(
-        sockets: (UdpSocket, UdpSocket),
+        sockets: RtpSockets,
         ip: IpAddr,
         caller_codec: Option<Codec>,
         ours: &CodecPreferences,
         secure: bool,
     ) -> AgentMedia {
-        let port = sockets.0.local_addr().map(|a| a.port()).unwrap_or(0);
+        let port = sockets.port();
         let mut preferences = ours.clone();
         if let Some(codec) = caller_codec {
             preferences.codecs.retain(|c| *c != codec);
             preferences.codecs.insert(0, codec);
         }
         AgentMedia {
-            rtp: sockets.0,
-            rtcp: sockets.1,
+            sockets,
             ip,
             port,
             session_id: rand::random::<u32>() as u64,

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
+use super::ports::RtpSockets;
 use switchboard_media::sdp::{
     build_media_answer, build_media_offer, build_secure_media_offer, negotiate_media,
     CodecPreferences, NegotiatedMedia, SessionOffer,
@@ -22,7 +23,7 @@ use crate::sip::message::Request;
 /// A call's media towards the caller.
 pub(super) struct CallerMedia {
     ip: IpAddr,
-    pub(super) sockets: Option<(UdpSocket, UdpSocket)>,
+    pub(super) sockets: Option<RtpSockets>,
     port: u16,
     /// The caller's offer; `None` for a delayed offer (we offer in the 200).
     offer: Option<SessionOffer>,
@@ -78,7 +79,7 @@ impl CallerMedia {
     }
 
     pub(super) fn sockets(&self) -> Option<(&UdpSocket, &UdpSocket)> {
-        self.sockets.as_ref().map(|(rtp, rtcp)| (rtp, rtcp))
+        self.sockets.as_ref().map(|s| (s.rtp(), s.rtcp()))
     }
 
     pub(super) fn is_running(&self) -> bool {
@@ -99,11 +100,11 @@ impl CallerMedia {
     /// only when `secure`.
     pub(super) fn offer_on(
         &mut self,
-        sockets: (UdpSocket, UdpSocket),
+        sockets: RtpSockets,
         preferences: &CodecPreferences,
         secure: bool,
     ) -> String {
-        self.port = sockets.0.local_addr().map(|a| a.port()).unwrap_or(0);
+        self.port = sockets.port();
         self.sockets = Some(sockets);
         self.offered_keys = super::secure_io::offer_keys(secure);
         build_secure_media_offer(
@@ -181,9 +182,9 @@ impl Call {
             }
         }
         match self.shared.rtp_ports.bind(self.local_sip.ip()) {
-            Ok((rtp, rtcp)) => {
-                self.caller_media.port = rtp.local_addr().map(|a| a.port()).unwrap_or(0);
-                self.caller_media.sockets = Some((rtp, rtcp));
+            Ok(sockets) => {
+                self.caller_media.port = sockets.port();
+                self.caller_media.sockets = Some(sockets);
             }
             Err(error) => {
                 tracing::error!(%error, "no RTP port available: 503");
@@ -490,8 +491,8 @@ impl Call {
         let now = std::time::Instant::now();
         if let Some((len, to, mux)) = pipeline.final_rtcp(now, &mut media.rtcp_out[..]) {
             let from = match &media.sockets {
-                Some((rtp, _)) if mux => Some(rtp),
-                Some((_, rtcp)) => Some(rtcp),
+                Some(sockets) if mux => Some(sockets.rtp()),
+                Some(sockets) => Some(sockets.rtcp()),
                 None => None,
             };
             if let Some(socket) = from {

@@ -32,7 +32,7 @@ use crate::sip::message::{Request, Response, SipMessage};
 use crate::sip::transaction::{Peer, ServerTxId};
 
 pub use leg::LegInput;
-pub use ports::RtpPorts;
+pub use ports::{RtpPorts, RtpSockets};
 pub use session::{run_call, CallSetup};
 
 /// Messages queued from the endpoint to one call. A full queue means the

@@ -431,7 +431,7 @@ impl Call {
         let agent_sockets = transfer
             .as_ref()
             .and_then(|t| t.media())
-            .map(|m| (&m.rtp, &m.rtcp));
+            .map(|m| (m.sockets.rtp(), m.sockets.rtcp()));
         let bot_link = bot.as_mut().filter(|b| b.listening()).map(|b| &mut b.link);
         let Buffers {
             caller_rtp,
