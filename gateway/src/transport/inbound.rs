@@ -165,14 +165,6 @@ impl InboundSender {
         self
     }
 
-    /// Whether new INVITEs are being refused now (every place taken, or
-    /// overload control shedding).
-    pub fn refusing_new_calls(&self) -> bool {
-        self.admission.as_ref().is_some_and(|admission| {
-            admission.occupancy.refusing(admission.max_calls) || self.overload.is_shedding()
-        })
-    }
-
     /// Looks at a UDP datagram before it is parsed: a new INVITE that finds
     /// every place taken, or that overload control turns away, is refused
     /// from its bytes here, with no parse and no trip to the endpoint. One

@@ -8,6 +8,7 @@ pub mod source_limit;
 pub mod tcp;
 pub mod tls;
 mod udp;
+mod udp_batch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
