@@ -1,13 +1,16 @@
 //! RTP port allocation from the configured range: even ports (RTCP takes the
-//! odd one above), tried round-robin so a just-freed port is not reused at
-//! once while stray packets of the old call may still arrive.
+//! odd one above). Fresh ports are tried round-robin, so that a port closed
+//! a moment ago is not bound again at once.
 //!
 //! A call's sockets are not closed when it ends: they rest, still bound, and
 //! a later call takes the pair that has rested longest once it has rested
-//! [`REST`]. Opening and closing two sockets (socket, bind, close and the
-//! reactor's registration, twice) was ~8 % of the gateway's CPU at 5,000
+//! [`REST`]. Stray packets of the old call that arrived meanwhile are
+//! drained first. Opening and closing two sockets (socket, bind, close and
+//! the reactor's registration, twice) was ~8 % of the gateway's CPU at 5,000
 //! short calls a second; taking a rested pair costs two reads that find
-//! nothing (the drain) and the reactor's registration.
+//! nothing (the drain) and the reactor's registration. Pairs rest in one
+//! queue whatever their address: a gateway with media on several addresses
+//! reuses a pair only when the longest-resting one has the call's address.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
