@@ -13,10 +13,11 @@
 //! So once new calls find every place taken, the number of places follows
 //! what the CPU can carry, like a TCP congestion window: while tasks wait
 //! longer than the target for a CPU (the overload probe's smoothed
-//! lateness), the limit drops to 90 % of the calls in progress; while they
-//! wait less than half of it and the limit is nearly used, it grows by a
-//! sixteenth; a second on time with the calls under half the limit lifts
-//! it. Lateness alone, with places free, does not engage it: near the
+//! lateness) and new calls are still refused, the limit drops to 90 % of
+//! the calls in progress; late without refusals (a backlog draining) it
+//! holds; while they wait less than half of it and the limit is nearly
+//! used, it grows by a sixteenth; a second on time with the calls under
+//! half the limit lifts it. Lateness alone, with places free, does not engage it: near the
 //! peak a stall of the machine makes calls late for a moment, and limiting
 //! calls for that turned runs the gateway completed cleanly into thousands
 //! of 503s. Sans-IO: fed samples, no clock.
@@ -68,9 +69,16 @@ impl AdaptiveCallLimit {
         self.samples = 0;
         let refusing = refusals != self.refusals;
         self.refusals = refusals;
-        if lateness > self.target && (refusing || self.limit.is_some()) {
+        let late = lateness > self.target;
+        if late && refusing {
             let carried = self.limit.map_or(calls, |limit| limit.min(calls));
             self.limit = Some((carried * 9 / 10).max(FLOOR));
+            self.idle_steps = 0;
+        } else if late {
+            // Late with no call refused: the calls in progress are below the
+            // limit, draining a backlog (after a stall of the machine, say).
+            // Following them down would refuse calls at the peak rate once
+            // the stall is over; hold the limit until demand presses on it.
             self.idle_steps = 0;
         } else if let Some(limit) = self.limit {
             let on_time = lateness < self.target / 2;
@@ -139,8 +147,27 @@ mod tests {
         // Every place taken, but calls on time: max_calls is what binds.
         assert_eq!(steps(&mut limit, 4 * MS, 1000, 40), usize::MAX);
         assert_eq!(steps_refusing(&mut limit, 8 * MS, 1000, true, 1), 900);
-        // Engaged, it follows lateness alone.
-        assert_eq!(steps_refusing(&mut limit, 8 * MS, 900, false, 1), 810);
+        // Engaged, it shrinks while calls are late and refused.
+        assert_eq!(steps_refusing(&mut limit, 8 * MS, 900, true, 1), 810);
+    }
+
+    /// A stall at the peak: every place fills, calls are refused and run
+    /// late, and the limit engages. The backlog then drains while the
+    /// calls are still late; the limit must not follow the calls in
+    /// progress down to what the peak rate needs, or it refuses calls at
+    /// that rate once the stall is over.
+    #[test]
+    fn after_a_stall_the_limit_holds_while_the_backlog_drains() {
+        let mut limit = AdaptiveCallLimit::new(10 * MS);
+        assert_eq!(steps_refusing(&mut limit, 30 * MS, 1000, true, 1), 900);
+        for calls in [800, 600, 400, 200, 150] {
+            assert_eq!(steps_refusing(&mut limit, 20 * MS, calls, false, 2), 900);
+        }
+        assert_eq!(
+            steps_refusing(&mut limit, MS, 150, false, STEPS_TO_LIFT),
+            usize::MAX,
+            "lifted after a second on time"
+        );
     }
 
     #[test]
