@@ -5,7 +5,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
-use super::ports::RtpSockets;
 use switchboard_media::sdp::{
     build_media_answer, build_media_offer, build_secure_media_offer, negotiate_media,
     CodecPreferences, NegotiatedMedia, SessionOffer,
@@ -15,6 +14,7 @@ use tokio::net::UdpSocket;
 
 use super::leg::{EndReason, LegEvent, LegState};
 use super::media::MediaPipeline;
+use super::ports::RtpSockets;
 use super::recording::Recorder;
 use super::registry::CallStatus;
 use super::session::{Call, JobOutput};
