@@ -17,10 +17,10 @@
 //! the calls in progress; late without refusals (a backlog draining) it
 //! holds; while they wait less than half of it and the limit is nearly
 //! used, it grows by a sixteenth; a second on time with the calls under
-//! half the limit lifts it. Lateness alone, with places free, does not engage it: near the
-//! peak a stall of the machine makes calls late for a moment, and limiting
-//! calls for that turned runs the gateway completed cleanly into thousands
-//! of 503s. Sans-IO: fed samples, no clock.
+//! half the limit lifts it. Lateness alone, with places free, does not
+//! engage it: near the peak a stall of the machine makes calls late for a
+//! moment, and limiting calls for that turned runs the gateway completed
+//! cleanly into thousands of 503s. Sans-IO: fed samples, no clock.
 
 use std::time::Duration;
 

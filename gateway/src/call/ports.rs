@@ -160,18 +160,17 @@ impl RtpPorts {
             rtp,
             rtcp,
         };
-        let closed = {
-            let mut resting = self.lock();
-            let mut closed = idle_in(&mut resting, now);
-            if resting.len() < self.max_resting {
-                resting.push_back(pair);
-            } else {
-                closed.push(pair);
-            }
-            closed
+        let mut resting = self.lock();
+        let idle = idle_in(&mut resting, now);
+        let overflow = if resting.len() < self.max_resting {
+            resting.push_back(pair);
+            None
+        } else {
+            Some(pair)
         };
+        drop(resting);
         // Closed outside the lock.
-        drop(closed);
+        drop((idle, overflow));
     }
 
     fn take_idle(&self, now: Instant) -> Vec<Resting> {
@@ -183,19 +182,16 @@ impl RtpPorts {
         ip: IpAddr,
         now: Instant,
     ) -> Option<(std::net::UdpSocket, std::net::UdpSocket)> {
-        let taken = {
+        // The idle pairs are closed outside the lock, when `_idle` goes.
+        let (pair, _idle) = {
             let mut resting = self.lock();
-            let expired = idle_in(&mut resting, now);
+            let idle = idle_in(&mut resting, now);
             let ready = resting
                 .front()
                 .is_some_and(|r| r.ip == ip && now.duration_since(r.since) >= REST);
-            (ready.then(|| resting.pop_front()).flatten(), expired)
+            (if ready { resting.pop_front() } else { None }, idle)
         };
-        let (pair, _expired) = taken;
-        let pair = pair?;
-        drain(&pair.rtp);
-        drain(&pair.rtcp);
-        Some((pair.rtp, pair.rtcp))
+        pair.map(Resting::reuse)
     }
 
     fn bind_fresh(
@@ -232,13 +228,20 @@ impl RtpPorts {
             first.and_then(|index| resting.remove(index))
         };
         if let Some(pair) = rested {
-            drain(&pair.rtp);
-            drain(&pair.rtcp);
-            return Ok((pair.rtp, pair.rtcp));
+            return Ok(pair.reuse());
         }
         Err(last_error.unwrap_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::AddrInUse, "RTP port range exhausted")
         }))
+    }
+}
+
+impl Resting {
+    /// The pair for a new call, emptied of what the old one was sent.
+    fn reuse(self) -> (std::net::UdpSocket, std::net::UdpSocket) {
+        drain(&self.rtp);
+        drain(&self.rtcp);
+        (self.rtp, self.rtcp)
     }
 }
 

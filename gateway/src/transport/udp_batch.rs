@@ -11,8 +11,8 @@
 //! sends one destination per call.
 
 use std::io;
-use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::mem::zeroed;
+use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
 /// Datagrams per system call.
@@ -25,7 +25,7 @@ pub struct RecvBatch {
     /// [`BATCH`] slots of [`SLOT`] bytes. Allocated zeroed and untouched, so
     /// only the pages the kernel writes into become resident.
     buffer: Box<[u8]>,
-    names: Box<[libc::sockaddr_storage]>,
+    names: Box<[socket2::SockAddrStorage]>,
     /// Length and source of each datagram read, by slot; no source for an
     /// address family we do not speak.
     received: Vec<(usize, Option<SocketAddr>)>,
@@ -35,8 +35,9 @@ impl Default for RecvBatch {
     fn default() -> Self {
         RecvBatch {
             buffer: vec![0u8; BATCH * SLOT].into_boxed_slice(),
-            // SAFETY: all-zero bytes are a valid (empty) sockaddr_storage.
-            names: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
+            names: (0..BATCH)
+                .map(|_| socket2::SockAddrStorage::zeroed())
+                .collect(),
             received: Vec::with_capacity(BATCH),
         }
     }
@@ -54,9 +55,11 @@ impl RecvBatch {
         for (index, (slice, header)) in slices.iter_mut().zip(headers.iter_mut()).enumerate() {
             slice.iov_base = self.buffer[index * SLOT..].as_mut_ptr().cast();
             slice.iov_len = SLOT;
-            header.msg_hdr.msg_name =
-                (&mut self.names[index] as *mut libc::sockaddr_storage).cast();
-            header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            let name = &mut self.names[index];
+            header.msg_hdr.msg_namelen = name.size_of();
+            // SAFETY: SockAddrStorage is a sockaddr_storage (repr(transparent)).
+            let name: &mut libc::sockaddr_storage = unsafe { name.view_as() };
+            header.msg_hdr.msg_name = (name as *mut libc::sockaddr_storage).cast();
             header.msg_hdr.msg_iov = slice;
             header.msg_hdr.msg_iovlen = 1;
         }
@@ -74,9 +77,16 @@ impl RecvBatch {
             return Err(io::Error::last_os_error());
         }
         self.received.clear();
-        for (header, name) in headers.iter().zip(self.names.iter()).take(count as usize) {
+        for (header, name) in headers
+            .iter()
+            .zip(self.names.iter_mut())
+            .take(count as usize)
+        {
             let len = (header.msg_len as usize).min(SLOT);
-            self.received.push((len, socket_addr(name)));
+            let name = std::mem::replace(name, socket2::SockAddrStorage::zeroed());
+            // SAFETY: the kernel wrote `msg_namelen` bytes of an address there.
+            let from = unsafe { socket2::SockAddr::new(name, header.msg_hdr.msg_namelen) };
+            self.received.push((len, from.as_socket()));
         }
         Ok(self.received.len())
     }
@@ -181,33 +191,6 @@ impl SendBatch {
             return Err(io::Error::last_os_error());
         }
         Ok(result as usize)
-    }
-}
-
-fn socket_addr(name: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match libc::c_int::from(name.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the kernel wrote a sockaddr_in when the family says so;
-            // sockaddr_storage is large and aligned enough for it.
-            let v4 =
-                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr)),
-                u16::from_be(v4.sin_port),
-            )))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: as above, for sockaddr_in6.
-            let v6 =
-                unsafe { &*(name as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(v6.sin6_addr.s6_addr),
-                u16::from_be(v6.sin6_port),
-                u32::from_be(v6.sin6_flowinfo),
-                v6.sin6_scope_id,
-            )))
-        }
-        _ => None,
     }
 }
 
