@@ -324,6 +324,91 @@ fn strangers_must_authenticate_to_call() {
     assert!(!gateway.logs().iter().any(|l| l.contains("incoming call")));
 }
 
+/// Guessing a user's password with INVITEs: each wrong guess is challenged
+/// again until the source is refused; the refusals that follow are counted
+/// and answered 403, with one log line for the whole run rather than one per
+/// attempt.
+#[test]
+fn invite_password_guessing_is_refused_with_one_log_line() {
+    let gateway = GatewayProcess::start(
+        "registrar-invite-guessing",
+        &config("").replace("allow = [\"127.0.0.1\"]", "allow = [\"192.0.2.1\"]"),
+    );
+    let api = api_addr(&gateway);
+    let guesser = RawSip::new(gateway.udp);
+    let mut guess = Phone::new(gateway.udp, "alice", "guess");
+    let sdp = sipp::sdp_offer(4000, G711_OFFER);
+    let final_for = |call_id: &str| {
+        guesser
+            .wait_for(
+                |t| status(t).is_some_and(|s| s >= 200) && header(t, "Call-ID") == Some(call_id),
+                Duration::from_secs(3),
+            )
+            .unwrap_or_else(|| panic!("no final response for {call_id}"))
+    };
+    let mut statuses = Vec::new();
+    for attempt in 0..30 {
+        let call_id = format!("guess-{attempt}");
+        let invite = guesser.request(
+            "INVITE",
+            "100",
+            &call_id,
+            1,
+            "Content-Type: application/sdp\r\n",
+            &sdp,
+        );
+        guesser.send(&invite);
+        let challenge = final_for(&call_id);
+        if status(&challenge) != Some(407) {
+            statuses.push(status(&challenge));
+            continue;
+        }
+        let authorization = guess.answer(&challenge, "MD5", "INVITE");
+        let invite = guesser.request(
+            "INVITE",
+            "100",
+            &call_id,
+            2,
+            &format!("Proxy-Authorization: {authorization}\r\nContent-Type: application/sdp\r\n"),
+            &sdp,
+        );
+        guesser.send(&invite);
+        statuses.push(status(&final_for(&call_id)));
+    }
+    // max_failures = 5: five guesses are challenged again, everything
+    // after them is refused.
+    assert_eq!(statuses[..5], [Some(407); 5], "{statuses:?}");
+    assert!(
+        statuses[5..].iter().all(|s| *s == Some(403)),
+        "{statuses:?}"
+    );
+    gateway.wait_for_log(
+        &["authentication failures: refusing"],
+        Duration::from_secs(2),
+    );
+    let logs = gateway.logs();
+    // One line when the source crossed the limit, one when the username
+    // did; the refusals after them log at debug only.
+    let refusing: Vec<_> = logs
+        .iter()
+        .filter(|l| l.contains("authentication failures: refusing"))
+        .collect();
+    assert_eq!(refusing.len(), 2, "{refusing:#?}");
+    let loud = logs
+        .iter()
+        .filter(|l| l.contains("too many failed") && !l.contains("DEBUG"))
+        .count();
+    assert_eq!(loud, 0, "{logs:#?}");
+    assert!(!logs.iter().any(|l| l.contains("incoming call")));
+    let (_, metrics) = http_get(api, "/metrics");
+    let throttled = sample(
+        &metrics,
+        "switchboard_auth_failures_total{reason=\"throttled\"}",
+    );
+    assert!(throttled.is_some_and(|n| n >= 25.0), "{metrics}");
+    gateway.assert_no_panic();
+}
+
 /// A carrier trunk with credentials and no address list: its calls pass
 /// digest and go by the trunk's routes; a wrong password never gets in.
 #[test]

@@ -470,8 +470,10 @@ pub struct RouteConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistrarConfig {
-    /// Domains we are the registrar for; a REGISTER or a call to a user of
-    /// any other domain is refused (404). Empty: any domain.
+    /// Domains we are the registrar for: a REGISTER for any other domain is
+    /// refused (404), and only `sip:user@DOMAIN` dials ring our users.
+    /// Empty: REGISTER for any domain, and dials ring our users only when
+    /// addressed to one of our own IP addresses.
     #[serde(default)]
     pub domains: Vec<String>,
     /// Digest realm; the first domain (or "switchboard") by default.

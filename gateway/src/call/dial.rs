@@ -93,6 +93,31 @@ impl CallShared {
             .map(|(_, addr)| *addr)
             .find(same_family)
     }
+
+    /// Whether `host` (a URI's host) names this gateway: one of the
+    /// addresses we listen on or advertise. With no `[registrar] domains`
+    /// this is what makes `sip:bob@HOST` one of our users rather than a
+    /// bob on some other PBX.
+    pub fn is_own_host(&self, host: &str) -> bool {
+        is_own_host(host, self.media.public_ip, &self.local)
+    }
+}
+
+fn is_own_host(
+    host: &str,
+    public_ip: Option<std::net::IpAddr>,
+    local: &[(Transport, SocketAddr)],
+) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let Ok(ip) = host.parse::<std::net::IpAddr>() else {
+        return false;
+    };
+    if public_ip == Some(ip) || local.iter().any(|(_, a)| a.ip() == ip) {
+        return true;
+    }
+    // A wildcard listener answers on every local address: the kernel knows
+    // which those are (binding to any other fails).
+    local.iter().any(|(_, a)| a.ip().is_unspecified()) && std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// A dial target taken apart.
@@ -167,7 +192,9 @@ pub fn parse_target(text: &str) -> Result<Target, String> {
     }
     let mut headers = Vec::with_capacity(uri.headers.len());
     for (name, value) in std::mem::take(&mut uri.headers) {
-        let allowed = name.len() > 2 && name[..2].eq_ignore_ascii_case("x-")
+        // `get`, not slicing: a percent-decoded name may put a multi-byte
+        // character across byte 2, and the target comes from a bot.
+        let allowed = name.len() > 2 && name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-"))
             || name.eq_ignore_ascii_case("User-to-User");
         if !allowed {
             return Err(format!(
@@ -231,9 +258,29 @@ mod tests {
             "sip:a@b;transport=tls;secure=maybe",
             "sip:a@b;transport=sctp",
             "http://example.com",
+            "sip:a@b?X%C3%A9=1",
+            "sip:a@b?%FF%FE=1",
+            "sip:a@b?X-%C3%A9=1",
         ] {
             assert!(parse_target(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn own_hosts_are_our_addresses_only() {
+        let on_loopback = [(Transport::Udp, "127.0.0.1:5060".parse().unwrap())];
+        assert!(is_own_host("127.0.0.1", None, &on_loopback));
+        assert!(!is_own_host("[::1]", None, &on_loopback));
+        assert!(!is_own_host("pbx.example.com", None, &on_loopback));
+        assert!(!is_own_host("192.0.2.7", None, &on_loopback));
+        let public = Some("203.0.113.5".parse().unwrap());
+        assert!(is_own_host("203.0.113.5", public, &on_loopback));
+        let wildcard = [(Transport::Tcp, "0.0.0.0:5060".parse().unwrap())];
+        assert!(is_own_host("127.0.0.1", None, &wildcard));
+        assert!(
+            !is_own_host("192.0.2.7", None, &wildcard),
+            "TEST-NET-1 is on no interface here"
+        );
     }
 
     #[test]

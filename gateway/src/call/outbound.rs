@@ -228,7 +228,7 @@ async fn place(
         x_headers: target
             .headers
             .iter()
-            .filter(|(name, _)| name.len() > 2 && name[..2].eq_ignore_ascii_case("x-"))
+            .filter(|(name, _)| name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-")))
             .cloned()
             .collect(),
         playout: Default::default(),
@@ -251,6 +251,9 @@ async fn place(
             sdp: offer,
             credentials,
             ring_timeout: request.ring_timeout,
+            // The operator placed this call through the API: a redirect
+            // is theirs to follow, as Twilio does.
+            redirect_check: None,
         },
         config,
         std::time::Instant::now(),

@@ -6,6 +6,7 @@
 //! `<Dial action>` URL, or back to the bot with the caller returned to it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_flows::{DialTarget, TransferMode};
@@ -13,7 +14,9 @@ use tokio::time::Instant;
 
 use super::bridge::AgentMedia;
 use super::dial::{parse_target, CallShared, Target};
-use super::leg::{DialFailure, FailKind, Leg, LegConfig, LegEvent, LegState, OutgoingCall};
+use super::leg::{
+    DialFailure, FailKind, Leg, LegConfig, LegEvent, LegState, OutgoingCall, RedirectCheck,
+};
 use super::session::{contact_uri, Call, JobOutput};
 use super::LegId;
 use crate::sip::transaction::Peer;
@@ -390,9 +393,12 @@ impl Call {
     fn local_user(&self, target: &Target) -> Option<String> {
         let registrar = self.shared.registrar.as_ref()?;
         let user = target.request_uri.user_decoded()?;
-        (registrar.serves(&target.request_uri.host.to_string())
-            && registrar.directory().user(&user).is_some())
-        .then_some(user)
+        let host = target.request_uri.host.to_string();
+        let ours = match registrar.domains.is_empty() {
+            true => self.shared.is_own_host(&host),
+            false => registrar.serves(&host),
+        };
+        (ours && registrar.directory().user(&user).is_some()).then_some(user)
     }
 
     /// Places one INVITE per target (several: a user's phones, in parallel).
@@ -478,6 +484,10 @@ impl Call {
                 sdp: offer.clone(),
                 credentials,
                 ring_timeout: Duration::from_secs(transfer.target.timeout_secs.max(1) as u64),
+                redirect_check: (!transfer.origin.operators()).then(|| {
+                    let dial = self.shared.dial.clone();
+                    RedirectCheck(Arc::new(move |uri: &str| dial.borrow().allows(uri)))
+                }),
             };
             let config = LegConfig {
                 local,

@@ -125,7 +125,13 @@ impl Endpoint {
                 return None;
             }
             Verdict::Throttled => {
-                refuse(core, 403, "too many failed authentications");
+                // The authenticator logged once when the source or name
+                // crossed the limit; a line per refused attempt would let a
+                // brute-force run flood the log.
+                tracing::debug!(%call_id, peer = %peer.addr, "call rejected: too many failed authentications");
+                crate::metrics::auth_failed("throttled");
+                crate::metrics::call_rejected(403);
+                reply(&mut core.layer, tx, request, 403, None);
                 return None;
             }
         };

@@ -138,7 +138,10 @@ impl Registrar {
                 }
                 return response;
             }
-            Verdict::Throttled => return reply(403, Some("Too Many Failed Attempts")),
+            Verdict::Throttled => {
+                crate::metrics::auth_failed("throttled");
+                return reply(403, Some("Too Many Failed Attempts"));
+            }
         }
         let parsed = match RegisterRequest::from_request(request, job.peer) {
             Ok(parsed) => parsed,

@@ -33,7 +33,7 @@ use crate::sip::response::new_branch;
 use crate::sip::transaction::{Peer, ServerTxId, Transport};
 use crate::sip::uri::{Host, SipUri};
 
-pub use outbound::OutgoingCall;
+pub use outbound::{OutgoingCall, RedirectCheck};
 pub use refer::ReferOutcome;
 
 /// Methods we answer inside a dialog; sent in `Allow`.

@@ -32,6 +32,20 @@ pub struct OutgoingCall {
     pub credentials: Option<(String, String)>,
     /// How long it may ring before we CANCEL.
     pub ring_timeout: Duration,
+    /// Whether a 3xx may send the call to this URI. A bot's dial passes
+    /// `[dial] allow` here: an allowed PBX must not be able to redirect the
+    /// call (and its credentials) to a premium number. `None` follows any.
+    pub redirect_check: Option<RedirectCheck>,
+}
+
+/// Decides whether a redirect target (the URI as text) may be dialed.
+#[derive(Clone)]
+pub struct RedirectCheck(pub std::sync::Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for RedirectCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedirectCheck")
+    }
 }
 
 /// How many times we answer challenges to one request before giving up
@@ -48,6 +62,7 @@ pub(super) struct OutboundInvite {
     cancelling: Option<FailKind>,
     cancel_sent: bool,
     redirected: bool,
+    redirect_check: Option<RedirectCheck>,
     early_sdp_seen: bool,
     /// The ACK for the 2xx that won, resent on its retransmissions.
     ack: Option<Request>,
@@ -97,6 +112,7 @@ impl Leg {
             cancelling: None,
             cancel_sent: false,
             redirected: false,
+            redirect_check: call.redirect_check,
             early_sdp_seen: false,
             ack: None,
         });
@@ -331,6 +347,17 @@ impl Leg {
         };
         outbound.redirected = true;
         target.headers.clear();
+        if let Some(check) = outbound.redirect_check.clone() {
+            if !(check.0)(&target.to_string()) {
+                tracing::warn!(%target, status = response.status, "redirect refused: the target is not allowed by [dial] allow");
+                self.fail(DialFailure {
+                    status: response.status,
+                    reason: format!("redirected to {target}, which is not an allowed dial target"),
+                    kind: FailKind::Failed,
+                });
+                return;
+            }
+        }
         if let Some(peer) = literal_peer(&target, self.config.peer.transport) {
             self.config.peer = peer;
         }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::netsim::{Net, AGENT};
-use crate::call::leg::{DialFailure, EndReason, FailKind, LegEvent, LegState};
+use crate::call::leg::{DialFailure, EndReason, FailKind, LegEvent, LegState, RedirectCheck};
 use crate::sip::digest::{Algorithm, Credentials};
 use crate::sip::message::Request;
 
@@ -316,6 +316,55 @@ fn redirect_is_followed_once() {
         net.gateway.take_events().as_slice(),
         [LegEvent::Failed(DialFailure { status: 302, .. })]
     ));
+}
+
+/// A bot's dial may only be redirected where `[dial] allow` lets it go: an
+/// allowed PBX answering 302 to a premium number gets no INVITE sent there.
+#[test]
+fn redirect_outside_the_allow_list_is_refused() {
+    let mut net = Net::new();
+    net.redirect_check = Some(RedirectCheck(std::sync::Arc::new(|uri: &str| {
+        uri.starts_with("sip:desk-")
+    })));
+    net.dial(Duration::from_secs(30), Some(("agent", "secret")));
+    net.run_for(Duration::from_millis(50));
+    net.agent.accept_invite("t1");
+    let now = net.now;
+    net.agent.leg().reject_with(
+        302,
+        &[("Contact", "<sip:+19005550100@127.0.0.1:5070>")],
+        now,
+    );
+    net.run_for(Duration::from_millis(100));
+    assert!(
+        net.agent.invites.is_empty(),
+        "no INVITE to the premium number"
+    );
+    match net.gateway.take_events().as_slice() {
+        [LegEvent::Failed(DialFailure {
+            status: 302,
+            reason,
+            kind: FailKind::Failed,
+        })] => {
+            assert!(reason.contains("not an allowed dial target"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let mut net = Net::new();
+    net.redirect_check = Some(RedirectCheck(std::sync::Arc::new(|uri: &str| {
+        uri.starts_with("sip:desk-")
+    })));
+    net.dial(Duration::from_secs(30), None);
+    net.run_for(Duration::from_millis(50));
+    net.agent.accept_invite("t1");
+    let now = net.now;
+    net.agent
+        .leg()
+        .reject_with(302, &[("Contact", &format!("<sip:desk-7@{AGENT}>"))], now);
+    net.run_for(Duration::from_millis(100));
+    let redirected = net.agent.accept_invite("t2");
+    assert_eq!(redirected.uri.to_string(), format!("sip:desk-7@{AGENT}"));
 }
 
 #[test]

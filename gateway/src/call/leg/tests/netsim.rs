@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::call::leg::{Leg, LegConfig, LegEvent, LegInput, LegOutput, OutgoingCall};
+use crate::call::leg::{
+    Leg, LegConfig, LegEvent, LegInput, LegOutput, OutgoingCall, RedirectCheck,
+};
 use crate::sip::framing::parse_message;
 use crate::sip::message::{Method, Request, SipMessage};
 use crate::sip::transaction::{
@@ -170,6 +172,8 @@ pub struct Net {
     pub agent: Side,
     pub latency: Duration,
     pub lose: LossRule,
+    /// What the dialing leg may be redirected to (`None`: anywhere).
+    pub redirect_check: Option<RedirectCheck>,
     in_flight: Vec<InFlight>,
 }
 
@@ -181,6 +185,7 @@ impl Net {
             agent: Side::new("agent", addr(AGENT)),
             latency: Duration::from_millis(10),
             lose: Box::new(|_, _| false),
+            redirect_check: None,
             in_flight: Vec::new(),
         }
     }
@@ -196,6 +201,7 @@ impl Net {
             sdp: "v=0\r\n".into(),
             credentials: credentials.map(|(u, p)| (u.to_string(), p.to_string())),
             ring_timeout: ring,
+            redirect_check: self.redirect_check.clone(),
         };
         let config = self.gateway.config(addr(AGENT));
         self.gateway.leg = Some(Leg::outgoing(call, config, self.now));
