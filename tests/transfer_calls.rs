@@ -602,3 +602,229 @@ fn recording_goes_on_through_the_bridge() {
     assert!(agent_score > 0.9, "right is the agent ({agent_score:.3})");
     gateway.assert_no_panic();
 }
+
+/// The form of the single request `action` received.
+fn only_form(action: &HttpServer) -> std::collections::HashMap<String, String> {
+    let requests = action.requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    url::form_urlencoded::parse(requests[0].body.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// Waits until `action` has received `count` requests.
+fn wait_requests(action: &HttpServer, count: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while action.requests.lock().unwrap().len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "the dial action was not requested"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `timeLimit` ends a bridge: the agent gets BYE after the limit, the
+/// action hears `completed` with the duration, and its `<Hangup/>` ends the
+/// caller's side.
+#[test]
+fn time_limit_ends_the_bridge_and_the_action_hears_completed() {
+    let scratch = scratch_dir("transfer-timelimit");
+    let agent_rtp = RtpPeer::bind();
+    let agent = Agent::start(
+        &scratch,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::AnswerAndWait {
+                rtp_port: agent_rtp.port(),
+            },
+            challenge: false,
+            require: None,
+            formats: PCMU_AGENT,
+        },
+        SipTransport::Udp,
+    );
+    let action = HttpServer::start(|_| (200, "<Response><Hangup/></Response>".to_string()));
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "transfer-timelimit",
+        &config(&format!("ws://{}/media", bot.addr), ""),
+    );
+    let caller_rtp = RtpPeer::bind();
+    let scenario = sipp::gateway_hangs_up(
+        "+12125550100",
+        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
+    );
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    bot.send(BotCommand::Json(dial_twiml(
+        &format!("<Sip>sip:agent@{}</Sip>", agent.addr),
+        &format!(" timeLimit=\"2\" action=\"http://{}/after\"", action.addr),
+    )));
+    gateway.wait_for_log(&["transfer: bridged"], Duration::from_secs(5));
+    let bridged_at = Instant::now();
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+    let bye_after = bridged_at.elapsed();
+    assert!(
+        (Duration::from_millis(1500)..Duration::from_secs(6)).contains(&bye_after),
+        "the agent got BYE {bye_after:?} after the bridge, not about 2 s"
+    );
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    let form = only_form(&action);
+    assert_eq!(form["DialCallStatus"], "completed");
+    assert_eq!(form["DialSipResponseCode"], "200");
+    assert!(
+        ["1", "2", "3"].contains(&form["DialCallDuration"].as_str()),
+        "{form:?}"
+    );
+    gateway.assert_no_panic();
+}
+
+/// The caller hangs up while bridged: Twilio still requests the action
+/// URL (`DialCallStatus=completed`, `CallStatus=completed`); so do we, and
+/// the agent gets BYE.
+#[test]
+fn caller_hanging_up_a_bridge_still_tells_the_dial_action() {
+    let scratch = scratch_dir("transfer-callerbye");
+    let agent_rtp = RtpPeer::bind();
+    let agent = Agent::start(
+        &scratch,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::AnswerAndWait {
+                rtp_port: agent_rtp.port(),
+            },
+            challenge: false,
+            require: None,
+            formats: PCMU_AGENT,
+        },
+        SipTransport::Udp,
+    );
+    let action = HttpServer::start(|_| (200, "<Response><Hangup/></Response>".to_string()));
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "transfer-callerbye",
+        &config(&format!("ws://{}/media", bot.addr), ""),
+    );
+    let caller_rtp = RtpPeer::bind();
+    let scenario = sipp::caller_hangs_up(
+        "+12125550100",
+        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
+        3000,
+    );
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    bot.send(BotCommand::Json(dial_twiml(
+        &format!("<Sip>sip:agent@{}</Sip>", agent.addr),
+        &format!(" action=\"http://{}/after\"", action.addr),
+    )));
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+    wait_requests(&action, 1, Duration::from_secs(5));
+    let form = only_form(&action);
+    assert_eq!(form["DialCallStatus"], "completed", "{form:?}");
+    assert_eq!(form["CallStatus"], "completed", "{form:?}");
+    assert_eq!(form["DialSipResponseCode"], "200");
+    gateway.wait_for_log(&["call ended"], Duration::from_secs(5));
+    gateway.assert_no_panic();
+}
+
+/// Nobody answers a dial with an `action`: the URL hears `no-answer` (the
+/// CANCEL's 487) and its TwiML runs.
+#[test]
+fn unanswered_dial_reports_no_answer_to_the_action() {
+    let scratch = scratch_dir("transfer-noanswer-action");
+    let agent = Agent::start(
+        &scratch,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::NeverAnswers,
+            challenge: false,
+            require: None,
+            formats: PCMU_AGENT,
+        },
+        SipTransport::Udp,
+    );
+    let action = HttpServer::start(|_| (200, "<Response><Hangup/></Response>".to_string()));
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "transfer-noanswer-action",
+        &config(&format!("ws://{}/media", bot.addr), ""),
+    );
+    let caller_rtp = RtpPeer::bind();
+    let scenario = sipp::gateway_hangs_up(
+        "+12125550100",
+        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
+    );
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    bot.send(BotCommand::Json(dial_twiml(
+        &format!("<Sip>sip:agent@{}</Sip>", agent.addr),
+        &format!(" timeout=\"1\" action=\"http://{}/after\"", action.addr),
+    )));
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    let form = only_form(&action);
+    assert_eq!(form["DialCallStatus"], "no-answer", "{form:?}");
+    assert_eq!(form["DialSipResponseCode"], "487", "{form:?}");
+    gateway.wait_for_log(&["dial action hung up"], Duration::from_secs(5));
+    gateway.assert_no_panic();
+}
+
+/// A busy agent and no `action`: the bot hears `busy` in its
+/// `action_result` and its audio reaches the caller again.
+#[test]
+fn busy_agent_without_action_returns_the_caller_to_the_bot() {
+    let scratch = scratch_dir("transfer-busy-bot");
+    let agent = Agent::start(
+        &scratch,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::Busy,
+            challenge: false,
+            require: None,
+            formats: PCMU_AGENT,
+        },
+        SipTransport::Udp,
+    );
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "transfer-busy-bot",
+        &config(&format!("ws://{}/media", bot.addr), ""),
+    );
+    let caller_rtp = RtpPeer::bind();
+    let scenario = sipp::gateway_hangs_up(
+        "+12125550100",
+        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
+    );
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    bot.send(BotCommand::Json(dial_twiml(
+        &format!("<Sip>sip:agent@{}</Sip>", agent.addr),
+        "",
+    )));
+    let (_, result) = bot.wait_event(
+        "action_result",
+        |v| v["name"] == "dial",
+        Duration::from_secs(5),
+    );
+    assert_eq!(result["ok"], false);
+    let message = result["message"].as_str().unwrap();
+    assert!(message.contains("busy: 486"), "{message}");
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+    let spoken = speech_like(8000);
+    let back_at = Instant::now();
+    bot.send(BotCommand::Media {
+        ulaw: spoken.iter().map(|s| ulaw_encode(*s)).collect(),
+        chunk: 160,
+    });
+    std::thread::sleep(Duration::from_millis(1300));
+    let heard = heard_since(&caller_rtp, back_at);
+    let (score, _) = best_correlation(&spoken, &heard, 0..heard.len());
+    assert!(score > 0.95, "the bot is heard again ({score:.3})");
+    bot.send(BotCommand::Json(
+        json!({"event": "action", "name": "hangup"}),
+    ));
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    gateway.assert_no_panic();
+}

@@ -13,8 +13,6 @@ use super::transfer::{Origin, Stage};
 
 /// Longest wait for the action URL.
 const ACTION_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest TwiML document read from it.
-const MAX_BODY: usize = switchboard_flows::twiml::MAX_TWIML_BYTES;
 
 impl Call {
     /// Tells the transfer's action URL how the dial ended.
@@ -26,17 +24,86 @@ impl Call {
             return;
         };
         transfer.stage = Stage::Reporting;
-        let dial_call_id = transfer.dial_call_id.clone().unwrap_or_default();
+        let attempt = transfer.attempt;
+        let method_get = transfer.target.method_get;
+        let params = self.dial_params("in-progress", status, sip_code, duration_secs);
+        let (http, token) = self.webhook_client();
+        tracing::info!(%url, %status, sip_code, "transfer: telling the dial action");
+        self.spawn_job(Box::pin(async move {
+            let result = crate::webhook::fetch_twiml(
+                &http,
+                &token,
+                &url,
+                method_get,
+                &params,
+                ACTION_TIMEOUT,
+            )
+            .await;
+            JobOutput::DialAction { attempt, result }
+        }));
+    }
+
+    /// The call ends while its dial rings or is bridged (the caller hung
+    /// up, the gateway drains): Twilio still requests the action URL, with
+    /// `DialCallStatus` canceled or completed and `CallStatus` completed,
+    /// and ignores what it answers. The request outlives the call's task
+    /// by at most [`ACTION_TIMEOUT`].
+    pub(super) fn report_dial_at_end(&mut self) {
+        let Some(transfer) = &self.transfer else {
+            return;
+        };
+        let Some(url) = transfer.target.action.clone() else {
+            return;
+        };
+        let (status, sip_code, seconds) = match &transfer.stage {
+            Stage::Ringing { .. } => ("canceled", 487, 0),
+            Stage::Bridged { since, .. } => ("completed", 200, since.elapsed().as_secs()),
+            _ => return,
+        };
+        let method_get = transfer.target.method_get;
+        let params = self.dial_params("completed", status, sip_code, seconds);
+        let (http, token) = self.webhook_client();
+        tracing::info!(%url, %status, "transfer: the call ended, telling the dial action");
+        tokio::spawn(async move {
+            let result = crate::webhook::fetch_twiml(
+                &http,
+                &token,
+                &url,
+                method_get,
+                &params,
+                ACTION_TIMEOUT,
+            )
+            .await;
+            if let Err(error) = result {
+                tracing::warn!(%url, %error, "dial action at the call's end failed");
+            }
+        });
+    }
+
+    /// Twilio's parameters for a `<Dial action>` request.
+    fn dial_params(
+        &self,
+        call_status: &str,
+        status: &str,
+        sip_code: u16,
+        duration_secs: u64,
+    ) -> Vec<(&'static str, String)> {
+        let dial_call_id = self
+            .transfer
+            .as_ref()
+            .and_then(|t| t.dial_call_id.clone())
+            .unwrap_or_default();
         let bridged = matches!(status, "completed" | "answered");
-        let params: Vec<(&str, String)> = vec![
+        let account_sid = match &self.shared.twilio {
+            Some(credentials) => credentials.account_sid.clone(),
+            None => switchboard_connectors::twilio_stream::ACCOUNT_SID.to_string(),
+        };
+        vec![
             ("CallSid", self.sid.clone()),
-            (
-                "AccountSid",
-                switchboard_connectors::twilio_stream::ACCOUNT_SID.to_string(),
-            ),
+            ("AccountSid", account_sid),
             ("From", self.from_user.clone()),
             ("To", self.route.number.clone()),
-            ("CallStatus", "in-progress".into()),
+            ("CallStatus", call_status.into()),
             ("Direction", "inbound".into()),
             ("ApiVersion", "2010-04-01".into()),
             ("DialCallStatus", status.to_string()),
@@ -45,18 +112,18 @@ impl Call {
             ("DialBridged", bridged.to_string()),
             ("DialSipResponseCode", sip_code.to_string()),
             ("DialSipCallId", dial_call_id),
-        ];
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(params.iter().map(|(k, v)| (*k, v.as_str())))
-            .finish();
-        let attempt = transfer.attempt;
-        let method_get = transfer.target.method_get;
-        let http = self.shared.http.clone();
-        tracing::info!(%url, %status, sip_code, "transfer: telling the dial action");
-        self.spawn_job(Box::pin(async move {
-            let result = fetch_twiml(&http, &url, method_get, body).await;
-            JobOutput::DialAction { attempt, result }
-        }));
+        ]
+    }
+
+    /// The HTTP client and the token webhooks are signed with.
+    fn webhook_client(&self) -> (reqwest::Client, String) {
+        let token = self
+            .shared
+            .twilio
+            .as_ref()
+            .map(|c| c.auth_token.clone())
+            .unwrap_or_default();
+        (self.shared.http.clone(), token)
     }
 
     /// Runs what the action URL answered.
@@ -141,36 +208,4 @@ impl Call {
             self.return_to_flow(message);
         }
     }
-}
-
-async fn fetch_twiml(
-    http: &reqwest::Client,
-    url: &str,
-    method_get: bool,
-    form: String,
-) -> Result<String, String> {
-    let request = if method_get {
-        let separator = if url.contains('?') { '&' } else { '?' };
-        http.get(format!("{url}{separator}{form}"))
-    } else {
-        http.post(url)
-            .header("Content-Type", "application/x-www-form-urlencoded")
-            .body(form)
-    };
-    let mut response = request
-        .timeout(ACTION_TIMEOUT)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if !response.status().is_success() {
-        return Err(format!("HTTP {}", response.status()));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Err(format!("answer larger than {MAX_BODY} bytes"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    String::from_utf8(body).map_err(|_| "answer is not UTF-8".into())
 }

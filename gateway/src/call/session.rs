@@ -615,6 +615,7 @@ impl Call {
             leg.hang_up(now);
         }
         self.close_bot();
+        self.report_dial_at_end();
         self.transfer = None;
         self.caller_media.stop_ticking();
     }
