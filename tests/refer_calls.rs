@@ -7,9 +7,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::gateway::{config_with, GatewayProcess};
+use common::agent::{Agent, AgentScenario, Behaviour};
+use common::gateway::{config_with, scratch_dir, GatewayProcess};
 use common::rtp_peer::RtpPeer;
-use common::sipp::{self, G711_OFFER};
+use common::sipp::{self, SipTransport, G711_OFFER};
 use common::twilio_bot::{BotCommand, TwilioBot};
 use serde_json::json;
 
@@ -199,5 +200,88 @@ fn refused_refer_returns_the_caller_to_the_bot() {
         json!({"event": "action", "name": "hangup"}),
     ));
     sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    gateway.assert_no_panic();
+}
+
+/// The referee accepts, then reports that the target was busy: the REFER
+/// failed, so the caller stays with the bot, which hears why.
+#[test]
+fn failed_sipfrag_returns_the_caller_to_the_bot() {
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "refer-sipfrag-486",
+        &config(&format!("ws://{}/media", bot.addr)),
+    );
+    let peer = RtpPeer::bind();
+    let after = format!(
+        "{}{}{}{}",
+        ANSWER_REFER.replace("STATUS", "202 Accepted"),
+        notify(2, "active;expires=60", "SIP/2.0 100 Trying"),
+        notify(3, "terminated;reason=noresource", "SIP/2.0 486 Busy Here"),
+        ANSWER_BYE
+    );
+    let scenario = caller_scenario(&sipp::sdp_offer(peer.port(), G711_OFFER), &after);
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    ask_for_transfer(&bot);
+    let (_, result) = bot.wait_event("action_result", |_| true, Duration::from_secs(5));
+    assert_eq!(result["ok"], false);
+    let message = result["message"].as_str().unwrap();
+    assert!(message.contains("486"), "{message}");
+    bot.send(BotCommand::Json(
+        json!({"event": "action", "name": "hangup"}),
+    ));
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    gateway.assert_no_panic();
+}
+
+/// `transfer = "refer_or_bridge"`: the caller's side refuses the REFER
+/// (405), so the gateway dials the target itself and bridges; the agent
+/// answers and later hangs up, which ends the caller's side too.
+#[test]
+fn refused_refer_falls_back_to_a_bridge_when_the_flow_says_so() {
+    let scratch = scratch_dir("refer-or-bridge");
+    let agent_rtp = RtpPeer::bind();
+    let agent = Agent::start(
+        &scratch,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::Answer {
+                rtp_port: agent_rtp.port(),
+                hold_ms: 1000,
+            },
+            challenge: false,
+            require: Some("X-Case: 42"),
+            formats: &[(0, "PCMU/8000"), (101, "telephone-event/8000")],
+        },
+        SipTransport::Udp,
+    );
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "refer-or-bridge",
+        &config(&format!("ws://{}/media", bot.addr))
+            .replace("transfer = \"refer\"", "transfer = \"refer_or_bridge\""),
+    );
+    let peer = RtpPeer::bind();
+    let after = format!(
+        "{}{}",
+        ANSWER_REFER.replace("STATUS", "405 Method Not Allowed"),
+        ANSWER_BYE
+    );
+    let scenario = caller_scenario(&sipp::sdp_offer(peer.port(), G711_OFFER), &after)
+        .replace("127.0.0.1:5090", &agent.addr.to_string());
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let twiml = format!(
+        "<Response><Dial><Sip>sip:desk@{}?X-Case=42</Sip></Dial></Response>",
+        agent.addr
+    );
+    bot.send(BotCommand::Json(
+        json!({"event": "action", "name": "twiml", "body": twiml}),
+    ));
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    gateway.wait_for_log(&["transfer: bridged"], Duration::from_secs(2));
+    bot.wait_event("stop", |_| true, Duration::from_secs(3));
     gateway.assert_no_panic();
 }
