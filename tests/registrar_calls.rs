@@ -518,3 +518,192 @@ bot = { kind = "echo" }
     assert_eq!(status(&answer), Some(405), "{answer}");
     gateway.assert_no_panic();
 }
+
+/// One SIP message from a stream: headers, then Content-Length bytes.
+fn read_message(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let mut byte = [0u8; 1];
+    while !bytes.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).expect("a SIP message");
+        bytes.push(byte[0]);
+        // Keep-alive CRLFs between messages are not part of one.
+        if bytes == b"\r\n" {
+            bytes.clear();
+        }
+    }
+    let head = String::from_utf8_lossy(&bytes).to_string();
+    let length: usize = header(&head, "Content-Length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// A phone registered over TCP, and calls to a user:
+/// - nobody registered: the caller gets 480;
+/// - the grant is shorter than the TCP idle timeout, so the phone's refresh
+///   keeps the connection open; its CRLF keep-alive gets a CRLF back;
+/// - a call reaches the phone over that same connection, and its 486 reaches
+///   the caller.
+#[test]
+fn tcp_registration_is_called_over_its_connection() {
+    use std::io::Write;
+    let gateway = GatewayProcess::start("registrar-tcp", &config(""));
+    let caller = RawSip::new(gateway.udp);
+    let sdp = sipp::sdp_offer(4000, G711_OFFER);
+    let call_nat = |call_id: &str| {
+        let invite = caller.request(
+            "INVITE",
+            "nat",
+            call_id,
+            1,
+            "Content-Type: application/sdp\r\n",
+            &sdp,
+        );
+        caller.send(&invite);
+    };
+    let final_for = |call_id: &str| {
+        caller
+            .wait_for(
+                |t| status(t).is_some_and(|s| s >= 200) && header(t, "Call-ID") == Some(call_id),
+                Duration::from_secs(5),
+            )
+            .unwrap_or_else(|| panic!("no final response for {call_id}"))
+    };
+    call_nat("nobody-home");
+    assert_eq!(status(&final_for("nobody-home")), Some(480));
+
+    let mut stream = std::net::TcpStream::connect(gateway.tcp).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let local = stream.local_addr().unwrap();
+    let register = |cseq: u32, authorization: &str| {
+        format!(
+            "REGISTER sip:{gw} SIP/2.0\r\nVia: SIP/2.0/TCP {local};branch=z9hG4bKtcpreg{cseq}\r\nFrom: <sip:nat@{gw}>;tag=t{cseq}\r\nTo: <sip:nat@{gw}>\r\nCall-ID: tcp-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:nat@{local};transport=tcp>\r\nExpires: 3600\r\nMax-Forwards: 70\r\n{authorization}Content-Length: 0\r\n\r\n",
+            gw = gateway.tcp
+        )
+    };
+    stream.write_all(register(1, "").as_bytes()).unwrap();
+    let challenge = read_message(&mut stream);
+    assert_eq!(status(&challenge), Some(401), "{challenge}");
+    let mut phone = Phone::new(gateway.tcp, "nat", "behind");
+    let authorization = phone.answer(&challenge, "MD5", "REGISTER");
+    stream
+        .write_all(register(2, &format!("Authorization: {authorization}\r\n")).as_bytes())
+        .unwrap();
+    let ok = read_message(&mut stream);
+    assert_eq!(status(&ok), Some(200), "{ok}");
+    // limits.tcp_idle_timeout_secs is 300 by default: 90 % of it.
+    assert!(
+        header(&ok, "Contact").is_some_and(|c| c.ends_with(";expires=270")),
+        "{ok}"
+    );
+
+    stream.write_all(b"\r\n\r\n").unwrap();
+    let mut pong = [0u8; 2];
+    std::io::Read::read_exact(&mut stream, &mut pong).unwrap();
+    assert_eq!(&pong, b"\r\n");
+
+    call_nat("to-tcp-phone");
+    let invite = read_message(&mut stream);
+    assert!(
+        invite.starts_with(&format!("INVITE sip:nat@{local};transport=tcp SIP/2.0")),
+        "{invite}"
+    );
+    let copy = |name: &str| format!("{name}: {}\r\n", header(&invite, name).unwrap());
+    let busy = format!(
+        "SIP/2.0 486 Busy Here\r\n{}{}To: {};tag=phone\r\n{}{}Content-Length: 0\r\n\r\n",
+        copy("Via"),
+        copy("From"),
+        header(&invite, "To").unwrap(),
+        copy("Call-ID"),
+        copy("CSeq"),
+    );
+    stream.write_all(busy.as_bytes()).unwrap();
+    let ack = read_message(&mut stream);
+    assert!(ack.starts_with("ACK "), "{ack}");
+    assert_eq!(status(&final_for("to-tcp-phone")), Some(486));
+    gateway.assert_no_panic();
+}
+
+/// A bot's `<Dial><Sip>sip:nat@GATEWAY</Sip>` names one of our users (the
+/// gateway's own address, no `[registrar] domains`): the user's phone
+/// rings, and its 486 reaches the bot as a busy dial. A `nat` at another
+/// address is somebody else: our user's phone does not ring.
+#[test]
+fn a_bot_dials_a_registered_user() {
+    use common::twilio_bot::{BotCommand, TwilioBot};
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "registrar-bot-dials-user",
+        &config(&format!(
+            "[dial]\nallow = ['^sip:nat@']\n\n[[flows]]\nname = \"bot\"\nbot = {{ kind = \"twilio_stream\", url = \"ws://{}/media\" }}\n",
+            bot.addr
+        ))
+        .replace("{ pattern = '.*', flow = \"echo\" }", "{ pattern = '.*', flow = \"bot\" }"),
+    );
+    let mut phone = Phone::new(gateway.udp, "nat", "behind");
+    let contact = contact(&phone, "n");
+    let ok = phone.register(&[contact], Some(600), "MD5");
+    assert_eq!(status(&ok), Some(200), "{ok}");
+
+    let caller_rtp = common::rtp_peer::RtpPeer::bind();
+    let scenario = sipp::gateway_hangs_up(
+        "+12125550100",
+        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
+    );
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let dial = |uri: &str| {
+        let twiml = format!("<Response><Dial><Sip>{uri}</Sip></Dial></Response>");
+        bot.send(BotCommand::Json(
+            serde_json::json!({"event": "action", "name": "twiml", "body": twiml}),
+        ));
+    };
+
+    // Another PBX's nat (an IPv6 loopback we do not listen on) is not ours.
+    dial("sip:nat@[::1]:5999");
+    let (_, result) = bot.wait_event(
+        "action_result",
+        |v| v["name"] == "dial",
+        Duration::from_secs(10),
+    );
+    assert_eq!(result["ok"], false, "{result}");
+    assert!(
+        phone
+            .sip
+            .wait_for(|t| t.starts_with("INVITE "), Duration::from_millis(300))
+            .is_none(),
+        "our nat's phone rang for somebody else's nat"
+    );
+
+    dial(&format!("sip:nat@{}", gateway.udp));
+    let invite = phone
+        .sip
+        .wait_for(|t| t.starts_with("INVITE "), Duration::from_secs(5))
+        .expect("the user's phone rings");
+    let copy = |name: &str| format!("{name}: {}\r\n", header(&invite, name).unwrap());
+    let busy = format!(
+        "SIP/2.0 486 Busy Here\r\n{}{}To: {};tag=phone\r\n{}{}Content-Length: 0\r\n\r\n",
+        copy("Via"),
+        copy("From"),
+        header(&invite, "To").unwrap(),
+        copy("Call-ID"),
+        copy("CSeq"),
+    );
+    phone.sip.send(&busy);
+    let (_, result) = bot.wait_event(
+        "action_result",
+        |v| v["name"] == "dial" && v["message"].as_str().is_some_and(|m| m.contains("busy")),
+        Duration::from_secs(5),
+    );
+    assert_eq!(result["ok"], false, "{result}");
+    bot.send(BotCommand::Json(
+        serde_json::json!({"event": "action", "name": "hangup"}),
+    ));
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    gateway.assert_no_panic();
+}

@@ -860,6 +860,11 @@ impl Config {
             policy: Policy {
                 min_expires: registrar.min_expires,
                 max_expires: registrar.max_expires,
+                // Refreshed a little before the connection would idle out,
+                // whatever margin the phone keeps.
+                max_expires_reliable: (self.limits.tcp_idle_timeout_secs * 9 / 10)
+                    .clamp(u64::from(registrar.min_expires), u64::from(u32::MAX))
+                    as u32,
                 default_expires: registrar.default_expires,
                 max_contacts: registrar.max_contacts,
             },

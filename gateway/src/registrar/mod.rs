@@ -69,6 +69,11 @@ impl Binding {
 pub struct Policy {
     pub min_expires: u32,
     pub max_expires: u32,
+    /// The longest binding over TCP or TLS: calls to the phone go over the
+    /// connection it registered on, which is closed after this long idle
+    /// (`limits.tcp_idle_timeout_secs`, less a margin). A shorter grant has
+    /// the phone's refresh keep that connection open.
+    pub max_expires_reliable: u32,
     pub default_expires: u32,
     pub max_contacts: usize,
 }
@@ -219,7 +224,12 @@ pub fn register(
                 min_expires: policy.min_expires,
             };
         }
-        let granted = asked.min(policy.max_expires);
+        let granted = match request.transport.reliable() {
+            true => asked
+                .min(policy.max_expires)
+                .min(policy.max_expires_reliable),
+            false => asked.min(policy.max_expires),
+        };
         let binding = Binding {
             contact: contact.uri.clone(),
             expires_at: now + u64::from(granted),

@@ -10,6 +10,7 @@ fn policy() -> Policy {
     Policy {
         min_expires: 60,
         max_expires: 3600,
+        max_expires_reliable: 270,
         default_expires: 3600,
         max_contacts: 3,
     }
@@ -135,6 +136,14 @@ fn expiry_bounds() {
         NOW,
     ));
     assert_eq!(bindings[0].expires_at, NOW + 3600, "default_expires");
+    let mut over_tcp = request(&["<sip:a@h;transport=tcp>"], Some(3600), "c", 1);
+    over_tcp.transport = Transport::Tcp;
+    let (_, bindings) = registered(register(&policy(), &[], &over_tcp, NOW));
+    assert_eq!(
+        bindings[0].expires_at,
+        NOW + 270,
+        "a TCP binding is refreshed before its connection idles out"
+    );
 }
 
 #[test]
