@@ -93,13 +93,13 @@ fn registered_baresip_calls_its_flow() {
     gateway.assert_no_panic();
 }
 
-/// linphonec (linphone-cli 5.1) calls as alice: the gateway challenges
-/// its INVITE (407), it answers with alice's credentials, the call reaches
-/// her flow and media runs. (Its `register` command only stores the
-/// identity and credentials here: this build sends no REGISTER from the
-/// sandbox, so registering is shown with baresip and sipp.)
+/// linphonec (linphone-cli 5.1) registers as alice (digest, 401), shows up
+/// in `/v1/users` with its User-Agent, and calls: the gateway challenges its
+/// INVITE (407), it answers with alice's credentials and the call reaches
+/// her flow. (The sandbox has no sound card, so linphonec sends no audio;
+/// the echo is checked with baresip above.)
 #[test]
-fn linphonec_authenticates_and_calls() {
+fn linphonec_registers_and_calls() {
     let gateway = GatewayProcess::start("phones-linphone", &config());
     let mut phone = Linphone::start(&gateway.dir);
     phone.command(&format!("ports sip {}", free_udp_port()));
@@ -107,7 +107,21 @@ fn linphonec_authenticates_and_calls() {
         "register sip:alice@{gw} sip:{gw} wonderland",
         gw = gateway.udp
     ));
-    std::thread::sleep(Duration::from_millis(500));
+    let api = api_addr(&gateway);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, users) = http_get(api, "/v1/users");
+        if users.contains("Linphonec/") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "linphonec did not register: {users}\n{}",
+            phone.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    gateway.wait_for_log(&["registered aor=alice"], Duration::from_secs(1));
     phone.command(&format!("call sip:100@{}", gateway.udp));
     phone.wait_for("Media streams established", Duration::from_secs(10));
     gateway.wait_for_log(&["answered", "codec="], Duration::from_secs(2));
@@ -199,7 +213,17 @@ fn both_phones_of_a_user_ring_and_the_first_answer_wins() {
     desk.command("/accept");
     gateway.wait_for_log(&["transfer: bridged"], Duration::from_secs(10));
     let sent_at = std::time::Instant::now();
-    std::thread::sleep(Duration::from_secs(3));
+    // alice talks too: the same voice backwards, to tell it from bob's.
+    let gateway_rtp = alice_rtp.wait_first_packet(Duration::from_secs(5)).unwrap();
+    let backwards = {
+        let mut voice = voice_like(8000, 4 * 8000);
+        voice.reverse();
+        voice
+    };
+    std::thread::scope(|scope| {
+        scope.spawn(|| alice_rtp.stream_pcmu(gateway_rtp, &backwards[..3 * 8000]));
+        std::thread::sleep(Duration::from_secs(3));
+    });
     let heard: Vec<i16> = alice_rtp
         .received()
         .iter()
@@ -219,6 +243,15 @@ fn both_phones_of_a_user_ring_and_the_first_answer_wins() {
     let _ = mobile.wait(Duration::from_secs(20));
     let (desk_log, mobile_log) = (desk.log(), mobile.log());
     assert!(desk_log.contains("Call established"), "{desk_log}");
+    // The desk phone heard alice: the best of two one-second windows (from
+    // 1 and 1.5 s, past the jitter buffer's settling).
+    let desk_heard = desk.recording("dec").mono();
+    let to_desk = [2, 3]
+        .into_iter()
+        .map(|halves| peak_correlation(&backwards, &desk_heard, 8000, 8000 * halves / 2).0)
+        .fold(0.0, f64::max);
+    eprintln!("bob's desk phone hears alice: {to_desk:.3}");
+    assert!(to_desk > 0.8, "bob's desk phone hears alice ({to_desk:.3})");
     assert!(
         mobile_log.contains("Incoming call") && !mobile_log.contains("Call established"),
         "the other phone rang and was not connected:\n{mobile_log}"

@@ -14,7 +14,9 @@ pub struct Linphone {
 impl Linphone {
     pub fn start(dir: &Path) -> Linphone {
         let dir = dir.join("linphone");
-        std::fs::create_dir_all(&dir).unwrap();
+        // Without its data directory linphonec cannot open its database,
+        // never leaves start-up and opens no SIP socket.
+        std::fs::create_dir_all(dir.join(".local/share/linphone")).unwrap();
         let free = || {
             std::net::UdpSocket::bind("127.0.0.1:0")
                 .unwrap()
