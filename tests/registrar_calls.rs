@@ -126,6 +126,13 @@ fn digest_registration_follows_the_registrars_rules() {
         ten.lines().filter(|l| l.starts_with("Contact:")).count(),
         10
     );
+    // The bindings gauge follows at once, not at the next sweep.
+    let (_, metrics) = http_get(api, "/metrics");
+    assert_eq!(
+        sample(&metrics, "switchboard_registrar_bindings"),
+        Some(10.0),
+        "{metrics}"
+    );
     let eleventh = alice.register(&[contact(&alice, "c10")], Some(600), "MD5");
     assert_eq!(status(&eleventh), Some(403), "{eleventh}");
     assert!(eleventh
@@ -138,6 +145,12 @@ fn digest_registration_follows_the_registrars_rules() {
     let gone = alice.register(&["*".to_string()], Some(0), "MD5");
     assert_eq!(status(&gone), Some(200), "{gone}");
     assert!(!gone.contains("Contact:"));
+    let (_, metrics) = http_get(api, "/metrics");
+    assert_eq!(
+        sample(&metrics, "switchboard_registrar_bindings"),
+        Some(0.0),
+        "{metrics}"
+    );
     let (_, users) = http_get(api, "/v1/users");
     assert!(!users.contains("test-phone"), "{users}");
 

@@ -744,6 +744,16 @@ impl Config {
                 "needs at least one",
             ));
         }
+        if !algorithms.contains(&Algorithm::Md5) {
+            // An `ha1` is MD5(username:realm:password): without an MD5
+            // challenge its user could never log in.
+            if let Some(index) = self.users.iter().position(|u| u.ha1.is_some()) {
+                return Err(ConfigError::new(
+                    format!("users[{index}].ha1"),
+                    "is an MD5 hash, but registrar.algorithms does not offer MD5",
+                ));
+            }
+        }
         if registrar.min_expires == 0 || registrar.min_expires > registrar.max_expires {
             return Err(ConfigError::new(
                 "registrar.min_expires",

@@ -275,3 +275,20 @@ fn sip_workers_default_to_one_per_cpu_and_are_bounded() {
     let error = with("sip_workers = 257").validate().unwrap_err();
     assert_eq!(error.key, "limits.sip_workers");
 }
+
+#[test]
+fn an_md5_ha1_needs_an_md5_challenge() {
+    let config = parse(
+        r#"
+[registrar]
+algorithms = ["SHA-256"]
+
+[[users]]
+username = "alice"
+ha1 = "0123456789abcdef0123456789abcdef"
+"#,
+    );
+    let error = config.validate().unwrap_err();
+    assert_eq!(error.key, "users[0].ha1");
+    assert!(error.reason.contains("does not offer MD5"), "{}", error.reason);
+}

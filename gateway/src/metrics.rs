@@ -155,6 +155,12 @@ pub fn bindings(count: usize) {
     gauge!(BINDINGS).set(count as f64);
 }
 
+/// A REGISTER changed how many bindings there are; the periodic sweep sets
+/// the exact count again (other gateways share a Redis store).
+pub fn bindings_changed(by: i64) {
+    gauge!(BINDINGS).increment(by as f64);
+}
+
 pub fn auth_failed(reason: &'static str) {
     counter!(AUTH_FAILURES, "reason" => reason).increment(1);
 }

@@ -172,6 +172,8 @@ impl Registrar {
                     tracing::error!(%error, aor = %user, "location store unavailable: 500");
                     return reply(500, None);
                 }
+                let before = current.iter().filter(|b| b.expires_at > wall).count();
+                crate::metrics::bindings_changed(bindings.len() as i64 - before as i64);
                 tracing::debug!(aor = %user, peer = %job.peer.addr, contacts = bindings.len(), "registered");
                 self.ok(request, &bindings, wall)
             }

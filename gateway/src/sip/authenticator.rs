@@ -201,6 +201,16 @@ impl Authenticator {
                 now,
             );
         }
+        if credentials.qop.is_none() {
+            // Every challenge offers qop=auth; answering without it is the
+            // RFC 2069 form, which has no nonce count to stop replays.
+            return self.failed(
+                source,
+                Some(&credentials.username),
+                "no qop (RFC 2069 digest)",
+                now,
+            );
+        }
         let Some(secret) = lookup(&credentials.username) else {
             return self.failed(source, Some(&credentials.username), "unknown user", now);
         };
@@ -390,6 +400,26 @@ mod tests {
                 Verdict::Authenticated(_)
             ));
         }
+    }
+
+    /// The right password in the RFC 2069 form (no qop, so no nonce
+    /// count) could be replayed at will: refused.
+    #[test]
+    fn credentials_without_qop_are_refused() {
+        let mut auth = authenticator(&[Algorithm::Md5]);
+        let t0 = Instant::now();
+        let challenge = auth.challenges(false, t0).remove(0);
+        let downgraded = challenge.replace(", qop=\"auth\"", "");
+        assert_ne!(challenge, downgraded);
+        let header = answer(&downgraded, "pw", 1);
+        assert!(!header.contains("qop"), "{header}");
+        assert!(matches!(
+            auth.verify(&header, "REGISTER", IP, lookup, t0),
+            Verdict::Challenge {
+                stale: false,
+                reason: "no qop (RFC 2069 digest)"
+            }
+        ));
     }
 
     #[test]
