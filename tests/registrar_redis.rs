@@ -84,3 +84,56 @@ fn a_phone_registered_at_one_gateway_is_called_through_another() {
         ""
     );
 }
+
+/// Two gateways decide on the same read of an AOR: the first write wins and
+/// the second is refused (its registrar then reads again), so the rules
+/// (`max_contacts`, CSeq order) hold across gateways. The version outlives
+/// the AOR's set, so it never restarts under a reader.
+#[test]
+fn a_write_decided_on_a_stale_read_is_refused() {
+    use switchboard_gateway::registrar::redis_store::RedisStore;
+    use switchboard_gateway::registrar::store::LocationStore;
+    use switchboard_gateway::registrar::{unix_now, Binding, Change};
+    use switchboard_gateway::sip::transaction::Transport;
+
+    let redis = Redis::start();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let store = RedisStore::connect(&redis.url()).await.unwrap();
+        let now = unix_now();
+        let binding = |host: &str| Binding {
+            contact: format!("sip:bob@{host}"),
+            expires_at: now + 600,
+            call_id: format!("call-{host}"),
+            cseq: 1,
+            source: "127.0.0.1:5070".parse().unwrap(),
+            transport: Transport::Udp,
+            instance: None,
+            reg_id: None,
+            user_agent: None,
+        };
+        let (empty, read) = store.snapshot("bob", now).await.unwrap();
+        assert!(empty.is_empty());
+        let first = [Change::Put(binding("10.0.0.1"))];
+        assert!(store.apply_if("bob", &first, now, read).await.unwrap());
+        let second = [Change::Put(binding("10.0.0.2"))];
+        assert!(
+            !store.apply_if("bob", &second, now, read).await.unwrap(),
+            "a write decided on a stale read went through"
+        );
+        let (bindings, fresh) = store.snapshot("bob", now).await.unwrap();
+        assert_eq!(bindings, vec![binding("10.0.0.1")]);
+        assert_ne!(fresh, read);
+        assert!(store.apply_if("bob", &second, now, fresh).await.unwrap());
+        assert_eq!(store.bindings("bob", now).await.unwrap().len(), 2);
+    });
+    let ttl = |key: &str| redis.cli(&["PTTL", key]).parse::<i64>().unwrap();
+    let (set, version) = (
+        ttl("switchboard:registrar:aor:bob"),
+        ttl("switchboard:registrar:version:bob"),
+    );
+    assert!(
+        set > 590_000 && version > set,
+        "set {set} ms, version {version} ms"
+    );
+}

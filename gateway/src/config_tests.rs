@@ -290,5 +290,9 @@ ha1 = "0123456789abcdef0123456789abcdef"
     );
     let error = config.validate().unwrap_err();
     assert_eq!(error.key, "users[0].ha1");
-    assert!(error.reason.contains("does not offer MD5"), "{}", error.reason);
+    assert!(
+        error.reason.contains("does not offer MD5"),
+        "{}",
+        error.reason
+    );
 }

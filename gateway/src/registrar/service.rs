@@ -20,6 +20,9 @@ use crate::sip::transaction::{Peer, ServerTxId};
 /// REGISTERs queued towards the registrar; when full the endpoint answers
 /// 503 itself.
 pub const JOBS_CAPACITY: usize = 1024;
+/// Attempts after the first when another gateway changed the AOR between
+/// our read and our write.
+const MAX_CONFLICTS: u32 = 3;
 /// How often lapsed bindings are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
 
@@ -56,33 +59,43 @@ impl Registrar {
         mut jobs: mpsc::Receiver<RegisterJob>,
         endpoint: crate::endpoint::EndpointSender,
     ) {
-        let mut sweep = tokio::time::interval(SWEEP_EVERY);
-        loop {
-            tokio::select! {
-                job = jobs.recv() => {
-                    let Some(job) = job else { break };
-                    let response = self.handle(&job).await;
-                    // A challenge keeps no transaction: a retransmission
-                    // just gets a fresh one.
-                    let command = if response.status == 401 {
-                        EndpointCommand::RespondStatelessly { tx: job.tx, response }
-                    } else {
-                        EndpointCommand::Respond { tx: job.tx, response }
-                    };
-                    // The shard that received the REGISTER holds its transaction.
-                    let shard = endpoint.for_call_id(job.request.call_id().unwrap_or(""));
-                    if shard.send(command).await.is_err() {
-                        break;
-                    }
-                }
-                _ = sweep.tick() => {
-                    match self.store.sweep(unix_now()).await {
+        // Sweeping a shared store walks every AOR in Redis: in a task of
+        // its own, so REGISTERs are not held up meanwhile.
+        let sweeper = tokio::spawn({
+            let store = self.store.clone();
+            async move {
+                let mut sweep = tokio::time::interval(SWEEP_EVERY);
+                loop {
+                    sweep.tick().await;
+                    match store.sweep(unix_now()).await {
                         Ok(left) => crate::metrics::bindings(left),
                         Err(error) => tracing::warn!(%error, "cannot sweep lapsed bindings"),
                     }
                 }
             }
+        });
+        while let Some(job) = jobs.recv().await {
+            let response = self.handle(&job).await;
+            // A challenge keeps no transaction: a retransmission just gets
+            // a fresh one.
+            let command = if response.status == 401 {
+                EndpointCommand::RespondStatelessly {
+                    tx: job.tx,
+                    response,
+                }
+            } else {
+                EndpointCommand::Respond {
+                    tx: job.tx,
+                    response,
+                }
+            };
+            // The shard that received the REGISTER holds its transaction.
+            let shard = endpoint.for_call_id(job.request.call_id().unwrap_or(""));
+            if shard.send(command).await.is_err() {
+                break;
+            }
         }
+        sweeper.abort();
     }
 
     async fn handle(&self, job: &RegisterJob) -> Response {
@@ -155,23 +168,42 @@ impl Registrar {
             }
         };
         let wall = unix_now();
-        let current = match self.store.bindings(&user, wall).await {
-            Ok(current) => current,
-            Err(error) => {
-                tracing::error!(%error, aor = %user, "location store unavailable: 500");
-                return reply(500, None);
-            }
-        };
-        if parsed.contacts.is_empty() && !parsed.wildcard {
-            // A query: the current bindings, changed nothing.
-            return self.ok(request, &current, wall);
-        }
-        match register(&self.policy, &current, &parsed, wall) {
-            Outcome::Registered { changes, bindings } => {
-                if let Err(error) = self.store.apply(&user, &changes, wall).await {
+        // Another gateway sharing the store may change the AOR between our
+        // read and our write: the write then fails and we start again.
+        let mut conflicts = 0;
+        let (current, outcome) = loop {
+            let (current, version) = match self.store.snapshot(&user, wall).await {
+                Ok(read) => read,
+                Err(error) => {
                     tracing::error!(%error, aor = %user, "location store unavailable: 500");
                     return reply(500, None);
                 }
+            };
+            if parsed.contacts.is_empty() && !parsed.wildcard {
+                // A query: the current bindings, changed nothing.
+                return self.ok(request, &current, wall);
+            }
+            let outcome = register(&self.policy, &current, &parsed, wall);
+            let Outcome::Registered { changes, .. } = &outcome else {
+                break (current, outcome);
+            };
+            match self.store.apply_if(&user, changes, wall, version).await {
+                Ok(true) => break (current, outcome),
+                Ok(false) if conflicts < MAX_CONFLICTS => conflicts += 1,
+                Ok(false) => {
+                    tracing::warn!(aor = %user, conflicts, "AOR changed under every attempt: 500");
+                    let mut response = reply(500, None);
+                    response.headers.push("Retry-After", "1");
+                    return response;
+                }
+                Err(error) => {
+                    tracing::error!(%error, aor = %user, "location store unavailable: 500");
+                    return reply(500, None);
+                }
+            }
+        };
+        match outcome {
+            Outcome::Registered { bindings, .. } => {
                 let before = current.iter().filter(|b| b.expires_at > wall).count();
                 crate::metrics::bindings_changed(bindings.len() as i64 - before as i64);
                 tracing::debug!(aor = %user, peer = %job.peer.addr, contacts = bindings.len(), "registered");

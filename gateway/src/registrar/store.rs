@@ -18,6 +18,24 @@ pub trait LocationStore: Send + Sync {
     async fn bindings(&self, aor: &str, now: u64) -> Result<Vec<Binding>, StoreError>;
     /// Applies a REGISTER's changes.
     async fn apply(&self, aor: &str, changes: &[Change], now: u64) -> Result<(), StoreError>;
+    /// The AOR's bindings with the version they were read at, for
+    /// [`LocationStore::apply_if`]. One process's registrar task never
+    /// races itself, so a store only it writes has a single version.
+    async fn snapshot(&self, aor: &str, now: u64) -> Result<(Vec<Binding>, u64), StoreError> {
+        Ok((self.bindings(aor, now).await?, 0))
+    }
+    /// Applies the changes only if nobody changed the AOR since `version`
+    /// was read (another gateway sharing the store); `false` when somebody
+    /// did, and nothing was written.
+    async fn apply_if(
+        &self,
+        aor: &str,
+        changes: &[Change],
+        now: u64,
+        _version: u64,
+    ) -> Result<bool, StoreError> {
+        self.apply(aor, changes, now).await.map(|()| true)
+    }
     /// Every AOR with live bindings (for the API).
     async fn all(&self, now: u64) -> Result<Vec<(String, Vec<Binding>)>, StoreError>;
     /// Removes lapsed bindings; returns how many are left in all.
