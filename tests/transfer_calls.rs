@@ -448,6 +448,20 @@ fn star_drops_the_agent_and_returns_the_caller_to_the_bot() {
         events.len() >= 4 && events.iter().all(|e| *e == 5),
         "the agent got the caller's key: {events:?}"
     );
+    // And the agent's 7 reaches the caller.
+    let gateway_agent_side = agent_rtp.wait_first_packet(Duration::from_secs(1)).unwrap();
+    agent_rtp.press(gateway_agent_side, 101, 7, 3000, 200_000);
+    std::thread::sleep(Duration::from_millis(200));
+    let events: Vec<u8> = caller_rtp
+        .received()
+        .iter()
+        .filter(|p| p.payload_type == 101)
+        .map(|p| p.payload[0])
+        .collect();
+    assert!(
+        events.len() >= 4 && events.iter().all(|e| *e == 7),
+        "the caller got the agent's key: {events:?}"
+    );
     // `*` ends the bridge: the agent gets BYE, the bot a new session.
     caller_rtp.press(gateway_rtp, 101, 10, 2010, 101_000);
     sipp::assert_success(&agent.join(), &scratch.join("agent"));
@@ -825,6 +839,78 @@ fn busy_agent_without_action_returns_the_caller_to_the_bot() {
     bot.send(BotCommand::Json(
         json!({"event": "action", "name": "hangup"}),
     ));
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    gateway.assert_no_panic();
+}
+
+/// RFC 4733 keys cross a transcoding bridge (caller PCMU, agent PCMA) both
+/// ways: each side's events are taken out of its pipeline and sent on as
+/// events, not as tones.
+#[test]
+fn dtmf_crosses_a_transcoding_bridge_both_ways() {
+    let scratch = scratch_dir("transfer-dtmf-transcode");
+    let agent_rtp = RtpPeer::bind();
+    let agent = Agent::start(
+        &scratch,
+        "agent",
+        &AgentScenario {
+            behaviour: Behaviour::Answer {
+                rtp_port: agent_rtp.port(),
+                hold_ms: 3000,
+            },
+            challenge: false,
+            require: None,
+            formats: &[(8, "PCMA/8000"), (101, "telephone-event/8000")],
+        },
+        SipTransport::Udp,
+    );
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "transfer-dtmf-transcode",
+        &config(&format!("ws://{}/media", bot.addr), ""),
+    );
+    let caller_rtp = RtpPeer::bind();
+    let scenario = sipp::gateway_hangs_up(
+        "+12125550100",
+        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
+    );
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let gateway_rtp = caller_rtp
+        .wait_first_packet(Duration::from_secs(5))
+        .unwrap();
+    bot.send(BotCommand::Json(dial_twiml(
+        &format!("<Sip>sip:agent@{}</Sip>", agent.addr),
+        "",
+    )));
+    gateway.wait_for_log(&["bridge transcodes"], Duration::from_secs(10));
+    let gateway_agent_side = agent_rtp.wait_first_packet(Duration::from_secs(2)).unwrap();
+    let keys_at = |peer: &RtpPeer| -> Vec<u8> {
+        peer.received()
+            .iter()
+            .filter(|p| p.payload_type == 101)
+            .map(|p| p.payload[0])
+            .collect()
+    };
+    caller_rtp.press(gateway_rtp, 101, 5, 2000, 100_000);
+    agent_rtp.press(gateway_agent_side, 101, 7, 3000, 200_000);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while (keys_at(&agent_rtp).is_empty() || keys_at(&caller_rtp).is_empty())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let (to_agent, to_caller) = (keys_at(&agent_rtp), keys_at(&caller_rtp));
+    assert!(
+        !to_agent.is_empty() && to_agent.iter().all(|e| *e == 5),
+        "the agent got the caller's key: {to_agent:?}"
+    );
+    assert!(
+        !to_caller.is_empty() && to_caller.iter().all(|e| *e == 7),
+        "the caller got the agent's key: {to_caller:?}"
+    );
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
     sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
     gateway.assert_no_panic();
 }
