@@ -359,3 +359,50 @@ fn tls_failure_reaches_on_failure() {
         "{line}"
     );
 }
+
+/// An allowed `transfer_call` function call dials the agent and bridges
+/// the caller; the Realtime session ends at the bridge, and the agent
+/// hanging up ends the caller's side.
+#[test]
+fn transfer_function_bridges_the_caller_to_an_agent() {
+    let scratch = common::gateway::scratch_dir("openai-transfer");
+    let agent_rtp = RtpPeer::bind();
+    let agent = common::agent::Agent::start(
+        &scratch,
+        "agent",
+        &common::agent::AgentScenario {
+            behaviour: common::agent::Behaviour::Answer {
+                rtp_port: agent_rtp.port(),
+                hold_ms: 1000,
+            },
+            challenge: false,
+            require: None,
+            formats: &[(0, "PCMU/8000"), (101, "telephone-event/8000")],
+        },
+        sipp::SipTransport::Udp,
+    );
+    let ws = WsBot::start();
+    let gateway = GatewayProcess::start(
+        "openai-transfer",
+        &format!(
+            "{}\n[dial]\nallow = ['^sip:agent@127\\.0\\.0\\.1:']\n",
+            config(&format!("ws://{}/v1/realtime", ws.addr))
+        ),
+    );
+    let peer = RtpPeer::bind();
+    let scenario = sipp::gateway_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER));
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    ws.wait_text("type", "session.update", Duration::from_secs(10));
+    ws.send_json(json!({
+        "type": "response.output_item.done",
+        "response_id": "resp-1",
+        "output_index": 0,
+        "item": {"type": "function_call", "id": "item-f", "name": "transfer_call", "call_id": "call-1",
+                 "arguments": json!({"target": format!("sip:agent@{}", agent.addr)}).to_string()}
+    }));
+    gateway.wait_for_log(&["transfer: bridged"], Duration::from_secs(5));
+    ws.wait_closed(Duration::from_secs(5));
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    gateway.assert_no_panic();
+}

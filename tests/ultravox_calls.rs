@@ -204,3 +204,50 @@ fn rest_failure_reaches_on_failure_within_a_second() {
     let line = gateway.wait_for_log(&["bot unreachable"], Duration::from_secs(2));
     assert!(line.contains("401"), "{line}");
 }
+
+/// An allowed `transferCall` target: the model's tool call dials the agent
+/// and bridges the caller; the Ultravox session ends at the bridge, and the
+/// agent hanging up ends the caller's side.
+#[test]
+fn transfer_tool_bridges_the_caller_to_an_agent() {
+    let scratch = common::gateway::scratch_dir("ultravox-transfer");
+    let agent_rtp = RtpPeer::bind();
+    let agent = common::agent::Agent::start(
+        &scratch,
+        "agent",
+        &common::agent::AgentScenario {
+            behaviour: common::agent::Behaviour::Answer {
+                rtp_port: agent_rtp.port(),
+                hold_ms: 1000,
+            },
+            challenge: false,
+            require: None,
+            formats: &[(0, "PCMU/8000"), (101, "telephone-event/8000")],
+        },
+        sipp::SipTransport::Udp,
+    );
+    let ws = WsBot::start();
+    let rest = rest_server(&ws, 201);
+    let gateway = GatewayProcess::start(
+        "ultravox-transfer",
+        &format!(
+            "{}\n[dial]\nallow = ['^sip:agent@127\\.0\\.0\\.1:']\n",
+            config(&format!("http://{}", rest.addr))
+        ),
+    );
+    let peer = RtpPeer::bind();
+    let scenario = sipp::gateway_hangs_up("100", &sipp::sdp_offer(peer.port(), G711_OFFER));
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    // Sent once the gateway's session is up (the bot queues it till then).
+    ws.send_json(json!({
+        "type": "client_tool_invocation",
+        "toolName": "transferCall",
+        "invocationId": "inv-1",
+        "parameters": {"target": format!("sip:agent@{}", agent.addr)}
+    }));
+    gateway.wait_for_log(&["transfer: bridged"], Duration::from_secs(5));
+    ws.wait_closed(Duration::from_secs(5));
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    gateway.assert_no_panic();
+}
