@@ -653,7 +653,8 @@ fn time_limit_ends_the_bridge_and_the_action_hears_completed() {
                 rtp_port: agent_rtp.port(),
             },
             challenge: false,
-            require: None,
+            // The dial's callerId is the agent's From.
+            require: Some("From: .*sip:\\+15550001111@"),
             formats: PCMU_AGENT,
         },
         SipTransport::Udp,
@@ -673,7 +674,10 @@ fn time_limit_ends_the_bridge_and_the_action_hears_completed() {
     bot.wait_event("start", |_| true, Duration::from_secs(10));
     bot.send(BotCommand::Json(dial_twiml(
         &format!("<Sip>sip:agent@{}</Sip>", agent.addr),
-        &format!(" timeLimit=\"2\" action=\"http://{}/after\"", action.addr),
+        &format!(
+            " timeLimit=\"2\" callerId=\"+15550001111\" action=\"http://{}/after\"",
+            action.addr
+        ),
     )));
     gateway.wait_for_log(&["transfer: bridged"], Duration::from_secs(5));
     let bridged_at = Instant::now();
