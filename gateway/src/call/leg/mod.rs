@@ -201,8 +201,8 @@ struct Pending {
     purpose: Purpose,
     /// The request as sent, to send again with credentials.
     request: Request,
-    /// Challenges answered so far for this request.
-    auth_attempts: u32,
+    /// Challenges answered so far for this request, one per realm.
+    answered: Vec<outbound::Answered>,
 }
 
 pub struct Leg {
@@ -382,7 +382,7 @@ impl Leg {
                 method,
                 purpose,
                 request: request.clone(),
-                auth_attempts: 0,
+                answered: Vec::new(),
             });
         }
         let peer = self.next_hop();

@@ -48,9 +48,19 @@ impl std::fmt::Debug for RedirectCheck {
     }
 }
 
-/// How many times we answer challenges to one request before giving up
-/// (a second challenge for the same realm means the password is wrong).
-const MAX_AUTH_ATTEMPTS: u32 = 2;
+/// How many realms one request may be challenged by (a proxy, the PBX
+/// behind it, ...) before we give up. A second challenge from a realm
+/// already answered means the password is wrong, unless it says `stale`.
+const MAX_AUTH_REALMS: usize = 3;
+
+/// A challenge answered for a request, answered again on every resend.
+#[derive(Clone, Debug)]
+pub(super) struct Answered {
+    proxy: bool,
+    challenge: Challenge,
+    /// The nonce count last used with its nonce.
+    count: u32,
+}
 
 pub(super) struct OutboundInvite {
     /// The INVITE last sent (after auth retries and a redirect).
@@ -325,7 +335,7 @@ impl Leg {
             method: Method::Bye,
             purpose: Purpose::StrayBye,
             request: bye.clone(),
-            auth_attempts: 0,
+            answered: Vec::new(),
         });
         self.outputs
             .push_back(LegOutput::Send { request: bye, peer });
@@ -381,30 +391,58 @@ impl Leg {
         let Some((username, password)) = self.credentials.clone() else {
             return false;
         };
-        let (challenge_header, answer_header) = if response.status == 401 {
-            ("WWW-Authenticate", "Authorization")
-        } else {
-            ("Proxy-Authenticate", "Proxy-Authorization")
+        let challenge_header = match response.status {
+            401 => "WWW-Authenticate",
+            _ => "Proxy-Authenticate",
         };
         let Some(challenge) = Challenge::best(response.headers.get_all(challenge_header)) else {
             return false;
         };
-        if pending.auth_attempts >= MAX_AUTH_ATTEMPTS - 1 && !challenge.stale {
-            return false;
+        let proxy = response.status == 407;
+        let mut answered = pending.answered.clone();
+        let realms = answered.len();
+        match answered
+            .iter_mut()
+            .find(|a| a.proxy == proxy && a.challenge.realm == challenge.realm)
+        {
+            // The same realm refused these credentials: the password is
+            // wrong, asking again would only repeat it.
+            Some(_) if !challenge.stale => return false,
+            Some(previous) => {
+                previous.challenge = challenge;
+                previous.count = 0;
+            }
+            None if realms >= MAX_AUTH_REALMS => return false,
+            None => answered.push(Answered {
+                proxy,
+                challenge,
+                count: 0,
+            }),
         }
         let mut request = pending.request.clone();
         let method = request.method.to_string();
         let uri = request.uri.to_string();
-        let value = challenge.authorization(
-            &username,
-            &password,
-            &method,
-            &uri,
-            &crate::sip::response::new_tag(),
-            1,
-        );
-        request.headers.remove(answer_header);
-        request.headers.push(answer_header, &value);
+        // Every realm answered so far is answered again (a proxy's 407,
+        // then the PBX's 401 behind it), each with its next nonce count.
+        request.headers.remove("Authorization");
+        request.headers.remove("Proxy-Authorization");
+        let cnonce = crate::sip::response::new_tag();
+        for answer in &mut answered {
+            answer.count += 1;
+            let value = answer.challenge.authorization(
+                &username,
+                &password,
+                &method,
+                &uri,
+                &cnonce,
+                answer.count,
+            );
+            let header = match answer.proxy {
+                true => "Proxy-Authorization",
+                false => "Authorization",
+            };
+            request.headers.push(header, &value);
+        }
         if let Some(dialog) = &mut self.dialog {
             if request.method != Method::Invite {
                 dialog.local_cseq += 1;
@@ -429,7 +467,7 @@ impl Leg {
             method: request.method.clone(),
             purpose: pending.purpose,
             request: request.clone(),
-            auth_attempts: pending.auth_attempts + 1,
+            answered,
         });
         let peer = self.next_hop();
         self.outputs.push_back(LegOutput::Send { request, peer });

@@ -269,6 +269,67 @@ fn proxy_challenge_is_answered_with_digest() {
     ));
 }
 
+/// A proxy challenges (407), then the PBX behind it (401): the third
+/// INVITE answers both, the proxy's with its next nonce count. A second
+/// 401 from the PBX's realm means the password is wrong: no fourth.
+#[test]
+fn proxy_then_registrar_challenges_are_both_answered() {
+    let mut net = Net::new();
+    net.dial(Duration::from_secs(30), Some(("alice", "s3cret")));
+    net.run_for(Duration::from_millis(50));
+    net.agent.accept_invite("t1");
+    let now = net.now;
+    net.agent.leg().reject_with(
+        407,
+        &[(
+            "Proxy-Authenticate",
+            r#"Digest realm="proxy", nonce="p1", qop="auth", algorithm=MD5"#,
+        )],
+        now,
+    );
+    net.run_for(Duration::from_millis(100));
+    net.agent.accept_invite("t2");
+    let now = net.now;
+    net.agent.leg().reject_with(
+        401,
+        &[(
+            "WWW-Authenticate",
+            r#"Digest realm="pbx", nonce="b1", qop="auth", algorithm=MD5"#,
+        )],
+        now,
+    );
+    net.run_for(Duration::from_millis(100));
+    let third = net.agent.accept_invite("t3");
+    assert_eq!(third.cseq().unwrap().0, 3);
+    let to_proxy = Credentials::parse(third.headers.get("Proxy-Authorization").unwrap()).unwrap();
+    assert_eq!(
+        (to_proxy.realm.as_str(), to_proxy.nonce_count()),
+        ("proxy", Some(2))
+    );
+    assert!(to_proxy.verify(&Algorithm::Md5.hex("alice:proxy:s3cret"), "INVITE"));
+    let to_pbx = Credentials::parse(third.headers.get("Authorization").unwrap()).unwrap();
+    assert_eq!(
+        (to_pbx.realm.as_str(), to_pbx.nonce_count()),
+        ("pbx", Some(1))
+    );
+    assert!(to_pbx.verify(&Algorithm::Md5.hex("alice:pbx:s3cret"), "INVITE"));
+    let now = net.now;
+    net.agent.leg().reject_with(
+        401,
+        &[(
+            "WWW-Authenticate",
+            r#"Digest realm="pbx", nonce="b2", qop="auth", algorithm=MD5"#,
+        )],
+        now,
+    );
+    net.run_for(Duration::from_millis(100));
+    assert!(net.agent.invites.is_empty());
+    assert!(matches!(
+        net.gateway.take_events().as_slice(),
+        [LegEvent::Failed(DialFailure { status: 401, .. })]
+    ));
+}
+
 #[test]
 fn challenge_without_credentials_fails() {
     let mut net = Net::new();
