@@ -918,3 +918,87 @@ fn dtmf_crosses_a_transcoding_bridge_both_ways() {
     sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
     gateway.assert_no_panic();
 }
+
+/// RFC 3263 failover: the target's SRV records name two agents; the first
+/// (priority 10) answers 503, so the same dial goes on to the second
+/// (priority 20), which answers and talks until it hangs up.
+#[test]
+fn a_503_moves_the_dial_to_the_targets_next_srv_record() {
+    let scratch = scratch_dir("transfer-srv-failover");
+    let down = Agent::start(
+        &scratch,
+        "down",
+        &AgentScenario {
+            behaviour: Behaviour::Unavailable,
+            challenge: false,
+            require: None,
+            formats: PCMU_AGENT,
+        },
+        SipTransport::Udp,
+    );
+    let agent_rtp = RtpPeer::bind();
+    let up = Agent::start(
+        &scratch,
+        "up",
+        &AgentScenario {
+            behaviour: Behaviour::Answer {
+                rtp_port: agent_rtp.port(),
+                hold_ms: 1000,
+            },
+            challenge: false,
+            require: None,
+            formats: PCMU_AGENT,
+        },
+        SipTransport::Udp,
+    );
+    let up_addr = up.addr.to_string();
+    let dns = common::dns::DnsServer::start(vec![
+        (
+            "_sip._udp.agents.test.",
+            10,
+            0,
+            down.addr.port(),
+            "down.agents.test.",
+        ),
+        (
+            "_sip._udp.agents.test.",
+            20,
+            0,
+            up.addr.port(),
+            "up.agents.test.",
+        ),
+    ]);
+    let bot = TwilioBot::start();
+    let gateway = GatewayProcess::start(
+        "transfer-srv-failover",
+        &config(&format!("ws://{}/media", bot.addr), "")
+            .replace(
+                "[sip]\n",
+                &format!("[sip]\ndns_servers = [\"{}\"]\n", dns.addr),
+            )
+            .replace(
+                r"allow = ['^sip:(agent|frontdesk)@127\.0\.0\.1[:;?]']",
+                r"allow = ['^sip:agent@agents\.test$']",
+            ),
+    );
+    let caller_rtp = RtpPeer::bind();
+    let scenario = sipp::gateway_hangs_up(
+        "+12125550100",
+        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
+    );
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    bot.send(BotCommand::Json(dial_twiml(
+        "<Sip>sip:agent@agents.test</Sip>",
+        "",
+    )));
+    sipp::assert_success(&down.join(), &scratch.join("down"));
+    sipp::assert_success(&up.join(), &scratch.join("up"));
+    gateway.wait_for_log(
+        &["trying the target's next address", &up_addr],
+        Duration::from_secs(2),
+    );
+    gateway.wait_for_log(&["transfer: bridged"], Duration::from_secs(2));
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    gateway.assert_no_panic();
+}

@@ -22,6 +22,8 @@ pub enum Behaviour {
     AnswerAndWait { rtp_port: u16 },
     /// 486 Busy Here.
     Busy,
+    /// 503 Service Unavailable (a server that is down for maintenance).
+    Unavailable,
     /// Rings until the gateway cancels.
     NeverAnswers,
     /// 183 with SDP (early media at `rtp_port`), `early_ms` later 200 OK,
@@ -149,6 +151,10 @@ impl AgentScenario {
             }
             Behaviour::Busy => {
                 xml.push_str(&response("486 Busy Here", 2, "", None));
+                xml.push_str("  <recv request=\"ACK\"/>\n");
+            }
+            Behaviour::Unavailable => {
+                xml.push_str(&response("503 Service Unavailable", 2, "", None));
                 xml.push_str("  <recv request=\"ACK\"/>\n");
             }
             Behaviour::NeverAnswers => {

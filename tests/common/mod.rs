@@ -5,6 +5,7 @@ pub mod api;
 pub mod audio;
 pub mod baresip;
 pub mod clip;
+pub mod dns;
 pub mod gateway;
 pub mod http_server;
 pub mod kamailio;

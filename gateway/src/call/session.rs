@@ -98,6 +98,9 @@ pub(super) enum JobOutput {
     Resolved {
         attempt: u64,
         result: super::transfer::DialTargets,
+        /// Where to try next, in order, if the first target fails with a
+        /// transport error, a timeout or a 503 (RFC 3263 §4.3).
+        alternates: Vec<crate::sip::transaction::Peer>,
     },
     /// A `<Dial action>` webhook answered with TwiML (or failed).
     DialAction {
@@ -502,7 +505,16 @@ impl Call {
     fn on_job(&mut self, output: JobOutput) {
         match output {
             JobOutput::BotOpened { purpose, result } => self.on_bot_opened(purpose, result),
-            JobOutput::Resolved { attempt, result } => self.on_resolved(attempt, result),
+            JobOutput::Resolved {
+                attempt,
+                result,
+                alternates,
+            } => {
+                if let Some(transfer) = self.transfer.as_mut().filter(|t| t.attempt == attempt) {
+                    transfer.alternates = alternates;
+                }
+                self.on_resolved(attempt, result)
+            }
             JobOutput::DialAction { attempt, result } => self.on_dial_action(attempt, result),
             JobOutput::Recorder(result) => self.on_recorder(result),
             JobOutput::TimeLimit => self.end("time limit reached"),

@@ -83,6 +83,9 @@ pub(super) struct Transfer {
     pub(super) ringback: super::dial::Ringback,
     /// The dialed leg as a Calls API resource, once its INVITE is out.
     dialed: Option<super::dial_resource::DialResource>,
+    /// The target's other addresses, tried in turn when one fails with a
+    /// transport error, a timeout or a 503 (RFC 3263 §4.3).
+    pub(super) alternates: Vec<Peer>,
 }
 
 /// A dial through an outbound registration, worked out.
@@ -330,6 +333,7 @@ impl Call {
                     JobOutput::Resolved {
                         attempt,
                         result: Ok(ready),
+                        alternates: Vec::new(),
                     }
                 }) as super::session::Job
             }
@@ -344,6 +348,7 @@ impl Call {
                         JobOutput::Resolved {
                             attempt,
                             result: user_contacts(&registrar, &user).await,
+                            alternates: Vec::new(),
                         }
                     }) as super::session::Job
                 }
@@ -351,12 +356,21 @@ impl Call {
                     let resolver = self.shared.resolver.clone();
                     let (uri, transport) = (parsed.request_uri.clone(), parsed.transport);
                     Box::pin(async move {
-                        let result = resolver
-                            .resolve(&uri, transport)
-                            .await
-                            .map(|peer| vec![(uri, peer)])
-                            .map_err(|reason| (503, reason));
-                        JobOutput::Resolved { attempt, result }
+                        match resolver.resolve_all(&uri, transport).await {
+                            Ok(mut peers) => {
+                                let first = peers.remove(0);
+                                JobOutput::Resolved {
+                                    attempt,
+                                    result: Ok(vec![(uri, first)]),
+                                    alternates: peers,
+                                }
+                            }
+                            Err(reason) => JobOutput::Resolved {
+                                attempt,
+                                result: Err((503, reason)),
+                                alternates: Vec::new(),
+                            },
+                        }
                     })
                 }
             },
@@ -374,6 +388,7 @@ impl Call {
             from: through.map(|t| t.from).or(trunk_from),
             ringback: self.shared.dial.borrow().ringback,
             dialed: None,
+            alternates: Vec::new(),
         });
     }
 
@@ -567,10 +582,31 @@ impl Call {
             return;
         };
         legs.retain(|leg| *leg != id);
+        let failover = matches!(failure.status, 408 | 503) && failure.kind == FailKind::Failed;
         failures.push(failure);
         if !legs.is_empty() {
             return;
         }
+        if let Some(transfer) = self.transfer.as_mut().filter(|_| failover) {
+            if !transfer.alternates.is_empty() {
+                let next = transfer.alternates.remove(0);
+                // Each address tried is a dialed call of its own.
+                if let Some(dialed) = transfer.dialed.take() {
+                    dialed.failed(FailKind::Failed);
+                }
+                let uri = transfer.parsed.request_uri.clone();
+                let attempt = transfer.attempt;
+                tracing::info!(peer = %next.addr, transport = %next.transport, "transfer: trying the target's next address");
+                return self.on_resolved(attempt, Ok(vec![(uri, next)]));
+            }
+        }
+        let Some(Transfer {
+            stage: Stage::Ringing { failures, .. },
+            ..
+        }) = &mut self.transfer
+        else {
+            return;
+        };
         let overall = overall_failure(failures);
         self.dial_failed(overall.kind, overall.status, overall.reason);
     }

@@ -50,6 +50,9 @@ impl ServerNames {
     }
 }
 
+/// Most places one dial tries, one after another (RFC 3263 §4.3).
+pub const MAX_CANDIDATES: usize = 4;
+
 /// DNS for dial targets and registrars: the system's resolver settings
 /// (`/etc/resolv.conf`, `/etc/hosts`), or name servers the operator named.
 #[derive(Clone)]
@@ -120,6 +123,81 @@ impl Resolver {
         Ok(peer)
     }
 
+    /// Every place to try for `uri`, in RFC 3263 order (§4.3: after a
+    /// transport error, a timeout or a 503, try the next): SRV targets by
+    /// priority and weight, and each name's addresses. At most
+    /// [`MAX_CANDIDATES`].
+    pub async fn resolve_all(
+        &self,
+        uri: &SipUri,
+        transport: Option<Transport>,
+    ) -> Result<Vec<Peer>, String> {
+        let mut found = self.locate_all(uri, transport).await?;
+        found.dedup();
+        found.truncate(MAX_CANDIDATES);
+        if let (Transport::Tls, Host::Domain(domain), Some(names)) =
+            (found[0].transport, &uri.host, &self.server_names)
+        {
+            for peer in &found {
+                names.remember(peer.addr, domain);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Never empty when `Ok`.
+    async fn locate_all(
+        &self,
+        uri: &SipUri,
+        transport: Option<Transport>,
+    ) -> Result<Vec<Peer>, String> {
+        let Host::Domain(domain) = &uri.host else {
+            return Ok(vec![self.locate(uri, transport).await?]);
+        };
+        let at = |transport: Transport, port: u16| {
+            move |ip: IpAddr| Peer {
+                transport,
+                addr: SocketAddr::new(ip, port),
+            }
+        };
+        if let Some(port) = uri.port {
+            let transport = transport.unwrap_or(Transport::Udp);
+            let ips = self.addresses(domain).await?;
+            return Ok(ips.into_iter().map(at(transport, port)).collect());
+        }
+        let candidates: &[Transport] = match transport {
+            Some(Transport::Udp) => &[Transport::Udp],
+            Some(Transport::Tcp) => &[Transport::Tcp],
+            Some(Transport::Tls) => &[Transport::Tls],
+            None => &[Transport::Udp, Transport::Tcp],
+        };
+        for candidate in candidates {
+            let service = match candidate {
+                Transport::Tls => format!("_sips._tcp.{domain}."),
+                other => format!("_sip._{other}.{domain}."),
+            };
+            let ordered = order_srv(self.srv(&service).await, &mut rand::rng());
+            let mut peers = Vec::new();
+            for (port, target) in ordered {
+                if let Ok(ips) = self.addresses(&target).await {
+                    peers.extend(ips.into_iter().map(at(*candidate, port)));
+                }
+                if peers.len() >= MAX_CANDIDATES {
+                    break;
+                }
+            }
+            if !peers.is_empty() {
+                return Ok(peers);
+            }
+        }
+        let transport = transport.unwrap_or(Transport::Udp);
+        let ips = self.addresses(domain).await?;
+        Ok(ips
+            .into_iter()
+            .map(at(transport, transport.default_port()))
+            .collect())
+    }
+
     async fn locate(&self, uri: &SipUri, transport: Option<Transport>) -> Result<Peer, String> {
         let domain = match &uri.host {
             Host::Ip(ip) => {
@@ -187,6 +265,35 @@ impl Resolver {
                 .collect(),
             Err(_) => Vec::new(),
         }
+    }
+
+    /// Every address of `host` (never empty when `Ok`).
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
+        if let Some(dns) = &self.dns {
+            let fqdn = if host.contains('.') && !host.ends_with('.') {
+                format!("{host}.")
+            } else {
+                host.to_string()
+            };
+            let found = dns
+                .lookup_ip(fqdn)
+                .await
+                .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+            let ips: Vec<IpAddr> = found.iter().take(MAX_CANDIDATES).collect();
+            if ips.is_empty() {
+                return Err(format!("{host} has no address"));
+            }
+            return Ok(ips);
+        }
+        let found = tokio::net::lookup_host((host, 0))
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+        let mut ips: Vec<IpAddr> = found.map(|addr| addr.ip()).take(MAX_CANDIDATES).collect();
+        ips.dedup();
+        if ips.is_empty() {
+            return Err(format!("{host} has no address"));
+        }
+        Ok(ips)
     }
 
     async fn address(&self, host: &str) -> Result<IpAddr, String> {
@@ -365,6 +472,32 @@ mod tests {
         );
         let uri = SipUri::parse("sip:agent@nowhere.test").unwrap();
         assert!(resolver.resolve(&uri, Some(Transport::Udp)).await.is_err());
+    }
+
+    /// Every candidate in order, for failover: b (priority 10) before a
+    /// (priority 20); with a port, the name's addresses.
+    #[tokio::test]
+    async fn every_candidate_in_rfc_3263_order() {
+        let resolver = Resolver::with_servers(&[dns_server().await]);
+        let uri = SipUri::parse("sip:agent@pbx.test").unwrap();
+        let peers = resolver.resolve_all(&uri, None).await.unwrap();
+        let found: Vec<(Transport, SocketAddr)> =
+            peers.iter().map(|p| (p.transport, p.addr)).collect();
+        assert_eq!(
+            found,
+            vec![
+                (Transport::Tcp, "127.0.0.3:5070".parse().unwrap()),
+                (Transport::Tcp, "127.0.0.2:5080".parse().unwrap()),
+            ]
+        );
+        let uri = SipUri::parse("sip:agent@127.0.0.1:5090").unwrap();
+        let peers = resolver.resolve_all(&uri, None).await.unwrap();
+        assert_eq!(peers.len(), 1);
+        let uri = SipUri::parse("sip:agent@nowhere.test").unwrap();
+        assert!(resolver
+            .resolve_all(&uri, Some(Transport::Udp))
+            .await
+            .is_err());
     }
 
     #[tokio::test]
