@@ -114,13 +114,7 @@ impl Resolver {
         uri: &SipUri,
         transport: Option<Transport>,
     ) -> Result<Peer, String> {
-        let peer = self.locate(uri, transport).await?;
-        if let (Transport::Tls, Host::Domain(domain), Some(names)) =
-            (peer.transport, &uri.host, &self.server_names)
-        {
-            names.remember(peer.addr, domain);
-        }
-        Ok(peer)
+        Ok(self.resolve_all(uri, transport).await?.remove(0))
     }
 
     /// Every place to try for `uri`, in RFC 3263 order (§4.3: after a
@@ -151,8 +145,16 @@ impl Resolver {
         uri: &SipUri,
         transport: Option<Transport>,
     ) -> Result<Vec<Peer>, String> {
-        let Host::Domain(domain) = &uri.host else {
-            return Ok(vec![self.locate(uri, transport).await?]);
+        let domain = match &uri.host {
+            Host::Ip(ip) => {
+                let transport = transport.unwrap_or(Transport::Udp);
+                let port = uri.port.unwrap_or(transport.default_port());
+                return Ok(vec![Peer {
+                    transport,
+                    addr: SocketAddr::new(*ip, port),
+                }]);
+            }
+            Host::Domain(domain) => domain,
         };
         let at = |transport: Transport, port: u16| {
             move |ip: IpAddr| Peer {
@@ -198,54 +200,6 @@ impl Resolver {
             .collect())
     }
 
-    async fn locate(&self, uri: &SipUri, transport: Option<Transport>) -> Result<Peer, String> {
-        let domain = match &uri.host {
-            Host::Ip(ip) => {
-                let transport = transport.unwrap_or(Transport::Udp);
-                return Ok(Peer {
-                    transport,
-                    addr: SocketAddr::new(*ip, uri.port.unwrap_or(transport.default_port())),
-                });
-            }
-            Host::Domain(domain) => domain.clone(),
-        };
-        if let Some(port) = uri.port {
-            let ip = self.address(&domain).await?;
-            return Ok(Peer {
-                transport: transport.unwrap_or(Transport::Udp),
-                addr: SocketAddr::new(ip, port),
-            });
-        }
-        let candidates: &[Transport] = match transport {
-            Some(Transport::Udp) => &[Transport::Udp],
-            Some(Transport::Tcp) => &[Transport::Tcp],
-            Some(Transport::Tls) => &[Transport::Tls],
-            None => &[Transport::Udp, Transport::Tcp],
-        };
-        for candidate in candidates {
-            let service = match candidate {
-                Transport::Tls => format!("_sips._tcp.{domain}."),
-                other => format!("_sip._{other}.{domain}."),
-            };
-            let records = self.srv(&service).await;
-            let ordered = order_srv(records, &mut rand::rng());
-            for (port, target) in ordered {
-                if let Ok(ip) = self.address(&target).await {
-                    return Ok(Peer {
-                        transport: *candidate,
-                        addr: SocketAddr::new(ip, port),
-                    });
-                }
-            }
-        }
-        let ip = self.address(&domain).await?;
-        let transport = transport.unwrap_or(Transport::Udp);
-        Ok(Peer {
-            transport,
-            addr: SocketAddr::new(ip, transport.default_port()),
-        })
-    }
-
     /// SRV records: (priority, weight, port, target).
     async fn srv(&self, name: &str) -> Vec<(u16, u16, u16, String)> {
         let Some(dns) = &self.dns else {
@@ -270,6 +224,7 @@ impl Resolver {
     /// Every address of `host` (never empty when `Ok`).
     async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, String> {
         if let Some(dns) = &self.dns {
+            // Its own /etc/hosts reading covers local names.
             let fqdn = if host.contains('.') && !host.ends_with('.') {
                 format!("{host}.")
             } else {
@@ -285,6 +240,7 @@ impl Resolver {
             }
             return Ok(ips);
         }
+        // Without a DNS configuration, the system's own lookup.
         let found = tokio::net::lookup_host((host, 0))
             .await
             .map_err(|e| format!("cannot resolve {host}: {e}"))?;
@@ -294,33 +250,6 @@ impl Resolver {
             return Err(format!("{host} has no address"));
         }
         Ok(ips)
-    }
-
-    async fn address(&self, host: &str) -> Result<IpAddr, String> {
-        if let Some(dns) = &self.dns {
-            // Its own /etc/hosts reading covers local names.
-            let fqdn = if host.contains('.') && !host.ends_with('.') {
-                format!("{host}.")
-            } else {
-                host.to_string()
-            };
-            let found = dns
-                .lookup_ip(fqdn)
-                .await
-                .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-            return found
-                .iter()
-                .next()
-                .ok_or_else(|| format!("{host} has no address"));
-        }
-        // Without a DNS configuration, the system's own lookup.
-        let mut found = tokio::net::lookup_host((host, 0))
-            .await
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-        found
-            .next()
-            .map(|addr| addr.ip())
-            .ok_or_else(|| format!("{host} has no address"))
     }
 }
 
