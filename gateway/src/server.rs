@@ -16,7 +16,7 @@ use crate::endpoint::{
     Endpoint, EndpointSender, EndpointState, FlowRuntime, MediaSettings, Occupancy, Shard,
 };
 use crate::registrar::redis_store::RedisStore;
-use crate::registrar::service::{Registrar, JOBS_CAPACITY};
+use crate::registrar::service::{RegisterJobs, Registrar, JOBS_CAPACITY};
 use crate::registrar::store::{LocationStore, MemoryStore};
 use crate::registration::manager::{
     Addresses, Event as RegistrationEvent, Manager, Registry,
@@ -146,9 +146,18 @@ impl Gateway {
                 directory: directory_rx,
                 store,
             });
-            let (jobs_tx, jobs_rx) = mpsc::channel(JOBS_CAPACITY);
-            tokio::spawn(registrar.clone().run(jobs_rx, commands_tx.clone()));
-            (Some(registrar), Some(jobs_tx))
+            // One registrar task per endpoint shard, each owning the AORs
+            // that hash to it: digest checks use every core, and one AOR's
+            // REGISTERs still never race each other here.
+            let senders: Vec<_> = (0..shards)
+                .map(|index| {
+                    let (jobs_tx, jobs_rx) = mpsc::channel(JOBS_CAPACITY);
+                    let sweeps = index == 0;
+                    tokio::spawn(registrar.clone().run(jobs_rx, commands_tx.clone(), sweeps));
+                    jobs_tx
+                })
+                .collect();
+            (Some(registrar), Some(RegisterJobs::new(senders)))
         };
         let api_registrar = registrar.clone();
         let registry = Arc::new(Registry::default());

@@ -93,7 +93,7 @@ pub struct Endpoint {
     pub directory: Arc<crate::registrar::users::Directory>,
     /// Our registrar, when users are configured, and its queue.
     pub registrar: Option<Arc<crate::registrar::service::Registrar>>,
-    pub register_jobs: Option<mpsc::Sender<crate::registrar::service::RegisterJob>>,
+    pub register_jobs: Option<crate::registrar::service::RegisterJobs>,
     /// What calls routed straight to a user run as (they have no bot).
     pub user_calls: FlowRuntime,
     /// The outbound registrations' manager, and what they share.
@@ -147,6 +147,8 @@ struct Core {
     state: EndpointState,
     /// One line per burst of new calls refused.
     shed_log: crate::burst_log::BurstLog,
+    /// One line per burst of REGISTERs refused by a full registrar.
+    register_shed_log: crate::burst_log::BurstLog,
     /// Calls in progress in every shard.
     occupancy: Arc<Occupancy>,
 }
@@ -166,6 +168,7 @@ impl Endpoint {
             registering: HashMap::new(),
             state: EndpointState::Running,
             shed_log: Default::default(),
+            register_shed_log: Default::default(),
             occupancy: self.occupancy.clone(),
         };
         let far = || Instant::now() + Duration::from_secs(3600);
@@ -463,12 +466,10 @@ impl Endpoint {
             Method::Register if self.register_jobs.is_some() && self.directory.has_users() => {
                 let jobs = self.register_jobs.as_ref().expect("checked");
                 let job = crate::registrar::service::RegisterJob { tx, request, peer };
-                if let Err(error) = jobs.try_send(job) {
-                    let job = match error {
-                        mpsc::error::TrySendError::Full(job)
-                        | mpsc::error::TrySendError::Closed(job) => job,
-                    };
-                    tracing::warn!(peer = %peer.addr, "registrar busy: 503");
+                if let Err(job) = jobs.try_send(job) {
+                    if let Some(count) = core.register_shed_log.note() {
+                        tracing::warn!(peer = %peer.addr, refused = count, "registrar busy: REGISTERs answered 503 (one line per 10 s)");
+                    }
                     reply(&mut core.layer, tx, &job.request, 503, Some("2"));
                 }
             }
@@ -735,6 +736,7 @@ mod tests {
             registering: HashMap::new(),
             state: EndpointState::Running,
             shed_log: Default::default(),
+            register_shed_log: Default::default(),
             occupancy: Arc::new(Occupancy::new(watch::channel(0).0)),
         }
     }

@@ -1,7 +1,7 @@
-//! The registrar task: takes REGISTERs from the endpoint, checks the domain
-//! and the credentials, applies the registrar's rules against the location
-//! store and answers through the endpoint. One task, so REGISTERs of one
-//! AOR never race each other on this gateway.
+//! The registrar tasks: take REGISTERs from the endpoint, check the domain
+//! and the credentials, apply the registrar's rules against the location
+//! store and answer through the endpoint. An AOR belongs to one task (by
+//! hash), so its REGISTERs never race each other on this gateway.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +32,40 @@ pub struct RegisterJob {
     pub peer: Peer,
 }
 
+/// Where the endpoint hands REGISTERs: one registrar task per AOR hash.
+#[derive(Clone)]
+pub struct RegisterJobs {
+    senders: Arc<[mpsc::Sender<RegisterJob>]>,
+}
+
+impl RegisterJobs {
+    pub fn new(senders: Vec<mpsc::Sender<RegisterJob>>) -> RegisterJobs {
+        assert!(!senders.is_empty(), "at least one registrar task");
+        RegisterJobs {
+            senders: senders.into(),
+        }
+    }
+
+    /// Queues `job` for the task that owns its AOR; gives it back when that
+    /// task's queue is full (or it is gone).
+    pub fn try_send(&self, job: RegisterJob) -> Result<(), RegisterJob> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        aor_of(&job.request)
+            .map(|(user, _)| user)
+            .unwrap_or_default()
+            .hash(&mut hasher);
+        let index = (hasher.finish() % self.senders.len() as u64) as usize;
+        self.senders[index]
+            .try_send(job)
+            .map_err(|error| match error {
+                mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => {
+                    job
+                }
+            })
+    }
+}
+
 /// What the registrar and the calls that look users up share.
 pub struct Registrar {
     pub policy: Policy,
@@ -53,17 +87,22 @@ impl Registrar {
         self.domains.is_empty() || self.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
     }
 
-    /// Runs until the endpoint goes away.
+    /// Runs until the endpoint goes away; the task with `sweeps` also
+    /// sweeps lapsed bindings.
     pub async fn run(
         self: Arc<Self>,
         mut jobs: mpsc::Receiver<RegisterJob>,
         endpoint: crate::endpoint::EndpointSender,
+        sweeps: bool,
     ) {
         // Sweeping a shared store walks every AOR in Redis: in a task of
         // its own, so REGISTERs are not held up meanwhile.
         let sweeper = tokio::spawn({
             let store = self.store.clone();
             async move {
+                if !sweeps {
+                    return;
+                }
                 let mut sweep = tokio::time::interval(SWEEP_EVERY);
                 loop {
                     sweep.tick().await;
@@ -242,5 +281,52 @@ impl Registrar {
             response.headers.push("Contact", &contact);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::framing::parse_message;
+    use crate::sip::message::SipMessage;
+    use crate::sip::transaction::Transport;
+
+    fn job(user: &str, display: &str, n: u64) -> RegisterJob {
+        let text = format!(
+            "REGISTER sip:sb SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{n}\r\nFrom: <sip:{user}@sb>;tag={n}\r\nTo: \"{display}\" <sip:{user}@sb>\r\nCall-ID: c{n}\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n"
+        );
+        let Ok(SipMessage::Request(request)) = parse_message(text.as_bytes()) else {
+            panic!("a REGISTER")
+        };
+        RegisterJob {
+            tx: ServerTxId::for_tests(n),
+            request,
+            peer: Peer {
+                transport: Transport::Udp,
+                addr: "127.0.0.1:5070".parse().unwrap(),
+            },
+        }
+    }
+
+    /// One AOR's REGISTERs always reach the same registrar task (so they
+    /// never race); different AORs spread over the tasks.
+    #[test]
+    fn an_aor_belongs_to_one_task() {
+        let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..4).map(|_| mpsc::channel(256)).unzip();
+        let jobs = RegisterJobs::new(senders);
+        for (n, display) in ["Alice", "alice desk", ""].iter().enumerate() {
+            assert!(jobs.try_send(job("alice", display, n as u64)).is_ok());
+        }
+        let holding: Vec<usize> = receivers.iter().map(|r| r.len()).collect();
+        assert_eq!(holding.iter().filter(|&&n| n > 0).count(), 1, "{holding:?}");
+        assert_eq!(holding.iter().sum::<usize>(), 3);
+        for receiver in &mut receivers {
+            while receiver.try_recv().is_ok() {}
+        }
+        for n in 0..100 {
+            assert!(jobs.try_send(job(&format!("user{n}"), "", n)).is_ok());
+        }
+        let used = receivers.iter().filter(|r| !r.is_empty()).count();
+        assert_eq!(used, 4, "100 AORs spread over every task");
     }
 }
