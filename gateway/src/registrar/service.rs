@@ -47,7 +47,9 @@ impl RegisterJobs {
     }
 
     /// Queues `job` for the task that owns its AOR; gives it back when that
-    /// task's queue is full (or it is gone).
+    /// task's queue is full (or it is gone). By value, as mpsc's own error
+    /// does: boxing it would allocate for every REGISTER refused under load.
+    #[allow(clippy::result_large_err)]
     pub fn try_send(&self, job: RegisterJob) -> Result<(), RegisterJob> {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
