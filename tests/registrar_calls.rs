@@ -474,6 +474,53 @@ fn trunk_with_credentials_and_no_allow_list() {
     );
 }
 
+/// A trunk with both an address list and a login: calls from its address
+/// must still pass digest (407 first); with the password they route by the
+/// trunk's rules.
+#[test]
+fn trunk_with_an_address_list_and_credentials_needs_both() {
+    let gateway = GatewayProcess::start(
+        "registrar-trunk-both",
+        &config("").replace(
+            "[[trunks]]\nname = \"loopback\"\nallow = [\"127.0.0.1\"]",
+            "[[trunks]]\nname = \"carrier\"\nallow = [\"127.0.0.1\"]\nauth = { username = \"acme\", password = \"trunk-secret\" }",
+        ),
+    );
+    let peer = common::rtp_peer::RtpPeer::bind();
+    let unauthenticated = sipp::rejected("100", &sipp::sdp_offer(peer.port(), G711_OFFER), 407);
+    let output = sipp::run(
+        &gateway.dir,
+        "no-login",
+        &unauthenticated,
+        gateway.udp,
+        SipTransport::Udp,
+        "127.0.0.1",
+    );
+    sipp::assert_success(&output, &gateway.dir);
+    let scenario = sipp::caller_with_digest(
+        "100",
+        &sipp::sdp_offer(peer.port(), G711_OFFER),
+        ("acme", "trunk-secret"),
+    );
+    let output = sipp::run(
+        &gateway.dir,
+        "carrier",
+        &scenario,
+        gateway.udp,
+        SipTransport::Udp,
+        "127.0.0.1",
+    );
+    sipp::assert_success(&output, &gateway.dir);
+    gateway.wait_for_log(&["incoming call", "source=carrier"], Duration::from_secs(2));
+    let calls = gateway
+        .logs()
+        .iter()
+        .filter(|l| l.contains("incoming call"))
+        .count();
+    assert_eq!(calls, 1, "only the authenticated call got in");
+    gateway.assert_no_panic();
+}
+
 #[test]
 fn a_reload_adds_changes_and_removes_users() {
     let without = config_with(

@@ -471,9 +471,10 @@ pub struct RouteConfig {
 #[serde(deny_unknown_fields)]
 pub struct RegistrarConfig {
     /// Domains we are the registrar for: a REGISTER for any other domain is
-    /// refused (404), and only `sip:user@DOMAIN` dials ring our users.
-    /// Empty: REGISTER for any domain, and dials ring our users only when
-    /// addressed to one of our own IP addresses.
+    /// refused (404), and only `sip:user@DOMAIN` rings our users. Empty:
+    /// REGISTER for any domain; a registered user's call to
+    /// `sip:bob@anything` rings bob, while a bot's or a flow's dial rings
+    /// him only when addressed to one of our own IP addresses.
     #[serde(default)]
     pub domains: Vec<String>,
     /// Digest realm; the first domain (or "switchboard") by default.
