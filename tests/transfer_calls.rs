@@ -75,18 +75,12 @@ fn bot_transfers_the_caller_to_an_agent_who_challenges_and_talks() {
         },
         SipTransport::Udp,
     );
-    let bot = TwilioBot::start();
-    let gateway = GatewayProcess::start(
-        "transfer-answer",
-        &config(&format!("ws://{}/media", bot.addr), ""),
-    );
-    let caller_rtp = RtpPeer::bind();
-    let scenario = sipp::gateway_hangs_up(
-        "+12125550100",
-        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
-    );
-    let caller = sipp::spawn_udp_call(&gateway, scenario);
-    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let BotCall {
+        bot,
+        gateway,
+        caller_rtp,
+        caller,
+    } = bot_call("transfer-answer", |config| config, None);
     let gateway_rtp = caller_rtp
         .wait_first_packet(Duration::from_secs(5))
         .expect("gateway RTP towards the caller");
@@ -216,29 +210,13 @@ fn busy_agent_reports_to_the_dial_action_which_hangs_up() {
 #[test]
 fn unanswered_transfer_returns_the_caller_to_the_bot() {
     let scratch = scratch_dir("transfer-noanswer");
-    let agent = Agent::start(
-        &scratch,
-        "agent",
-        &AgentScenario {
-            behaviour: Behaviour::NeverAnswers,
-            challenge: false,
-            require: None,
-            formats: PCMU_AGENT,
-        },
-        SipTransport::Udp,
-    );
-    let bot = TwilioBot::start();
-    let gateway = GatewayProcess::start(
-        "transfer-noanswer",
-        &config(&format!("ws://{}/media", bot.addr), ""),
-    );
-    let caller_rtp = RtpPeer::bind();
-    let scenario = sipp::gateway_hangs_up(
-        "+12125550100",
-        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
-    );
-    let caller = sipp::spawn_udp_call(&gateway, scenario);
-    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let agent = udp_agent(&scratch, "agent", Behaviour::NeverAnswers, PCMU_AGENT, None);
+    let BotCall {
+        bot,
+        gateway,
+        caller_rtp,
+        caller,
+    } = bot_call("transfer-noanswer", |config| config, None);
     caller_rtp
         .wait_first_packet(Duration::from_secs(5))
         .unwrap();
@@ -303,18 +281,14 @@ fn unanswered_transfer_returns_the_caller_to_the_bot() {
 fn unreachable_bot_sends_the_caller_to_a_human() {
     let scratch = scratch_dir("transfer-onfailure");
     let agent_rtp = RtpPeer::bind();
-    let agent = Agent::start(
+    let agent = udp_agent(
         &scratch,
         "agent",
-        &AgentScenario {
-            behaviour: Behaviour::AnswerAndWait {
-                rtp_port: agent_rtp.port(),
-            },
-            challenge: false,
-            require: None,
-            formats: PCMU_AGENT,
+        Behaviour::AnswerAndWait {
+            rtp_port: agent_rtp.port(),
         },
-        SipTransport::Udp,
+        PCMU_AGENT,
+        None,
     );
     // A port nobody listens on: the bot's connection is refused at once.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
@@ -400,31 +374,21 @@ fn log_time(line: &str) -> f64 {
 fn star_drops_the_agent_and_returns_the_caller_to_the_bot() {
     let scratch = scratch_dir("transfer-star");
     let agent_rtp = RtpPeer::bind();
-    let agent = Agent::start(
+    let agent = udp_agent(
         &scratch,
         "agent",
-        &AgentScenario {
-            behaviour: Behaviour::AnswerAndWait {
-                rtp_port: agent_rtp.port(),
-            },
-            challenge: false,
-            require: None,
-            formats: PCMU_AGENT,
+        Behaviour::AnswerAndWait {
+            rtp_port: agent_rtp.port(),
         },
-        SipTransport::Udp,
+        PCMU_AGENT,
+        None,
     );
-    let bot = TwilioBot::start();
-    let gateway = GatewayProcess::start(
-        "transfer-star",
-        &config(&format!("ws://{}/media", bot.addr), ""),
-    );
-    let caller_rtp = RtpPeer::bind();
-    let scenario = sipp::gateway_hangs_up(
-        "+12125550100",
-        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
-    );
-    let caller = sipp::spawn_udp_call(&gateway, scenario);
-    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let BotCall {
+        bot,
+        gateway,
+        caller_rtp,
+        caller,
+    } = bot_call("transfer-star", |config| config, None);
     let gateway_rtp = caller_rtp
         .wait_first_packet(Duration::from_secs(5))
         .unwrap();
@@ -494,32 +458,22 @@ fn star_drops_the_agent_and_returns_the_caller_to_the_bot() {
 fn early_media_reaches_the_caller_while_it_rings() {
     let scratch = scratch_dir("transfer-early");
     let agent_rtp = RtpPeer::bind();
-    let agent = Agent::start(
+    let agent = udp_agent(
         &scratch,
         "agent",
-        &AgentScenario {
-            behaviour: Behaviour::EarlyMediaThenAnswer {
-                rtp_port: agent_rtp.port(),
-                early_ms: 2500,
-            },
-            challenge: false,
-            require: None,
-            formats: PCMU_AGENT,
+        Behaviour::EarlyMediaThenAnswer {
+            rtp_port: agent_rtp.port(),
+            early_ms: 2500,
         },
-        SipTransport::Udp,
+        PCMU_AGENT,
+        None,
     );
-    let bot = TwilioBot::start();
-    let gateway = GatewayProcess::start(
-        "transfer-early",
-        &config(&format!("ws://{}/media", bot.addr), ""),
-    );
-    let caller_rtp = RtpPeer::bind();
-    let scenario = sipp::gateway_hangs_up(
-        "+12125550100",
-        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
-    );
-    let caller = sipp::spawn_udp_call(&gateway, scenario);
-    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let BotCall {
+        bot,
+        gateway,
+        caller_rtp,
+        caller,
+    } = bot_call("transfer-early", |config| config, None);
     caller_rtp
         .wait_first_packet(Duration::from_secs(5))
         .unwrap();
@@ -553,19 +507,15 @@ fn early_media_reaches_the_caller_while_it_rings() {
 fn recording_goes_on_through_the_bridge() {
     let scratch = scratch_dir("transfer-recording");
     let agent_rtp = RtpPeer::bind();
-    let agent = Agent::start(
+    let agent = udp_agent(
         &scratch,
         "agent",
-        &AgentScenario {
-            behaviour: Behaviour::Answer {
-                rtp_port: agent_rtp.port(),
-                hold_ms: 4000,
-            },
-            challenge: false,
-            require: None,
-            formats: PCMU_AGENT,
+        Behaviour::Answer {
+            rtp_port: agent_rtp.port(),
+            hold_ms: 4000,
         },
-        SipTransport::Udp,
+        PCMU_AGENT,
+        None,
     );
     let bot = TwilioBot::start();
     let recordings = scratch.join("calls");
@@ -617,6 +567,54 @@ fn recording_goes_on_through_the_bridge() {
     gateway.assert_no_panic();
 }
 
+/// A sipp agent on UDP that answers `formats` and never challenges.
+fn udp_agent(
+    scratch: &std::path::Path,
+    name: &str,
+    behaviour: Behaviour,
+    formats: &'static [(u8, &'static str)],
+    require: Option<&'static str>,
+) -> Agent {
+    let scenario = AgentScenario {
+        behaviour,
+        challenge: false,
+        require,
+        formats,
+    };
+    Agent::start(scratch, name, &scenario, SipTransport::Udp)
+}
+
+/// A call to the bot flow: the Twilio Media Streams bot, the gateway
+/// serving it (its config passed through `edit`) and the sipp caller,
+/// which answers the gateway's BYE, or sends its own after `hangs_up_ms`.
+struct BotCall {
+    bot: TwilioBot,
+    gateway: GatewayProcess,
+    caller_rtp: RtpPeer,
+    caller: std::thread::JoinHandle<std::process::Output>,
+}
+
+/// Starts a [`BotCall`] and returns once the bot has the call.
+fn bot_call(name: &str, edit: impl FnOnce(String) -> String, hangs_up_ms: Option<u64>) -> BotCall {
+    let bot = TwilioBot::start();
+    let gateway =
+        GatewayProcess::start(name, &edit(config(&format!("ws://{}/media", bot.addr), "")));
+    let caller_rtp = RtpPeer::bind();
+    let sdp = sipp::sdp_offer(caller_rtp.port(), G711_OFFER);
+    let scenario = match hangs_up_ms {
+        Some(ms) => sipp::caller_hangs_up("+12125550100", &sdp, ms),
+        None => sipp::gateway_hangs_up("+12125550100", &sdp),
+    };
+    let caller = sipp::spawn_udp_call(&gateway, scenario);
+    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    BotCall {
+        bot,
+        gateway,
+        caller_rtp,
+        caller,
+    }
+}
+
 /// The form of the single request `action` received.
 fn only_form(action: &HttpServer) -> std::collections::HashMap<String, String> {
     let requests = action.requests.lock().unwrap().clone();
@@ -645,33 +643,22 @@ fn wait_requests(action: &HttpServer, count: usize, timeout: Duration) {
 fn time_limit_ends_the_bridge_and_the_action_hears_completed() {
     let scratch = scratch_dir("transfer-timelimit");
     let agent_rtp = RtpPeer::bind();
-    let agent = Agent::start(
+    let agent = udp_agent(
         &scratch,
         "agent",
-        &AgentScenario {
-            behaviour: Behaviour::AnswerAndWait {
-                rtp_port: agent_rtp.port(),
-            },
-            challenge: false,
-            // The dial's callerId is the agent's From.
-            require: Some("From: .*sip:\\+15550001111@"),
-            formats: PCMU_AGENT,
+        Behaviour::AnswerAndWait {
+            rtp_port: agent_rtp.port(),
         },
-        SipTransport::Udp,
+        PCMU_AGENT,
+        Some("From: .*sip:\\+15550001111@"),
     );
     let action = HttpServer::start(|_| (200, "<Response><Hangup/></Response>".to_string()));
-    let bot = TwilioBot::start();
-    let gateway = GatewayProcess::start(
-        "transfer-timelimit",
-        &config(&format!("ws://{}/media", bot.addr), ""),
-    );
-    let caller_rtp = RtpPeer::bind();
-    let scenario = sipp::gateway_hangs_up(
-        "+12125550100",
-        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
-    );
-    let caller = sipp::spawn_udp_call(&gateway, scenario);
-    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let BotCall {
+        bot,
+        gateway,
+        caller_rtp: _caller_rtp,
+        caller,
+    } = bot_call("transfer-timelimit", |config| config, None);
     bot.send(BotCommand::Json(dial_twiml(
         &format!("<Sip>sip:agent@{}</Sip>", agent.addr),
         &format!(
@@ -705,33 +692,22 @@ fn time_limit_ends_the_bridge_and_the_action_hears_completed() {
 fn caller_hanging_up_a_bridge_still_tells_the_dial_action() {
     let scratch = scratch_dir("transfer-callerbye");
     let agent_rtp = RtpPeer::bind();
-    let agent = Agent::start(
+    let agent = udp_agent(
         &scratch,
         "agent",
-        &AgentScenario {
-            behaviour: Behaviour::AnswerAndWait {
-                rtp_port: agent_rtp.port(),
-            },
-            challenge: false,
-            require: None,
-            formats: PCMU_AGENT,
+        Behaviour::AnswerAndWait {
+            rtp_port: agent_rtp.port(),
         },
-        SipTransport::Udp,
+        PCMU_AGENT,
+        None,
     );
     let action = HttpServer::start(|_| (200, "<Response><Hangup/></Response>".to_string()));
-    let bot = TwilioBot::start();
-    let gateway = GatewayProcess::start(
-        "transfer-callerbye",
-        &config(&format!("ws://{}/media", bot.addr), ""),
-    );
-    let caller_rtp = RtpPeer::bind();
-    let scenario = sipp::caller_hangs_up(
-        "+12125550100",
-        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
-        3000,
-    );
-    let caller = sipp::spawn_udp_call(&gateway, scenario);
-    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let BotCall {
+        bot,
+        gateway,
+        caller_rtp: _caller_rtp,
+        caller,
+    } = bot_call("transfer-callerbye", |config| config, Some(3000));
     bot.send(BotCommand::Json(dial_twiml(
         &format!("<Sip>sip:agent@{}</Sip>", agent.addr),
         &format!(" action=\"http://{}/after\"", action.addr),
@@ -752,30 +728,14 @@ fn caller_hanging_up_a_bridge_still_tells_the_dial_action() {
 #[test]
 fn unanswered_dial_reports_no_answer_to_the_action() {
     let scratch = scratch_dir("transfer-noanswer-action");
-    let agent = Agent::start(
-        &scratch,
-        "agent",
-        &AgentScenario {
-            behaviour: Behaviour::NeverAnswers,
-            challenge: false,
-            require: None,
-            formats: PCMU_AGENT,
-        },
-        SipTransport::Udp,
-    );
+    let agent = udp_agent(&scratch, "agent", Behaviour::NeverAnswers, PCMU_AGENT, None);
     let action = HttpServer::start(|_| (200, "<Response><Hangup/></Response>".to_string()));
-    let bot = TwilioBot::start();
-    let gateway = GatewayProcess::start(
-        "transfer-noanswer-action",
-        &config(&format!("ws://{}/media", bot.addr), ""),
-    );
-    let caller_rtp = RtpPeer::bind();
-    let scenario = sipp::gateway_hangs_up(
-        "+12125550100",
-        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
-    );
-    let caller = sipp::spawn_udp_call(&gateway, scenario);
-    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let BotCall {
+        bot,
+        gateway,
+        caller_rtp: _caller_rtp,
+        caller,
+    } = bot_call("transfer-noanswer-action", |config| config, None);
     bot.send(BotCommand::Json(dial_twiml(
         &format!("<Sip>sip:agent@{}</Sip>", agent.addr),
         &format!(" timeout=\"1\" action=\"http://{}/after\"", action.addr),
@@ -794,29 +754,13 @@ fn unanswered_dial_reports_no_answer_to_the_action() {
 #[test]
 fn busy_agent_without_action_returns_the_caller_to_the_bot() {
     let scratch = scratch_dir("transfer-busy-bot");
-    let agent = Agent::start(
-        &scratch,
-        "agent",
-        &AgentScenario {
-            behaviour: Behaviour::Busy,
-            challenge: false,
-            require: None,
-            formats: PCMU_AGENT,
-        },
-        SipTransport::Udp,
-    );
-    let bot = TwilioBot::start();
-    let gateway = GatewayProcess::start(
-        "transfer-busy-bot",
-        &config(&format!("ws://{}/media", bot.addr), ""),
-    );
-    let caller_rtp = RtpPeer::bind();
-    let scenario = sipp::gateway_hangs_up(
-        "+12125550100",
-        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
-    );
-    let caller = sipp::spawn_udp_call(&gateway, scenario);
-    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let agent = udp_agent(&scratch, "agent", Behaviour::Busy, PCMU_AGENT, None);
+    let BotCall {
+        bot,
+        gateway,
+        caller_rtp,
+        caller,
+    } = bot_call("transfer-busy-bot", |config| config, None);
     bot.send(BotCommand::Json(dial_twiml(
         &format!("<Sip>sip:agent@{}</Sip>", agent.addr),
         "",
@@ -854,32 +798,22 @@ fn busy_agent_without_action_returns_the_caller_to_the_bot() {
 fn dtmf_crosses_a_transcoding_bridge_both_ways() {
     let scratch = scratch_dir("transfer-dtmf-transcode");
     let agent_rtp = RtpPeer::bind();
-    let agent = Agent::start(
+    let agent = udp_agent(
         &scratch,
         "agent",
-        &AgentScenario {
-            behaviour: Behaviour::Answer {
-                rtp_port: agent_rtp.port(),
-                hold_ms: 3000,
-            },
-            challenge: false,
-            require: None,
-            formats: &[(8, "PCMA/8000"), (101, "telephone-event/8000")],
+        Behaviour::Answer {
+            rtp_port: agent_rtp.port(),
+            hold_ms: 3000,
         },
-        SipTransport::Udp,
+        &[(8, "PCMA/8000"), (101, "telephone-event/8000")],
+        None,
     );
-    let bot = TwilioBot::start();
-    let gateway = GatewayProcess::start(
-        "transfer-dtmf-transcode",
-        &config(&format!("ws://{}/media", bot.addr), ""),
-    );
-    let caller_rtp = RtpPeer::bind();
-    let scenario = sipp::gateway_hangs_up(
-        "+12125550100",
-        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
-    );
-    let caller = sipp::spawn_udp_call(&gateway, scenario);
-    bot.wait_event("start", |_| true, Duration::from_secs(10));
+    let BotCall {
+        bot,
+        gateway,
+        caller_rtp,
+        caller,
+    } = bot_call("transfer-dtmf-transcode", |config| config, None);
     let gateway_rtp = caller_rtp
         .wait_first_packet(Duration::from_secs(5))
         .unwrap();
@@ -925,31 +859,17 @@ fn dtmf_crosses_a_transcoding_bridge_both_ways() {
 #[test]
 fn a_503_moves_the_dial_to_the_targets_next_srv_record() {
     let scratch = scratch_dir("transfer-srv-failover");
-    let down = Agent::start(
-        &scratch,
-        "down",
-        &AgentScenario {
-            behaviour: Behaviour::Unavailable,
-            challenge: false,
-            require: None,
-            formats: PCMU_AGENT,
-        },
-        SipTransport::Udp,
-    );
+    let down = udp_agent(&scratch, "down", Behaviour::Unavailable, PCMU_AGENT, None);
     let agent_rtp = RtpPeer::bind();
-    let up = Agent::start(
+    let up = udp_agent(
         &scratch,
         "up",
-        &AgentScenario {
-            behaviour: Behaviour::Answer {
-                rtp_port: agent_rtp.port(),
-                hold_ms: 1000,
-            },
-            challenge: false,
-            require: None,
-            formats: PCMU_AGENT,
+        Behaviour::Answer {
+            rtp_port: agent_rtp.port(),
+            hold_ms: 1000,
         },
-        SipTransport::Udp,
+        PCMU_AGENT,
+        None,
     );
     let up_addr = up.addr.to_string();
     let dns = common::dns::DnsServer::start(vec![
@@ -968,26 +888,27 @@ fn a_503_moves_the_dial_to_the_targets_next_srv_record() {
             "up.agents.test.",
         ),
     ]);
-    let bot = TwilioBot::start();
-    let gateway = GatewayProcess::start(
+    let dns_server = dns.addr;
+    let BotCall {
+        bot,
+        gateway,
+        caller,
+        caller_rtp: _caller_rtp,
+    } = bot_call(
         "transfer-srv-failover",
-        &config(&format!("ws://{}/media", bot.addr), "")
-            .replace(
-                "[sip]\n",
-                &format!("[sip]\ndns_servers = [\"{}\"]\n", dns.addr),
-            )
-            .replace(
-                r"allow = ['^sip:(agent|frontdesk)@127\.0\.0\.1[:;?]']",
-                r"allow = ['^sip:agent@agents\.test$']",
-            ),
+        |config| {
+            config
+                .replace(
+                    "[sip]\n",
+                    &format!("[sip]\ndns_servers = [\"{dns_server}\"]\n"),
+                )
+                .replace(
+                    r"allow = ['^sip:(agent|frontdesk)@127\.0\.0\.1[:;?]']",
+                    r"allow = ['^sip:agent@agents\.test$']",
+                )
+        },
+        None,
     );
-    let caller_rtp = RtpPeer::bind();
-    let scenario = sipp::gateway_hangs_up(
-        "+12125550100",
-        &sipp::sdp_offer(caller_rtp.port(), G711_OFFER),
-    );
-    let caller = sipp::spawn_udp_call(&gateway, scenario);
-    bot.wait_event("start", |_| true, Duration::from_secs(10));
     bot.send(BotCommand::Json(dial_twiml(
         "<Sip>sip:agent@agents.test</Sip>",
         "",
