@@ -367,20 +367,7 @@ fn tls_failure_reaches_on_failure() {
 fn transfer_function_bridges_the_caller_to_an_agent() {
     let scratch = common::gateway::scratch_dir("openai-transfer");
     let agent_rtp = RtpPeer::bind();
-    let agent = common::agent::Agent::start(
-        &scratch,
-        "agent",
-        &common::agent::AgentScenario {
-            behaviour: common::agent::Behaviour::Answer {
-                rtp_port: agent_rtp.port(),
-                hold_ms: 1000,
-            },
-            challenge: false,
-            require: None,
-            formats: &[(0, "PCMU/8000"), (101, "telephone-event/8000")],
-        },
-        sipp::SipTransport::Udp,
-    );
+    let agent = common::agent::Agent::answering(&scratch, "agent", agent_rtp.port(), 1000);
     let ws = WsBot::start();
     let gateway = GatewayProcess::start(
         "openai-transfer",

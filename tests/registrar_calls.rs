@@ -579,6 +579,19 @@ bot = { kind = "echo" }
     gateway.assert_no_panic();
 }
 
+/// A phone's 486 Busy Here to `invite`.
+fn busy_here(invite: &str) -> String {
+    let copy = |name: &str| format!("{name}: {}\r\n", header(invite, name).unwrap());
+    format!(
+        "SIP/2.0 486 Busy Here\r\n{}{}To: {};tag=phone\r\n{}{}Content-Length: 0\r\n\r\n",
+        copy("Via"),
+        copy("From"),
+        header(invite, "To").unwrap(),
+        copy("Call-ID"),
+        copy("CSeq"),
+    )
+}
+
 /// One SIP message from a stream: headers, then Content-Length bytes.
 fn read_message(stream: &mut std::net::TcpStream) -> String {
     use std::io::Read;
@@ -673,15 +686,7 @@ fn tcp_registration_is_called_over_its_connection() {
         invite.starts_with(&format!("INVITE sip:nat@{local};transport=tcp SIP/2.0")),
         "{invite}"
     );
-    let copy = |name: &str| format!("{name}: {}\r\n", header(&invite, name).unwrap());
-    let busy = format!(
-        "SIP/2.0 486 Busy Here\r\n{}{}To: {};tag=phone\r\n{}{}Content-Length: 0\r\n\r\n",
-        copy("Via"),
-        copy("From"),
-        header(&invite, "To").unwrap(),
-        copy("Call-ID"),
-        copy("CSeq"),
-    );
+    let busy = busy_here(&invite);
     stream.write_all(busy.as_bytes()).unwrap();
     let ack = read_message(&mut stream);
     assert!(ack.starts_with("ACK "), "{ack}");
@@ -745,15 +750,7 @@ fn a_bot_dials_a_registered_user() {
         .sip
         .wait_for(|t| t.starts_with("INVITE "), Duration::from_secs(5))
         .expect("the user's phone rings");
-    let copy = |name: &str| format!("{name}: {}\r\n", header(&invite, name).unwrap());
-    let busy = format!(
-        "SIP/2.0 486 Busy Here\r\n{}{}To: {};tag=phone\r\n{}{}Content-Length: 0\r\n\r\n",
-        copy("Via"),
-        copy("From"),
-        header(&invite, "To").unwrap(),
-        copy("Call-ID"),
-        copy("CSeq"),
-    );
+    let busy = busy_here(&invite);
     phone.sip.send(&busy);
     let (_, result) = bot.wait_event(
         "action_result",

@@ -212,20 +212,7 @@ fn rest_failure_reaches_on_failure_within_a_second() {
 fn transfer_tool_bridges_the_caller_to_an_agent() {
     let scratch = common::gateway::scratch_dir("ultravox-transfer");
     let agent_rtp = RtpPeer::bind();
-    let agent = common::agent::Agent::start(
-        &scratch,
-        "agent",
-        &common::agent::AgentScenario {
-            behaviour: common::agent::Behaviour::Answer {
-                rtp_port: agent_rtp.port(),
-                hold_ms: 1000,
-            },
-            challenge: false,
-            require: None,
-            formats: &[(0, "PCMU/8000"), (101, "telephone-event/8000")],
-        },
-        sipp::SipTransport::Udp,
-    );
+    let agent = common::agent::Agent::answering(&scratch, "agent", agent_rtp.port(), 1000);
     let ws = WsBot::start();
     let rest = rest_server(&ws, 201);
     let gateway = GatewayProcess::start(

@@ -289,6 +289,18 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// An agent on UDP that answers PCMU (with RFC 4733) at `rtp_port`
+    /// and hangs up after `hold_ms`.
+    pub fn answering(dir: &Path, name: &str, rtp_port: u16, hold_ms: u64) -> Agent {
+        let scenario = AgentScenario {
+            behaviour: Behaviour::Answer { rtp_port, hold_ms },
+            challenge: false,
+            require: None,
+            formats: &[(0, "PCMU/8000"), (101, "telephone-event/8000")],
+        };
+        Agent::start(dir, name, &scenario, SipTransport::Udp)
+    }
+
     /// Starts sipp as a UAS on a free loopback port.
     pub fn start(
         dir: &Path,
