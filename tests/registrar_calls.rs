@@ -422,18 +422,8 @@ fn invite_password_guessing_is_refused_with_one_log_line() {
     gateway.assert_no_panic();
 }
 
-/// A carrier trunk with credentials and no address list: its calls pass
-/// digest and go by the trunk's routes; a wrong password never gets in.
-#[test]
-fn trunk_with_credentials_and_no_allow_list() {
-    let gateway = GatewayProcess::start(
-        "registrar-trunk-auth",
-        &config("").replace(
-            "[[trunks]]\nname = \"loopback\"\nallow = [\"127.0.0.1\"]",
-            "[[trunks]]\nname = \"carrier\"\nauth = { username = \"acme\", password = \"trunk-secret\" }",
-        ),
-    );
-    let peer = common::rtp_peer::RtpPeer::bind();
+/// The carrier `acme` calls with the right password, and gets in.
+fn carrier_logs_in(gateway: &GatewayProcess, peer: &common::rtp_peer::RtpPeer) {
     let scenario = sipp::caller_with_digest(
         "100",
         &sipp::sdp_offer(peer.port(), G711_OFFER),
@@ -449,6 +439,21 @@ fn trunk_with_credentials_and_no_allow_list() {
     );
     sipp::assert_success(&output, &gateway.dir);
     gateway.wait_for_log(&["incoming call", "source=carrier"], Duration::from_secs(2));
+}
+
+/// A carrier trunk with credentials and no address list: its calls pass
+/// digest and go by the trunk's routes; a wrong password never gets in.
+#[test]
+fn trunk_with_credentials_and_no_allow_list() {
+    let gateway = GatewayProcess::start(
+        "registrar-trunk-auth",
+        &config("").replace(
+            "[[trunks]]\nname = \"loopback\"\nallow = [\"127.0.0.1\"]",
+            "[[trunks]]\nname = \"carrier\"\nauth = { username = \"acme\", password = \"trunk-secret\" }",
+        ),
+    );
+    let peer = common::rtp_peer::RtpPeer::bind();
+    carrier_logs_in(&gateway, &peer);
     let wrong = sipp::caller_with_digest(
         "100",
         &sipp::sdp_offer(peer.port(), G711_OFFER),
@@ -497,21 +502,7 @@ fn trunk_with_an_address_list_and_credentials_needs_both() {
         "127.0.0.1",
     );
     sipp::assert_success(&output, &gateway.dir);
-    let scenario = sipp::caller_with_digest(
-        "100",
-        &sipp::sdp_offer(peer.port(), G711_OFFER),
-        ("acme", "trunk-secret"),
-    );
-    let output = sipp::run(
-        &gateway.dir,
-        "carrier",
-        &scenario,
-        gateway.udp,
-        SipTransport::Udp,
-        "127.0.0.1",
-    );
-    sipp::assert_success(&output, &gateway.dir);
-    gateway.wait_for_log(&["incoming call", "source=carrier"], Duration::from_secs(2));
+    carrier_logs_in(&gateway, &peer);
     let calls = gateway
         .logs()
         .iter()

@@ -255,19 +255,7 @@ fn unanswered_transfer_returns_the_caller_to_the_bot() {
     sipp::assert_success(&agent.join(), &scratch.join("agent"));
 
     // The bot speaks again and the caller hears it.
-    let spoken = speech_like(8000);
-    let back_at = Instant::now();
-    bot.send(BotCommand::Media {
-        ulaw: spoken.iter().map(|s| ulaw_encode(*s)).collect(),
-        chunk: 160,
-    });
-    std::thread::sleep(Duration::from_millis(1300));
-    let heard = heard_since(&caller_rtp, back_at);
-    let (score, _) = best_correlation(&spoken, &heard, 0..heard.len());
-    assert!(
-        score > 0.95,
-        "the bot's audio reaches the caller again ({score:.3})"
-    );
+    assert_bot_heard_again(&bot, &caller_rtp);
     bot.send(BotCommand::Json(
         json!({"event": "action", "name": "hangup"}),
     ));
@@ -567,6 +555,24 @@ fn recording_goes_on_through_the_bridge() {
     gateway.assert_no_panic();
 }
 
+/// The bot speaks and the caller hears it: after a failed transfer its
+/// audio plays again.
+fn assert_bot_heard_again(bot: &TwilioBot, caller_rtp: &RtpPeer) {
+    let spoken = speech_like(8000);
+    let back_at = Instant::now();
+    bot.send(BotCommand::Media {
+        ulaw: spoken.iter().map(|s| ulaw_encode(*s)).collect(),
+        chunk: 160,
+    });
+    std::thread::sleep(Duration::from_millis(1300));
+    let heard = heard_since(caller_rtp, back_at);
+    let (score, _) = best_correlation(&spoken, &heard, 0..heard.len());
+    assert!(
+        score > 0.95,
+        "the bot's audio reaches the caller again ({score:.3})"
+    );
+}
+
 /// A sipp agent on UDP that answers `formats` and never challenges.
 fn udp_agent(
     scratch: &std::path::Path,
@@ -774,16 +780,7 @@ fn busy_agent_without_action_returns_the_caller_to_the_bot() {
     let message = result["message"].as_str().unwrap();
     assert!(message.contains("busy: 486"), "{message}");
     sipp::assert_success(&agent.join(), &scratch.join("agent"));
-    let spoken = speech_like(8000);
-    let back_at = Instant::now();
-    bot.send(BotCommand::Media {
-        ulaw: spoken.iter().map(|s| ulaw_encode(*s)).collect(),
-        chunk: 160,
-    });
-    std::thread::sleep(Duration::from_millis(1300));
-    let heard = heard_since(&caller_rtp, back_at);
-    let (score, _) = best_correlation(&spoken, &heard, 0..heard.len());
-    assert!(score > 0.95, "the bot is heard again ({score:.3})");
+    assert_bot_heard_again(&bot, &caller_rtp);
     bot.send(BotCommand::Json(
         json!({"event": "action", "name": "hangup"}),
     ));
