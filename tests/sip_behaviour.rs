@@ -233,6 +233,27 @@ fn reinvite_is_answered_without_breaking_media() {
         "RTP keeps flowing after the re-INVITE"
     );
     assert!(peer.received().iter().all(|p| p.from == gateway_rtp));
+
+    // On hold: a sendonly offer gets a recvonly answer (RFC 3264 §6.1).
+    let hold = sdp_invite(&sip, "reinv-1", 3, peer.port())
+        .replace(
+            &format!("To: <sip:100@{}>", gateway.udp),
+            &format!("To: {to}"),
+        )
+        .replace("a=sendrecv", "a=sendonly");
+    assert!(hold.contains("a=sendonly"));
+    sip.send(&hold);
+    let ok3 = sip
+        .wait_for(
+            |m| status(m) == Some(200) && m.contains("CSeq: 3 INVITE"),
+            Duration::from_secs(5),
+        )
+        .expect("hold answered");
+    assert!(
+        ok3.contains("a=recvonly") && !ok3.contains("a=sendrecv"),
+        "{ok3}"
+    );
+    sip.send(&ack_for(&sip, &ok3, "100", "reinv-1", 3));
 }
 
 #[test]

@@ -920,3 +920,36 @@ fn a_503_moves_the_dial_to_the_targets_next_srv_record() {
     sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
     gateway.assert_no_panic();
 }
+
+/// The agent puts the caller on hold (a re-INVITE with `sendonly`, offering
+/// PCMU and events): our answer mirrors it (`recvonly`) and holds only the
+/// bridge's codec; the bridge lives on until the agent hangs up.
+#[test]
+fn an_agent_on_hold_gets_an_answer_that_mirrors_its_offer() {
+    let scratch = scratch_dir("transfer-hold");
+    let agent_rtp = RtpPeer::bind();
+    let agent = udp_agent(
+        &scratch,
+        "agent",
+        Behaviour::AnswerThenHold {
+            rtp_port: agent_rtp.port(),
+            hold_ms: 500,
+        },
+        PCMU_AGENT,
+        None,
+    );
+    let BotCall {
+        bot,
+        gateway,
+        caller,
+        caller_rtp: _caller_rtp,
+    } = bot_call("transfer-hold", |config| config, None);
+    bot.send(BotCommand::Json(dial_twiml(
+        &format!("<Sip>sip:agent@{}</Sip>", agent.addr),
+        "",
+    )));
+    sipp::assert_success(&agent.join(), &scratch.join("agent"));
+    sipp::assert_success(&caller.join().unwrap(), &gateway.dir);
+    gateway.wait_for_log(&["transfer: bridged"], Duration::from_secs(1));
+    gateway.assert_no_panic();
+}

@@ -20,6 +20,10 @@ pub enum Behaviour {
     Answer { rtp_port: u16, hold_ms: u64 },
     /// Rings, answers, then waits for the gateway's BYE.
     AnswerAndWait { rtp_port: u16 },
+    /// Rings, answers, puts the call on hold with a re-INVITE (`sendonly`)
+    /// whose answer must be `recvonly` with only the first format, then
+    /// hangs up after `hold_ms`.
+    AnswerThenHold { rtp_port: u16, hold_ms: u64 },
     /// 486 Busy Here.
     Busy,
     /// 503 Service Unavailable (a server that is down for maintenance).
@@ -132,7 +136,9 @@ impl AgentScenario {
             sdp
         };
         match self.behaviour {
-            Behaviour::Answer { rtp_port, .. } | Behaviour::AnswerAndWait { rtp_port } => {
+            Behaviour::Answer { rtp_port, .. }
+            | Behaviour::AnswerAndWait { rtp_port }
+            | Behaviour::AnswerThenHold { rtp_port, .. } => {
                 xml.push_str(&response("180 Ringing", 2, "", None));
                 xml.push_str("  <pause milliseconds=\"300\"/>\n");
                 xml.push_str(&response("200 OK", 2, "", Some(&sdp(rtp_port))));
@@ -209,6 +215,65 @@ impl AgentScenario {
   <recv response="200"/>
 "#
             )),
+            Behaviour::AnswerThenHold { rtp_port, hold_ms } => {
+                let (pt, _) = self.formats[0];
+                let held = sdp(rtp_port).replace("a=sendrecv", "a=sendonly");
+                xml.push_str(&format!(
+                    r#"  <pause milliseconds="300"/>
+  <send retrans="500">
+    <![CDATA[
+      INVITE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:agent@[local_ip]:[local_port]>;tag=[pid]SIPpTag02[call_number]
+      To: [$remote]
+      [last_Call-ID:]
+      CSeq: 1 INVITE
+      Contact: <sip:agent@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+{held}
+    ]]>
+  </send>
+  <recv response="200">
+    <action>
+      <ereg regexp="a=recvonly" search_in="body" check_it="true" assign_to="direction"/>
+      <ereg regexp="m=audio [0-9]+ RTP/AVP {pt} 101\r?\n" search_in="body" check_it="true" assign_to="formats"/>
+      <log message="held: [$direction] [$formats]"/>
+    </action>
+  </recv>
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:agent@[local_ip]:[local_port]>;tag=[pid]SIPpTag02[call_number]
+      To: [$remote]
+      [last_Call-ID:]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <pause milliseconds="{hold_ms}"/>
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:agent@[local_ip]:[local_port]>;tag=[pid]SIPpTag02[call_number]
+      To: [$remote]
+      [last_Call-ID:]
+      CSeq: 2 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+"#
+                ));
+            }
             Behaviour::AnswerAndWait { .. } | Behaviour::EarlyMediaThenAnswer { .. } => xml
                 .push_str(
                     r#"  <recv request="BYE" timeout="60000"/>
@@ -232,7 +297,7 @@ impl AgentScenario {
         // The gateway's From (with its tag) is the To of the agent's BYE;
         // the CANCEL path needs the INVITE's CSeq number.
         let grab = match self.behaviour {
-            Behaviour::Answer { .. } => {
+            Behaviour::Answer { .. } | Behaviour::AnswerThenHold { .. } => {
                 r#"<ereg regexp=".*" search_in="hdr" header="From:" assign_to="remote"/>"#
             }
             Behaviour::NeverAnswers => {

@@ -13,7 +13,8 @@ use std::time::Instant;
 use switchboard_media::dtmf::DtmfReceiver;
 use switchboard_media::rtp::RtpPacket;
 use switchboard_media::sdp::{
-    build_secure_media_offer, negotiate_media, CodecPreferences, NegotiatedMedia, SessionOffer,
+    build_media_answer, build_secure_media_offer, negotiate_media, CodecPreferences,
+    NegotiatedMedia, SessionOffer,
 };
 use switchboard_media::srtp::{CryptoAttribute, SrtpContext};
 
@@ -44,6 +45,8 @@ pub(super) struct AgentMedia {
     ip: IpAddr,
     port: u16,
     session_id: u64,
+    /// Our SDP's `o=` version: raised with each answer to a re-INVITE.
+    session_version: u64,
     /// What we offered, best first: the caller's codec leads, so a relay
     /// is possible whenever the party takes it.
     pub(super) preferences: CodecPreferences,
@@ -79,6 +82,7 @@ impl AgentMedia {
             ip,
             port,
             session_id: rand::random::<u32>() as u64,
+            session_version: 1,
             preferences,
             negotiated: None,
             remote: None,
@@ -118,6 +122,42 @@ impl AgentMedia {
         }
         self.remote = negotiated.remote_rtp;
         Ok(self.negotiated.insert(negotiated))
+    }
+
+    /// Answers the party's re-INVITE (hold, a new address, a session
+    /// refresh) from its offer: the bridge's codec, under the offer's
+    /// payload type, with the direction mirrored (sendonly → recvonly), so
+    /// the answer holds nothing the offer did not. `Err(488)` when the
+    /// offer no longer has that codec. Without an offer, or keyed by SRTP
+    /// (its keys stay as agreed), our offer again.
+    pub(super) fn reanswer(&mut self, offer: Option<&str>) -> Result<String, u16> {
+        let (Some(offer), Some(current)) = (offer, &self.negotiated) else {
+            return Ok(self.offer());
+        };
+        if current.srtp.is_some() {
+            return Ok(self.offer());
+        }
+        let offer = SessionOffer::parse(offer).map_err(|_| 488u16)?;
+        let updated = negotiate_media(&offer, &CodecPreferences::new(&[current.codec]))
+            .map_err(|_| 488u16)?;
+        if updated.srtp.is_some() {
+            return Err(488);
+        }
+        if let Some(remote) = updated.remote_rtp {
+            self.remote = Some(remote);
+        }
+        if let Some(MediaPath::Transcode(pipeline)) = &mut self.path {
+            pipeline.update_remote(&updated);
+        }
+        self.session_version += 1;
+        Ok(build_media_answer(
+            &offer,
+            &updated,
+            self.ip,
+            self.port,
+            self.session_id,
+            self.session_version,
+        ))
     }
 
     /// Chooses the path for the party's audio once its codec is known: a

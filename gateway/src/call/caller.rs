@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use switchboard_media::sdp::{
     build_media_answer, build_media_offer, build_secure_media_offer, negotiate_media,
-    CodecPreferences, NegotiatedMedia, SessionOffer,
+    CodecPreferences, Direction, NegotiatedMedia, SessionOffer,
 };
 use switchboard_media::srtp::SrtpContext;
 use tokio::net::UdpSocket;
@@ -429,6 +429,8 @@ impl Call {
             self.caller.reject_offer(491);
             return;
         };
+        // A caller putting us on hold (sendonly) gets recvonly back.
+        let mut direction = None;
         if let (Some(sdp), Some(negotiated)) = (sdp, media.negotiated.clone()) {
             let offer = match SessionOffer::parse(&sdp) {
                 Ok(offer) => offer,
@@ -446,6 +448,7 @@ impl Call {
                     return;
                 }
                 Ok(updated) => {
+                    direction = Some(updated.direction);
                     if let Some(pipeline) = &mut media.pipeline {
                         pipeline.update_remote(&updated);
                     }
@@ -478,7 +481,7 @@ impl Call {
             }
         }
         media.version += 1;
-        let bumped = bump_version(&answer, media.version);
+        let bumped = reanswered(&answer, media.version, direction);
         self.caller.accept_offer(Some(&bumped));
     }
 
@@ -573,10 +576,21 @@ pub(super) fn parse_offer(request: &Request) -> Result<SessionOffer, String> {
 
 /// Same SDP with the `o=` session version raised, as RFC 3264 §8 requires
 /// for a changed or repeated answer within the session.
-fn bump_version(answer: &str, version: u64) -> String {
+/// Our first answer again, with `version` in its `o=` line and, when
+/// given, `direction` in place of its direction attribute.
+fn reanswered(answer: &str, version: u64, direction: Option<Direction>) -> String {
     answer
         .split_inclusive('\n')
         .map(|line| {
+            if let Some(direction) = direction {
+                let attribute = line.trim_end().strip_prefix("a=");
+                if matches!(
+                    attribute,
+                    Some("sendrecv" | "sendonly" | "recvonly" | "inactive")
+                ) {
+                    return format!("a={}\r\n", direction.as_str());
+                }
+            }
             if let Some(rest) = line.strip_prefix("o=") {
                 let mut fields: Vec<&str> = rest.trim_end().split(' ').collect();
                 if fields.len() >= 3 {

@@ -743,16 +743,21 @@ impl Call {
         self.end(reason);
     }
 
-    /// A re-INVITE from the party: same media, our SDP again.
-    fn reanswer_agent(&mut self, id: LegId, _sdp: Option<String>) {
-        let offer = self
+    /// A re-INVITE from the party: answered from its offer, keeping the
+    /// bridge's codec (see [`AgentMedia::reanswer`]).
+    fn reanswer_agent(&mut self, id: LegId, sdp: Option<String>) {
+        let answer = self
             .transfer
-            .as_ref()
-            .and_then(Transfer::media)
-            .map(AgentMedia::offer);
+            .as_mut()
+            .and_then(Transfer::media_mut)
+            .map(|media| media.reanswer(sdp.as_deref()));
         if let Some(leg) = self.leg_mut(id) {
-            match offer {
-                Some(sdp) => leg.accept_offer(Some(&sdp)),
+            match answer {
+                Some(Ok(sdp)) => leg.accept_offer(Some(&sdp)),
+                Some(Err(status)) => {
+                    tracing::info!(status, "the party's re-INVITE drops the bridge's codec");
+                    leg.reject_offer(status)
+                }
                 None => leg.reject_offer(488),
             }
         }
