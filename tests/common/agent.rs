@@ -82,6 +82,29 @@ fn response(status: &str, tag: u32, extra: &str, sdp: Option<&str>) -> String {
     )
 }
 
+/// The agent's BYE after `hold_ms`, as request `cseq` of its side of the
+/// dialog (`remote` holds the gateway's From, with its tag).
+fn hang_up_after(hold_ms: u64, cseq: u32) -> String {
+    format!(
+        r#"  <pause milliseconds="{hold_ms}"/>
+  <send retrans="500">
+    <![CDATA[
+      BYE [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: <sip:agent@[local_ip]:[local_port]>;tag=[pid]SIPpTag02[call_number]
+      To: [$remote]
+      [last_Call-ID:]
+      CSeq: {cseq} BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+    ]]>
+  </send>
+  <recv response="200"/>
+"#
+    )
+}
+
 fn checks(require: Option<&str>, id: &str) -> String {
     match require {
         Some(regex) => format!(
@@ -197,24 +220,7 @@ impl AgentScenario {
             }
         }
         match self.behaviour {
-            Behaviour::Answer { hold_ms, .. } => xml.push_str(&format!(
-                r#"  <pause milliseconds="{hold_ms}"/>
-  <send retrans="500">
-    <![CDATA[
-      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:agent@[local_ip]:[local_port]>;tag=[pid]SIPpTag02[call_number]
-      To: [$remote]
-      [last_Call-ID:]
-      CSeq: 1 BYE
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv response="200"/>
-"#
-            )),
+            Behaviour::Answer { hold_ms, .. } => xml.push_str(&hang_up_after(hold_ms, 1)),
             Behaviour::AnswerThenHold { rtp_port, hold_ms } => {
                 let (pt, _) = self.formats[0];
                 let held = sdp(rtp_port).replace("a=sendrecv", "a=sendonly");
@@ -256,23 +262,9 @@ impl AgentScenario {
 
     ]]>
   </send>
-  <pause milliseconds="{hold_ms}"/>
-  <send retrans="500">
-    <![CDATA[
-      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: <sip:agent@[local_ip]:[local_port]>;tag=[pid]SIPpTag02[call_number]
-      To: [$remote]
-      [last_Call-ID:]
-      CSeq: 2 BYE
-      Max-Forwards: 70
-      Content-Length: 0
-
-    ]]>
-  </send>
-  <recv response="200"/>
 "#
                 ));
+                xml.push_str(&hang_up_after(hold_ms, 2));
             }
             Behaviour::AnswerAndWait { .. } | Behaviour::EarlyMediaThenAnswer { .. } => xml
                 .push_str(

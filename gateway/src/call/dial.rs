@@ -192,10 +192,8 @@ pub fn parse_target(text: &str) -> Result<Target, String> {
     }
     let mut headers = Vec::with_capacity(uri.headers.len());
     for (name, value) in std::mem::take(&mut uri.headers) {
-        // `get`, not slicing: a percent-decoded name may put a multi-byte
-        // character across byte 2, and the target comes from a bot.
-        let allowed = name.len() > 2 && name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-"))
-            || name.eq_ignore_ascii_case("User-to-User");
+        let allowed =
+            crate::sip::headers::is_x_header(&name) || name.eq_ignore_ascii_case("User-to-User");
         if !allowed {
             return Err(format!(
                 "header `{name}` may not be set from a target (only X- headers and User-to-User)"

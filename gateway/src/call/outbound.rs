@@ -228,7 +228,7 @@ async fn place(
         x_headers: target
             .headers
             .iter()
-            .filter(|(name, _)| name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-")))
+            .filter(|(name, _)| crate::sip::headers::is_x_header(name))
             .cloned()
             .collect(),
         playout: Default::default(),

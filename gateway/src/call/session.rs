@@ -316,7 +316,7 @@ impl Call {
             x_headers: invite
                 .headers
                 .iter()
-                .filter(|(name, _)| name.len() > 2 && name[..2].eq_ignore_ascii_case("x-"))
+                .filter(|(name, _)| crate::sip::headers::is_x_header(name))
                 .map(|(name, value)| (name.to_string(), value.to_string()))
                 .collect(),
             playout: Default::default(),

@@ -224,12 +224,11 @@ pub fn register(
                 min_expires: policy.min_expires,
             };
         }
-        let granted = match request.transport.reliable() {
-            true => asked
-                .min(policy.max_expires)
-                .min(policy.max_expires_reliable),
-            false => asked.min(policy.max_expires),
+        let longest = match request.transport.reliable() {
+            true => policy.max_expires.min(policy.max_expires_reliable),
+            false => policy.max_expires,
         };
+        let granted = asked.min(longest);
         let binding = Binding {
             contact: contact.uri.clone(),
             expires_at: now + u64::from(granted),

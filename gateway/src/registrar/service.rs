@@ -99,12 +99,9 @@ impl Registrar {
     ) {
         // Sweeping a shared store walks every AOR in Redis: in a task of
         // its own, so REGISTERs are not held up meanwhile.
-        let sweeper = tokio::spawn({
+        let sweeper = sweeps.then(|| {
             let store = self.store.clone();
-            async move {
-                if !sweeps {
-                    return;
-                }
+            tokio::spawn(async move {
                 let mut sweep = tokio::time::interval(SWEEP_EVERY);
                 loop {
                     sweep.tick().await;
@@ -113,7 +110,7 @@ impl Registrar {
                         Err(error) => tracing::warn!(%error, "cannot sweep lapsed bindings"),
                     }
                 }
-            }
+            })
         });
         while let Some(job) = jobs.recv().await {
             let response = self.handle(&job).await;
@@ -136,7 +133,9 @@ impl Registrar {
                 break;
             }
         }
-        sweeper.abort();
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
     }
 
     async fn handle(&self, job: &RegisterJob) -> Response {

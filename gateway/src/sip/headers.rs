@@ -5,6 +5,13 @@ use std::borrow::Cow;
 
 use super::uri::split_unquoted;
 
+/// Whether `name` is an application header, `X-…` (any case). By `get`,
+/// not slicing: a name percent-decoded from a bot's target URI may put a
+/// multi-byte character across byte 2.
+pub fn is_x_header(name: &str) -> bool {
+    name.len() > 2 && name.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("x-"))
+}
+
 /// Canonical long form for a header name as received (any case, compact).
 /// Runs for every header of every message: the name is lowered into a stack
 /// buffer once and matched, instead of compared against each known name.
